@@ -1,0 +1,3 @@
+//! The in-guest agent.
+
+fn main() {}

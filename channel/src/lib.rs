@@ -1,0 +1,1 @@
+//! Host side of the guest channel: framing, bounded session driver, confined artifact unpacking.

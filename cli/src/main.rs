@@ -1,0 +1,3 @@
+//! minion: the command line.
+
+fn main() {}

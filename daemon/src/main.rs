@@ -1,0 +1,3 @@
+//! miniond: the controller daemon.
+
+fn main() {}

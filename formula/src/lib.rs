@@ -1,0 +1,1 @@
+//! Taskotron formula: parse, validate, substitute, run directives, ResultYAML/TAP13.

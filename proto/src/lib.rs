@@ -1,0 +1,1 @@
+//! Minion wire protocols: controller (gRPC) and guest channel messages.

@@ -1,0 +1,1 @@
+//! Overlays, cloud-init seeds, libvirt domains: create, destroy, reap.

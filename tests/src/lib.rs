@@ -1,0 +1,1 @@
+//! End-to-end tests: real daemon, real libvirtd, real VMs.
