@@ -1,0 +1,23 @@
+# Minion: every target delegates to a script so each owner edits one file.
+SHELL := /bin/bash
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: setup image agent build test bench run quickstart fmt lint
+setup:        ## install Debian packages, start libvirtd/virtlogd (idempotent)
+	scripts/setup-host.sh
+image:        ## build (or reuse from /var/cache/minion/images) the guest images
+	images/build.sh all
+agent:        ## the static in-guest agent
+	scripts/build-agent.sh
+build: agent  ## release binaries: minion, miniond, minion-agent
+	cargo build --release -p minion-cli -p miniond
+test:         ## the whole suite: unit, integration, end-to-end with real VMs (what .ci/run calls)
+	scripts/test.sh
+bench:        ## the benchmarks the issues name
+	scripts/bench.sh
+run quickstart: ## set up, build, start miniond, run the example task in a fresh VM
+	scripts/quickstart.sh
+fmt:
+	cargo fmt --all
+lint:
+	cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
