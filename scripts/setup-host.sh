@@ -15,7 +15,7 @@ PACKAGES=(
     # building the Rust workspace
     build-essential pkg-config protobuf-compiler libssl-dev
     # images: debootstrap, mkfs.ext4 -d, seeds, the minimal kernel from Debian's source
-    debootstrap e2fsprogs genisoimage busybox-static xz-utils zstd cpio linux-source-6.1
+    debootstrap e2fsprogs genisoimage busybox-static xz-utils zstd lz4 cpio linux-source-6.1
     bc bison flex libelf-dev libncurses-dev dwarves rsync kmod python3 jq util-linux
     ca-certificates curl git
 )

@@ -74,6 +74,8 @@ extract_vmlinux() {
     _try_decompress "$in" "$out" '\3757zXZ\000' abcde 'xz -dc' && return 0
     _try_decompress "$in" "$out" '(\265/\375' xxx 'zstd -dc' && return 0
     _try_decompress "$in" "$out" '\037\213\010' xy 'gzip -dc' && return 0
+    # Debian's cloud kernel is LZ4 (legacy frame).
+    _try_decompress "$in" "$out" '\002!L\030' xxx 'lz4 -dc' && return 0
     rm -f "$out"
     die "cannot extract an ELF vmlinux from $in"
 }

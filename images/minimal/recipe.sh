@@ -24,7 +24,9 @@ recipe_rootfs() {
 recipe_boot() {
     local root="$1" out="$2" vmlinux
     # One kernel build at a time (two image builds may want the same kernel).
-    vmlinux=$(flock "$KERNEL_CACHE/.lock" "$IMAGES_DIR/kernel/build-kernel.sh" | tee /dev/stderr | tail -n 1)
+    # Its progress goes to our stdout (through fd 2: /dev/stderr would reopen, and truncate, a log file).
+    flock "$KERNEL_CACHE/.lock" "$IMAGES_DIR/kernel/build-kernel.sh" | tee "$WORK/kernel.out" >&2
+    vmlinux=$(tail -n 1 "$WORK/kernel.out")
     cp "$vmlinux" "$out/vmlinux"
     KERNEL=vmlinux
     INITRD=

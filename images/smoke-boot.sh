@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Boot an image under the real libvirtd with a throwaway seed whose `minion-agent` is a stub that
+# prints a marker on the console and powers off; measure domain start → marker and power-off → gone.
+#   images/smoke-boot.sh <variant> [runs=3] [machine=pc]
+# Env: MEMORY_MIB (512), VCPUS (1), CMDLINE_EXTRA (appended to the manifest's cmdline),
+#      AGENT=<path> (boot a real agent binary instead of the stub; then no marker is waited for).
+# Uses the same domain shape provisioning renders (see images/README.md "Domain XML that works").
+set -euo pipefail
+IMAGES_DIR="$(cd "$(dirname "$0")" && pwd)"
+name="${1:?usage: $0 <variant> [runs] [machine]}"
+runs="${2:-3}"
+machine="${3:-pc}"
+URI=qemu:///system
+IMG=/var/cache/minion/images/$name
+[ -f "$IMG/manifest.json" ] || { echo "smoke-boot: no image $IMG (make image)" >&2; exit 1; }
+mf() { python3 -c "import json,sys; v=json.load(open('$IMG/manifest.json'))['$1']; print('' if v is None else v)"; }
+kernel=$(mf kernel); initrd=$(mf initrd); cmdline="$(mf cmdline) ${CMDLINE_EXTRA:-}"
+MARKER="MINION-SMOKE-MARKER-$$"
+
+work=$(mktemp -d /var/lib/minion/smoke.XXXXXX)
+chmod 0755 "$work"
+dom="minion-smoke-$$"
+cleanup() {
+    virsh -c "$URI" destroy "$dom" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir "$work/seed"
+cat > "$work/seed/minion-agent" <<STUB
+#!/bin/sh
+echo "$MARKER" > /dev/console
+if [ \$\$ = 1 ]; then
+    python3 -c 'import ctypes; ctypes.CDLL(None).reboot(0x4321FEDC)'
+else
+    systemctl poweroff --no-block
+fi
+sleep 60
+STUB
+chmod 0755 "$work/seed/minion-agent"
+printf 'instance-id: smoke-%s\nlocal-hostname: minion\n' "$$" > "$work/seed/meta-data"
+printf '#cloud-config\n{}\n' > "$work/seed/user-data"
+genisoimage -quiet -V cidata -J -r -o "$work/seed.iso" "$work/seed"
+[ -z "${AGENT:-}" ] || { cp "$AGENT" "$work/seed/minion-agent"; genisoimage -quiet -V cidata -J -r -o "$work/seed.iso" "$work/seed"; }
+
+xml() {
+    cat <<XML
+<domain type='qemu'>
+  <name>$dom</name>
+  <memory unit='MiB'>${MEMORY_MIB:-512}</memory>
+  <vcpu>${VCPUS:-1}</vcpu>
+  <os>
+    <type arch='x86_64' machine='$machine'>hvm</type>
+    <kernel>$IMG/$kernel</kernel>
+$( [ -n "$initrd" ] && echo "    <initrd>$IMG/$initrd</initrd>" )
+    <cmdline>$cmdline</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='unsafe'/>
+      <source file='$work/overlay.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='$work/seed.iso'/>
+      <target dev='vdb' bus='virtio'/>
+      <readonly/>
+    </disk>
+    <serial type='file'>
+      <source path='$work/console.log'/>
+      <target port='0'/>
+    </serial>
+    <channel type='unix'>
+      <source mode='bind' path='$work/channel.sock'/>
+      <target type='virtio' name='org.minion.agent.0'/>
+    </channel>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+XML
+}
+
+now() { date +%s.%N; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+results=()
+for i in $(seq "$runs"); do
+    rm -f "$work/overlay.qcow2" "$work/console.log"
+    qemu-img create -q -f qcow2 -b "$IMG/disk.qcow2" -F qcow2 "$work/overlay.qcow2"
+    xml > "$work/domain.xml"
+    t0=$(now)
+    virsh -c "$URI" create "$work/domain.xml" >/dev/null
+    t_created=$(now)
+    t_marker=""
+    deadline=$(( $(date +%s) + 120 ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        if [ -z "$t_marker" ] && grep -qa "$MARKER" "$work/console.log" 2>/dev/null; then
+            t_marker=$(now)
+        fi
+        if ! virsh -c "$URI" domstate "$dom" >/dev/null 2>&1; then break; fi
+        sleep 0.02
+    done
+    t_gone=$(now)
+    if virsh -c "$URI" domstate "$dom" >/dev/null 2>&1; then
+        echo "smoke-boot: run $i: domain still running after 120 s; console tail:" >&2
+        tail -n 30 "$work/console.log" >&2
+        exit 1
+    fi
+    if [ -z "$t_marker" ]; then
+        grep -qa "$MARKER" "$work/console.log" && t_marker=$t_gone
+    fi
+    if [ -z "$t_marker" ] && [ -z "${AGENT:-}" ]; then
+        echo "smoke-boot: run $i: the domain ended without the marker; console:" >&2
+        cat "$work/console.log" >&2
+        exit 1
+    fi
+    line="run $i: create $(sub "$t0" "$t_created")s, start→marker ${t_marker:+$(sub "$t0" "$t_marker")}s, marker→gone ${t_marker:+$(sub "$t_marker" "$t_gone")}s"
+    echo "$line"
+    results+=("$(sub "$t0" "${t_marker:-$t_gone}")")
+done
+[ -n "${KEEP_CONSOLE:-}" ] && cp "$work/console.log" "$KEEP_CONSOLE"
+median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
+echo "$name ($machine, ${MEMORY_MIB:-512} MiB, ${VCPUS:-1} vCPU): start→marker median ${median}s of $runs"
