@@ -1,1 +1,42 @@
-//! Host side of the guest channel: framing, bounded session driver, confined artifact unpacking.
+//! The guest channel: the frame codec both ends share, and (feature `host`, on by default) the host
+//! side the daemon uses to drive one job's exchange with the in-guest agent.
+//!
+//! Everything the guest sends is treated as hostile: frames are capped before allocation, logs and
+//! artifacts have byte and entry budgets, artifact tar entries are confined to the job's directory,
+//! and every wait has a timeout.
+
+pub mod frame;
+
+#[cfg(feature = "host")]
+mod artifacts;
+#[cfg(feature = "host")]
+mod async_frame;
+#[cfg(feature = "host")]
+mod connect;
+#[cfg(feature = "host")]
+mod error;
+#[cfg(feature = "host")]
+mod event;
+#[cfg(feature = "host")]
+mod job;
+#[cfg(feature = "host")]
+mod limits;
+#[cfg(feature = "host")]
+mod session;
+#[cfg(feature = "host")]
+mod task_tar;
+
+pub use frame::{FrameError, MAX_FRAME};
+
+/// The protocol version this build speaks (`Hello.protocol_*`, `Ready.protocol`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[cfg(feature = "host")]
+pub use {
+    connect::connect_unix,
+    error::ChannelError,
+    event::{ActionState, LogStream, SessionEvent, SessionOutcome},
+    job::JobSpec,
+    limits::Limits,
+    session::run_session,
+};

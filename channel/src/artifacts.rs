@@ -1,0 +1,320 @@
+//! Unpacks the guest's artifact tar stream under the job's artifacts dir, and nowhere else.
+//!
+//! Only plain files and directories with relative, `..`-free paths are accepted; links, devices and
+//! fifos are refused outright (a link inside the dir is harmless today but a trap for whoever reads
+//! it later). Entry count is capped here; the byte budget is enforced on the stream by the session.
+
+use std::{
+    fs,
+    io::{self, Read},
+    os::unix::fs::OpenOptionsExt,
+    path::{Component, Path, PathBuf},
+};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::ChannelError;
+
+/// Chunks buffered between the socket reader and the unpacking thread.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// Reads the chunks the session forwards, as one byte stream.
+struct ChunkReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.blocking_recv() {
+                Some(c) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The running unpacker: feed it chunks, then drop the sender and join.
+pub(crate) struct Unpacker {
+    pub(crate) tx: mpsc::Sender<Vec<u8>>,
+    pub(crate) handle: JoinHandle<Result<u64, ChannelError>>,
+}
+
+pub(crate) fn spawn_unpacker(dest: &Path, max_entries: u64) -> Unpacker {
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let dest = dest.to_path_buf();
+    let handle = tokio::task::spawn_blocking(move || {
+        let reader = ChunkReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        unpack(reader, &dest, max_entries)
+    });
+    Unpacker { tx, handle }
+}
+
+/// A relative path made only of normal components, or why not.
+pub(crate) fn confine(path: &Path) -> Result<PathBuf, &'static str> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("path contains `..`"),
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err("empty path");
+    }
+    Ok(out)
+}
+
+/// Unpacks a tar stream into `dest`; returns the number of entries written.
+pub(crate) fn unpack<R: Read>(
+    reader: R,
+    dest: &Path,
+    max_entries: u64,
+) -> Result<u64, ChannelError> {
+    let io_err = |path: &Path, source| ChannelError::ArtifactIo {
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dest).map_err(|e| io_err(dest, e))?;
+    let mut archive = tar::Archive::new(reader);
+    let mut count = 0u64;
+    for entry in archive.entries().map_err(ChannelError::ArtifactTar)? {
+        let mut entry = entry.map_err(ChannelError::ArtifactTar)?;
+        count += 1;
+        if count > max_entries {
+            return Err(ChannelError::LimitExceeded {
+                what: "artifact entries",
+                limit: max_entries,
+            });
+        }
+        let raw = entry
+            .path()
+            .map_err(ChannelError::ArtifactTar)?
+            .into_owned();
+        let shown = raw.to_string_lossy().into_owned();
+        let kind = entry.header().entry_type();
+        let rel = match confine(&raw) {
+            Ok(rel) => rel,
+            // The archive's own root (`./`) is harmless.
+            Err("empty path") if kind.is_dir() => continue,
+            Err(reason) => {
+                return Err(ChannelError::UnsafeArtifact {
+                    path: shown,
+                    reason,
+                })
+            }
+        };
+        let target = dest.join(&rel);
+        match kind {
+            tar::EntryType::Directory => {
+                fs::create_dir_all(&target).map_err(|e| io_err(&target, e))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+                }
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    // Never write through a link, whatever else may sit in the directory.
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o644)
+                    .open(&target)
+                    .map_err(|e| io_err(&target, e))?;
+                io::copy(&mut entry, &mut file).map_err(|e| io_err(&target, e))?;
+            }
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                return Err(ChannelError::UnsafeArtifact {
+                    path: shown,
+                    reason: "links are not accepted",
+                })
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(ChannelError::UnsafeArtifact {
+                    path: shown,
+                    reason: "device files are not accepted",
+                })
+            }
+            tar::EntryType::Fifo => {
+                return Err(ChannelError::UnsafeArtifact {
+                    path: shown,
+                    reason: "fifos are not accepted",
+                })
+            }
+            _ => {
+                return Err(ChannelError::UnsafeArtifact {
+                    path: shown,
+                    reason: "unsupported tar entry type",
+                })
+            }
+        }
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().expect("tar")
+    }
+
+    fn file_header(size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h
+    }
+
+    /// Writes a header with a raw name, bypassing tar's own path checks (a hostile guest would).
+    fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &[u8], kind: tar::EntryType, link: &[u8]) {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, &[][..]).expect("append");
+    }
+
+    #[test]
+    fn unpacks_files_and_dirs_inside_dest() {
+        let data = tar_with(|b| {
+            b.append_data(&mut file_header(5), "task_output/a/b.txt", &b"hello"[..])
+                .expect("append");
+            b.append_data(&mut file_header(2), "results.yaml", &b"x\n"[..])
+                .expect("append");
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = unpack(&data[..], dir.path(), 10).expect("unpack");
+        assert_eq!(n, 2);
+        assert_eq!(
+            fs::read(dir.path().join("task_output/a/b.txt")).expect("read"),
+            b"hello"
+        );
+    }
+
+    #[test]
+    fn rejects_parent_dir_escape() {
+        let data = tar_with(|b| raw_entry(b, b"../escape", tar::EntryType::Regular, b""));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("art");
+        let err = unpack(&data[..], &dest, 10).expect_err("escape");
+        assert!(
+            matches!(
+                err,
+                ChannelError::UnsafeArtifact {
+                    reason: "path contains `..`",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!dir.path().join("escape").exists());
+    }
+
+    #[test]
+    fn rejects_absolute_paths() {
+        let data = tar_with(|b| raw_entry(b, b"/tmp/minion-abs", tar::EntryType::Regular, b""));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = unpack(&data[..], dir.path(), 10).expect_err("absolute");
+        assert!(
+            matches!(
+                err,
+                ChannelError::UnsafeArtifact {
+                    reason: "absolute path",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_links_devices_and_fifos() {
+        for (kind, reason) in [
+            (tar::EntryType::Symlink, "links are not accepted"),
+            (tar::EntryType::Link, "links are not accepted"),
+            (tar::EntryType::Char, "device files are not accepted"),
+            (tar::EntryType::Block, "device files are not accepted"),
+            (tar::EntryType::Fifo, "fifos are not accepted"),
+        ] {
+            let data = tar_with(|b| raw_entry(b, b"evil", kind, b"/etc/passwd"));
+            let dir = tempfile::tempdir().expect("tempdir");
+            let err = unpack(&data[..], dir.path(), 10).expect_err("refused");
+            assert!(
+                matches!(&err, ChannelError::UnsafeArtifact { reason: r, .. } if *r == reason),
+                "{kind:?}: {err}"
+            );
+            assert!(!dir.path().join("evil").exists());
+        }
+    }
+
+    #[test]
+    fn caps_entry_count() {
+        let data = tar_with(|b| {
+            for i in 0..5 {
+                b.append_data(&mut file_header(0), format!("f{i}"), &[][..])
+                    .expect("append");
+            }
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = unpack(&data[..], dir.path(), 3).expect_err("too many");
+        assert!(
+            matches!(
+                err,
+                ChannelError::LimitExceeded {
+                    what: "artifact entries",
+                    limit: 3
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn does_not_write_through_an_existing_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        let dest = dir.path().join("art");
+        fs::create_dir(&dest).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, dest.join("f")).expect("symlink");
+        let data = tar_with(|b| {
+            b.append_data(&mut file_header(1), "f", &b"x"[..])
+                .expect("append");
+        });
+        let err = unpack(&data[..], &dest, 10).expect_err("nofollow");
+        assert!(matches!(err, ChannelError::ArtifactIo { .. }), "{err}");
+        assert!(!outside.exists());
+    }
+
+    #[test]
+    fn confine_keeps_normal_paths() {
+        assert_eq!(
+            confine(Path::new("./a/./b")).expect("ok"),
+            PathBuf::from("a/b")
+        );
+        assert!(confine(Path::new("a/../../b")).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! What the host asks the guest to run.
+
+use std::{collections::BTreeMap, time::Duration};
+
+#[derive(Debug, Clone, Default)]
+pub struct JobSpec {
+    pub id: String,
+    /// The job's uuid as the formula sees it (`${uuid}`); empty = same as `id`.
+    pub uuid: String,
+    pub item: String,
+    pub item_type: String,
+    pub arch: String,
+    /// The formula file or its directory, relative to the task tree.
+    pub formula_path: String,
+    /// `--arg K=V` values.
+    pub variables: BTreeMap<String, String>,
+    /// Wall-clock limit of the formula run; zero = none.
+    pub timeout: Duration,
+}
