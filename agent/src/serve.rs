@@ -1,0 +1,274 @@
+//! The agent's side of one job, as a sequence:
+//! Hello → Ready → Job + task tar → run (live Log/Action, Heartbeats, Cancel honoured) →
+//! artifacts → Result.
+
+use std::{
+    fs,
+    io::{self, Write},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use minion_channel::{
+    frame::{FrameReader, MAX_FRAME},
+    PROTOCOL_VERSION,
+};
+use minion_formula::CancelFlag;
+use minion_proto::guest::{
+    self, guest_frame::Kind, host_frame::Kind as H, Heartbeat, HostFrame, Job, Ready,
+};
+
+use crate::{
+    artifacts::send_artifacts,
+    outbox::Outbox,
+    port::ReadHalf,
+    runner::{run_job, Layout, Outcome},
+    sink::ChannelSink,
+};
+
+/// Used when the host's Hello asks for no particular interval.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Shortest interval honoured (a hostile or buggy host must not make us spin).
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// Poll interval while the host has not connected to the port yet (reads then return end-of-file).
+const HOST_POLL: Duration = Duration::from_millis(5);
+
+type Frames = FrameReader<ReadHalf>;
+
+/// What happened, for the agent's own log and exit code.
+pub struct Served {
+    pub outcome: Outcome,
+}
+
+pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result<Served> {
+    let mut frames = FrameReader::new(reader, MAX_FRAME);
+    let hello = wait_for_hello(&mut frames)?;
+    if hello.protocol_min > PROTOCOL_VERSION || hello.protocol_max < PROTOCOL_VERSION {
+        let msg = format!(
+            "host speaks protocol {}..={}, agent speaks {PROTOCOL_VERSION}",
+            hello.protocol_min, hello.protocol_max
+        );
+        let _ = outbox.send(Kind::Error(guest::Error {
+            message: msg.clone(),
+        }));
+        bail!(msg);
+    }
+    outbox.send(Kind::Ready(Ready {
+        protocol: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }))?;
+    tracing::info!("ready");
+    let heartbeat = match hello.heartbeat_interval_ms {
+        0 => DEFAULT_HEARTBEAT,
+        ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
+    };
+
+    let job = match next_frame(&mut frames, "the job")? {
+        H::Job(job) => job,
+        other => bail!("expected Job from the host, got {other:?}"),
+    };
+    tracing::info!(job = %job.id, item = %job.item, formula = %job.formula_path, "job received");
+    let layout = Layout::new(&base.join(sanitize(&job.id)));
+    let _ = fs::remove_dir_all(&layout.task);
+    layout.create().context("creating the job directories")?;
+
+    // Heartbeats cover the whole job, task transfer included.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    spawn_heartbeats(outbox.clone(), heartbeat, done_rx);
+
+    let cancel = CancelFlag::new();
+    let mut sink = ChannelSink::new(outbox.clone());
+    let outcome = match receive_task(&mut frames, &layout) {
+        Ok(TaskReceipt::Complete) => {
+            spawn_cancel_listener(frames, cancel.clone());
+            let (_watchdog_stop, watchdog_rx) = mpsc::channel::<()>();
+            if job.timeout_ms > 0 {
+                spawn_watchdog(&job, cancel.clone(), outbox.clone(), watchdog_rx);
+            }
+            run_job(&job, &layout, &cancel, &mut sink)
+        }
+        Ok(TaskReceipt::Cancelled) => Outcome::failed("cancelled before start".into(), 1, true),
+        Err(e) => {
+            let msg = format!("receiving the task tree: {e:#}");
+            sink.runner(&msg);
+            Outcome::failed(msg, 1, false)
+        }
+    };
+    if outbox.is_broken() {
+        bail!("the host went away during the job");
+    }
+    write_results(&layout, &outcome).context("writing results files")?;
+    let packed = send_artifacts(&outbox, &layout.run).context("sending artifacts")?;
+    tracing::info!(
+        bytes = packed.bytes,
+        entries = packed.entries,
+        "artifacts sent"
+    );
+    for s in &packed.skipped {
+        tracing::warn!(path = %s, "artifact skipped: not a regular file or directory");
+    }
+    outbox.send(Kind::Result(guest::Result {
+        execution_ok: outcome.execution_ok,
+        status_message: outcome.status_message.clone(),
+        exit_code: outcome.exit_code,
+        cancelled: outcome.cancelled,
+        results_yaml: outcome.results_yaml.clone(),
+        tap: outcome.tap.clone(),
+    }))?;
+    drop(done_tx);
+    tracing::info!(
+        exit_code = outcome.exit_code,
+        ok = outcome.execution_ok,
+        "result sent"
+    );
+    Ok(Served { outcome })
+}
+
+fn wait_for_hello(frames: &mut Frames) -> Result<guest::Hello> {
+    loop {
+        match frames.read_frame::<HostFrame>()? {
+            Some(HostFrame {
+                kind: Some(H::Hello(h)),
+            }) => return Ok(h),
+            Some(other) => bail!("expected Hello from the host, got {other:?}"),
+            // virtio-serial reads end-of-file while no host is connected: wait for it.
+            None => thread::sleep(HOST_POLL),
+        }
+    }
+}
+
+fn next_frame(frames: &mut Frames, what: &str) -> Result<H> {
+    match frames.read_frame::<HostFrame>()? {
+        Some(HostFrame { kind: Some(k) }) => Ok(k),
+        Some(HostFrame { kind: None }) => {
+            bail!("empty frame from the host while waiting for {what}")
+        }
+        None => bail!("the host hung up while we waited for {what}"),
+    }
+}
+
+enum TaskReceipt {
+    Complete,
+    Cancelled,
+}
+
+/// Spools the task tar to disk (bounded memory), then unpacks it into the task dir.
+fn receive_task(frames: &mut Frames, layout: &Layout) -> Result<TaskReceipt> {
+    let spool_path = layout.work.join(".task.tar");
+    let mut spool =
+        io::BufWriter::new(fs::File::create(&spool_path).context("creating the task spool")?);
+    let mut received = 0u64;
+    loop {
+        match next_frame(frames, "the task tree")? {
+            H::TaskChunk(c) => {
+                received += c.data.len() as u64;
+                spool.write_all(&c.data)?;
+            }
+            H::TaskEnd(end) => {
+                if end.total_bytes != received {
+                    bail!(
+                        "task tar truncated: host sent {} bytes, received {received}",
+                        end.total_bytes
+                    );
+                }
+                break;
+            }
+            H::Cancel(_) => return Ok(TaskReceipt::Cancelled),
+            other => bail!("unexpected frame while receiving the task: {other:?}"),
+        }
+    }
+    spool.flush()?;
+    drop(spool);
+    let mut archive = tar::Archive::new(fs::File::open(&spool_path)?);
+    archive.set_preserve_permissions(true);
+    // `unpack` keeps every entry inside the task dir (it skips `..` and absolute paths).
+    archive
+        .unpack(&layout.task)
+        .with_context(|| format!("unpacking into {}", layout.task.display()))?;
+    fs::remove_file(&spool_path)?;
+    tracing::info!(bytes = received, "task tree unpacked");
+    Ok(TaskReceipt::Complete)
+}
+
+fn spawn_cancel_listener(mut frames: Frames, cancel: CancelFlag) {
+    thread::spawn(move || loop {
+        match frames.read_frame::<HostFrame>() {
+            Ok(Some(HostFrame {
+                kind: Some(H::Cancel(c)),
+            })) => {
+                tracing::info!(reason = %c.reason, "cancel requested by the host");
+                cancel.cancel();
+            }
+            Ok(Some(other)) => tracing::warn!(?other, "ignoring unexpected frame from the host"),
+            Ok(None) | Err(_) => {
+                // Nobody is listening any more: stop the work rather than run it for no one.
+                tracing::warn!("the host hung up; cancelling the job");
+                cancel.cancel();
+                return;
+            }
+        }
+    });
+}
+
+fn spawn_heartbeats(outbox: Outbox, every: Duration, done: mpsc::Receiver<()>) {
+    thread::spawn(move || {
+        let mut seq = 0u64;
+        while let Err(mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(every) {
+            seq += 1;
+            if outbox.send(Kind::Heartbeat(Heartbeat { seq })).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn spawn_watchdog(job: &Job, cancel: CancelFlag, outbox: Outbox, stop: mpsc::Receiver<()>) {
+    let timeout = Duration::from_millis(job.timeout_ms);
+    thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(timeout) {
+            let mut sink = ChannelSink::new(outbox);
+            sink.runner(&format!("job timeout of {timeout:?} exceeded: cancelling"));
+            cancel.cancel();
+        }
+    });
+}
+
+fn write_results(layout: &Layout, outcome: &Outcome) -> io::Result<()> {
+    fs::write(layout.run.join("results.yaml"), &outcome.results_yaml)?;
+    fs::write(layout.run.join("results.tap"), &outcome.tap)?;
+    Ok(())
+}
+
+/// A job id as a single directory name.
+fn sanitize(id: &str) -> String {
+    let s: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if s.is_empty() {
+        "job".into()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_become_plain_directory_names() {
+        assert_eq!(sanitize("6f1c-aa_9"), "6f1c-aa_9");
+        assert_eq!(sanitize("../../etc"), "______etc");
+        assert_eq!(sanitize(""), "job");
+    }
+}
