@@ -1,0 +1,454 @@
+//! The libvirt connection (`virt` crate): create transient domains, destroy them, find ours.
+//!
+//! **Every method blocks** on a libvirt RPC (≈30 ms warm; the first call after libvirtd starts waits
+//! for capability probing, ≈8 s; `destroy` of a running domain ≈1.7 s). Async callers use
+//! `tokio::task::spawn_blocking`. A `Hypervisor` is `Send + Sync`: share one per URI behind an `Arc`.
+
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::error::{Error as VirtError, ErrorNumber};
+
+use crate::{DOMAIN_PREFIX, METADATA_NAMESPACE};
+
+/// A libvirt failure: what we were doing, to what, and libvirt's own message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("cannot connect to libvirt at {uri}: {message}")]
+    Connect {
+        uri: String,
+        code: i32,
+        message: String,
+    },
+    #[error("libvirt could not create domain {name}: {message}")]
+    Create {
+        name: String,
+        code: i32,
+        message: String,
+    },
+    #[error("libvirt could not destroy domain {name}: {message}")]
+    Destroy {
+        name: String,
+        code: i32,
+        message: String,
+    },
+    #[error("libvirt {op} failed for {target}: {message}")]
+    Call {
+        op: &'static str,
+        target: String,
+        code: i32,
+        message: String,
+    },
+}
+
+impl HypervisorError {
+    /// libvirt's message (no code decoration).
+    pub fn message(&self) -> &str {
+        match self {
+            HypervisorError::Connect { message, .. }
+            | HypervisorError::Create { message, .. }
+            | HypervisorError::Destroy { message, .. }
+            | HypervisorError::Call { message, .. } => message,
+        }
+    }
+
+    /// libvirt's `virErrorNumber`.
+    pub fn code(&self) -> i32 {
+        match self {
+            HypervisorError::Connect { code, .. }
+            | HypervisorError::Create { code, .. }
+            | HypervisorError::Destroy { code, .. }
+            | HypervisorError::Call { code, .. } => *code,
+        }
+    }
+}
+
+/// A domain carrying Minion's `<metadata>` mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkedDomain {
+    pub name: String,
+    pub job_id: String,
+    pub active: bool,
+}
+
+/// One libvirt connection.
+pub struct Hypervisor {
+    conn: Connect,
+    uri: String,
+}
+
+impl std::fmt::Debug for Hypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hypervisor")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+// VIR_DOMAIN_METADATA_ELEMENT: the metadata kind for an element in a custom namespace.
+const METADATA_ELEMENT: i32 = 2;
+// VIR_DOMAIN_START_AUTODESTROY.
+const START_AUTODESTROY: u32 = 2;
+
+fn code_of(e: &VirtError) -> i32 {
+    match e.code() {
+        virt::enumutil::Enum::Known(k) => virt::enumutil::RawEnum::to_raw(k) as i32,
+        virt::enumutil::Enum::Unknown(u) => u as i32,
+    }
+}
+
+fn is(e: &VirtError, which: ErrorNumber) -> bool {
+    e.code().is(which)
+}
+
+impl Hypervisor {
+    /// Connects to `uri` (e.g. `qemu:///system`, `qemu+ssh://host/system`, `test:///default`).
+    pub fn connect(uri: &str) -> Result<Hypervisor, HypervisorError> {
+        static QUIET: Once = Once::new();
+        // libvirt's default handler prints every error to stderr, including expected ones
+        // (a lookup of a domain that is already gone); ours are returned as values instead.
+        QUIET.call_once(virt::error::clear_error_callback);
+        let conn = Connect::open(Some(uri)).map_err(|e| HypervisorError::Connect {
+            uri: uri.to_string(),
+            code: code_of(&e),
+            message: e.message().to_string(),
+        })?;
+        Ok(Hypervisor {
+            conn,
+            uri: uri.to_string(),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Creates and starts a transient domain (gone from libvirt once it stops); returns its name.
+    pub fn create_transient(&self, xml: &str) -> Result<String, HypervisorError> {
+        self.create(xml, 0)
+    }
+
+    /// Like [`Hypervisor::create_transient`], and libvirt also destroys the domain when this
+    /// connection closes (the process exits or dies): a crashed daemon cannot leak a running VM.
+    /// Only for connections that live as long as their VMs.
+    pub fn create_transient_autodestroy(&self, xml: &str) -> Result<String, HypervisorError> {
+        self.create(xml, START_AUTODESTROY)
+    }
+
+    fn create(&self, xml: &str, flags: u32) -> Result<String, HypervisorError> {
+        let started = Instant::now();
+        let name_in_xml = || xml_name(xml).unwrap_or("(unnamed)").to_string();
+        let dom = self
+            .conn
+            .create_domain_xml(xml, flags)
+            .map_err(|e| HypervisorError::Create {
+                name: name_in_xml(),
+                code: code_of(&e),
+                message: e.message().to_string(),
+            })?;
+        let name = dom
+            .name()
+            .map_err(|e| self.call_error("virDomainGetName", &name_in_xml(), &e))?;
+        tracing::debug!(domain = %name, elapsed_ms = started.elapsed().as_millis() as u64, "domain created");
+        Ok(name)
+    }
+
+    /// Stops the domain (hard power-off). Already gone, or not running, is success.
+    pub fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
+        let Some(dom) = self.lookup(name)? else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        match dom.destroy() {
+            Ok(()) => {
+                tracing::debug!(
+                    domain = name,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "domain destroyed"
+                );
+                Ok(())
+            }
+            // Vanished or stopped between the lookup and the destroy: the goal is reached.
+            Err(e) if is(&e, ErrorNumber::NoDomain) || is(&e, ErrorNumber::OperationInvalid) => {
+                Ok(())
+            }
+            Err(e) => Err(HypervisorError::Destroy {
+                name: name.to_string(),
+                code: code_of(&e),
+                message: e.message().to_string(),
+            }),
+        }
+    }
+
+    /// Whether a domain of that name exists and runs; gone = `false`.
+    pub fn is_active(&self, name: &str) -> Result<bool, HypervisorError> {
+        match self.lookup(name)? {
+            None => Ok(false),
+            Some(dom) => match dom.is_active() {
+                Ok(active) => Ok(active),
+                Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(false),
+                Err(e) => Err(self.call_error("virDomainIsActive", name, &e)),
+            },
+        }
+    }
+
+    /// Polls until the domain no longer runs (it powered off and libvirt reaped it, ≈1.6 s after the
+    /// guest's power-off here). Returns whether it is gone; `false` means the timeout passed.
+    pub fn wait_until_inactive(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<bool, HypervisorError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.is_active(name)? {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The job id of a domain's Minion mark; `None` when the domain is gone or unmarked.
+    pub fn job_id(&self, name: &str) -> Result<Option<String>, HypervisorError> {
+        match self.lookup(name)? {
+            None => Ok(None),
+            Some(dom) => self.mark_of(&dom, name),
+        }
+    }
+
+    /// Every domain named `minion-…` that carries Minion's `<metadata>` mark, with its job id.
+    /// Domains that vanish while being listed are left out; `minion-…` domains without the mark
+    /// (someone else's, e.g. a smoke test) are not ours and are left out too.
+    pub fn list_marked(&self) -> Result<Vec<MarkedDomain>, HypervisorError> {
+        let domains = self
+            .conn
+            .list_all_domains(0)
+            .map_err(|e| self.call_error("virConnectListAllDomains", &self.uri, &e))?;
+        let mut marked = Vec::new();
+        for dom in domains {
+            let name = match dom.name() {
+                Ok(n) => n,
+                Err(e) if is(&e, ErrorNumber::NoDomain) => continue,
+                Err(e) => return Err(self.call_error("virDomainGetName", "a listed domain", &e)),
+            };
+            if !name.starts_with(DOMAIN_PREFIX) {
+                continue;
+            }
+            let Some(job_id) = self.mark_of(&dom, &name)? else {
+                continue;
+            };
+            let active = match dom.is_active() {
+                Ok(a) => a,
+                Err(e) if is(&e, ErrorNumber::NoDomain) => continue,
+                Err(e) => return Err(self.call_error("virDomainIsActive", &name, &e)),
+            };
+            marked.push(MarkedDomain {
+                name,
+                job_id,
+                active,
+            });
+        }
+        marked.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(marked)
+    }
+
+    fn mark_of(&self, dom: &Domain, name: &str) -> Result<Option<String>, HypervisorError> {
+        match dom.metadata(METADATA_ELEMENT, Some(METADATA_NAMESPACE), 0) {
+            Ok(xml) => Ok(parse_job_id(&xml)),
+            Err(e) if is(&e, ErrorNumber::NoDomainMetadata) || is(&e, ErrorNumber::NoDomain) => {
+                Ok(None)
+            }
+            Err(e) => Err(self.call_error("virDomainGetMetadata", name, &e)),
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<Domain>, HypervisorError> {
+        match self.conn.lookup_domain_by_name(name) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => Err(self.call_error("virDomainLookupByName", name, &e)),
+        }
+    }
+
+    fn call_error(&self, op: &'static str, target: &str, e: &VirtError) -> HypervisorError {
+        HypervisorError::Call {
+            op,
+            target: target.to_string(),
+            code: code_of(e),
+            message: e.message().to_string(),
+        }
+    }
+}
+
+/// The `<name>` of a domain XML, for error messages only.
+fn xml_name(xml: &str) -> Option<&str> {
+    let start = xml.find("<name>")? + "<name>".len();
+    let len = xml[start..].find("</name>")?;
+    Some(xml[start..start + len].trim())
+}
+
+/// The `id` attribute of the mark element libvirt hands back, e.g.
+/// `<minion:job xmlns:minion="https://minion.dev/xmlns/1" id="…"/>` (libvirt may re-serialise it
+/// with either quote style and its own prefix).
+pub fn parse_job_id(xml: &str) -> Option<String> {
+    let mut rest = xml;
+    while let Some(pos) = rest.find("id=") {
+        let before = rest[..pos].chars().last();
+        let after = &rest[pos + 3..];
+        rest = after;
+        // `xmlns:minion=` or `uid=` are not `id=`.
+        if !matches!(before, Some(c) if c.is_whitespace()) {
+            continue;
+        }
+        let quote = after.chars().next()?;
+        if quote != '"' && quote != '\'' {
+            continue;
+        }
+        let value = &after[1..];
+        let end = value.find(quote)?;
+        let id = unescape_xml(&value[..end]);
+        return (!id.is_empty()).then_some(id);
+    }
+    None
+}
+
+fn unescape_xml(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accel::Accel;
+    use crate::domain::{render_xml, DomainSpec};
+
+    #[test]
+    fn job_id_is_read_from_either_quote_style_and_not_from_lookalikes() {
+        assert_eq!(
+            parse_job_id(r#"<minion:job xmlns:minion="https://minion.dev/xmlns/1" id="abc-1"/>"#)
+                .as_deref(),
+            Some("abc-1")
+        );
+        assert_eq!(
+            parse_job_id("<m:job uid='x' id='q&amp;r'/>").as_deref(),
+            Some("q&r")
+        );
+        assert_eq!(parse_job_id("<m:job xmlns:id=\"x\"/>"), None);
+        assert_eq!(parse_job_id("<m:job id=\"\"/>"), None);
+        assert_eq!(parse_job_id("<m:job/>"), None);
+    }
+
+    // libvirt's built-in test driver: a real libvirt (XML parsing, metadata, lifecycle) with no
+    // daemon. Its state is per-process and shared, so every test uses its own domain names.
+    fn test_driver() -> Hypervisor {
+        Hypervisor::connect("test:///default").expect("the test driver is built into libvirt")
+    }
+
+    fn spec(job: &str) -> DomainSpec {
+        let dir = format!("/var/lib/minion/vms/{job}");
+        let mut s = crate::domain::tests::test_spec(
+            &dir,
+            Accel::Tcg {
+                reason: "test".into(),
+            },
+        );
+        s.name = crate::domain_name(job);
+        s.job_id = job.to_string();
+        s
+    }
+
+    #[test]
+    fn create_list_destroy_on_the_test_driver() {
+        let hv = test_driver();
+        let xml = render_xml(&spec("hv-lifecycle-1")).expect("xml");
+        let name = hv.create_transient(&xml).expect("created");
+        assert_eq!(name, "minion-hv-lifecycle-1");
+        assert!(hv.is_active(&name).expect("is_active"));
+        assert_eq!(
+            hv.job_id(&name).expect("job id").as_deref(),
+            Some("hv-lifecycle-1")
+        );
+        let marked = hv.list_marked().expect("list");
+        assert!(
+            marked.contains(&MarkedDomain {
+                name: name.clone(),
+                job_id: "hv-lifecycle-1".into(),
+                active: true
+            }),
+            "{marked:?}"
+        );
+        // The test driver's own domain `test` is neither minion-named nor marked.
+        assert!(marked.iter().all(|m| m.name.starts_with(DOMAIN_PREFIX)));
+
+        hv.destroy(&name).expect("destroyed");
+        assert!(!hv.is_active(&name).expect("is_active after"));
+        hv.destroy(&name).expect("destroying a gone domain is Ok");
+        assert!(hv
+            .wait_until_inactive(&name, Duration::from_millis(10))
+            .expect("wait"));
+        assert!(!hv
+            .list_marked()
+            .expect("list")
+            .iter()
+            .any(|m| m.name == name));
+    }
+
+    #[test]
+    fn unmarked_minion_named_domains_are_not_listed() {
+        let hv = test_driver();
+        let xml = render_xml(&spec("hv-unmarked-1")).expect("xml");
+        let start = xml.find("<metadata>").expect("has metadata");
+        let end = xml.find("</metadata>").expect("closes") + "</metadata>".len();
+        let unmarked = format!("{}{}", &xml[..start], &xml[end..]);
+        let name = hv.create_transient(&unmarked).expect("created");
+        assert!(!hv
+            .list_marked()
+            .expect("list")
+            .iter()
+            .any(|m| m.name == name));
+        assert_eq!(hv.job_id(&name).expect("job id"), None);
+        hv.destroy(&name).expect("destroy");
+    }
+
+    #[test]
+    fn errors_carry_libvirt_messages() {
+        let err = Hypervisor::connect("nosuchdriver:///x").expect_err("bad uri");
+        assert!(matches!(err, HypervisorError::Connect { .. }), "{err:?}");
+        assert!(err.to_string().contains("nosuchdriver:///x"), "{err}");
+        assert!(!err.message().is_empty());
+
+        let hv = test_driver();
+        let err = hv
+            .create_transient("<domain type='test'><name>minion-bad</name>")
+            .expect_err("bad xml");
+        let HypervisorError::Create { name, message, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(name, "minion-bad");
+        assert!(!message.is_empty());
+
+        let xml = render_xml(&spec("hv-dup-1")).expect("xml");
+        let name = hv.create_transient(&xml).expect("first");
+        let err = hv.create_transient(&xml).expect_err("same name twice");
+        assert!(err.to_string().contains("minion-hv-dup-1"), "{err}");
+        assert!(
+            err.message().contains("minion-hv-dup-1") || err.message().contains("already"),
+            "{err}"
+        );
+        hv.destroy(&name).expect("destroy");
+        assert!(!hv
+            .is_active("minion-never-existed")
+            .expect("gone is inactive"));
+        hv.destroy("minion-never-existed")
+            .expect("destroying what never existed is Ok");
+    }
+}

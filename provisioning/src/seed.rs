@@ -1,0 +1,341 @@
+//! The per-job NoCloud seed: an ISO9660 volume labelled `cidata` holding `meta-data`, `user-data`
+//! (rendered from `templates/`) and the static agent binary as `minion-agent` (mode 0755, kept by
+//! Rock Ridge). Guests mount it read-only; our images exec the agent from it, generic cloud images
+//! start it from the user-data.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use minijinja::context;
+
+use crate::command;
+use crate::error::ProvisionError;
+use crate::templates;
+
+/// The volume label NoCloud looks for.
+pub const VOLUME_LABEL: &str = "cidata";
+/// The agent's file name on the seed volume.
+pub const AGENT_FILE: &str = "minion-agent";
+/// Where guests mount the seed (the images' init and unit use the same path).
+pub const SEED_MOUNT: &str = "/run/minion/seed";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedSpec {
+    /// NoCloud `instance-id`: the job id.
+    pub instance_id: String,
+    /// NoCloud `local-hostname`.
+    pub hostname: String,
+    /// The static agent binary to put on the volume.
+    pub agent_binary: PathBuf,
+}
+
+/// The two NoCloud documents of a seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedDocuments {
+    pub meta_data: String,
+    pub user_data: String,
+}
+
+/// Renders `meta-data` and `user-data` for `spec` (validating its fields).
+pub fn render(spec: &SeedSpec) -> Result<SeedDocuments, ProvisionError> {
+    check_instance_id(&spec.instance_id)?;
+    check_hostname(&spec.hostname)?;
+    let ctx = context! {
+        instance_id => &spec.instance_id,
+        hostname => &spec.hostname,
+        seed_mount => SEED_MOUNT,
+        agent_name => AGENT_FILE,
+    };
+    Ok(SeedDocuments {
+        meta_data: templates::render(templates::META_DATA, ctx.clone())?,
+        user_data: templates::render(templates::USER_DATA, ctx)?,
+    })
+}
+
+/// Writes the seed ISO to `out_iso` (atomically: a partial ISO is never left under that name).
+/// Needs `genisoimage`.
+pub fn write(spec: &SeedSpec, out_iso: &Path) -> Result<(), ProvisionError> {
+    let docs = render(spec)?;
+    let agent_meta = fs::metadata(&spec.agent_binary)
+        .map_err(ProvisionError::io("read agent binary", &spec.agent_binary))?;
+    if !agent_meta.is_file() {
+        return Err(ProvisionError::invalid(
+            "agent binary",
+            format!("{} is not a regular file", spec.agent_binary.display()),
+        ));
+    }
+    let parent = match out_iso.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file_name = out_iso.file_name().ok_or_else(|| {
+        ProvisionError::invalid(
+            "seed path",
+            format!("{} has no file name", out_iso.display()),
+        )
+    })?;
+
+    // Staged next to the output so the final rename is atomic and the copy stays on one file system.
+    let staging = tempfile::Builder::new()
+        .prefix(".seed-")
+        .tempdir_in(parent)
+        .map_err(ProvisionError::io("create a staging directory in", parent))?;
+    let root = staging.path().join("root");
+    fs::create_dir(&root).map_err(ProvisionError::io("create", &root))?;
+    write_file(&root.join("meta-data"), docs.meta_data.as_bytes(), 0o644)?;
+    write_file(&root.join("user-data"), docs.user_data.as_bytes(), 0o644)?;
+    let agent = root.join(AGENT_FILE);
+    fs::copy(&spec.agent_binary, &agent)
+        .map_err(ProvisionError::io("copy the agent binary to", &agent))?;
+    fs::set_permissions(&agent, fs::Permissions::from_mode(0o755))
+        .map_err(ProvisionError::io("chmod", &agent))?;
+
+    let tmp_iso = staging.path().join("seed.iso");
+    command::run(
+        "genisoimage",
+        [
+            "-quiet".as_ref(),
+            "-V".as_ref(),
+            VOLUME_LABEL.as_ref(),
+            "-J".as_ref(),
+            "-R".as_ref(),
+            "-o".as_ref(),
+            tmp_iso.as_os_str(),
+            root.as_os_str(),
+        ],
+    )?;
+    fs::set_permissions(&tmp_iso, fs::Permissions::from_mode(0o644))
+        .map_err(ProvisionError::io("chmod", &tmp_iso))?;
+    let final_path = parent.join(file_name);
+    fs::rename(&tmp_iso, &final_path).map_err(ProvisionError::io(
+        "move the seed into place at",
+        &final_path,
+    ))?;
+    tracing::debug!(seed = %final_path.display(), instance_id = %spec.instance_id, "seed written");
+    Ok(())
+}
+
+/// Deletes a seed; already gone is success.
+pub fn remove(seed_iso: &Path) -> Result<(), ProvisionError> {
+    match fs::remove_file(seed_iso) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ProvisionError::Io {
+            op: "remove seed",
+            path: seed_iso.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ProvisionError> {
+    fs::write(path, data).map_err(ProvisionError::io("write", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(ProvisionError::io("chmod", path))
+}
+
+/// A job id as NoCloud instance-id: it lands in YAML and in shell comments unquoted, so only
+/// `[A-Za-z0-9._-]`, 1–128 characters.
+fn check_instance_id(id: &str) -> Result<(), ProvisionError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with(['-', '.'])
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProvisionError::invalid(
+            "instance_id",
+            format!("`{id}` (use 1-128 of [A-Za-z0-9._-])"),
+        ))
+    }
+}
+
+/// RFC 1123 host name: dot-separated labels of 1–63 `[A-Za-z0-9-]`, not starting or ending with `-`.
+fn check_hostname(name: &str) -> Result<(), ProvisionError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(ProvisionError::invalid(
+            "hostname",
+            format!("`{name}` is not an RFC 1123 host name"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn isoinfo(iso: &Path, args: &[&str]) -> String {
+        let out = Command::new("isoinfo")
+            .arg("-i")
+            .arg(iso)
+            .args(args)
+            .output()
+            .expect("isoinfo runs");
+        assert!(
+            out.status.success(),
+            "isoinfo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn spec(agent: PathBuf) -> SeedSpec {
+        SeedSpec {
+            instance_id: "0b9c0c3e-1d7a-4e5f-9a61-2f1d2c3b4a59".into(),
+            hostname: "minion".into(),
+            agent_binary: agent,
+        }
+    }
+
+    #[test]
+    fn seed_iso_has_label_documents_and_an_executable_agent() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let agent = tmp.path().join("agent-src");
+        fs::write(&agent, b"#!/bin/sh\necho stub agent\n").expect("agent");
+        fs::set_permissions(&agent, fs::Permissions::from_mode(0o600)).expect("chmod"); // not exec at the source
+        let iso = tmp.path().join("seed.iso");
+        let s = spec(agent);
+        write(&s, &iso).expect("seed written");
+
+        let pvd = isoinfo(&iso, &["-d"]);
+        assert!(pvd.contains("Volume id: cidata"), "{pvd}");
+        assert!(
+            pvd.contains("Rock Ridge signatures version"),
+            "Rock Ridge missing: {pvd}"
+        );
+        assert!(pvd.contains("Joliet"), "Joliet missing: {pvd}");
+
+        let listing = isoinfo(&iso, &["-R", "-l"]);
+        let agent_line = listing
+            .lines()
+            .find(|l| l.trim_end().ends_with(AGENT_FILE))
+            .expect("agent listed");
+        assert!(
+            agent_line.trim_start().starts_with("-rwxr-xr-x"),
+            "agent not 0755: {agent_line}"
+        );
+        assert!(
+            listing.contains("meta-data") && listing.contains("user-data"),
+            "{listing}"
+        );
+
+        let meta = isoinfo(&iso, &["-R", "-x", "/meta-data"]);
+        assert_eq!(
+            meta,
+            format!("instance-id: {}\nlocal-hostname: minion\n", s.instance_id)
+        );
+        let agent_copy = isoinfo(&iso, &["-R", "-x", "/minion-agent"]);
+        assert_eq!(agent_copy, "#!/bin/sh\necho stub agent\n");
+        let user = isoinfo(&iso, &["-R", "-x", "/user-data"]);
+        assert!(user.starts_with("#cloud-config\n"), "{user}");
+
+        // Nothing left behind next to the ISO but the ISO and the agent source.
+        let mut left: Vec<_> = fs::read_dir(tmp.path())
+            .expect("ls")
+            .map(|e| e.expect("e").file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["agent-src", "seed.iso"]);
+        assert_eq!(
+            fs::metadata(&iso).expect("iso").permissions().mode() & 0o777,
+            0o644
+        );
+    }
+
+    #[test]
+    fn user_data_is_cloud_config_that_mounts_cidata_and_starts_the_agent() {
+        let docs = render(&spec(PathBuf::from("/x"))).expect("renders");
+        assert!(
+            docs.user_data.starts_with("#cloud-config\n"),
+            "{}",
+            docs.user_data
+        );
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(&docs.user_data).expect("user-data is YAML");
+        let script = yaml["bootcmd"][0].as_str().expect("bootcmd[0] is a script");
+        assert!(script.contains("LABEL=cidata /run/minion/seed"), "{script}");
+        assert!(
+            script.contains("agent=/run/minion/seed/minion-agent"),
+            "{script}"
+        );
+        assert!(
+            script.contains("mkdir /run/minion/agent.started"),
+            "the guard shared with our images: {script}"
+        );
+        let meta: serde_yaml::Value =
+            serde_yaml::from_str(&docs.meta_data).expect("meta-data is YAML");
+        assert_eq!(
+            meta["instance-id"].as_str(),
+            Some("0b9c0c3e-1d7a-4e5f-9a61-2f1d2c3b4a59")
+        );
+        assert_eq!(meta["local-hostname"].as_str(), Some("minion"));
+        // The script is valid sh.
+        let status = Command::new("sh")
+            .args(["-n", "-c", script])
+            .status()
+            .expect("sh -n");
+        assert!(status.success(), "bootcmd script does not parse");
+    }
+
+    #[test]
+    fn hostile_ids_and_hostnames_are_refused() {
+        for id in [
+            "",
+            "a b",
+            "x\ninstance-id: evil",
+            "$(reboot)",
+            "-rf",
+            &"a".repeat(129),
+        ] {
+            let mut s = spec(PathBuf::from("/x"));
+            s.instance_id = id.to_string();
+            let err = render(&s).expect_err("bad id");
+            assert!(
+                err.to_string().starts_with("invalid instance_id"),
+                "{id:?}: {err}"
+            );
+        }
+        for host in ["", "-a", "a-", "a..b", "a_b", "x\ny", &"a".repeat(64)] {
+            let mut s = spec(PathBuf::from("/x"));
+            s.hostname = host.to_string();
+            let err = render(&s).expect_err("bad hostname");
+            assert!(
+                err.to_string().starts_with("invalid hostname"),
+                "{host:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_agent_binary_is_named_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let iso = tmp.path().join("seed.iso");
+        let err = write(&spec(tmp.path().join("no-agent")), &iso).expect_err("no agent");
+        assert!(err.to_string().contains("no-agent"), "{err}");
+        assert_eq!(fs::read_dir(tmp.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn remove_is_idempotent() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let iso = tmp.path().join("seed.iso");
+        fs::write(&iso, b"x").expect("w");
+        remove(&iso).expect("rm");
+        remove(&iso).expect("rm again");
+        assert!(!iso.exists());
+    }
+}
