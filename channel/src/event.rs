@@ -74,4 +74,6 @@ pub struct SessionOutcome {
     pub artifact_entries: u64,
     /// Bytes of log data received.
     pub log_bytes: u64,
+    /// From the first artifact chunk to ArtifactEnd (the channel's artifact throughput).
+    pub artifact_transfer: std::time::Duration,
 }

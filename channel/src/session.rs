@@ -91,6 +91,8 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send>(
         log_bytes: 0,
         artifact_bytes: 0,
         unpack: Unpack::Idle,
+        artifact_started: None,
+        artifact_transfer: Duration::ZERO,
         stopping: None,
         job_deadline: None,
     }
@@ -191,6 +193,8 @@ struct Reader<'a, R> {
     log_bytes: u64,
     artifact_bytes: u64,
     unpack: Unpack,
+    artifact_started: Option<Instant>,
+    artifact_transfer: Duration,
     /// Set once Cancel was sent: when the grace ends, and what the session then returns.
     stopping: Option<(Instant, StopError)>,
     job_deadline: Option<Instant>,
@@ -377,6 +381,7 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
                     artifact_bytes: self.artifact_bytes,
                     artifact_entries: entries,
                     log_bytes: self.log_bytes,
+                    artifact_transfer: self.artifact_transfer,
                 }))
             }
             Kind::Error(_) => unreachable_error(),
@@ -390,6 +395,7 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             ));
         }
         self.phase = Phase::Artifacts;
+        self.artifact_started.get_or_insert_with(Instant::now);
         self.artifact_bytes += data.len() as u64;
         if self.artifact_bytes > self.limits.max_artifact_bytes {
             return Err(ChannelError::LimitExceeded {
@@ -439,6 +445,10 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         };
         self.unpack = Unpack::Done { entries };
         self.phase = Phase::Collected;
+        self.artifact_transfer = self
+            .artifact_started
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
         Ok(())
     }
 
