@@ -1,0 +1,365 @@
+//! Against the real libvirtd (`qemu:///system`) and the real `minimal`/`standard` images: overlay,
+//! seed with a stub agent, transient domain, marker on the serial console, destroy, cleanup, and
+//! nothing left. Names contain `real_libvirt` so nextest runs them one at a time (.config/nextest.toml).
+//!
+//! Needs root, `make image`, and libvirtd (started here through scripts/libvirt-start.sh).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use minion_provisioning::{
+    accel, domain, image, overlay, seed, Accel, DomainSpec, Hypervisor, SeedSpec, VmFiles,
+};
+
+const URI: &str = "qemu:///system";
+const IMAGES_DIR: &str = "/var/cache/minion/images";
+/// qemu runs as libvirt-qemu: the VM files must sit under directories others can traverse, which a
+/// tempdir under /tmp (mode 0700) is not.
+const STATE_PARENT: &str = "/var/lib/minion";
+
+/// `cargo test` runs a binary's tests in parallel; VMs on 2 shared cores should not.
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("crate sits in the repo")
+        .to_path_buf()
+}
+
+fn ensure_libvirtd() {
+    let script = repo_root().join("scripts/libvirt-start.sh");
+    let out = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "libvirtd is not available ({} failed): {}{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn load_image(name: &str) -> image::Image {
+    image::load(Path::new(IMAGES_DIR), name).unwrap_or_else(|e| {
+        panic!("image `{name}` is not usable: {e}\nBuild the images first: `make image`")
+    })
+}
+
+/// A stub agent: prints the marker on the console and powers the guest off (as PID 1 under
+/// `minion-init` through reboot(2); under systemd through systemctl), like images/smoke-boot.sh.
+/// With `power_off = false` it keeps the guest running (for destroy tests).
+fn stub_agent(dir: &Path, marker: &str, power_off: bool) -> PathBuf {
+    let path = dir.join("stub-agent");
+    let end = if power_off {
+        "if [ $$ = 1 ]; then\n    python3 -c 'import ctypes; ctypes.CDLL(None).reboot(0x4321FEDC)'\nelse\n    systemctl poweroff --no-block\nfi\nsleep 60\n"
+    } else {
+        "while :; do sleep 1; done\n"
+    };
+    fs::write(
+        &path,
+        format!("#!/bin/sh\necho \"{marker}\" > /dev/console\n{end}"),
+    )
+    .expect("write stub agent");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod"); // the seed makes it 0755
+    path
+}
+
+/// Destroys the domain and removes the files even when an assertion fails half-way.
+struct VmGuard<'a> {
+    hv: &'a Hypervisor,
+    name: String,
+    files: VmFiles,
+}
+
+impl Drop for VmGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.hv.destroy(&self.name);
+        let _ = self.files.remove_all();
+    }
+}
+
+struct Scratch {
+    state_dir: tempfile::TempDir,
+}
+
+fn scratch() -> Scratch {
+    fs::create_dir_all(STATE_PARENT).expect("state parent");
+    fs::set_permissions(STATE_PARENT, fs::Permissions::from_mode(0o755))
+        .expect("chmod state parent");
+    let state_dir = tempfile::Builder::new()
+        .prefix("test-")
+        .tempdir_in(STATE_PARENT)
+        .expect("state dir");
+    fs::set_permissions(state_dir.path(), fs::Permissions::from_mode(0o755))
+        .expect("chmod state dir");
+    Scratch { state_dir }
+}
+
+fn unique_job_id(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_nanos();
+    format!("it-{tag}-{}-{nanos:09}", std::process::id())
+}
+
+fn wait_for_marker(console: &Path, marker: &str, timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if fs::read(console)
+            .map(|b| String::from_utf8_lossy(&b).contains(marker))
+            .unwrap_or(false)
+        {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn virsh_all_names() -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", URI, "list", "--all", "--name"])
+        .output()
+        .expect("virsh runs");
+    assert!(
+        out.status.success(),
+        "virsh list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn console_tail(console: &Path) -> String {
+    let text = fs::read(console)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Prepared {
+    files: VmFiles,
+    xml: String,
+    name: String,
+    job_id: String,
+    marker: String,
+}
+
+fn prepare(scratch: &Scratch, variant: &str, power_off: bool, accel: &Accel) -> Prepared {
+    let img = load_image(variant);
+    let job_id = unique_job_id(variant);
+    let marker = format!("MINION-PROVISIONING-MARKER-{job_id}");
+    let files = VmFiles::new(scratch.state_dir.path(), &job_id).expect("vm paths");
+    files.create().expect("vm dir");
+
+    let t = Instant::now();
+    overlay::create(&img.disk_path(), &files.overlay).expect("overlay");
+    let t_overlay = t.elapsed();
+    let agent = stub_agent(scratch.state_dir.path(), &marker, power_off);
+    let t = Instant::now();
+    seed::write(
+        &SeedSpec {
+            instance_id: job_id.clone(),
+            hostname: "minion".into(),
+            agent_binary: agent,
+        },
+        &files.seed,
+    )
+    .expect("seed");
+    let t_seed = t.elapsed();
+    let name = minion_provisioning::domain_name(&job_id);
+    let spec = DomainSpec {
+        name: name.clone(),
+        job_id: job_id.clone(),
+        vcpus: 1,
+        memory_mib: 512,
+        accel: accel.clone(),
+        image: img,
+        overlay: files.overlay.clone(),
+        seed: files.seed.clone(),
+        console_log: files.console_log.clone(),
+        channel_socket: files.channel_socket.clone(),
+        network: None,
+    };
+    let xml = domain::render_xml(&spec).expect("domain xml");
+    eprintln!("{variant}: overlay {t_overlay:?}, seed {t_seed:?}");
+    Prepared {
+        files,
+        xml,
+        name,
+        job_id,
+        marker,
+    }
+}
+
+fn assert_nothing_left(hv: &Hypervisor, p: &Prepared) {
+    assert!(
+        !hv.is_active(&p.name).expect("is_active"),
+        "{} still active",
+        p.name
+    );
+    assert!(
+        !virsh_all_names().contains(&p.name),
+        "`virsh list --all` still shows {}",
+        p.name
+    );
+    assert!(!hv
+        .list_marked()
+        .expect("list_marked")
+        .iter()
+        .any(|m| m.job_id == p.job_id));
+    assert!(
+        !p.files.dir.exists(),
+        "{} still exists",
+        p.files.dir.display()
+    );
+    assert!(
+        !p.files.overlay.exists() && !p.files.seed.exists() && !p.files.channel_socket.exists()
+    );
+}
+
+/// Boots `variant` with a stub agent that powers off; checks marker, self power-off, cleanup.
+fn boot_to_marker(variant: &str, timeout: Duration) {
+    let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_libvirtd();
+    let accel = accel::detect();
+    let scratch = scratch();
+    let p = prepare(&scratch, variant, true, &accel);
+    let hv = Hypervisor::connect(URI).expect("connect to libvirtd");
+
+    let t0 = Instant::now();
+    let name = hv.create_transient(&p.xml).expect("domain starts");
+    let t_create = t0.elapsed();
+    let guard = VmGuard {
+        hv: &hv,
+        name: name.clone(),
+        files: p.files.clone(),
+    };
+    assert_eq!(name, p.name);
+    assert!(hv.is_active(&name).expect("is_active"));
+    let marked = hv.list_marked().expect("list_marked");
+    assert!(
+        marked
+            .iter()
+            .any(|m| m.name == name && m.job_id == p.job_id && m.active),
+        "our domain is not among the marked ones: {marked:?}"
+    );
+    assert!(
+        p.files.channel_socket.exists(),
+        "libvirt did not create the channel socket"
+    );
+
+    let Some(t_marker) = wait_for_marker(&p.files.console_log, &p.marker, timeout) else {
+        panic!(
+            "no marker within {timeout:?} ({accel}); console tail:\n{}",
+            console_tail(&p.files.console_log)
+        );
+    };
+    let t = Instant::now();
+    let gone = hv
+        .wait_until_inactive(&name, Duration::from_secs(60))
+        .expect("wait");
+    assert!(
+        gone,
+        "the guest powered off but the domain is still running; console:\n{}",
+        console_tail(&p.files.console_log)
+    );
+    let t_gone = t.elapsed();
+    eprintln!(
+        "{variant} ({accel}): create {t_create:?}, create→marker {:?}, marker→gone {t_gone:?}",
+        t_marker + t_create
+    );
+    hv.destroy(&name)
+        .expect("destroying a powered-off transient domain is Ok");
+    p.files.remove_all().expect("remove files");
+    drop(guard);
+    assert_nothing_left(&hv, &p);
+}
+
+#[test]
+fn real_libvirt_minimal_boots_stub_agent_and_leaves_nothing() {
+    boot_to_marker("minimal", Duration::from_secs(60));
+}
+
+#[test]
+fn real_libvirt_standard_boots_stub_agent_and_leaves_nothing() {
+    boot_to_marker("standard", Duration::from_secs(120));
+}
+
+#[test]
+fn real_libvirt_destroy_of_a_running_domain_and_twice() {
+    let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_libvirtd();
+    let accel = accel::detect();
+    let scratch = scratch();
+    let p = prepare(&scratch, "minimal", false, &accel);
+    let hv = Hypervisor::connect(URI).expect("connect to libvirtd");
+    let name = hv.create_transient(&p.xml).expect("domain starts");
+    let guard = VmGuard {
+        hv: &hv,
+        name: name.clone(),
+        files: p.files.clone(),
+    };
+    let Some(_) = wait_for_marker(&p.files.console_log, &p.marker, Duration::from_secs(60)) else {
+        panic!(
+            "no marker; console tail:\n{}",
+            console_tail(&p.files.console_log)
+        );
+    };
+    assert!(
+        hv.is_active(&name).expect("is_active"),
+        "the stub keeps the guest running"
+    );
+    let t = Instant::now();
+    hv.destroy(&name).expect("destroy");
+    let t_destroy = t.elapsed();
+    assert!(!hv.is_active(&name).expect("is_active"));
+    hv.destroy(&name).expect("second destroy is Ok");
+    eprintln!("destroy of a running domain: {t_destroy:?}");
+    p.files.remove_all().expect("remove");
+    p.files.remove_all().expect("remove twice");
+    drop(guard);
+    assert_nothing_left(&hv, &p);
+}
+
+#[test]
+fn real_libvirt_refuses_a_domain_whose_overlay_is_missing() {
+    let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_libvirtd();
+    let scratch = scratch();
+    let p = prepare(&scratch, "minimal", true, &accel::detect());
+    overlay::remove(&p.files.overlay).expect("remove overlay");
+    let hv = Hypervisor::connect(URI).expect("connect");
+    let err = hv
+        .create_transient(&p.xml)
+        .expect_err("no overlay → libvirt refuses");
+    let _guard = VmGuard {
+        hv: &hv,
+        name: p.name.clone(),
+        files: p.files.clone(),
+    };
+    assert!(err.to_string().contains(&p.name), "{err}");
+    assert!(
+        err.message().contains("overlay.qcow2"),
+        "libvirt's message names the file: {err}"
+    );
+    assert!(!hv.is_active(&p.name).expect("is_active"));
+}
