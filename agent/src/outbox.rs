@@ -1,6 +1,7 @@
 //! The agent's single way to talk to the host: every thread (formula events, heartbeats, artifact
 //! packer) sends whole frames through one lock, so frames never interleave.
 
+use std::io::Write;
 use std::sync::{
     atomic::{AtomicBool, Ordering},
     Arc, Mutex,
@@ -40,6 +41,26 @@ impl Outbox {
             .lock()
             .map_err(|_| std::io::Error::other("channel writer poisoned"))?;
         let result = write_frame(&mut *w, &frame, MAX_FRAME).and_then(|()| Ok(w.flush()?));
+        if result.is_err() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Sends bytes that already form whole frames (the artifact packer encodes its own, to spare
+    /// the guest a copy of every artifact byte).
+    pub fn send_encoded(&self, frames: &[u8]) -> std::io::Result<()> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "channel broken",
+            ));
+        }
+        let mut w = self
+            .inner
+            .lock()
+            .map_err(|_| std::io::Error::other("channel writer poisoned"))?;
+        let result = w.write_all(frames).and_then(|()| w.flush());
         if result.is_err() {
             self.broken.store(true, Ordering::Relaxed);
         }
