@@ -63,6 +63,10 @@ pub enum ProvisionError {
         stderr: String,
     },
 
+    /// A libvirt call failed (only from the combined steps in [`crate::vm`]).
+    #[error(transparent)]
+    Hypervisor(#[from] crate::hypervisor::HypervisorError),
+
     /// A template failed to load or render (a strict undefined variable, a syntax error).
     #[error("template {template}: {source}")]
     Template {

@@ -155,31 +155,46 @@ impl Hypervisor {
         Ok(name)
     }
 
-    /// Stops the domain (hard power-off). Already gone, or not running, is success.
+    /// Stops the domain (hard power-off) so that it no longer exists. Already gone, or not running,
+    /// is success. Our domains are transient; a persistent one of that name (defined by hand) is
+    /// also undefined, so "destroyed" always means "gone from `virsh list --all`".
     pub fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
         let Some(dom) = self.lookup(name)? else {
             return Ok(());
         };
+        let destroy_error = |e: VirtError| HypervisorError::Destroy {
+            name: name.to_string(),
+            code: code_of(&e),
+            message: e.message().to_string(),
+        };
         let started = Instant::now();
         match dom.destroy() {
-            Ok(()) => {
-                tracing::debug!(
-                    domain = name,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "domain destroyed"
-                );
-                Ok(())
-            }
+            Ok(()) => {}
             // Vanished or stopped between the lookup and the destroy: the goal is reached.
-            Err(e) if is(&e, ErrorNumber::NoDomain) || is(&e, ErrorNumber::OperationInvalid) => {
-                Ok(())
-            }
-            Err(e) => Err(HypervisorError::Destroy {
-                name: name.to_string(),
-                code: code_of(&e),
-                message: e.message().to_string(),
-            }),
+            Err(e) if is(&e, ErrorNumber::NoDomain) || is(&e, ErrorNumber::OperationInvalid) => {}
+            Err(e) => return Err(destroy_error(e)),
         }
+        match dom.is_persistent() {
+            Ok(true) => match dom.undefine() {
+                Ok(()) => {}
+                Err(e) if is(&e, ErrorNumber::NoDomain) => {}
+                Err(e) => return Err(destroy_error(e)),
+            },
+            Ok(false) => {}
+            Err(e) if is(&e, ErrorNumber::NoDomain) => {}
+            Err(e) => return Err(destroy_error(e)),
+        }
+        tracing::debug!(
+            domain = name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "domain destroyed"
+        );
+        Ok(())
+    }
+
+    /// Whether the connection still works (libvirtd may have restarted; then connect again).
+    pub fn is_alive(&self) -> bool {
+        self.conn.is_alive().unwrap_or(false)
     }
 
     /// Whether a domain of that name exists and runs; gone = `false`.
@@ -417,6 +432,34 @@ mod tests {
             .any(|m| m.name == name));
         assert_eq!(hv.job_id(&name).expect("job id"), None);
         hv.destroy(&name).expect("destroy");
+    }
+
+    #[test]
+    fn destroy_also_undefines_a_persistent_domain_of_that_name() {
+        let hv = test_driver();
+        let xml = render_xml(&spec("hv-persistent-1")).expect("xml");
+        let dom = hv.conn.define_domain_xml(&xml).expect("defined");
+        dom.create().expect("started");
+        let name = "minion-hv-persistent-1";
+        let state = |hv: &Hypervisor| {
+            hv.list_marked()
+                .expect("list")
+                .into_iter()
+                .find(|m| m.name == name)
+                .map(|m| m.active)
+        };
+        assert_eq!(state(&hv), Some(true));
+        hv.destroy(name).expect("destroy");
+        assert!(
+            hv.lookup(name).expect("lookup").is_none(),
+            "still defined after destroy"
+        );
+        // Defined but never started: destroy undefines it too.
+        hv.conn.define_domain_xml(&xml).expect("defined again");
+        assert_eq!(state(&hv), Some(false));
+        hv.destroy(name).expect("destroy inactive");
+        assert!(hv.lookup(name).expect("lookup").is_none());
+        assert!(hv.is_alive());
     }
 
     #[test]

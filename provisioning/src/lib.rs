@@ -18,6 +18,7 @@ pub mod image;
 pub mod overlay;
 pub mod seed;
 mod templates;
+pub mod vm;
 pub mod vmfiles;
 
 pub use accel::Accel;

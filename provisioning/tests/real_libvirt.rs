@@ -11,9 +11,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use minion_provisioning::{
-    accel, domain, image, overlay, seed, Accel, DomainSpec, Hypervisor, SeedSpec, VmFiles,
-};
+use minion_provisioning::{accel, image, overlay, vm, Accel, Hypervisor, VmFiles};
 
 const URI: &str = "qemu:///system";
 const IMAGES_DIR: &str = "/var/cache/minion/images";
@@ -164,47 +162,25 @@ struct Prepared {
 }
 
 fn prepare(scratch: &Scratch, variant: &str, power_off: bool, accel: &Accel) -> Prepared {
-    let img = load_image(variant);
     let job_id = unique_job_id(variant);
     let marker = format!("MINION-PROVISIONING-MARKER-{job_id}");
-    let files = VmFiles::new(scratch.state_dir.path(), &job_id).expect("vm paths");
-    files.create().expect("vm dir");
-
-    let t = Instant::now();
-    overlay::create(&img.disk_path(), &files.overlay).expect("overlay");
-    let t_overlay = t.elapsed();
-    let agent = stub_agent(scratch.state_dir.path(), &marker, power_off);
-    let t = Instant::now();
-    seed::write(
-        &SeedSpec {
-            instance_id: job_id.clone(),
-            hostname: "minion".into(),
-            agent_binary: agent,
-        },
-        &files.seed,
-    )
-    .expect("seed");
-    let t_seed = t.elapsed();
-    let name = minion_provisioning::domain_name(&job_id);
-    let spec = DomainSpec {
-        name: name.clone(),
+    let req = vm::VmRequest {
+        state_dir: scratch.state_dir.path().to_path_buf(),
         job_id: job_id.clone(),
+        image: load_image(variant),
+        accel: accel.clone(),
+        agent_binary: stub_agent(scratch.state_dir.path(), &marker, power_off),
         vcpus: 1,
         memory_mib: 512,
-        accel: accel.clone(),
-        image: img,
-        overlay: files.overlay.clone(),
-        seed: files.seed.clone(),
-        console_log: files.console_log.clone(),
-        channel_socket: files.channel_socket.clone(),
+        hostname: "minion".into(),
         network: None,
     };
-    let xml = domain::render_xml(&spec).expect("domain xml");
-    eprintln!("{variant}: overlay {t_overlay:?}, seed {t_seed:?}");
+    let prepared = vm::prepare(&req).expect("prepare the VM");
+    eprintln!("{variant}: {:?}", prepared.timings);
     Prepared {
-        files,
-        xml,
-        name,
+        files: prepared.files,
+        xml: prepared.xml,
+        name: prepared.name,
         job_id,
         marker,
     }
@@ -287,9 +263,13 @@ fn boot_to_marker(variant: &str, timeout: Duration) {
         "{variant} ({accel}): create {t_create:?}, create→marker {:?}, marker→gone {t_gone:?}",
         t_marker + t_create
     );
-    hv.destroy(&name)
-        .expect("destroying a powered-off transient domain is Ok");
-    p.files.remove_all().expect("remove files");
+    let kept = scratch.state_dir.path().join("console.kept");
+    vm::teardown(&hv, &name, &p.files, Some(&kept)).expect("teardown of a powered-off domain");
+    let console = fs::read_to_string(&kept).expect("console log kept");
+    assert!(
+        console.contains(&p.marker),
+        "kept console log lacks the marker"
+    );
     drop(guard);
     assert_nothing_left(&hv, &p);
 }

@@ -1,0 +1,335 @@
+//! One VM's whole preparation, and its whole teardown, each as one call, so every path of the
+//! daemon (success, failure, timeout, cancel, restart) cleans up the same way. Built only from the
+//! other modules; all of it blocks (use `spawn_blocking`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::accel::Accel;
+use crate::domain::{self, DomainSpec};
+use crate::error::ProvisionError;
+use crate::hypervisor::Hypervisor;
+use crate::image::Image;
+use crate::seed::{self, SeedSpec};
+use crate::vmfiles::{self, VmFiles};
+use crate::{domain_name, overlay};
+
+/// What one VM needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRequest {
+    pub state_dir: PathBuf,
+    pub job_id: String,
+    pub image: Image,
+    pub accel: Accel,
+    /// The static agent binary for the seed.
+    pub agent_binary: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// The guest's host name (NoCloud `local-hostname`).
+    pub hostname: String,
+    /// A libvirt network for a NIC; `None` = no NIC.
+    pub network: Option<String>,
+}
+
+/// Where the time of [`prepare`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrepareTimings {
+    pub overlay: Duration,
+    pub seed: Duration,
+    pub render: Duration,
+}
+
+/// A VM ready to start: its files exist, its XML is rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedVm {
+    pub name: String,
+    pub files: VmFiles,
+    pub spec: DomainSpec,
+    pub xml: String,
+    pub timings: PrepareTimings,
+}
+
+/// Creates the VM directory, overlay and seed, and renders the domain XML. On failure nothing is
+/// left behind. A directory left by an earlier attempt of the same job is an error (reconcile or
+/// [`teardown`] it first) rather than silently reused.
+pub fn prepare(req: &VmRequest) -> Result<PreparedVm, ProvisionError> {
+    let files = VmFiles::new(&req.state_dir, &req.job_id)?;
+    if files.exists() {
+        return Err(ProvisionError::invalid(
+            "job id",
+            format!(
+                "{} already exists: a VM of job {} was not cleaned up",
+                files.dir.display(),
+                req.job_id
+            ),
+        ));
+    }
+    files.create()?;
+    let built = build(req, &files);
+    if built.is_err() {
+        if let Err(e) = files.remove_all() {
+            tracing::warn!("after a failed prepare: {e}");
+        }
+    }
+    built
+}
+
+fn build(req: &VmRequest, files: &VmFiles) -> Result<PreparedVm, ProvisionError> {
+    let mut timings = PrepareTimings::default();
+    let t = Instant::now();
+    overlay::create_with_format(
+        &req.image.disk_path(),
+        req.image.manifest.format,
+        &files.overlay,
+    )?;
+    timings.overlay = t.elapsed();
+
+    let t = Instant::now();
+    let seed_spec = SeedSpec {
+        instance_id: req.job_id.clone(),
+        hostname: req.hostname.clone(),
+        agent_binary: req.agent_binary.clone(),
+    };
+    seed::write(&seed_spec, &files.seed)?;
+    timings.seed = t.elapsed();
+
+    let t = Instant::now();
+    let name = domain_name(&req.job_id);
+    let spec = DomainSpec {
+        name: name.clone(),
+        job_id: req.job_id.clone(),
+        vcpus: req.vcpus,
+        memory_mib: req.memory_mib,
+        accel: req.accel.clone(),
+        image: req.image.clone(),
+        overlay: files.overlay.clone(),
+        seed: files.seed.clone(),
+        console_log: files.console_log.clone(),
+        channel_socket: files.channel_socket.clone(),
+        network: req.network.clone(),
+    };
+    let xml = domain::render_xml(&spec)?;
+    timings.render = t.elapsed();
+    Ok(PreparedVm {
+        name,
+        files: files.clone(),
+        spec,
+        xml,
+        timings,
+    })
+}
+
+/// Destroys the domain (gone already is fine), optionally copies the console log out (after the
+/// destroy, so it is complete), and deletes the VM directory. Every step is attempted even when an
+/// earlier one fails; the first error is returned. Idempotent.
+pub fn teardown(
+    hv: &Hypervisor,
+    name: &str,
+    files: &VmFiles,
+    keep_console_as: Option<&Path>,
+) -> Result<(), ProvisionError> {
+    let mut first: Option<ProvisionError> = None;
+    if let Err(e) = hv.destroy(name) {
+        tracing::warn!("teardown of {name}: {e}");
+        first = Some(e.into());
+    }
+    if let Some(dest) = keep_console_as {
+        match std::fs::copy(&files.console_log, dest) {
+            Ok(_) => {}
+            // A VM that never started has no console log; nothing to keep.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                let e = ProvisionError::Io {
+                    op: "keep the console log as",
+                    path: dest.to_path_buf(),
+                    source: e,
+                };
+                tracing::warn!("teardown of {name}: {e}");
+                first.get_or_insert(e);
+            }
+        }
+    }
+    if let Err(e) = files.remove_all() {
+        tracing::warn!("teardown of {name}: {e}");
+        first.get_or_insert(e);
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// What [`reconcile`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Marked domains destroyed (no live job owned them).
+    pub destroyed: Vec<String>,
+    /// VM directories deleted (no live job owned them).
+    pub removed_dirs: Vec<PathBuf>,
+    /// What could not be cleaned, as messages (the rest was still attempted).
+    pub errors: Vec<String>,
+}
+
+/// After a daemon restart: destroys every marked domain and deletes every VM directory under
+/// `state_dir` whose job id `is_live` does not claim.
+pub fn reconcile(
+    hv: &Hypervisor,
+    state_dir: &Path,
+    is_live: &dyn Fn(&str) -> bool,
+) -> ReconcileReport {
+    let mut report = ReconcileReport::default();
+    match hv.list_marked() {
+        Ok(marked) => {
+            for m in marked.into_iter().filter(|m| !is_live(&m.job_id)) {
+                match hv.destroy(&m.name) {
+                    Ok(()) => report.destroyed.push(m.name),
+                    Err(e) => report.errors.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => report.errors.push(e.to_string()),
+    }
+    match vmfiles::list_job_dirs(state_dir) {
+        Ok(ids) => {
+            for id in ids.into_iter().filter(|id| !is_live(id)) {
+                let dir = vmfiles::vms_dir(state_dir).join(&id);
+                let removed = match VmFiles::new(state_dir, &id) {
+                    Ok(files) => files.remove_all(),
+                    // Not a name we would have made: still ours to clean (it is under vms/).
+                    Err(_) => {
+                        std::fs::remove_dir_all(&dir).map_err(ProvisionError::io("remove", &dir))
+                    }
+                };
+                match removed {
+                    Ok(()) => report.removed_dirs.push(dir),
+                    Err(e) => report.errors.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => report.errors.push(e.to_string()),
+    }
+    if !report.destroyed.is_empty() || !report.removed_dirs.is_empty() || !report.errors.is_empty()
+    {
+        tracing::info!(
+            destroyed = report.destroyed.len(),
+            removed_dirs = report.removed_dirs.len(),
+            errors = report.errors.len(),
+            "reconciled leftover VMs"
+        );
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::load;
+    use std::fs;
+
+    fn fixture(root: &Path) -> (Image, PathBuf) {
+        let img_dir = root.join("images/tiny");
+        fs::create_dir_all(&img_dir).expect("mkdir");
+        crate::command::run(
+            "qemu-img",
+            [
+                "create".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                img_dir.join("disk.qcow2").as_os_str(),
+                "16M".as_ref(),
+            ] as [&std::ffi::OsStr; 6],
+        )
+        .expect("base disk");
+        fs::write(img_dir.join("vmlinux"), b"k").expect("kernel");
+        fs::write(
+            img_dir.join("manifest.json"),
+            r#"{"name":"tiny","arch":"x86_64","format":"qcow2","disk":"disk.qcow2","kernel":"vmlinux","cmdline":"console=ttyS0","agent_start":"init"}"#,
+        )
+        .expect("manifest");
+        let agent = root.join("agent");
+        fs::write(&agent, b"#!/bin/sh\n").expect("agent");
+        (load(&root.join("images"), "tiny").expect("image"), agent)
+    }
+
+    fn request(root: &Path, job: &str) -> VmRequest {
+        let (image, agent_binary) = fixture(root);
+        VmRequest {
+            state_dir: root.join("state"),
+            job_id: job.into(),
+            image,
+            accel: Accel::Tcg {
+                reason: "test".into(),
+            },
+            agent_binary,
+            vcpus: 1,
+            memory_mib: 256,
+            hostname: "minion".into(),
+            network: None,
+        }
+    }
+
+    #[test]
+    fn prepare_start_teardown_on_the_test_driver() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let req = request(tmp.path(), "vm-cycle-1");
+        let vm = prepare(&req).expect("prepared");
+        assert!(vm.files.overlay.is_file() && vm.files.seed.is_file());
+        assert_eq!(vm.name, "minion-vm-cycle-1");
+        assert!(vm.xml.contains("id=\"vm-cycle-1\""));
+        let err = prepare(&req).expect_err("a second prepare of the same job is refused");
+        assert!(err.to_string().contains("was not cleaned up"), "{err}");
+
+        let hv = Hypervisor::connect("test:///default").expect("test driver");
+        hv.create_transient(&vm.xml).expect("started");
+        fs::write(&vm.files.console_log, b"console text").expect("fake console"); // the test driver runs no qemu
+        let kept = tmp.path().join("console.kept");
+        teardown(&hv, &vm.name, &vm.files, Some(&kept)).expect("teardown");
+        assert_eq!(fs::read(&kept).expect("kept"), b"console text");
+        assert!(!hv.is_active(&vm.name).expect("is_active"));
+        assert!(!vm.files.dir.exists());
+        teardown(&hv, &vm.name, &vm.files, Some(&kept)).expect("teardown is idempotent");
+    }
+
+    #[test]
+    fn failed_prepare_leaves_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut req = request(tmp.path(), "vm-fail-1");
+        req.agent_binary = tmp.path().join("missing-agent");
+        let err = prepare(&req).expect_err("no agent");
+        assert!(err.to_string().contains("missing-agent"), "{err}");
+        assert!(!vmfiles::vms_dir(&req.state_dir).join("vm-fail-1").exists());
+        req.agent_binary = tmp.path().join("agent");
+        req.vcpus = 0;
+        assert!(prepare(&req).is_err());
+        assert!(!vmfiles::vms_dir(&req.state_dir).join("vm-fail-1").exists());
+    }
+
+    #[test]
+    fn reconcile_spares_live_jobs_and_cleans_the_rest() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let hv = Hypervisor::connect("test:///default").expect("test driver");
+        let live = prepare(&request(tmp.path(), "rec-live-1")).expect("live");
+        let dead = prepare(&request(tmp.path(), "rec-dead-1")).expect("dead");
+        hv.create_transient(&live.xml).expect("live started");
+        hv.create_transient(&dead.xml).expect("dead started");
+        let stray = vmfiles::vms_dir(&tmp.path().join("state")).join("stray dir");
+        fs::create_dir_all(&stray).expect("stray");
+
+        // The test driver's domains are shared by every test thread of this process: only the
+        // ones this test made are "not live", so a concurrent test's domains are spared.
+        let report = reconcile(&hv, &tmp.path().join("state"), &|id| {
+            id != "rec-dead-1" && id != "stray dir"
+        });
+        assert!(report.errors.is_empty(), "{report:?}");
+        assert!(
+            report.destroyed.contains(&"minion-rec-dead-1".to_string()),
+            "{report:?}"
+        );
+        assert!(
+            !report.destroyed.contains(&"minion-rec-live-1".to_string()),
+            "{report:?}"
+        );
+        assert!(hv.is_active("minion-rec-live-1").expect("live"));
+        assert!(!hv.is_active("minion-rec-dead-1").expect("dead"));
+        assert!(live.files.dir.exists() && !dead.files.dir.exists() && !stray.exists());
+        teardown(&hv, &live.name, &live.files, None).expect("cleanup");
+    }
+}
