@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boot an image under the real libvirtd with a throwaway seed whose `minion-agent` is a stub that
 # prints a marker on the console and powers off; measure domain start → marker and power-off → gone.
-#   images/smoke-boot.sh <variant> [runs=3] [machine=pc]
+#   images/smoke-boot.sh <variant> [runs=3] [machine=q35]
 # Env: MEMORY_MIB (512), VCPUS (1), CMDLINE_EXTRA (appended to the manifest's cmdline),
 #      AGENT=<path> (boot a real agent binary instead of the stub; then no marker is waited for).
 # Uses the same domain shape provisioning renders (see images/README.md "Domain XML that works").
@@ -9,7 +9,7 @@ set -euo pipefail
 IMAGES_DIR="$(cd "$(dirname "$0")" && pwd)"
 name="${1:?usage: $0 <variant> [runs] [machine]}"
 runs="${2:-3}"
-machine="${3:-pc}"
+machine="${3:-q35}"
 URI=qemu:///system
 IMG=/var/cache/minion/images/$name
 [ -f "$IMG/manifest.json" ] || { echo "smoke-boot: no image $IMG (make image)" >&2; exit 1; }
@@ -31,6 +31,7 @@ cat > "$work/seed/minion-agent" <<STUB
 #!/bin/sh
 echo "$MARKER" > /dev/console
 if [ \$\$ = 1 ]; then
+    [ -x /bin/busybox ] && /bin/busybox poweroff -f
     python3 -c 'import ctypes; ctypes.CDLL(None).reboot(0x4321FEDC)'
 else
     systemctl poweroff --no-block
@@ -66,21 +67,30 @@ $( [ -n "$initrd" ] && echo "    <initrd>$IMG/$initrd</initrd>" )
       <driver name='qemu' type='qcow2' cache='unsafe'/>
       <source file='$work/overlay.qcow2'/>
       <target dev='vda' bus='virtio'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='0x0'/>
     </disk>
     <disk type='file' device='disk'>
       <driver name='qemu' type='raw'/>
       <source file='$work/seed.iso'/>
       <target dev='vdb' bus='virtio'/>
       <readonly/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/>
     </disk>
     <serial type='file'>
       <source path='$work/console.log'/>
       <target port='0'/>
     </serial>
+    <controller type='virtio-serial' index='0'>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/>
+    </controller>
     <channel type='unix'>
       <source mode='bind' path='$work/channel.sock'/>
       <target type='virtio' name='org.minion.agent.0'/>
     </channel>
+    <rng model='virtio'>
+      <backend model='random'>/dev/urandom</backend>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/>
+    </rng>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>

@@ -5,7 +5,7 @@ FS_FEATURES="-O ^has_journal"   # disposable root: no journal, fewer writes unde
 DISK_SIZE=2G
 # quiet: the 8250 console at TCG speed costs ~10 ms per line; panic=-1: a dead PID 1 resets the guest
 # (on_reboot=destroy ends the domain) instead of hanging until the job timeout.
-CMDLINE="console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/usr/sbin/minion-init panic=-1 quiet"
+CMDLINE="console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/usr/sbin/minion-init panic=-1 quiet noapictimer"
 RECIPE_FILES="minimal/recipe.sh minimal/packages minimal/minion-init kernel/minimal.config kernel/build-kernel.sh"
 
 recipe_rootfs() {
