@@ -343,3 +343,30 @@ fn real_libvirt_refuses_a_domain_whose_overlay_is_missing() {
     );
     assert!(!hv.is_active(&p.name).expect("is_active"));
 }
+
+#[test]
+fn real_libvirt_autodestroy_domain_dies_with_its_connection() {
+    let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_libvirtd();
+    let scratch = scratch();
+    let p = prepare(&scratch, "minimal", false, &accel::detect());
+    let watcher = Hypervisor::connect(URI).expect("connect");
+    let _guard = VmGuard {
+        hv: &watcher,
+        name: p.name.clone(),
+        files: p.files.clone(),
+    };
+    let owner = Hypervisor::connect(URI).expect("second connection");
+    let name = owner
+        .create_transient_autodestroy(&p.xml)
+        .expect("domain starts");
+    assert!(watcher.is_active(&name).expect("is_active"));
+    // The owner's process "dies": its connection closes, and libvirt destroys the domain.
+    drop(owner);
+    let gone = watcher
+        .wait_until_inactive(&name, Duration::from_secs(30))
+        .expect("wait");
+    assert!(gone, "an autodestroy domain outlived its connection");
+    vm::teardown(&watcher, &name, &p.files, None).expect("teardown");
+    assert_nothing_left(&watcher, &p);
+}
