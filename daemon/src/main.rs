@@ -1,3 +1,133 @@
-//! miniond: the controller daemon.
+//! miniond: the controller daemon. Loads the config, reconciles what a previous run left, then
+//! serves gRPC (with health and reflection) on a unix socket and optionally TCP.
 
-fn main() {}
+mod api;
+mod config;
+mod convert;
+mod daemon;
+mod formula_check;
+mod hub;
+mod lifecycle;
+mod runner;
+mod store;
+mod taskrepo;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use minion_proto::controller::controller_server::ControllerServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "miniond", version, about = "Minion controller daemon")]
+struct Args {
+    /// Config file (TOML; see daemon/miniond.example.toml).
+    #[arg(
+        short,
+        long,
+        env = "MINIOND_CONFIG",
+        default_value = "/etc/minion/miniond.toml"
+    )]
+    config: PathBuf,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = Config::load(&args.config)?;
+    init_tracing(cfg.log_format);
+
+    for d in [&cfg.state_dir, &cfg.state_dir.join("artifacts")] {
+        std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
+    }
+    // qemu runs as its own user and must reach <state_dir>/vms/<job>/.
+    std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| cfg.state_dir.display().to_string())?;
+    if !cfg.agent_binary.is_file() {
+        tracing::warn!(
+            "agent binary {} is missing: jobs will fail until it exists (scripts/build-agent.sh)",
+            cfg.agent_binary.display()
+        );
+    }
+    let accel = minion_provisioning::accel::detect();
+    let listen = cfg.listen.clone();
+    let listen_tcp = cfg.listen_tcp.clone();
+
+    let (d, rxs) = daemon::Daemon::open(cfg, accel).context("opening the jobs database")?;
+    d.start(rxs).await.context("reconciling at start")?;
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<ControllerServer<api::Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(minion_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("reflection service")?;
+    let svc = ControllerServer::new(api::Api { d: d.clone() });
+
+    if let Some(parent) = listen.parent() {
+        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+    }
+    // A socket file left by a previous (killed) daemon would make bind fail.
+    match std::fs::remove_file(&listen) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| listen.display().to_string()),
+    }
+    let uds = UnixListener::bind(&listen).with_context(|| listen.display().to_string())?;
+    tracing::info!("listening on {}", listen.display());
+
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail at start-up");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+    };
+
+    let unix_server = tonic::transport::Server::builder()
+        .add_service(health_svc.clone())
+        .add_service(reflection.clone())
+        .add_service(svc.clone())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(uds), shutdown);
+
+    match listen_tcp {
+        Some(addr) => {
+            let addr: std::net::SocketAddr = addr
+                .parse()
+                .with_context(|| format!("listen_tcp `{addr}`"))?;
+            tracing::info!("listening on tcp {addr}");
+            let tcp_server = tonic::transport::Server::builder()
+                .add_service(health_svc)
+                .add_service(reflection)
+                .add_service(svc)
+                .serve(addr);
+            tokio::select! {
+                r = unix_server => r?,
+                r = tcp_server => r?,
+            }
+        }
+        None => unix_server.await?,
+    }
+    let _ = std::fs::remove_file(&listen);
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `--json` output: stable field names, states as strings.
+
+use minion_proto::controller as pb;
+use serde_json::{json, Value};
+
+use super::render::{exec_name, state_name};
+
+pub fn job(j: &pb::Job) -> Value {
+    json!({
+        "id": j.id,
+        "state": state_name(j.state),
+        "pool": j.pool,
+        "repo": j.repo,
+        "git_ref": j.git_ref,
+        "formula": j.formula,
+        "item": j.item,
+        "item_type": j.item_type,
+        "arch": j.arch,
+        "timeout_seconds": j.timeout_seconds,
+        "args": j.args,
+        "execution_status": exec_name(j.execution_status),
+        "status_message": j.status_message,
+        "exit_code": j.exit_code,
+        "failure_reason": j.failure_reason,
+        "attempt": j.attempt,
+        "created_unix_ms": j.created_unix_ms,
+        "events": j.events.iter().map(|e| json!({
+            "state": state_name(e.state),
+            "at_unix_ms": e.at_unix_ms,
+            "message": e.message,
+        })).collect::<Vec<_>>(),
+        "results": j.results.iter().map(|r| json!({
+            "item": r.item,
+            "type": r.r#type,
+            "checkname": r.checkname,
+            "outcome": r.outcome,
+            "note": r.note,
+        })).collect::<Vec<_>>(),
+        "results_yaml": j.results_yaml,
+        "tap": j.tap,
+    })
+}
+
+pub fn pool(p: &pb::Pool) -> Value {
+    json!({
+        "name": p.name, "image": p.image, "libvirt_uri": p.libvirt_uri, "max_vms": p.max_vms,
+        "vcpus": p.vcpus, "memory_mib": p.memory_mib,
+        "default_timeout_seconds": p.default_timeout_seconds, "running": p.running, "queued": p.queued,
+    })
+}
+
+pub fn image(i: &pb::Image) -> Value {
+    json!({
+        "name": i.name, "arch": i.arch, "format": i.format, "virtual_size": i.virtual_size,
+        "file_size": i.file_size, "sha256": i.sha256, "recipe_hash": i.recipe_hash,
+        "built_at": i.built_at, "dir": i.dir,
+    })
+}
+
+pub fn artifact(a: &pb::Artifact) -> Value {
+    json!({ "path": a.path, "size": a.size })
+}

@@ -1,0 +1,237 @@
+//! `miniond.toml`: every key, its default, and validation. `daemon/miniond.example.toml` mirrors it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Jobs database, artifacts and per-VM directories. Default `/var/lib/minion`. Must be absolute.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Image catalog (`<name>/manifest.json`). Default `/var/cache/minion/images`.
+    #[serde(default = "default_images_dir")]
+    pub images_dir: PathBuf,
+    /// The static in-guest agent put on each seed. Default `/usr/local/lib/minion/minion-agent`.
+    #[serde(default = "default_agent_binary")]
+    pub agent_binary: PathBuf,
+    /// gRPC unix socket. Default `/run/minion/miniond.sock`.
+    #[serde(default = "default_listen")]
+    pub listen: PathBuf,
+    /// Optional gRPC TCP address (`127.0.0.1:7700`). Default: none.
+    #[serde(default)]
+    pub listen_tcp: Option<String>,
+    /// `human` or `json`. Default `human`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// How many times a job interrupted by a daemon restart is requeued. Default 1.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget: u32,
+    /// Pool used when a submission names none. Default: the only pool, or `default`.
+    #[serde(default)]
+    pub default_pool: Option<String>,
+    /// Pools by name. At least one.
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// One pool: an image on a libvirt host, with limits.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Image name in `images_dir`. Required.
+    pub image: String,
+    /// libvirt URI. Default `qemu:///system`.
+    #[serde(default = "default_uri")]
+    pub libvirt_uri: String,
+    /// VMs alive at once. Default 2.
+    #[serde(default = "default_max_vms")]
+    pub max_vms: u32,
+    /// vCPUs per VM. Default 1.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Memory per VM in MiB. Default 512.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// Job timeout in seconds when the submission gives none. Default 1800.
+    #[serde(default = "default_timeout")]
+    pub default_timeout_seconds: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/minion")
+}
+fn default_images_dir() -> PathBuf {
+    PathBuf::from("/var/cache/minion/images")
+}
+fn default_agent_binary() -> PathBuf {
+    PathBuf::from("/usr/local/lib/minion/minion-agent")
+}
+fn default_listen() -> PathBuf {
+    PathBuf::from("/run/minion/miniond.sock")
+}
+fn default_retry_budget() -> u32 {
+    1
+}
+fn default_uri() -> String {
+    "qemu:///system".into()
+}
+fn default_max_vms() -> u32 {
+    2
+}
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_memory() -> u64 {
+    512
+}
+fn default_timeout() -> u64 {
+    1800
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message,
+        };
+        if !cfg.state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path".into()));
+        }
+        if cfg.pools.is_empty() {
+            return Err(invalid(
+                "pools",
+                "at least one [pools.NAME] is needed".into(),
+            ));
+        }
+        for (name, p) in &cfg.pools {
+            if p.max_vms == 0 {
+                return Err(invalid(
+                    &format!("pools.{name}.max_vms"),
+                    "must be ≥ 1".into(),
+                ));
+            }
+            if p.vcpus == 0 {
+                return Err(invalid(
+                    &format!("pools.{name}.vcpus"),
+                    "must be ≥ 1".into(),
+                ));
+            }
+            if p.memory_mib < 64 {
+                return Err(invalid(
+                    &format!("pools.{name}.memory_mib"),
+                    "must be ≥ 64".into(),
+                ));
+            }
+            if p.default_timeout_seconds == 0 {
+                return Err(invalid(
+                    &format!("pools.{name}.default_timeout_seconds"),
+                    "must be ≥ 1".into(),
+                ));
+            }
+        }
+        if let Some(d) = &cfg.default_pool {
+            if !cfg.pools.contains_key(d) {
+                return Err(invalid("default_pool", format!("no pool named `{d}`")));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The pool a submission without one goes to.
+    pub fn default_pool_name(&self) -> Option<&str> {
+        if let Some(d) = &self.default_pool {
+            return Some(d);
+        }
+        if self.pools.len() == 1 {
+            return self.pools.keys().next().map(String::as_str);
+        }
+        self.pools.get_key_value("default").map(|(k, _)| k.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse(Path::new("m.toml"), "[pools.p]\nimage = \"minimal\"\n").expect("ok");
+        assert_eq!(c.listen, PathBuf::from("/run/minion/miniond.sock"));
+        assert_eq!(c.retry_budget, 1);
+        assert_eq!(c.log_format, LogFormat::Human);
+        let p = &c.pools["p"];
+        assert_eq!((p.max_vms, p.vcpus, p.memory_mib), (2, 1, 512));
+        assert_eq!(p.libvirt_uri, "qemu:///system");
+        assert_eq!(c.default_pool_name(), Some("p"));
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../miniond.example.toml");
+        let c = Config::parse(Path::new("example"), text).expect("example is valid");
+        assert!(c.pools.contains_key("minimal"));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let e = Config::parse(
+            Path::new("m.toml"),
+            "[pools.p]\nimage = \"x\"\nmax_vms = 0\n",
+        )
+        .expect_err("bad");
+        assert_eq!(e.to_string(), "m.toml: pools.p.max_vms: must be ≥ 1");
+        let e = Config::parse(Path::new("m.toml"), "pools = {}\n").expect_err("no pools");
+        assert!(e.to_string().contains("pools"), "{e}");
+        let e = Config::parse(Path::new("m.toml"), "bogus = 1\n[pools.p]\nimage='x'\n")
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = Config::parse(
+            Path::new("m.toml"),
+            "state_dir = \"rel\"\n[pools.p]\nimage='x'\n",
+        )
+        .expect_err("relative");
+        assert!(e.to_string().contains("state_dir"), "{e}");
+    }
+}

@@ -1,0 +1,400 @@
+//! The controller's core: pools and their FIFO queues, submission, cancellation, and the
+//! reconciliation a restart starts with. The per-job work is in `runner`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use minion_proto::controller as pb;
+use minion_provisioning::{accel::Accel, vm, vmfiles, Hypervisor};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PoolConfig};
+use crate::hub::Hub;
+use crate::lifecycle::State;
+use crate::store::{JobRecord, JobRequest, Store, StoreError};
+use crate::taskrepo::{self, RepoError};
+use crate::{convert, runner};
+
+/// Each pool's queue receiver, handed from [`Daemon::open`] to [`Daemon::start`].
+pub type PoolQueues = Vec<(String, mpsc::UnboundedReceiver<String>)>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("pool: no pool named `{name}` (pools: {known})")]
+    UnknownPool { name: String, known: String },
+    #[error("pool: none given and no default pool is configured (pools: {0})")]
+    NoPool(String),
+    #[error("arch: `{0}` is not supported (x86_64 only)")]
+    Arch(String),
+    #[error("timeout_seconds: {0} exceeds the maximum of 86400")]
+    Timeout(u64),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("job {id} is already {state}")]
+    AlreadyFinal { id: String, state: State },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One pool at run time.
+pub struct Pool {
+    pub name: String,
+    pub cfg: PoolConfig,
+    queue: mpsc::UnboundedSender<String>,
+    /// One permit per VM allowed alive; held from pickup until the VM is torn down.
+    slots: Arc<Semaphore>,
+    pub running: AtomicU32,
+    hv: Mutex<Option<Arc<Hypervisor>>>,
+}
+
+impl Pool {
+    /// The libvirt connection, (re)connected when missing or dead. Blocks.
+    pub fn hypervisor(&self) -> Result<Arc<Hypervisor>, minion_provisioning::HypervisorError> {
+        let mut g = self.hv.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = g.as_ref() {
+            if h.is_alive() {
+                return Ok(h.clone());
+            }
+        }
+        let h = Arc::new(Hypervisor::connect(&self.cfg.libvirt_uri)?);
+        *g = Some(h.clone());
+        Ok(h)
+    }
+}
+
+pub struct Daemon {
+    pub cfg: Config,
+    pub store: Store,
+    pub hub: Hub,
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    pub accel: Accel,
+    cancels: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Daemon {
+    /// Opens the store and builds the pools; the returned receivers feed [`Daemon::start`].
+    pub fn open(cfg: Config, accel: Accel) -> Result<(Arc<Daemon>, PoolQueues), StoreError> {
+        let store = Store::open(&cfg.state_dir.join("jobs.db"))?;
+        let mut pools = BTreeMap::new();
+        let mut rxs = Vec::new();
+        for (name, pc) in &cfg.pools {
+            let (tx, rx) = mpsc::unbounded_channel();
+            pools.insert(
+                name.clone(),
+                Arc::new(Pool {
+                    name: name.clone(),
+                    cfg: pc.clone(),
+                    queue: tx,
+                    slots: Arc::new(Semaphore::new(pc.max_vms as usize)),
+                    running: AtomicU32::new(0),
+                    hv: Mutex::new(None),
+                }),
+            );
+            rxs.push((name.clone(), rx));
+        }
+        Ok((
+            Arc::new(Daemon {
+                cfg,
+                store,
+                hub: Hub::default(),
+                pools,
+                accel,
+                cancels: Mutex::new(HashMap::new()),
+            }),
+            rxs,
+        ))
+    }
+
+    pub fn task_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("tasks").join(id)
+    }
+
+    pub fn artifacts_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("artifacts").join(id)
+    }
+
+    /// Reconciles, requeues surviving jobs in submission order, and starts one dispatcher per pool.
+    pub async fn start(self: &Arc<Self>, rxs: PoolQueues) -> Result<(), StoreError> {
+        let d = self.clone();
+        tokio::task::spawn_blocking(move || d.reconcile())
+            .await
+            .map_err(|e| StoreError::NotFound(format!("reconcile task: {e}")))??;
+        for (name, rx) in rxs {
+            let d = self.clone();
+            tokio::spawn(async move { d.dispatch(name, rx).await });
+        }
+        Ok(())
+    }
+
+    /// After a (re)start nothing runs: every in-flight job is FAILED (daemon restart) and requeued
+    /// while its retry budget lasts; every marked domain of our jobs and every per-VM dir goes.
+    fn reconcile(&self) -> Result<(), StoreError> {
+        for rec in self.store.all()? {
+            if rec.state.is_in_flight() {
+                let failed = self
+                    .store
+                    .transition(&rec.id, State::Failed, "daemon restart")?;
+                if failed.attempt < self.cfg.retry_budget {
+                    let attempt = failed.attempt + 1;
+                    self.store.transition_with(
+                        &rec.id,
+                        State::Queued,
+                        &format!("requeued after daemon restart (retry {attempt})"),
+                        |r| r.attempt = attempt,
+                    )?;
+                    tracing::warn!(job = %rec.id, "was {} at restart: FAILED, requeued", rec.state);
+                } else {
+                    tracing::warn!(job = %rec.id, "was {} at restart: FAILED, retry budget spent", rec.state);
+                    self.forget_task(&rec.id);
+                }
+            }
+            if rec.state == State::Queued || rec.state.is_in_flight() {
+                // Partial artifacts of an interrupted attempt would mix with the next attempt's.
+                let _ = std::fs::remove_dir_all(self.artifacts_dir(&rec.id));
+            }
+        }
+        let mut uris: Vec<&Pool> = Vec::new();
+        for p in self.pools.values() {
+            if !uris.iter().any(|u| u.cfg.libvirt_uri == p.cfg.libvirt_uri) {
+                uris.push(p);
+            }
+        }
+        for p in uris {
+            match p.hypervisor() {
+                Ok(hv) => {
+                    // Only jobs this daemon knows: another daemon may share the libvirtd. No job
+                    // is live yet, so every known job's domain goes.
+                    let report =
+                        vm::reconcile(&hv, &self.cfg.state_dir, &|id| !self.store.contains(id));
+                    for e in report.errors {
+                        tracing::error!("reconcile on {}: {e}", p.cfg.libvirt_uri);
+                    }
+                    for d in report.destroyed {
+                        tracing::info!("reconcile: destroyed leftover domain {d}");
+                    }
+                }
+                Err(e) => tracing::error!("reconcile: libvirt {}: {e}", p.cfg.libvirt_uri),
+            }
+        }
+        // Every per-VM dir left is garbage (nothing is live yet), known job or not.
+        if let Ok(ids) = vmfiles::list_job_dirs(&self.cfg.state_dir) {
+            for id in ids {
+                let dir = vmfiles::vms_dir(&self.cfg.state_dir).join(&id);
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => tracing::info!("reconcile: removed {}", dir.display()),
+                    Err(e) => tracing::error!("reconcile: {}: {e}", dir.display()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// FIFO per pool: take the next queued job, wait for a VM slot, run it.
+    async fn dispatch(self: Arc<Self>, pool_name: String, mut rx: mpsc::UnboundedReceiver<String>) {
+        let Some(pool) = self.pools.get(&pool_name).cloned() else {
+            return;
+        };
+        // Jobs queued before the restart first, in submission order.
+        if let Ok(all) = self.store.all() {
+            for r in all
+                .iter()
+                .filter(|r| r.state == State::Queued && r.request.pool == pool_name)
+            {
+                let _ = pool.queue.send(r.id.clone());
+            }
+        }
+        while let Some(id) = rx.recv().await {
+            let permit = match pool.slots.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            // Cancelled while queued: skip without using the slot.
+            match self.store.get(&id) {
+                Ok(r) if r.state == State::Queued => {}
+                _ => continue,
+            }
+            let token = CancellationToken::new();
+            self.cancels_lock().insert(id.clone(), token.clone());
+            pool.running.fetch_add(1, Ordering::SeqCst);
+            let d = self.clone();
+            let p = pool.clone();
+            tokio::spawn(async move {
+                runner::run_job(&d, &p, &id, token).await;
+                d.cancels_lock().remove(&id);
+                p.running.fetch_sub(1, Ordering::SeqCst);
+                drop(permit);
+            });
+        }
+    }
+
+    fn cancels_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.cancels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Validates, fetches the task tree and queues the job. On any error nothing is left.
+    pub async fn submit(&self, req: pb::SubmitJobRequest) -> Result<JobRecord, SubmitError> {
+        let known = || self.pools.keys().cloned().collect::<Vec<_>>().join(", ");
+        let pool_name = if req.pool.is_empty() {
+            self.cfg
+                .default_pool_name()
+                .ok_or_else(|| SubmitError::NoPool(known()))?
+                .to_string()
+        } else {
+            req.pool.clone()
+        };
+        let pool = self
+            .pools
+            .get(&pool_name)
+            .ok_or_else(|| SubmitError::UnknownPool {
+                name: pool_name.clone(),
+                known: known(),
+            })?;
+        taskrepo::check_item(&req.item, &req.item_type)?;
+        let arch = if req.arch.is_empty() {
+            "x86_64".to_string()
+        } else {
+            req.arch.clone()
+        };
+        if arch != "x86_64" && arch != "noarch" {
+            return Err(SubmitError::Arch(arch));
+        }
+        if req.timeout_seconds > 86_400 {
+            return Err(SubmitError::Timeout(req.timeout_seconds));
+        }
+        let timeout_seconds = if req.timeout_seconds == 0 {
+            pool.cfg.default_timeout_seconds
+        } else {
+            req.timeout_seconds
+        };
+
+        let id = uuid::Uuid::new_v4().to_string();
+        let tree = self.task_dir(&id);
+        if let Some(parent) = tree.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| RepoError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        taskrepo::fetch(&req.repo, &req.git_ref, &tree).await?;
+        let formula = {
+            let tree = tree.clone();
+            let (f, r) = (req.formula.clone(), req.repo.clone());
+            tokio::task::spawn_blocking(move || taskrepo::resolve_and_validate(&tree, &f, &r))
+                .await
+                .unwrap_or_else(|e| Err(RepoError::FormulaInvalid(format!("validator: {e}"))))
+        };
+        let formula = match formula {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tree);
+                return Err(e.into());
+            }
+        };
+        let request = JobRequest {
+            pool: pool_name.clone(),
+            repo: req.repo,
+            git_ref: req.git_ref,
+            formula,
+            item: req.item,
+            item_type: req.item_type,
+            arch,
+            timeout_seconds,
+            args: req.args.into_iter().collect(),
+        };
+        let rec = match self.store.create(&id, request) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tree);
+                return Err(e.into());
+            }
+        };
+        tracing::info!(job = %id, pool = %pool_name, item = %rec.request.item, "queued");
+        // The dispatcher lives as long as the daemon: a send cannot fail while we run.
+        let _ = pool.queue.send(id);
+        Ok(rec)
+    }
+
+    /// Cancels a job in any state: a queued one directly, a picked-up one through its runner.
+    pub fn cancel(&self, id: &str) -> Result<JobRecord, CancelError> {
+        let rec = self.store.get(id)?;
+        if rec.state.is_final() {
+            return Err(CancelError::AlreadyFinal {
+                id: id.to_string(),
+                state: rec.state,
+            });
+        }
+        if let Some(token) = self.cancels_lock().get(id) {
+            token.cancel();
+            return Ok(self.store.get(id)?);
+        }
+        match self
+            .store
+            .transition(id, State::Cancelled, "cancelled while queued")
+        {
+            Ok(r) => {
+                self.publish_final(&r);
+                self.forget_task(id);
+                Ok(r)
+            }
+            // Picked up between our read and the write: the runner owns it now.
+            Err(StoreError::Illegal(_)) => {
+                if let Some(token) = self.cancels_lock().get(id) {
+                    token.cancel();
+                }
+                Ok(self.store.get(id)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn publish_lifecycle(&self, rec: &JobRecord) {
+        if let Some(e) = rec.events.last() {
+            self.hub.publish(
+                &rec.id,
+                pb::WatchEvent {
+                    event: Some(pb::watch_event::Event::Lifecycle(convert::event_to_pb(e))),
+                },
+            );
+        }
+    }
+
+    pub fn publish_final(&self, rec: &JobRecord) {
+        self.publish_lifecycle(rec);
+        self.hub.publish(
+            &rec.id,
+            pb::WatchEvent {
+                event: Some(pb::watch_event::Event::Finished(convert::job_to_pb(rec))),
+            },
+        );
+        self.hub.close(&rec.id);
+    }
+
+    /// Deletes the job's private copy of the task tree (it is not needed once the job is final).
+    pub fn forget_task(&self, id: &str) {
+        let _ = std::fs::remove_dir_all(self.task_dir(id));
+    }
+
+    pub fn queued_in(&self, pool: &str) -> u32 {
+        self.store
+            .all()
+            .map(|v| {
+                v.iter()
+                    .filter(|r| r.state == State::Queued && r.request.pool == pool)
+                    .count() as u32
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn images_dir(&self) -> &Path {
+        &self.cfg.images_dir
+    }
+}

@@ -1,0 +1,343 @@
+//! The jobs database (sled): one JSON record per job UUID. Every write is flushed before the
+//! caller acts on it, so a crash never loses a transition that already had effects.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::{IllegalTransition, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("jobs database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("job record {id}: {source}")]
+    Corrupt {
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("no job {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecStatus {
+    Ok,
+    NotOk,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub state: State,
+    pub at_ms: i64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TaskResult {
+    pub item: String,
+    pub item_type: String,
+    pub checkname: String,
+    pub outcome: String,
+    pub note: String,
+}
+
+/// What a submission asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct JobRequest {
+    pub pool: String,
+    pub repo: String,
+    pub git_ref: String,
+    /// Relative to the task tree.
+    pub formula: String,
+    pub item: String,
+    pub item_type: String,
+    pub arch: String,
+    pub timeout_seconds: u64,
+    pub args: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    /// Submission order (FIFO and paging).
+    pub seq: u64,
+    pub request: JobRequest,
+    pub state: State,
+    pub events: Vec<EventRecord>,
+    pub execution_status: Option<ExecStatus>,
+    pub status_message: String,
+    pub exit_code: i32,
+    pub failure_reason: String,
+    /// Restarts survived (requeues used).
+    pub attempt: u32,
+    pub results: Vec<TaskResult>,
+    pub results_yaml: String,
+    pub tap: String,
+    pub created_ms: i64,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Filter and page for [`Store::list`].
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    pub state: Option<State>,
+    pub pool: Option<String>,
+    pub item: Option<String>,
+    pub after_seq: Option<u64>,
+    pub limit: usize,
+}
+
+pub struct Store {
+    db: sled::Db,
+    jobs: sled::Tree,
+    /// Serialises read-modify-write of records (sled itself is thread-safe, our RMW is not).
+    write: Mutex<()>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::open(path)?;
+        let jobs = db.open_tree("jobs")?;
+        Ok(Store {
+            db,
+            jobs,
+            write: Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock leaves no half-written record (writes are whole), so
+        // a poisoned lock is still safe to use.
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put(&self, rec: &JobRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rec).map_err(|source| StoreError::Corrupt {
+            id: rec.id.clone(),
+            source,
+        })?;
+        self.jobs.insert(rec.id.as_bytes(), bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Creates a QUEUED job (durable on return).
+    pub fn create(&self, id: &str, request: JobRequest) -> Result<JobRecord, StoreError> {
+        let _g = self.lock();
+        let now = now_ms();
+        let rec = JobRecord {
+            id: id.to_string(),
+            seq: self.db.generate_id()?,
+            request,
+            state: State::Queued,
+            events: vec![EventRecord {
+                state: State::Queued,
+                at_ms: now,
+                message: String::new(),
+            }],
+            execution_status: None,
+            status_message: String::new(),
+            exit_code: 0,
+            failure_reason: String::new(),
+            attempt: 0,
+            results: Vec::new(),
+            results_yaml: String::new(),
+            tap: String::new(),
+            created_ms: now,
+        };
+        self.put(&rec)?;
+        Ok(rec)
+    }
+
+    pub fn get(&self, id: &str) -> Result<JobRecord, StoreError> {
+        match self.jobs.get(id.as_bytes())? {
+            Some(v) => decode(id, &v),
+            None => Err(StoreError::NotFound(id.to_string())),
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.jobs.contains_key(id.as_bytes()).unwrap_or(false)
+    }
+
+    /// Moves the job to `to` (appending a timestamped event) if the state machine allows it, and
+    /// applies `edit` to the record in the same durable write.
+    pub fn transition_with(
+        &self,
+        id: &str,
+        to: State,
+        message: &str,
+        edit: impl FnOnce(&mut JobRecord),
+    ) -> Result<JobRecord, StoreError> {
+        let _g = self.lock();
+        let mut rec = self.get(id)?;
+        if !rec.state.can_go_to(to) {
+            return Err(IllegalTransition {
+                job: id.to_string(),
+                from: rec.state,
+                to,
+            }
+            .into());
+        }
+        rec.state = to;
+        rec.events.push(EventRecord {
+            state: to,
+            at_ms: now_ms(),
+            message: message.to_string(),
+        });
+        if to == State::Failed {
+            rec.failure_reason = message.to_string();
+        }
+        edit(&mut rec);
+        self.put(&rec)?;
+        Ok(rec)
+    }
+
+    pub fn transition(&self, id: &str, to: State, message: &str) -> Result<JobRecord, StoreError> {
+        self.transition_with(id, to, message, |_| {})
+    }
+
+    /// Every job, in submission order.
+    pub fn all(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.jobs.iter() {
+            let (k, v) = kv?;
+            out.push(decode(&String::from_utf8_lossy(&k), &v)?);
+        }
+        out.sort_by_key(|r| r.seq);
+        Ok(out)
+    }
+
+    /// A filtered page in submission order; the second value is the last seq when more remain.
+    pub fn list(&self, q: &ListQuery) -> Result<(Vec<JobRecord>, Option<u64>), StoreError> {
+        let limit = q.limit.max(1);
+        let mut hits: Vec<JobRecord> = self
+            .all()?
+            .into_iter()
+            .filter(|r| q.after_seq.is_none_or(|s| r.seq > s))
+            .filter(|r| q.state.is_none_or(|s| r.state == s))
+            .filter(|r| q.pool.as_ref().is_none_or(|p| &r.request.pool == p))
+            .filter(|r| q.item.as_ref().is_none_or(|i| &r.request.item == i))
+            .take(limit + 1)
+            .collect();
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        let next = if more {
+            hits.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Ok((hits, next))
+    }
+}
+
+fn decode(id: &str, v: &[u8]) -> Result<JobRecord, StoreError> {
+    serde_json::from_slice(v).map_err(|source| StoreError::Corrupt {
+        id: id.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(pool: &str, item: &str) -> JobRequest {
+        JobRequest {
+            pool: pool.into(),
+            item: item.into(),
+            item_type: "koji_build".into(),
+            ..JobRequest::default()
+        }
+    }
+
+    #[test]
+    fn transitions_are_checked_timestamped_and_durable() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("db");
+        {
+            let s = Store::open(&path).expect("open");
+            s.create("a", req("p", "x")).expect("create");
+            s.transition("a", State::Provisioning, "").expect("ok");
+            let err = s.transition("a", State::Finished, "").expect_err("skip");
+            assert!(matches!(err, StoreError::Illegal(_)), "{err}");
+            assert_eq!(
+                err.to_string(),
+                "job a: illegal transition PROVISIONING → FINISHED"
+            );
+            s.transition("a", State::Failed, "libvirt down")
+                .expect("fail");
+        }
+        // Reopen: what was acknowledged is there.
+        let s = Store::open(&path).expect("reopen");
+        let r = s.get("a").expect("get");
+        assert_eq!(r.state, State::Failed);
+        assert_eq!(r.failure_reason, "libvirt down");
+        let states: Vec<State> = r.events.iter().map(|e| e.state).collect();
+        assert_eq!(states, [State::Queued, State::Provisioning, State::Failed]);
+        assert!(r.events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        assert!(matches!(s.get("nope"), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn list_filters_and_pages_in_submission_order() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&tmp.path().join("db")).expect("open");
+        for i in 0..7 {
+            let pool = if i % 2 == 0 { "even" } else { "odd" };
+            s.create(&format!("j{i}"), req(pool, &format!("item{i}")))
+                .expect("create");
+        }
+        s.transition("j2", State::Cancelled, "").expect("cancel");
+        let (page, next) = s
+            .list(&ListQuery {
+                pool: Some("even".into()),
+                limit: 2,
+                ..ListQuery::default()
+            })
+            .expect("list");
+        assert_eq!(ids(&page), ["j0", "j2"]);
+        let (page, next) = s
+            .list(&ListQuery {
+                pool: Some("even".into()),
+                limit: 2,
+                after_seq: next,
+                ..ListQuery::default()
+            })
+            .expect("list");
+        assert_eq!(ids(&page), ["j4", "j6"]);
+        assert_eq!(next, None);
+        let (page, _) = s
+            .list(&ListQuery {
+                state: Some(State::Cancelled),
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .expect("list");
+        assert_eq!(ids(&page), ["j2"]);
+        let (page, _) = s
+            .list(&ListQuery {
+                item: Some("item5".into()),
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .expect("list");
+        assert_eq!(ids(&page), ["j5"]);
+    }
+
+    fn ids(v: &[JobRecord]) -> Vec<&str> {
+        v.iter().map(|r| r.id.as_str()).collect()
+    }
+}
