@@ -98,43 +98,62 @@ $( [ -n "$initrd" ] && echo "    <initrd>$IMG/$initrd</initrd>" )
 XML
 }
 
-now() { date +%s.%N; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+# Timing in Python: a tight poll of the console file (5 ms) and of libvirt's pid file, so no virsh
+# process start sits inside a measured interval.
+time_one_boot() {
+    python3 - "$URI" "$dom" "$work/domain.xml" "$work/console.log" "$MARKER" "${AGENT:+agent}" <<'PY'
+import os, subprocess, sys, time
+uri, dom, xml, console, marker, agent = sys.argv[1:7]
+pidfile = f"/run/libvirt/qemu/{dom}.pid"
+t0 = time.monotonic()
+subprocess.run(["virsh", "-q", "-c", uri, "create", xml], check=True, stdout=subprocess.DEVNULL)
+t_created = time.monotonic()
+t_marker = None
+deadline = t0 + 120
+while time.monotonic() < deadline:
+    if t_marker is None:
+        try:
+            with open(console, "rb") as f:
+                if marker.encode() in f.read():
+                    t_marker = time.monotonic()
+        except FileNotFoundError:
+            pass
+    if not os.path.exists(pidfile):
+        break
+    time.sleep(0.005)
+t_gone = time.monotonic()
+if os.path.exists(pidfile):
+    print("STILL-RUNNING")
+    sys.exit(0)
+if t_marker is None and not agent:
+    print("NO-MARKER")
+    sys.exit(0)
+end = t_marker if t_marker is not None else t_gone
+print(f"{t_created - t0:.2f} {end - t0:.2f} {end - t_created:.2f} {t_gone - end:.2f}")
+PY
+}
+
 results=()
 for i in $(seq "$runs"); do
     rm -f "$work/overlay.qcow2" "$work/console.log"
     qemu-img create -q -f qcow2 -b "$IMG/disk.qcow2" -F qcow2 "$work/overlay.qcow2"
     xml > "$work/domain.xml"
-    t0=$(now)
-    virsh -c "$URI" create "$work/domain.xml" >/dev/null
-    t_created=$(now)
-    t_marker=""
-    deadline=$(( $(date +%s) + 120 ))
-    while [ "$(date +%s)" -lt "$deadline" ]; do
-        if [ -z "$t_marker" ] && grep -qa "$MARKER" "$work/console.log" 2>/dev/null; then
-            t_marker=$(now)
-        fi
-        if ! virsh -c "$URI" domstate "$dom" >/dev/null 2>&1; then break; fi
-        sleep 0.02
-    done
-    t_gone=$(now)
-    if virsh -c "$URI" domstate "$dom" >/dev/null 2>&1; then
-        echo "smoke-boot: run $i: domain still running after 120 s; console tail:" >&2
-        tail -n 30 "$work/console.log" >&2
-        exit 1
-    fi
-    if [ -z "$t_marker" ]; then
-        grep -qa "$MARKER" "$work/console.log" && t_marker=$t_gone
-    fi
-    if [ -z "$t_marker" ] && [ -z "${AGENT:-}" ]; then
-        echo "smoke-boot: run $i: the domain ended without the marker; console:" >&2
-        cat "$work/console.log" >&2
-        exit 1
-    fi
-    line="run $i: create $(sub "$t0" "$t_created")s, start→marker ${t_marker:+$(sub "$t0" "$t_marker")}s, marker→gone ${t_marker:+$(sub "$t_marker" "$t_gone")}s"
-    echo "$line"
-    results+=("$(sub "$t0" "${t_marker:-$t_gone}")")
+    out=$(time_one_boot)
+    case "$out" in
+        STILL-RUNNING)
+            echo "smoke-boot: run $i: domain still running after 120 s; console tail:" >&2
+            tail -n 30 "$work/console.log" >&2
+            exit 1 ;;
+        NO-MARKER)
+            echo "smoke-boot: run $i: the domain ended without the marker; console:" >&2
+            cat "$work/console.log" >&2
+            exit 1 ;;
+    esac
+    read -r t_create t_marker t_after_create t_gone <<<"$out"
+    what=marker; [ -z "${AGENT:-}" ] || what=poweroff
+    echo "run $i: create ${t_create}s, start→$what ${t_marker}s (after create returned ${t_after_create}s), $what→gone ${t_gone}s"
+    results+=("$t_marker")
 done
 [ -n "${KEEP_CONSOLE:-}" ] && cp "$work/console.log" "$KEEP_CONSOLE"
 median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
-echo "$name ($machine, ${MEMORY_MIB:-512} MiB, ${VCPUS:-1} vCPU): start→marker median ${median}s of $runs"
+echo "$name ($machine, ${MEMORY_MIB:-512} MiB, ${VCPUS:-1} vCPU, load $(cut -d' ' -f1 /proc/loadavg)): start→${what} median ${median}s of $runs"
