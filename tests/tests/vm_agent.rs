@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use minion_channel::{connect_unix, run_session, JobSpec, Limits, LogStream, SessionEvent};
+use minion_channel::{
+    connect_unix, run_session, ChannelError, JobSpec, Limits, LogStream, SessionEvent,
+    SessionOutcome,
+};
 use minion_provisioning::{
     accel, image,
     vm::{self, PreparedVm, VmRequest},
@@ -114,7 +117,63 @@ impl Drop for VmGuard {
     }
 }
 
-async fn run_job_in_fresh_vm(variant: &str) {
+/// One job in a fresh VM of `variant`, up to the end of the session (the VM is still there).
+struct Run {
+    guard: VmGuard,
+    started: Instant,
+    finished: Instant,
+    events: Vec<(Instant, SessionEvent)>,
+    outcome: Result<SessionOutcome, ChannelError>,
+    artifacts: tempfile::TempDir,
+    _state: tempfile::TempDir,
+}
+
+impl Run {
+    fn ready_after(&self) -> Option<Duration> {
+        self.events
+            .iter()
+            .find(|(_, e)| matches!(e, SessionEvent::Ready { .. }))
+            .map(|(t, _)| *t - self.started)
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.guard.vm.files.console_log).unwrap_or_default()
+    }
+
+    /// Waits for the guest to power itself off; returns how long that took after the session.
+    async fn wait_for_poweroff(&self, within: Duration) -> Option<Duration> {
+        let uri = libvirt_uri();
+        let name = self.guard.vm.name.clone();
+        let finished = self.finished;
+        tokio::task::spawn_blocking(move || {
+            let hv = Hypervisor::connect(&uri).expect("connect");
+            hv.wait_until_inactive(&name, within)
+                .expect("poll the domain")
+                .then(|| finished.elapsed())
+        })
+        .await
+        .expect("join")
+    }
+
+    /// Destroys the domain and deletes the VM's files, then checks nothing is left.
+    async fn teardown_and_check(self) {
+        let name = self.guard.vm.name.clone();
+        let overlay = self.guard.vm.files.overlay.clone();
+        let vm_dir = self.guard.vm.files.dir.clone();
+        let mut guard = self.guard;
+        tokio::task::spawn_blocking(move || guard.teardown())
+            .await
+            .expect("teardown");
+        assert!(
+            !virsh_list_all().lines().any(|l| l.trim() == name),
+            "domain {name} still listed"
+        );
+        assert!(!overlay.exists(), "{} left behind", overlay.display());
+        assert!(!vm_dir.exists(), "{} left behind", vm_dir.display());
+    }
+}
+
+async fn run_in_fresh_vm(variant: &str, tag: &str, files: &[(&str, &str)]) -> Run {
     let agent = env_path(
         "MINION_AGENT_BINARY",
         workspace_root().join("target/agent/minion-agent"),
@@ -142,7 +201,7 @@ async fn run_job_in_fresh_vm(variant: &str) {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
-    let job_id = format!("vmagent-{variant}-{}", std::process::id());
+    let job_id = format!("vmagent-{variant}-{tag}-{}", std::process::id());
 
     let req = VmRequest {
         state_dir: state.path().to_path_buf(),
@@ -165,29 +224,16 @@ async fn run_job_in_fresh_vm(variant: &str) {
     .await
     .expect("join");
     let socket = prepared.files.channel_socket.clone();
-    let overlay = prepared.files.overlay.clone();
-    let vm_dir = prepared.files.dir.clone();
-    let name = prepared.name.clone();
     let xml = prepared.xml.clone();
-    let mut guard = VmGuard {
+    let guard = VmGuard {
         hv,
         vm: prepared,
         done: false,
     };
-    let uri = libvirt_uri();
-    let started = Instant::now();
-    tokio::task::spawn_blocking(move || {
-        Hypervisor::connect(&uri)
-            .expect("connect")
-            .create_transient(&xml)
-            .expect("create the domain")
-    })
-    .await
-    .expect("join");
-
     let task = tempfile::tempdir().expect("task dir");
-    std::fs::write(task.path().join("runtask.yml"), FORMULA).expect("formula");
-    std::fs::write(task.path().join("check.py"), CHECK_PY).expect("check.py");
+    for (name, text) in files {
+        std::fs::write(task.path().join(name), text).expect("task file");
+    }
     let artifacts = tempfile::tempdir().expect("artifacts dir");
     let job = JobSpec {
         id: job_id.clone(),
@@ -208,6 +254,15 @@ async fn run_job_in_fresh_vm(variant: &str) {
         }
         seen
     });
+    let uri = libvirt_uri();
+    let hv2 = tokio::task::spawn_blocking(move || Hypervisor::connect(&uri).expect("connect"))
+        .await
+        .expect("join");
+    // Domain start: the clock of "domain start → Ready" begins here.
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || hv2.create_transient(&xml).expect("create the domain"))
+        .await
+        .expect("join");
     let stream = connect_unix(&socket, Duration::from_secs(30))
         .await
         .expect("connect to the channel socket");
@@ -227,20 +282,36 @@ async fn run_job_in_fresh_vm(variant: &str) {
     .await;
     let finished = Instant::now();
     let events = collector.await.expect("collector");
-    let console = std::fs::read_to_string(&guard.vm.files.console_log).unwrap_or_default();
-    let outcome = outcome.unwrap_or_else(|e| {
-        panic!("session with the {variant} guest failed: {e}\n--- console ---\n{console}")
-    });
+    Run {
+        guard,
+        started,
+        finished,
+        events,
+        outcome,
+        artifacts,
+        _state: state,
+    }
+}
 
-    let ready_at = events
-        .iter()
-        .find(|(_, e)| matches!(e, SessionEvent::Ready { .. }))
-        .map(|(t, _)| *t)
-        .expect("Ready event");
+async fn run_job_in_fresh_vm(variant: &str) {
+    let run = run_in_fresh_vm(
+        variant,
+        "e2e",
+        &[("runtask.yml", FORMULA), ("check.py", CHECK_PY)],
+    )
+    .await;
+    let outcome = match &run.outcome {
+        Ok(o) => o.clone(),
+        Err(e) => panic!(
+            "session with the {variant} guest failed: {e}\n--- console ---\n{}",
+            run.console()
+        ),
+    };
+    let events = &run.events;
     eprintln!(
         "{variant}: domain start → Ready {:.2}s, whole job {:.2}s",
-        (ready_at - started).as_secs_f64(),
-        (finished - started).as_secs_f64()
+        run.ready_after().expect("Ready event").as_secs_f64(),
+        (run.finished - run.started).as_secs_f64()
     );
     let live_line = events
         .iter()
@@ -252,9 +323,9 @@ async fn run_job_in_fresh_vm(variant: &str) {
         .unwrap_or_else(|| panic!("no live log line; events: {events:?}"));
     // The formula sleeps 3 s after that line: it must have arrived well before the end.
     assert!(
-        finished - live_line >= Duration::from_secs(2),
+        run.finished - live_line >= Duration::from_secs(2),
         "log line arrived only {:?} before the end",
-        finished - live_line
+        run.finished - live_line
     );
     let stdout: String = events
         .iter()
@@ -277,25 +348,108 @@ async fn run_job_in_fresh_vm(variant: &str) {
     );
     assert!(outcome.tap.contains("ok - "), "{}", outcome.tap);
     assert_eq!(
-        std::fs::read_to_string(artifacts.path().join("task_output/artifact.txt"))
+        std::fs::read_to_string(run.artifacts.path().join("task_output/artifact.txt"))
             .expect("artifact came back"),
         "vm artifact for foo-1.0-1.fc40\n"
     );
-    assert!(artifacts.path().join("results.yaml").is_file());
+    assert!(run.artifacts.path().join("results.yaml").is_file());
 
-    // The guest powers itself off; either way the domain is destroyed and the files deleted.
-    tokio::task::spawn_blocking(move || {
-        guard.teardown();
-        guard
-    })
-    .await
-    .expect("teardown");
+    // The agent powers the guest off by itself once the Result is sent.
+    let off = run.wait_for_poweroff(Duration::from_secs(90)).await;
     assert!(
-        !virsh_list_all().lines().any(|l| l.trim() == name),
-        "domain {name} still listed"
+        off.is_some(),
+        "the {variant} guest did not power itself off\n--- console ---\n{}",
+        run.console()
     );
-    assert!(!overlay.exists(), "{} left behind", overlay.display());
-    assert!(!vm_dir.exists(), "{} left behind", vm_dir.display());
+    run.teardown_and_check().await;
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `scripts/bench-vm.sh` runs this: domain start → Ready (median of MINION_BENCH_RUNS, default 10)
+/// per variant (MINION_BENCH_VARIANTS, default "minimal,standard"), and the artifact throughput
+/// of a MINION_BENCH_SIZE_MB (default 200) MiB file on the first variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark (minutes): scripts/bench-vm.sh"]
+async fn vm_agent_bench() {
+    let runs: usize = env_or("MINION_BENCH_RUNS", 10);
+    let size_mb: u64 = env_or("MINION_BENCH_SIZE_MB", 200);
+    let variants: String = env_or("MINION_BENCH_VARIANTS", "minimal,standard".to_string());
+    let ready_formula = "name: bench-ready\ndesc: smallest job\nmaintainer: minion\nactions:\n  - name: hello\n    shell:\n      - echo ready\n";
+    let mut report = Vec::new();
+    for variant in variants.split(',') {
+        let mut ready = Vec::new();
+        let mut off = Vec::new();
+        for i in 0..runs {
+            let run =
+                run_in_fresh_vm(variant, &format!("r{i}"), &[("runtask.yml", ready_formula)]).await;
+            if let Err(e) = &run.outcome {
+                panic!("{variant} run {i}: {e}\n--- console ---\n{}", run.console());
+            }
+            let r = run.ready_after().expect("Ready").as_secs_f64();
+            let o = run.wait_for_poweroff(Duration::from_secs(90)).await;
+            eprintln!(
+                "{variant} run {i}: domain start → Ready {r:.3}s, Result → domain gone {}",
+                o.map_or("(did not power off)".into(), |d| format!(
+                    "{:.2}s",
+                    d.as_secs_f64()
+                ))
+            );
+            ready.push(r);
+            if let Some(o) = o {
+                off.push(o.as_secs_f64());
+            }
+            run.teardown_and_check().await;
+        }
+        let (lo, hi) = (
+            ready.iter().copied().fold(f64::MAX, f64::min),
+            ready.iter().copied().fold(0.0, f64::max),
+        );
+        report.push(format!(
+            "ready {variant}: median {:.3}s of {runs} (min {lo:.3}s, max {hi:.3}s); Result → gone median {:.2}s",
+            median(&mut ready),
+            if off.is_empty() { f64::NAN } else { median(&mut off) }
+        ));
+    }
+    let variant = variants.split(',').next().unwrap_or("minimal");
+    let big = format!(
+        "name: bench-artifact\ndesc: one big artifact\nmaintainer: minion\nactions:\n  - name: write\n    shell:\n      - dd if=/dev/zero of=${{artifactsdir}}/big.bin bs=1M count={size_mb} status=none\n"
+    );
+    let run = run_in_fresh_vm(variant, "tp", &[("runtask.yml", big.as_str())]).await;
+    let outcome = match &run.outcome {
+        Ok(o) => o.clone(),
+        Err(e) => panic!("throughput run: {e}\n--- console ---\n{}", run.console()),
+    };
+    let got = std::fs::metadata(run.artifacts.path().join("task_output/big.bin"))
+        .expect("big artifact")
+        .len();
+    assert_eq!(got, size_mb * 1024 * 1024);
+    let secs = outcome.artifact_transfer.as_secs_f64();
+    let mbs = outcome.artifact_bytes as f64 / secs / 1e6;
+    report.push(format!(
+        "artifact {variant}: {size_mb} MiB file, {} tar bytes in {secs:.3}s = {mbs:.1} MB/s ({:.0}% of the 355 MB/s raw port)",
+        outcome.artifact_bytes,
+        mbs / 355.0 * 100.0
+    ));
+    run.teardown_and_check().await;
+    for line in report {
+        println!("{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
