@@ -55,7 +55,7 @@ fn load_image(name: &str) -> image::Image {
 fn stub_agent(dir: &Path, marker: &str, power_off: bool) -> PathBuf {
     let path = dir.join("stub-agent");
     let end = if power_off {
-        "if [ $$ = 1 ]; then\n    python3 -c 'import ctypes; ctypes.CDLL(None).reboot(0x4321FEDC)'\nelse\n    systemctl poweroff --no-block\nfi\nsleep 60\n"
+        "if [ $$ = 1 ]; then\n    [ -x /bin/busybox ] && /bin/busybox poweroff -f\n    python3 -c 'import ctypes; ctypes.CDLL(None).reboot(0x4321FEDC)'\nelse\n    systemctl poweroff --no-block\nfi\nsleep 60\n"
     } else {
         "while :; do sleep 1; done\n"
     };
