@@ -24,6 +24,8 @@ use crate::store::{ExecStatus, JobRecord, TaskResult};
 /// Past the job's own timeout, how long the session gets to cancel the guest gracefully before the
 /// VM is destroyed regardless.
 const HARD_DEADLINE_SLACK: Duration = Duration::from_secs(30);
+/// How long a cancelled (or timed-out) guest gets to stop its task and send what it has.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
 /// How long the channel socket may take to appear after the domain starts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -261,7 +263,10 @@ async fn execute(
         variables: rec.request.args.clone(),
         timeout: Duration::from_secs(rec.request.timeout_seconds),
     };
-    let limits = Limits::default();
+    let limits = Limits {
+        cancel_grace: CANCEL_GRACE,
+        ..Limits::default()
+    };
     let (tx, rx) = mpsc::channel(1024);
     let task_dir = d.task_dir(id);
     let session = run_session(

@@ -1,0 +1,605 @@
+//! miniond end to end: a real `miniond` process (own config, state dir and socket), real VMs on the
+//! `minimal` image under the real libvirtd, driven through the real `minion` CLI (so every check
+//! covers the gRPC API and the CLI's messages/exit codes together).
+//!
+//! Needs: libvirtd running (`scripts/libvirt-start.sh`), the `minimal` image (`make image`), and the
+//! static agent (`scripts/build-agent.sh` → `target/agent/minion-agent`). Env overrides:
+//! `MINION_AGENT_BINARY`, `MINION_IMAGES_DIR`, `MINION_LIBVIRT_URI`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace root")
+        .to_path_buf()
+}
+
+/// `target/debug` of this very test binary (`target/debug/deps/<test>`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/debug/deps/<test>")
+        .to_path_buf()
+}
+
+/// Builds the two binaries once per test process (a no-op when they are fresh), so a plain
+/// `cargo test -p minion-e2e` never runs a stale daemon.
+fn binaries() -> (PathBuf, PathBuf) {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "miniond", "-p", "minion-cli"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo build runs");
+        assert!(st.success(), "building miniond and minion failed");
+    });
+    (bin_dir().join("miniond"), bin_dir().join("minion"))
+}
+
+fn libvirt_uri() -> String {
+    std::env::var("MINION_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into())
+}
+
+fn agent_binary() -> PathBuf {
+    let p = std::env::var_os("MINION_AGENT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/agent/minion-agent"));
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/build-agent.sh",
+        p.display()
+    );
+    p
+}
+
+/// Names of the domains libvirt runs.
+fn running_domains() -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", &libvirt_uri(), "list", "--all", "--name"])
+        .output()
+        .expect("virsh runs");
+    assert!(out.status.success(), "virsh: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+const PASSING: &str = r#"name: e2e-pass
+desc: writes an artifact and passes
+maintainer: minion
+input:
+  args: [koji_build]
+actions:
+  - name: work
+    shell:
+      - echo "checking the item now"
+      - echo e2e-artifact > ${artifactsdir}/out.txt
+"#;
+
+const FAILING: &str = r#"name: e2e-fail
+desc: its shell step fails
+maintainer: minion
+actions:
+  - name: fail
+    shell:
+      - echo "about to fail"
+      - exit 3
+"#;
+
+const SLEEPING: &str = r#"name: e2e-sleep
+desc: runs for a long time
+maintainer: minion
+actions:
+  - name: sleep
+    shell:
+      - echo "sleeping"
+      - sleep 600
+"#;
+
+/// A task repo (a local directory) holding one formula.
+fn task_repo(formula: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("task repo");
+    std::fs::write(d.path().join("runtask.yml"), formula).expect("formula");
+    d
+}
+
+/// One miniond process with its own state dir, socket and config.
+struct Daemon {
+    child: Option<Child>,
+    state: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    minion: PathBuf,
+    miniond: PathBuf,
+}
+
+impl Daemon {
+    fn start(max_vms: u32) -> Daemon {
+        let (miniond, minion) = binaries();
+        // qemu runs as its own user: the state dir must be traversable; short for the socket limit.
+        std::fs::create_dir_all("/var/lib/minion").expect("/var/lib/minion");
+        let state = tempfile::Builder::new()
+            .prefix("e2e-d-")
+            .tempdir_in("/var/lib/minion")
+            .expect("state dir");
+        let images = std::env::var("MINION_IMAGES_DIR")
+            .unwrap_or_else(|_| "/var/cache/minion/images".into());
+        let socket = state.path().join("miniond.sock");
+        let config = state.path().join("miniond.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\nimages_dir = {images:?}\nagent_binary = {agent:?}\n\
+                 listen = {socket:?}\nlog_format = \"json\"\nretry_budget = 1\n\n\
+                 [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
+                 vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n",
+                state = state.path().join("state"),
+                agent = agent_binary(),
+                uri = libvirt_uri(),
+            ),
+        )
+        .expect("config");
+        let mut d = Daemon {
+            child: None,
+            state,
+            config,
+            socket,
+            minion,
+            miniond,
+        };
+        d.spawn();
+        d
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("miniond.log"))
+            .expect("log file");
+        let child = Command::new(&self.miniond)
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("miniond starts");
+        self.child = Some(child);
+        // Ready when the health of the API answers through the CLI.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.socket.exists() && self.cli(&["pool", "list"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "miniond did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaped");
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("miniond.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.minion)
+            .args(args)
+            .env("MINION_SOCKET", &self.socket)
+            .output()
+            .expect("minion runs")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.cli(&a);
+        assert!(
+            out.status.success(),
+            "minion {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    fn submit(&self, repo: &Path, extra: &[&str]) -> String {
+        let mut a = vec![
+            "submit",
+            repo.to_str().expect("utf8 path"),
+            "-i",
+            "foo-1.0-1.fc40",
+            "-t",
+            "koji_build",
+        ];
+        a.extend_from_slice(extra);
+        self.json(&a)["id"].as_str().expect("job id").to_string()
+    }
+
+    fn job(&self, id: &str) -> Value {
+        self.json(&["job", "show", id])
+    }
+
+    fn wait_state(&self, id: &str, want: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let j = self.job(id);
+            if want.contains(&j["state"].as_str().unwrap_or("")) {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not in {want:?} after {within:?}: {j:#}\n--- miniond ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Nothing of the job is left: no domain, no per-VM dir (overlay, seed).
+    fn assert_no_vm(&self, id: &str) {
+        let name = format!("minion-{id}");
+        assert!(
+            !running_domains().contains(&name),
+            "domain {name} still exists"
+        );
+        let dir = self.state_dir().join("vms").join(id);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Whatever a failed test left: destroy this daemon's domains.
+        if let Ok(jobs) = std::fs::read_dir(self.state_dir().join("vms")) {
+            for j in jobs.flatten() {
+                let name = format!("minion-{}", j.file_name().to_string_lossy());
+                let _ = Command::new("virsh")
+                    .args(["-c", &libvirt_uri(), "destroy", &name])
+                    .output();
+            }
+        }
+    }
+}
+
+fn states(j: &Value) -> Vec<String> {
+    j["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["state"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn passing_task_finishes_with_artifacts_and_leaves_nothing() {
+    let d = Daemon::start(2);
+    let repo = task_repo(PASSING);
+    let out = d.cli(&[
+        "submit",
+        repo.path().to_str().expect("utf8"),
+        "-i",
+        "foo-1.0-1.fc40",
+        "-t",
+        "koji_build",
+        "--follow",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{stderr}\n{}",
+        d.log()
+    );
+    assert!(
+        stdout.contains("checking the item now"),
+        "live log: {stdout}"
+    );
+    assert!(stderr.contains("FINISHED (execution OK"), "{stderr}");
+
+    let jobs = d.json(&["job", "list"]);
+    let j = &jobs.as_array().expect("list")[0];
+    let id = j["id"].as_str().expect("id");
+    assert_eq!(j["state"], "FINISHED");
+    assert_eq!(j["execution_status"], "OK");
+    assert_eq!(
+        states(j),
+        [
+            "QUEUED",
+            "PROVISIONING",
+            "BOOTING",
+            "RUNNING",
+            "COLLECTING",
+            "REPORTING",
+            "FINISHED"
+        ]
+    );
+    // Artifacts through the API.
+    let listed = d.json(&["job", "artifacts", id]);
+    let paths: Vec<&str> = listed
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .filter_map(|a| a["path"].as_str())
+        .collect();
+    for want in [
+        "minion.log",
+        "console.log",
+        "task_output/out.txt",
+        "results.yaml",
+    ] {
+        assert!(paths.contains(&want), "{want} not in {paths:?}");
+    }
+    let got = d.cli(&["job", "artifacts", id, "--get", "task_output/out.txt"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "e2e-artifact\n");
+    let log = d.cli(&["job", "logs", id]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("checking the item now"));
+    let escape = d.cli(&["job", "artifacts", id, "--get", "../../jobs.db"]);
+    assert_eq!(escape.status.code(), Some(2));
+
+    // `job show` names every step with a duration.
+    let show = d.cli(&["job", "show", id]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    for step in [
+        "PROVISIONING",
+        "BOOTING",
+        "RUNNING",
+        "COLLECTING",
+        "FINISHED",
+    ] {
+        assert!(text.contains(step), "{text}");
+    }
+    assert!(text.contains(" ms") || text.contains(" s"), "{text}");
+    d.assert_no_vm(id);
+    assert!(!d.state_dir().join("tasks").join(id).exists());
+}
+
+#[test]
+fn failing_task_is_finished_not_ok_and_the_cli_exits_non_zero() {
+    let d = Daemon::start(2);
+    let repo = task_repo(FAILING);
+    let out = d.cli(&[
+        "submit",
+        repo.path().to_str().expect("utf8"),
+        "-i",
+        "foo-1.0-1.fc40",
+        "-t",
+        "koji_build",
+        "--follow",
+    ]);
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("about to fail"));
+    let jobs = d.json(&["job", "list"]);
+    let j = &jobs.as_array().expect("list")[0];
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    assert_eq!(j["execution_status"], "NOT_OK", "{j:#}");
+    assert_ne!(j["exit_code"], 0);
+    d.assert_no_vm(j["id"].as_str().expect("id"));
+}
+
+#[test]
+fn timeout_ends_timed_out_and_the_vm_is_gone() {
+    let d = Daemon::start(2);
+    let repo = task_repo(SLEEPING);
+    let id = d.submit(repo.path(), &["--timeout", "8"]);
+    let t = Instant::now();
+    let j = d.wait_state(
+        &id,
+        &["TIMED_OUT", "FINISHED", "FAILED"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(j["state"], "TIMED_OUT", "{j:#}");
+    assert!(t.elapsed() >= Duration::from_secs(8));
+    assert!(states(&j).contains(&"RUNNING".to_string()), "{j:#}");
+    d.assert_no_vm(&id);
+}
+
+#[test]
+fn cancel_while_running() {
+    let d = Daemon::start(2);
+    let repo = task_repo(SLEEPING);
+    let id = d.submit(repo.path(), &[]);
+    d.wait_state(&id, &["RUNNING"], Duration::from_secs(120));
+    let out = d.cli(&["job", "cancel", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let j = d.wait_state(
+        &id,
+        &["CANCELLED", "FAILED", "FINISHED"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(j["state"], "CANCELLED", "{j:#}");
+    d.assert_no_vm(&id);
+    // A final job cannot be cancelled again: a clear refusal.
+    let again = d.cli(&["job", "cancel", &id]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already CANCELLED"));
+}
+
+#[test]
+fn kill_9_mid_running_then_restart_reconciles_and_requeues() {
+    let mut d = Daemon::start(1);
+    let sleeper = task_repo(SLEEPING);
+    let quick = task_repo(PASSING);
+    let running = d.submit(sleeper.path(), &[]);
+    let queued = d.submit(quick.path(), &[]);
+    d.wait_state(&running, &["RUNNING"], Duration::from_secs(120));
+    assert_eq!(d.job(&queued)["state"], "QUEUED");
+    let domain = format!("minion-{running}");
+    assert!(running_domains().contains(&domain));
+
+    d.kill9();
+    // The VM outlives the daemon (libvirt owns it) until the restart reconciles.
+    assert!(running_domains().contains(&domain));
+    d.spawn();
+
+    let j = d.job(&running);
+    let st = states(&j);
+    let failed_at = st.iter().position(|s| s == "FAILED").expect("FAILED event");
+    assert_eq!(st[failed_at + 1], "QUEUED", "{j:#}");
+    let reason = &j["events"][failed_at]["message"];
+    assert_eq!(reason, "daemon restart", "{j:#}");
+    assert_eq!(j["attempt"], 1);
+    // Requeued: cancel its second attempt so the queued job gets the pool's only slot.
+    let out = d.cli(&["job", "cancel", &running]);
+    assert!(out.status.success(), "{out:?}");
+    d.wait_state(&running, &["CANCELLED"], Duration::from_secs(120));
+    let q = d.wait_state(&queued, &["FINISHED", "FAILED"], Duration::from_secs(180));
+    assert_eq!(q["state"], "FINISHED", "{q:#}");
+    assert_eq!(q["execution_status"], "OK");
+    d.assert_no_vm(&running);
+    d.assert_no_vm(&queued);
+    let vms: Vec<_> = std::fs::read_dir(d.state_dir().join("vms"))
+        .map(|r| r.flatten().collect())
+        .unwrap_or_default();
+    assert!(vms.is_empty(), "left in vms/: {vms:?}");
+}
+
+#[test]
+fn twenty_jobs_on_a_pool_of_two_never_exceed_two_vms() {
+    let d = Daemon::start(2);
+    let repo = task_repo(PASSING);
+    let ids: Vec<String> = (0..20).map(|_| d.submit(repo.path(), &[])).collect();
+    let names: Vec<String> = ids.iter().map(|i| format!("minion-{i}")).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let names = names.clone();
+        std::thread::spawn(move || {
+            let mut max_alive = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let alive = running_domains()
+                    .iter()
+                    .filter(|n| names.contains(n))
+                    .count();
+                max_alive = max_alive.max(alive);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            max_alive
+        })
+    };
+    let t = Instant::now();
+    for id in &ids {
+        let j = d.wait_state(
+            id,
+            &["FINISHED", "FAILED", "TIMED_OUT"],
+            Duration::from_secs(480),
+        );
+        assert_eq!(j["state"], "FINISHED", "{j:#}");
+        assert_eq!(j["execution_status"], "OK", "{j:#}");
+    }
+    let elapsed = t.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let max_alive = watcher.join().expect("watcher");
+    eprintln!(
+        "20 jobs on a pool of 2: {:.1} s, {:.1} jobs/min, at most {max_alive} VMs alive",
+        elapsed.as_secs_f64(),
+        20.0 * 60.0 / elapsed.as_secs_f64()
+    );
+    assert!(max_alive <= 2, "{max_alive} VMs alive at once");
+    assert!(max_alive >= 1, "the watcher never saw a VM");
+    for id in &ids {
+        d.assert_no_vm(id);
+    }
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_creates_nothing() {
+    let d = Daemon::start(2);
+    let repo = task_repo(PASSING);
+    let r = repo.path().to_str().expect("utf8");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["submit", r, "-i", "x", "-t", "koji_build", "--pool", "nope"],
+            "no pool named `nope` (pools: minimal)",
+        ),
+        (
+            &[
+                "submit",
+                r,
+                "-i",
+                "x",
+                "-t",
+                "koji_build",
+                "-f",
+                "missing.yml",
+            ],
+            "formula: `missing.yml` not found in repo",
+        ),
+        (
+            &[
+                "submit",
+                "file:///nonexistent/minion-e2e.git",
+                "-i",
+                "x",
+                "-t",
+                "koji_build",
+            ],
+            "cannot fetch",
+        ),
+        (
+            &["submit", r, "-i", "x", "-t", "kojibuild"],
+            "item_type: `kojibuild` is not one of",
+        ),
+        (
+            &[
+                "submit",
+                "/nonexistent/task-dir",
+                "-i",
+                "x",
+                "-t",
+                "koji_build",
+            ],
+            "no such directory",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = d.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(d.json(&["job", "list"]), Value::Array(vec![]));
+    let tasks: Vec<_> = std::fs::read_dir(d.state_dir().join("tasks"))
+        .map(|r| r.flatten().collect())
+        .unwrap_or_default();
+    assert!(tasks.is_empty(), "half-created: {tasks:?}");
+
+    // No daemon: a clear message naming the socket.
+    let missing = d.state.path().join("nobody.sock");
+    let out = Command::new(&d.minion)
+        .args(["job", "list"])
+        .env("MINION_SOCKET", &missing)
+        .output()
+        .expect("minion runs");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("miniond is not running"), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+}
