@@ -2,7 +2,9 @@
 //!
 //! Only plain files and directories with relative, `..`-free paths are accepted; links, devices and
 //! fifos are refused outright (a link inside the dir is harmless today but a trap for whoever reads
-//! it later). Entry count is capped here; the byte budget is enforced on the stream by the session.
+//! it later), and so are entries outside the run layout (`task_output/`, `results.yaml`,
+//! `results.tap`): the host keeps its own files (`minion.log`, `console.log`) beside them. Entry
+//! count is capped here; the byte budget is enforced on the stream by the session.
 
 use std::{
     fs,
@@ -79,6 +81,17 @@ fn copy_entry<R: Read>(from: &mut R, to: &mut fs::File, buf: &mut [u8]) -> io::R
     }
 }
 
+/// The run layout the agent sends. Anything else could land on files the host keeps beside the
+/// artifacts (`minion.log`, `console.log`), so it is refused.
+fn allowed_location(rel: &Path, kind: tar::EntryType) -> bool {
+    let mut parts = rel.components();
+    match parts.next().and_then(|c| c.as_os_str().to_str()) {
+        Some("task_output") => true,
+        Some("results.yaml" | "results.tap") => parts.next().is_none() && !kind.is_dir(),
+        _ => false,
+    }
+}
+
 /// A relative path made only of normal components, or why not.
 pub(crate) fn confine(path: &Path) -> Result<PathBuf, &'static str> {
     let mut out = PathBuf::new();
@@ -137,6 +150,16 @@ pub(crate) fn unpack<R: Read>(
             }
         };
         let target = dest.join(&rel);
+        if matches!(
+            kind,
+            tar::EntryType::Directory | tar::EntryType::Regular | tar::EntryType::Continuous
+        ) && !allowed_location(&rel, kind)
+        {
+            return Err(ChannelError::UnsafeArtifact {
+                path: shown,
+                reason: "outside task_output/, results.yaml and results.tap",
+            });
+        }
         match kind {
             tar::EntryType::Directory => {
                 fs::create_dir_all(&target).map_err(|e| io_err(&target, e))?;
@@ -292,7 +315,7 @@ mod tests {
     fn caps_entry_count() {
         let data = tar_with(|b| {
             for i in 0..5 {
-                b.append_data(&mut file_header(0), format!("f{i}"), &[][..])
+                b.append_data(&mut file_header(0), format!("task_output/f{i}"), &[][..])
                     .expect("append");
             }
         });
@@ -315,15 +338,37 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let outside = dir.path().join("outside");
         let dest = dir.path().join("art");
-        fs::create_dir(&dest).expect("mkdir");
-        std::os::unix::fs::symlink(&outside, dest.join("f")).expect("symlink");
+        fs::create_dir_all(dest.join("task_output")).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, dest.join("task_output/f")).expect("symlink");
         let data = tar_with(|b| {
-            b.append_data(&mut file_header(1), "f", &b"x"[..])
+            b.append_data(&mut file_header(1), "task_output/f", &b"x"[..])
                 .expect("append");
         });
         let err = unpack(&data[..], &dest, 10).expect_err("nofollow");
         assert!(matches!(err, ChannelError::ArtifactIo { .. }), "{err}");
         assert!(!outside.exists());
+    }
+
+    #[test]
+    fn refuses_files_outside_the_run_layout() {
+        for name in ["minion.log", "console.log", "results.yaml/x", "other/f"] {
+            let data = tar_with(|b| {
+                b.append_data(&mut file_header(1), name, &b"x"[..])
+                    .expect("append");
+            });
+            let dir = tempfile::tempdir().expect("tempdir");
+            let err = unpack(&data[..], dir.path(), 10).expect_err(name);
+            assert!(
+                matches!(
+                    err,
+                    ChannelError::UnsafeArtifact {
+                        reason: "outside task_output/, results.yaml and results.tap",
+                        ..
+                    }
+                ),
+                "{name}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -748,3 +748,32 @@ async fn agent_error_is_reported_with_its_message() {
         "{result:?}"
     );
 }
+
+#[tokio::test]
+async fn guest_cannot_overwrite_the_hosts_own_files_beside_the_artifacts() {
+    let host = Host::new();
+    std::fs::write(host.artifacts().join("minion.log"), b"host log\n").expect("host file");
+    let (result, _, _) = host
+        .run(CancellationToken::new(), |mut g| async move {
+            g.handshake().await;
+            g.receive_job().await;
+            g.send_artifacts(&artifact_tar(&[("minion.log", b"forged\n")]))
+                .await;
+            g.send_result().await;
+        })
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(ChannelError::UnsafeArtifact {
+                reason: "outside task_output/, results.yaml and results.tap",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(
+        std::fs::read(host.artifacts().join("minion.log")).expect("host file"),
+        b"host log\n"
+    );
+}
