@@ -4,7 +4,7 @@
 //! for capability probing, ≈8 s; `destroy` of a running domain ≈1.7 s). Async callers use
 //! `tokio::task::spawn_blocking`. A `Hypervisor` is `Send + Sync`: share one per URI behind an `Arc`.
 
-use std::sync::Once;
+use std::sync::{Once, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
@@ -75,7 +75,8 @@ pub struct MarkedDomain {
 
 /// One libvirt connection.
 pub struct Hypervisor {
-    conn: Connect,
+    /// Replaced when libvirtd went away and came back (see [`Hypervisor::conn`]).
+    conn: RwLock<Connect>,
     uri: String,
 }
 
@@ -116,9 +117,53 @@ impl Hypervisor {
             message: e.message().to_string(),
         })?;
         Ok(Hypervisor {
-            conn,
+            conn: RwLock::new(conn),
             uri: uri.to_string(),
         })
+    }
+
+    /// The current connection (a counted reference to it).
+    fn current(&self) -> Connect {
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The connection, opened again first if it died (libvirtd restarted): a long-lived daemon
+    /// should not need restarting because libvirtd was.
+    fn conn(&self) -> Result<Connect, HypervisorError> {
+        let conn = self.current();
+        if conn.is_alive().unwrap_or(false) {
+            Ok(conn)
+        } else {
+            self.reconnect()
+        }
+    }
+
+    fn reconnect(&self) -> Result<Connect, HypervisorError> {
+        tracing::warn!(uri = %self.uri, "the libvirt connection is closed; connecting again");
+        let fresh = Connect::open(Some(&self.uri)).map_err(|e| HypervisorError::Connect {
+            uri: self.uri.clone(),
+            code: code_of(&e),
+            message: e.message().to_string(),
+        })?;
+        *self.conn.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// Runs a read-only or idempotent call; when it fails because the connection died under it
+    /// (libvirt only notices a dead socket when it uses it), connects again and retries once.
+    /// The outer error is a failed reconnect, the inner one the call's own.
+    fn retrying<T>(
+        &self,
+        call: impl Fn(&Connect) -> Result<T, VirtError>,
+    ) -> Result<Result<T, VirtError>, HypervisorError> {
+        let conn = self.conn()?;
+        match call(&conn) {
+            Err(_) if !conn.is_alive().unwrap_or(false) => Ok(call(&self.reconnect()?)),
+            result => Ok(result),
+        }
     }
 
     pub fn uri(&self) -> &str {
@@ -140,14 +185,15 @@ impl Hypervisor {
     fn create(&self, xml: &str, flags: u32) -> Result<String, HypervisorError> {
         let started = Instant::now();
         let name_in_xml = || xml_name(xml).unwrap_or("(unnamed)").to_string();
-        let dom = self
-            .conn
-            .create_domain_xml(xml, flags)
-            .map_err(|e| HypervisorError::Create {
-                name: name_in_xml(),
-                code: code_of(&e),
-                message: e.message().to_string(),
-            })?;
+        // Not retried on a dead connection: the domain may have been created before it died.
+        let dom =
+            self.conn()?
+                .create_domain_xml(xml, flags)
+                .map_err(|e| HypervisorError::Create {
+                    name: name_in_xml(),
+                    code: code_of(&e),
+                    message: e.message().to_string(),
+                })?;
         let name = dom
             .name()
             .map_err(|e| self.call_error("virDomainGetName", &name_in_xml(), &e))?;
@@ -194,7 +240,7 @@ impl Hypervisor {
 
     /// Whether the connection still works (libvirtd may have restarted; then connect again).
     pub fn is_alive(&self) -> bool {
-        self.conn.is_alive().unwrap_or(false)
+        self.current().is_alive().unwrap_or(false)
     }
 
     /// Whether a domain of that name exists and runs; gone = `false`.
@@ -241,8 +287,7 @@ impl Hypervisor {
     /// (someone else's, e.g. a smoke test) are not ours and are left out too.
     pub fn list_marked(&self) -> Result<Vec<MarkedDomain>, HypervisorError> {
         let domains = self
-            .conn
-            .list_all_domains(0)
+            .retrying(|c| c.list_all_domains(0))?
             .map_err(|e| self.call_error("virConnectListAllDomains", &self.uri, &e))?;
         let mut marked = Vec::new();
         for dom in domains {
@@ -283,7 +328,7 @@ impl Hypervisor {
     }
 
     fn lookup(&self, name: &str) -> Result<Option<Domain>, HypervisorError> {
-        match self.conn.lookup_domain_by_name(name) {
+        match self.retrying(|c| c.lookup_domain_by_name(name))? {
             Ok(d) => Ok(Some(d)),
             Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(None),
             Err(e) => Err(self.call_error("virDomainLookupByName", name, &e)),
@@ -438,7 +483,7 @@ mod tests {
     fn destroy_also_undefines_a_persistent_domain_of_that_name() {
         let hv = test_driver();
         let xml = render_xml(&spec("hv-persistent-1")).expect("xml");
-        let dom = hv.conn.define_domain_xml(&xml).expect("defined");
+        let dom = hv.current().define_domain_xml(&xml).expect("defined");
         dom.create().expect("started");
         let name = "minion-hv-persistent-1";
         let state = |hv: &Hypervisor| {
@@ -455,7 +500,7 @@ mod tests {
             "still defined after destroy"
         );
         // Defined but never started: destroy undefines it too.
-        hv.conn.define_domain_xml(&xml).expect("defined again");
+        hv.current().define_domain_xml(&xml).expect("defined again");
         assert_eq!(state(&hv), Some(false));
         hv.destroy(name).expect("destroy inactive");
         assert!(hv.lookup(name).expect("lookup").is_none());

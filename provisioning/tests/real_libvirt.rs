@@ -370,3 +370,69 @@ fn real_libvirt_autodestroy_domain_dies_with_its_connection() {
     vm::teardown(&watcher, &name, &p.files, None).expect("teardown");
     assert_nothing_left(&watcher, &p);
 }
+
+/// Closes this process's connections on the libvirtd side (`virt-admin client-disconnect`), as a
+/// libvirtd restart would, without disturbing anyone else's.
+fn disconnect_my_libvirt_clients() -> usize {
+    let out = Command::new("virt-admin")
+        .args(["srv-clients-list", "libvirtd"])
+        .output()
+        .expect("virt-admin runs");
+    assert!(
+        out.status.success(),
+        "virt-admin: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()
+                .filter(|id| id.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(String::from)
+        .collect();
+    let me = format!("unix_process_id: {}", std::process::id());
+    let mut closed = 0;
+    for id in ids {
+        let info = Command::new("virt-admin")
+            .args(["client-info", "libvirtd", &id])
+            .output()
+            .expect("client-info");
+        let text = String::from_utf8_lossy(&info.stdout).replace(' ', "");
+        if text.lines().any(|l| l == me.replace(' ', "")) {
+            let st = Command::new("virt-admin")
+                .args(["client-disconnect", "libvirtd", &id])
+                .status()
+                .expect("disconnect");
+            assert!(st.success(), "client-disconnect {id}");
+            closed += 1;
+        }
+    }
+    closed
+}
+
+#[test]
+fn real_libvirt_connection_is_reopened_after_libvirtd_drops_it() {
+    let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_libvirtd();
+    let hv = Hypervisor::connect(URI).expect("connect");
+    hv.list_marked().expect("list before");
+    assert!(hv.is_alive());
+    assert!(
+        disconnect_my_libvirt_clients() >= 1,
+        "found none of this process's libvirt connections"
+    );
+    // The next calls notice the closed socket, connect again and succeed.
+    hv.list_marked()
+        .expect("list after the server closed the connection");
+    assert!(!hv
+        .is_active("minion-never-existed")
+        .expect("lookup after reconnect"));
+    assert!(hv.is_alive());
+    // And once more, through a lookup first.
+    assert!(disconnect_my_libvirt_clients() >= 1);
+    assert!(!hv
+        .is_active("minion-never-existed")
+        .expect("lookup after the second close"));
+}
