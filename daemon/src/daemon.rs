@@ -242,6 +242,7 @@ impl Daemon {
 
     /// Validates, fetches the task tree and queues the job. On any error nothing is left.
     pub async fn submit(&self, req: pb::SubmitJobRequest) -> Result<JobRecord, SubmitError> {
+        let t0 = std::time::Instant::now();
         let known = || self.pools.keys().cloned().collect::<Vec<_>>().join(", ");
         let pool_name = if req.pool.is_empty() {
             self.cfg
@@ -317,7 +318,13 @@ impl Daemon {
                 return Err(e.into());
             }
         };
-        tracing::info!(job = %id, pool = %pool_name, item = %rec.request.item, "queued");
+        tracing::info!(
+            job = %id,
+            pool = %pool_name,
+            item = %rec.request.item,
+            submit_ms = t0.elapsed().as_secs_f64() * 1000.0,
+            "queued"
+        );
         // The dispatcher lives as long as the daemon: a send cannot fail while we run.
         let _ = pool.queue.send(id);
         Ok(rec)

@@ -317,6 +317,7 @@ async fn pump_events(
             None
         }
     };
+    let mut first_action_seen = false;
     while let Some(ev) = rx.recv().await {
         let out = match ev {
             SessionEvent::Ready { agent_version } => {
@@ -341,6 +342,10 @@ async fn pump_events(
                 }))
             }
             SessionEvent::Action { index, name, state } => {
+                if state == ActionState::Started && !first_action_seen {
+                    first_action_seen = true;
+                    log_first_action(d, id);
+                }
                 Some(pb::watch_event::Event::Action(pb::ActionEvent {
                     index,
                     name,
@@ -361,6 +366,37 @@ async fn pump_events(
     }
     if let Some(mut f) = log {
         let _ = f.flush();
+    }
+}
+
+/// One line per job with where the time to "first formula action running" went (the daemon
+/// benchmark reads it): daemon work (queue + provisioning) vs. libvirt/qemu/guest (boot + task
+/// hand-over).
+fn log_first_action(d: &Daemon, id: &str) {
+    let Ok(r) = d.store.get(id) else { return };
+    let at = |s: State| {
+        r.events
+            .iter()
+            .rev()
+            .find(|e| e.state == s)
+            .map(|e| e.at_ms)
+    };
+    let now = crate::store::now_ms();
+    if let (Some(q), Some(p), Some(b), Some(run)) = (
+        at(State::Queued),
+        at(State::Provisioning),
+        at(State::Booting),
+        at(State::Running),
+    ) {
+        tracing::info!(
+            job = %id,
+            queued_ms = p - q,
+            provisioning_ms = b - p,
+            booting_ms = run - b,
+            ready_to_action_ms = now - run,
+            total_ms = now - q,
+            "first formula action running"
+        );
     }
 }
 
