@@ -148,7 +148,7 @@ pub fn detect() -> Accel {
 pub fn detect_with(preference: AccelPreference) -> Accel {
     let probe = HostProbe::probe();
     let auto = decide(&probe);
-    let accel = match preference {
+    match preference {
         AccelPreference::Auto => {
             match &auto {
                 Accel::Kvm => tracing::info!(
@@ -175,8 +175,7 @@ pub fn detect_with(preference: AccelPreference) -> Accel {
                 reason: "forced by configuration".to_string(),
             }
         }
-    };
-    accel
+    }
 }
 
 #[cfg(test)]
@@ -260,6 +259,52 @@ mod tests {
             detect_with(AccelPreference::Tcg),
             Accel::Tcg { .. }
         ));
+    }
+
+    /// Collects what `detect_with` logs, one string per event.
+    fn logged_lines(preference: AccelPreference) -> (Accel, Vec<String>) {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("buffer").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        let accel = tracing::subscriber::with_default(subscriber, || detect_with(preference));
+        let text = String::from_utf8(buf.0.lock().expect("buffer").clone()).expect("utf8");
+        (accel, text.lines().map(str::to_string).collect())
+    }
+
+    #[test]
+    fn detection_logs_exactly_one_line_saying_which_and_why() {
+        let (accel, lines) = logged_lines(AccelPreference::Auto);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains(" INFO "), "{lines:?}");
+        match accel {
+            Accel::Kvm => assert!(lines[0].contains("accelerator: KVM ("), "{lines:?}"),
+            Accel::Tcg { reason } => {
+                assert!(lines[0].contains("accelerator: TCG, because"), "{lines:?}");
+                assert!(lines[0].contains(&reason), "{lines:?}");
+            }
+        }
+        let (_, lines) = logged_lines(AccelPreference::Tcg);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("accelerator: TCG (forced by configuration)"),
+            "{lines:?}"
+        );
     }
 
     #[test]
