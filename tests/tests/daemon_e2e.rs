@@ -603,3 +603,73 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
     assert!(err.contains("miniond is not running"), "{err}");
     assert!(err.contains(&missing.display().to_string()), "{err}");
 }
+
+/// A channel to the daemon's unix socket for the generic gRPC clients below.
+async fn grpc_channel(socket: &Path) -> tonic::transport::Channel {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://[::1]:50051")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to miniond")
+}
+
+#[test]
+fn health_and_reflection_answer_as_grpcurl_needs() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let d = Daemon::start(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let ch = grpc_channel(&d.socket).await;
+        let status = HealthClient::new(ch.clone())
+            .check(HealthCheckRequest {
+                service: "minion.v1.controller.Controller".into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        assert_eq!(status, 1, "SERVING");
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = ServerReflectionClient::new(ch)
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let first = resp
+            .message()
+            .await
+            .expect("reflection answer")
+            .expect("one message");
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("unexpected reflection answer: {first:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.contains(&"minion.v1.controller.Controller".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_string()),
+            "{names:?}"
+        );
+    });
+}
