@@ -280,41 +280,51 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         let Some(kind) = frame.kind else {
             return Err(ChannelError::Protocol("frame without a message".into()));
         };
-        if let Kind::Error(e) = kind {
-            let mut msg = e.message;
-            truncate_utf8(&mut msg, MAX_AGENT_MESSAGE);
-            return Err(ChannelError::Agent(msg));
+        match (self.phase, kind) {
+            (_, Kind::Error(e)) => Err(agent_error(e)),
+            (Phase::AwaitReady, Kind::Ready(ready)) => {
+                self.ready(ready).await?;
+                Ok(None)
+            }
+            (Phase::AwaitReady, other) => Err(ChannelError::Protocol(format!(
+                "{} before Ready",
+                kind_name(&other)
+            ))),
+            (_, other) => self.handle_running(other).await,
         }
-        if self.phase == Phase::AwaitReady {
-            let Kind::Ready(ready) = kind else {
-                return Err(ChannelError::Protocol(format!(
-                    "{} before Ready",
-                    kind_name(&kind)
-                )));
-            };
-            if ready.protocol != PROTOCOL_VERSION {
-                return Err(ChannelError::Version {
-                    guest: ready.protocol,
-                    min: PROTOCOL_VERSION,
-                    max: PROTOCOL_VERSION,
-                });
-            }
-            let mut version = ready.agent_version;
-            truncate_utf8(&mut version, 256);
-            self.agent_version = version.clone();
-            self.phase = Phase::Running;
-            if !self.job.timeout.is_zero() {
-                self.job_deadline = Some(Instant::now() + self.job.timeout);
-            }
-            if let Some(tx) = self.ready_tx.take() {
-                let _ = tx.send(());
-            }
-            self.emit(SessionEvent::Ready {
-                agent_version: version,
-            })
-            .await;
-            return Ok(None);
+    }
+
+    async fn ready(&mut self, ready: minion_proto::guest::Ready) -> Result<(), ChannelError> {
+        if ready.protocol != PROTOCOL_VERSION {
+            return Err(ChannelError::Version {
+                guest: ready.protocol,
+                min: PROTOCOL_VERSION,
+                max: PROTOCOL_VERSION,
+            });
         }
+        let mut version = ready.agent_version;
+        truncate_utf8(&mut version, 256);
+        self.agent_version = version.clone();
+        self.phase = Phase::Running;
+        if !self.job.timeout.is_zero() {
+            self.job_deadline = Some(Instant::now() + self.job.timeout);
+        }
+        if let Some(tx) = self.ready_tx.take() {
+            let _ = tx.send(());
+        }
+        self.emit(SessionEvent::Ready {
+            agent_version: version,
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Frames after Ready (Error already handled).
+    async fn handle_running(
+        &mut self,
+        kind: guest_frame::Kind,
+    ) -> Result<Option<SessionOutcome>, ChannelError> {
+        use guest_frame::Kind;
         match kind {
             Kind::Ready(_) => Err(ChannelError::Protocol("a second Ready".into())),
             Kind::Log(log) => {
@@ -384,7 +394,7 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
                     artifact_transfer: self.artifact_transfer,
                 }))
             }
-            Kind::Error(_) => unreachable_error(),
+            Kind::Error(e) => Err(agent_error(e)),
         }
     }
 
@@ -463,8 +473,10 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
     }
 }
 
-fn unreachable_error<T>() -> Result<T, ChannelError> {
-    Err(ChannelError::Internal("Error frame handled twice".into()))
+fn agent_error(e: minion_proto::guest::Error) -> ChannelError {
+    let mut msg = e.message;
+    truncate_utf8(&mut msg, MAX_AGENT_MESSAGE);
+    ChannelError::Agent(msg)
 }
 
 fn kind_name(kind: &guest_frame::Kind) -> &'static str {
