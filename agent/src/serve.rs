@@ -70,8 +70,14 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
         other => bail!("expected Job from the host, got {other:?}"),
     };
     tracing::info!(job = %job.id, item = %job.item, formula = %job.formula_path, "job received");
-    let layout = Layout::new(&base.join(sanitize(&job.id)));
-    let _ = fs::remove_dir_all(&layout.task);
+    let job_dir = base.join(sanitize(&job.id));
+    // A fresh start: nothing of an earlier attempt may leak into this job's artifacts.
+    match fs::remove_dir_all(&job_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("clearing {}", job_dir.display())),
+    }
+    let layout = Layout::new(&job_dir);
     layout.create().context("creating the job directories")?;
 
     // Heartbeats cover the whole job, task transfer included.
