@@ -175,8 +175,12 @@ impl Controller for Api {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let r = req.into_inner();
         check_id(&r.id)?;
-        // Subscribe before reading, so nothing between the read and the subscription is lost.
-        let mut live = self.d.hub.subscribe(&r.id);
+        // The log's length is taken atomically with the subscription: every chunk is either in
+        // the first `logged` bytes of minion.log or arrives live, never both, never neither.
+        let log_path = self.d.artifacts_dir(&r.id).join("minion.log");
+        let (mut live, logged) = self.d.hub.subscribe_with(&r.id, || {
+            std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0)
+        });
         let rec = self.d.store.get(&r.id).map_err(store_status)?;
         let (tx, rx) = mpsc::channel(256);
         let d = self.d.clone();
@@ -195,8 +199,8 @@ impl Controller for Api {
                         return;
                     }
                 }
-                let log = d.artifacts_dir(&r.id).join("minion.log");
-                if let Ok(mut f) = tokio::fs::File::open(&log).await {
+                if let Ok(f) = tokio::fs::File::open(&log_path).await {
+                    let mut f = f.take(logged);
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(n) = f.read(&mut buf).await {
                         if n == 0 {

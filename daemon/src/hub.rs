@@ -28,14 +28,78 @@ impl Hub {
     }
 
     pub fn publish(&self, id: &str, ev: WatchEvent) {
-        if let Some(tx) = self.lock().get(id) {
+        self.publish_after(id, ev, || {});
+    }
+
+    /// Runs `record` (e.g. appending to minion.log) and publishes `ev` atomically with respect to
+    /// [`Hub::subscribe_with`]: a watcher sees each log chunk exactly once, either in what it reads
+    /// back or live.
+    pub fn publish_after(&self, id: &str, ev: WatchEvent, record: impl FnOnce()) {
+        let jobs = self.lock();
+        record();
+        if let Some(tx) = jobs.get(id) {
             // No receivers is fine: nobody is watching.
             let _ = tx.send(ev);
         }
     }
 
+    /// Subscribes and runs `snapshot` (e.g. the log's current length) under the same lock as
+    /// [`Hub::publish_after`].
+    pub fn subscribe_with<T>(
+        &self,
+        id: &str,
+        snapshot: impl FnOnce() -> T,
+    ) -> (broadcast::Receiver<WatchEvent>, T) {
+        let mut jobs = self.lock();
+        let rx = jobs
+            .entry(id.to_string())
+            .or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .subscribe();
+        (rx, snapshot())
+    }
+
     /// Drops the job's channel: its watchers see the stream end after what was sent.
     pub fn close(&self, id: &str) {
         self.lock().remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minion_proto::controller::{watch_event::Event, LogChunk};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn log(n: u8) -> WatchEvent {
+        WatchEvent {
+            event: Some(Event::Log(LogChunk {
+                stream: 1,
+                data: vec![n],
+            })),
+        }
+    }
+
+    #[test]
+    fn snapshot_and_live_events_split_without_overlap() {
+        let hub = Hub::default();
+        let written = AtomicUsize::new(0);
+        hub.publish_after("j", log(0), || {
+            written.fetch_add(1, Ordering::SeqCst);
+        });
+        let (mut rx, seen) = hub.subscribe_with("j", || written.load(Ordering::SeqCst));
+        hub.publish_after("j", log(1), || {
+            written.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(
+            seen, 1,
+            "the chunk before the subscription is in the snapshot"
+        );
+        assert_eq!(rx.try_recv().expect("live"), log(1));
+        assert!(rx.try_recv().is_err(), "nothing twice");
+        hub.close("j");
+        assert!(matches!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
     }
 }

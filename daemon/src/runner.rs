@@ -328,18 +328,24 @@ async fn pump_events(
                 None
             }
             SessionEvent::Log { stream, data } => {
-                if let Some(f) = log.as_mut() {
-                    // Disk errors must not stop the job; the guest's output is also streamed.
-                    let _ = f.write_all(&data);
-                }
-                Some(pb::watch_event::Event::Log(pb::LogChunk {
+                let chunk = pb::LogChunk {
                     stream: match stream {
                         LogStream::Stdout => pb::LogStream::Stdout,
                         LogStream::Stderr => pb::LogStream::Stderr,
                         LogStream::Runner => pb::LogStream::Runner,
                     } as i32,
                     data,
-                }))
+                };
+                let ev = pb::WatchEvent {
+                    event: Some(pb::watch_event::Event::Log(chunk.clone())),
+                };
+                d.hub.publish_after(id, ev, || {
+                    if let Some(f) = log.as_mut() {
+                        // Disk errors must not stop the job; the output is also streamed live.
+                        let _ = f.write_all(&chunk.data);
+                    }
+                });
+                None
             }
             SessionEvent::Action { index, name, state } => {
                 if state == ActionState::Started && !first_action_seen {
