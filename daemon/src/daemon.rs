@@ -405,3 +405,162 @@ impl Daemon {
         &self.cfg.images_dir
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(state: &Path) -> Config {
+        Config::parse(
+            Path::new("test.toml"),
+            &format!(
+                "state_dir = {:?}\n[pools.p]\nimage = \"minimal\"\nlibvirt_uri = \"test:///default\"\nmax_vms = 1\n",
+                state
+            ),
+        )
+        .expect("config")
+    }
+
+    fn tcg() -> Accel {
+        Accel::Tcg {
+            reason: "test".into(),
+        }
+    }
+
+    fn repo() -> tempfile::TempDir {
+        let r = tempfile::tempdir().expect("repo");
+        std::fs::write(
+            r.path().join("runtask.yml"),
+            "name: t\nactions:\n  - dummy: {result: PASSED}\n",
+        )
+        .expect("formula");
+        r
+    }
+
+    fn request(repo: &Path) -> pb::SubmitJobRequest {
+        pb::SubmitJobRequest {
+            repo: repo.display().to_string(),
+            item: "foo-1.0-1.fc40".into(),
+            item_type: "koji_build".into(),
+            ..pb::SubmitJobRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_submissions_create_nothing() {
+        let state = tempfile::tempdir().expect("state");
+        let (d, _rxs) = Daemon::open(config(state.path()), tcg()).expect("open");
+        let r = repo();
+        let cases: Vec<(pb::SubmitJobRequest, &str)> = vec![
+            (
+                pb::SubmitJobRequest {
+                    pool: "nope".into(),
+                    ..request(r.path())
+                },
+                "pool: no pool named `nope` (pools: p)",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    formula: "missing.yml".into(),
+                    ..request(r.path())
+                },
+                "formula: `missing.yml` not found in repo",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    item_type: "rpm".into(),
+                    ..request(r.path())
+                },
+                "item_type: `rpm` is not one of",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    arch: "s390x".into(),
+                    ..request(r.path())
+                },
+                "arch: `s390x` is not supported",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    repo: "file:///nonexistent/x.git".into(),
+                    ..request(r.path())
+                },
+                "cannot fetch",
+            ),
+        ];
+        for (req, want) in cases {
+            let e = d.submit(req).await.expect_err(want);
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        assert!(d.store.all().expect("all").is_empty());
+        let leftovers: Vec<_> = std::fs::read_dir(state.path().join("tasks"))
+            .map(|r| r.flatten().collect())
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn queued_job_cancels_directly_and_defaults_apply() {
+        let state = tempfile::tempdir().expect("state");
+        let (d, _rxs) = Daemon::open(config(state.path()), tcg()).expect("open");
+        let r = repo();
+        let rec = d.submit(request(r.path())).await.expect("submit");
+        assert_eq!(rec.state, State::Queued);
+        assert_eq!(rec.request.pool, "p", "the only pool is the default");
+        assert_eq!(rec.request.timeout_seconds, 1800, "the pool's default");
+        assert_eq!(rec.request.arch, "x86_64");
+        assert_eq!(rec.request.formula, "runtask.yml");
+        assert!(d.task_dir(&rec.id).join("runtask.yml").is_file());
+        let c = d.cancel(&rec.id).expect("cancel");
+        assert_eq!(c.state, State::Cancelled);
+        assert!(!d.task_dir(&rec.id).exists());
+        let again = d.cancel(&rec.id).expect_err("final");
+        assert_eq!(
+            again.to_string(),
+            format!("job {} is already CANCELLED", rec.id)
+        );
+    }
+
+    #[tokio::test]
+    async fn restart_fails_in_flight_jobs_and_requeues_within_budget() {
+        let state = tempfile::tempdir().expect("state");
+        let r = repo();
+        let id = {
+            let (d, _rxs) = Daemon::open(config(state.path()), tcg()).expect("open");
+            let rec = d.submit(request(r.path())).await.expect("submit");
+            d.store
+                .transition(&rec.id, State::Provisioning, "")
+                .expect("picked up");
+            d.store
+                .transition(&rec.id, State::Booting, "")
+                .expect("booting");
+            rec.id
+        };
+        // A leftover per-VM dir of that job must go too.
+        let vmdir = state.path().join("vms").join(&id);
+        std::fs::create_dir_all(&vmdir).expect("vm dir");
+
+        let (d, _rxs) = Daemon::open(config(state.path()), tcg()).expect("reopen");
+        d.reconcile().expect("reconcile");
+        let rec = d.store.get(&id).expect("job");
+        assert_eq!(rec.state, State::Queued);
+        assert_eq!(rec.attempt, 1);
+        let n = rec.events.len();
+        assert_eq!(rec.events[n - 2].state, State::Failed);
+        assert_eq!(rec.events[n - 2].message, "daemon restart");
+        assert!(!vmdir.exists());
+        drop(d);
+
+        // In flight again, and the budget (1) is spent: FAILED for good.
+        let (d, _rxs) = Daemon::open(config(state.path()), tcg()).expect("reopen");
+        d.store
+            .transition(&id, State::Provisioning, "")
+            .expect("again");
+        d.reconcile().expect("reconcile");
+        let rec = d.store.get(&id).expect("job");
+        assert_eq!(rec.state, State::Failed);
+        assert_eq!(rec.failure_reason, "daemon restart");
+        assert!(!d.task_dir(&id).exists());
+    }
+}
