@@ -392,6 +392,22 @@ mod tests {
     use crate::domain::{render_xml, DomainSpec};
 
     #[test]
+    fn hypervisor_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Hypervisor>();
+        let hv = std::sync::Arc::new(test_driver());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let hv = hv.clone();
+                std::thread::spawn(move || hv.is_active("minion-thread-probe").expect("is_active"))
+            })
+            .collect();
+        for t in threads {
+            assert!(!t.join().expect("thread"));
+        }
+    }
+
+    #[test]
     fn job_id_is_read_from_either_quote_style_and_not_from_lookalikes() {
         assert_eq!(
             parse_job_id(r#"<minion:job xmlns:minion="https://minion.dev/xmlns/1" id="abc-1"/>"#)

@@ -436,3 +436,51 @@ fn real_libvirt_connection_is_reopened_after_libvirtd_drops_it() {
         .is_active("minion-never-existed")
         .expect("lookup after the second close"));
 }
+
+/// The generic-cloud-image path: on `standard` with its own agent unit masked, only cloud-init can
+/// start the agent, from the rendered user-data's `bootcmd`.
+#[test]
+fn real_libvirt_cloud_init_user_data_starts_the_agent() {
+    let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_libvirtd();
+    let scratch = scratch();
+    let job_id = unique_job_id("cloudinit");
+    let marker = format!("MINION-PROVISIONING-MARKER-{job_id}");
+    let mut img = load_image("standard");
+    img.manifest
+        .cmdline
+        .push_str(" systemd.mask=minion-agent.service");
+    let req = vm::VmRequest {
+        state_dir: scratch.state_dir.path().to_path_buf(),
+        job_id: job_id.clone(),
+        image: img,
+        accel: accel::detect(),
+        agent_binary: stub_agent(scratch.state_dir.path(), &marker, true),
+        vcpus: 1,
+        memory_mib: 768,
+        hostname: "minion-cloud".into(),
+        network: None,
+    };
+    let p = vm::prepare(&req).expect("prepare");
+    let hv = Hypervisor::connect(URI).expect("connect");
+    let name = hv.create_transient(&p.xml).expect("domain starts");
+    let _guard = VmGuard {
+        hv: &hv,
+        name: name.clone(),
+        files: p.files.clone(),
+    };
+    let timeout = Duration::from_secs(400);
+    let Some(t) = wait_for_marker(&p.files.console_log, &marker, timeout) else {
+        panic!(
+            "cloud-init did not start the agent within {timeout:?}; console tail:\n{}",
+            console_tail(&p.files.console_log)
+        );
+    };
+    eprintln!("standard via cloud-init user-data: create→marker {t:?}");
+    let console = fs::read_to_string(&p.files.console_log).unwrap_or_default();
+    assert!(
+        !console.contains("minion-agent-start"),
+        "the image's own unit ran although masked; this test would not prove the user-data path"
+    );
+    vm::teardown(&hv, &name, &p.files, None).expect("teardown");
+}
