@@ -68,7 +68,7 @@ done
 
 python3 - "$WORK/miniond.log" "$WORK/submit_ms" <<'PY'
 import json, statistics, sys
-rows, submit = [], []
+rows, submit, prov = [], [], []
 for line in open(sys.argv[1]):
     try:
         ev = json.loads(line)
@@ -77,6 +77,8 @@ for line in open(sys.argv[1]):
     f = ev.get("fields", {})
     if f.get("message") == "first formula action running":
         rows.append(f)
+    elif f.get("message") == "provisioned":
+        prov.append(f)
     elif f.get("message") == "queued":
         submit.append(float(f["submit_ms"]))
 cli = [int(x) for x in open(sys.argv[2]) if x.strip()]
@@ -89,6 +91,9 @@ print(f"jobs measured:                {len(rows)}")
 print(f"submit handling (daemon):     {s:8.1f} ms   (CLI round trip incl. process start {statistics.median(cli)} ms)")
 print(f"queue → picked up (daemon):   {q:8.1f} ms")
 print(f"provisioning (daemon):        {p:8.1f} ms   overlay + seed ISO + domain XML")
+if prov:
+    pm = lambda k: statistics.median(float(r[k]) for r in prov)
+    print(f"  of which qemu-img overlay:  {pm('overlay_ms'):8.1f} ms, seed ISO (genisoimage): {pm('seed_ms'):.1f} ms, XML: {pm('render_ms'):.2f} ms")
 print(f"domain start → agent Ready:   {b:8.1f} ms   libvirt + qemu + guest boot")
 print(f"Ready → first action running: {a:8.1f} ms   task hand-over + formula start in the guest")
 print(f"daemon time:                  {s + q + p:8.1f} ms")

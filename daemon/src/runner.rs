@@ -224,6 +224,14 @@ async fn execute(
         Ok(Err(e)) => return End::Failed(e),
         Err(e) => return End::Failed(format!("provisioning task: {e}")),
     };
+    let t = &prepared.timings;
+    tracing::info!(
+        job = %id,
+        overlay_ms = t.overlay.as_secs_f64() * 1000.0,
+        seed_ms = t.seed.as_secs_f64() * 1000.0,
+        render_ms = t.render.as_secs_f64() * 1000.0,
+        "provisioned"
+    );
     if let Err(e) = std::fs::create_dir_all(artifacts) {
         *guard = Some(new_guard(&hv, &prepared, artifacts));
         return End::Failed(format!("{}: {e}", artifacts.display()));
