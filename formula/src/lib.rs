@@ -1,1 +1,40 @@
-//! Taskotron formula: parse, validate, substitute, run directives, ResultYAML/TAP13.
+//! Taskotron formulas: parse and validate (`runtask.yml`), substitute `${var}`s, run the
+//! directives, and produce ResultYAML and TAP13. Used by `minion runtask` on the host, by the
+//! agent inside VMs, and by miniond to validate a job before it makes a VM.
+
+mod directives;
+mod error;
+mod formula;
+mod results;
+mod runner;
+mod subst;
+pub mod yaml;
+
+pub use directives::DIRECTIVES;
+pub use error::FormulaError;
+pub use formula::{
+    load_formula, parse_formula, resolve_formula_path, Action, Formula, FORMULA_NAMES,
+};
+pub use results::{
+    parse_results, results_to_tap13, results_to_yaml, CheckResult, Outcome, ResultsError, OUTCOMES,
+};
+pub use runner::{
+    run, ActionState, CancelFlag, EventSink, ExecutionStatus, LogStream, ReportConfig, RunConfig,
+    RunReport, EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_EXECUTION_FAILED,
+};
+pub use subst::{expand, ExpandError, Vars};
+
+/// Substitutes and re-validates one step's parameters, as `run` does before executing it.
+pub fn substitute_params(action: &Action, vars: &Vars) -> Result<yaml::Node, FormulaError> {
+    let field = action.field();
+    let to_err = |e: directives::ParamError| FormulaError {
+        file: std::path::PathBuf::new(),
+        line: e.mark.line,
+        column: e.mark.column,
+        field: e.field,
+        message: e.message,
+    };
+    let params = subst::substitute(&action.params, vars, &field).map_err(to_err)?;
+    directives::validate(&action.directive, &params, &field).map_err(to_err)?;
+    Ok(params)
+}

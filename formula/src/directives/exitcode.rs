@@ -1,0 +1,42 @@
+//! `exitcode`: `result_last` / `result_worst` over ResultYAML sets the task's exit code:
+//! 0 when the outcome counts as success, 100 otherwise. Several steps: the worst wins.
+
+use super::{results_text, StepContext, StepError};
+use crate::results::{parse_results, Outcome};
+use crate::runner::EXIT_CHECK_FAILED;
+use crate::yaml::Node;
+
+pub(super) fn run(
+    params: &Node,
+    ctx: &mut StepContext<'_>,
+) -> Result<serde_json::Value, StepError> {
+    let (mode, node) = match (params.get("result_last"), params.get("result_worst")) {
+        (Some(n), None) => ("result_last", n),
+        (None, Some(n)) => ("result_worst", n),
+        _ => {
+            return Err(StepError::msg(
+                "needs exactly one of result_last, result_worst",
+            ))
+        }
+    };
+    let results = parse_results(&results_text(node)?).map_err(|e| StepError {
+        mark: Some(node.mark),
+        field: Some(format!("{}.{mode}", ctx.action.field())),
+        message: e.to_string(),
+    })?;
+    let outcome = if mode == "result_last" {
+        results.last().map(|r| r.outcome)
+    } else {
+        results.iter().map(|r| r.outcome).max_by_key(|o| o.rank())
+    };
+    let code = match outcome {
+        Some(o) if !o.is_success() => EXIT_CHECK_FAILED,
+        _ => 0,
+    };
+    ctx.say(&format!(
+        "exitcode {mode}: {} → {code}",
+        outcome.map_or("no results", Outcome::as_str)
+    ));
+    *ctx.exit_code = (*ctx.exit_code).max(code);
+    Ok(serde_json::Value::from(code))
+}

@@ -1,0 +1,135 @@
+//! `resultsdb`: takes ResultYAML (`results:` text or `file:`), validates it and keeps the results.
+//! With reporting on, POSTs each result to ResultsDB's v2.0 API, with retries.
+
+use super::{results_text, str_param, StepContext, StepError};
+use crate::results::{parse_results, results_to_yaml, CheckResult};
+use crate::runner::LogStream;
+use crate::runner::ReportConfig;
+use crate::yaml::Node;
+
+pub(super) fn run(
+    params: &Node,
+    ctx: &mut StepContext<'_>,
+) -> Result<serde_json::Value, StepError> {
+    let (key, text) = match (params.get("results"), str_param(params, "file")) {
+        (Some(node), None) => ("results", results_text(node)?),
+        (None, Some(file)) => {
+            let path = ctx.config.workdir.join(&file);
+            let text = std::fs::read_to_string(&path).map_err(|e| StepError {
+                mark: params.get("file").map(|n| n.mark),
+                field: Some(format!("{}.file", ctx.action.field())),
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            ("file", text)
+        }
+        _ => return Err(StepError::msg("needs exactly one of results, file")),
+    };
+    let results = parse_results(&text).map_err(|e| StepError {
+        mark: params.get(key).map(|n| n.mark),
+        field: Some(format!("{}.{key}", ctx.action.field())),
+        message: e.to_string(),
+    })?;
+    let yaml = results_to_yaml(&results);
+    match &ctx.config.report {
+        None => {
+            ctx.say(&format!(
+                "resultsdb: reporting off; {} result(s) kept:",
+                results.len()
+            ));
+            ctx.sink.log(LogStream::Runner, yaml.as_bytes());
+        }
+        Some(report) => {
+            for r in &results {
+                post(report, ctx, r)?;
+            }
+            ctx.say(&format!(
+                "resultsdb: reported {} result(s) to {}",
+                results.len(),
+                report.resultsdb_url
+            ));
+        }
+    }
+    ctx.results.extend(results);
+    Ok(serde_json::Value::String(yaml))
+}
+
+/// The ResultsDB v2.0 body for one result.
+#[cfg(feature = "report")]
+pub(crate) fn body(
+    r: &CheckResult,
+    ctx: &StepContext<'_>,
+    report: &ReportConfig,
+) -> serde_json::Value {
+    let mut data = serde_json::Map::new();
+    data.insert("item".into(), r.item.clone().into());
+    data.insert("type".into(), r.item_type.clone().into());
+    if !ctx.config.arch.is_empty() {
+        data.insert("arch".into(), ctx.config.arch.clone().into());
+    }
+    for (k, v) in &r.extra {
+        // ResultsDB refuses `:` in keys.
+        data.insert(k.replace(':', "_"), v.clone());
+    }
+    let testcase = match &ctx.formula.namespace {
+        Some(ns) if !ns.is_empty() => format!("{ns}.{}", r.checkname),
+        _ => r.checkname.clone(),
+    };
+    let ref_url = r.artifact.clone().or_else(|| report.log_url.clone());
+    serde_json::json!({
+        "testcase": {"name": testcase},
+        "outcome": r.outcome.as_str(),
+        "note": r.note.clone().unwrap_or_default(),
+        "ref_url": ref_url,
+        "data": data,
+        "groups": [ctx.config.uuid],
+    })
+}
+
+#[cfg(feature = "report")]
+fn post(
+    report: &ReportConfig,
+    ctx: &mut StepContext<'_>,
+    r: &CheckResult,
+) -> Result<(), StepError> {
+    use std::time::Duration;
+    let url = format!(
+        "{}/api/v2.0/results",
+        report.resultsdb_url.trim_end_matches('/')
+    );
+    let payload = body(r, ctx, report);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let attempts = report.attempts.max(1);
+    let mut last = String::new();
+    for attempt in 1..=attempts {
+        match agent.post(&url).send_json(&payload) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                last = e.to_string();
+                ctx.say(&format!(
+                    "resultsdb: POST {url} failed (attempt {attempt}/{attempts}): {last}"
+                ));
+                if attempt < attempts {
+                    std::thread::sleep(Duration::from_millis(500 * u64::from(attempt)));
+                }
+            }
+        }
+    }
+    Err(StepError::msg(format!(
+        "cannot report to ResultsDB at {url} after {attempts} attempts: {last}"
+    )))
+}
+
+#[cfg(not(feature = "report"))]
+fn post(
+    report: &ReportConfig,
+    _ctx: &mut StepContext<'_>,
+    _r: &CheckResult,
+) -> Result<(), StepError> {
+    Err(StepError::msg(format!(
+        "reporting to {} asked for, but this build has no ResultsDB support (feature `report`)",
+        report.resultsdb_url
+    )))
+}
