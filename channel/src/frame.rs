@@ -78,9 +78,11 @@ pub fn decode_frame<M: Message + Default>(
         buf.reserve(needed - buf.len());
         return Ok(None);
     }
-    buf.advance(prefix);
-    let body = buf.split_to(len);
-    M::decode(body.freeze())
+    // Decoding from a slice, then advancing, keeps `buf`'s allocation for the next frame (splitting
+    // it off would make every 1 MiB frame a fresh allocation and a round of page faults).
+    let decoded = M::decode(&buf[prefix..needed]);
+    buf.advance(needed);
+    decoded
         .map(Some)
         .map_err(|source| FrameError::Decode { len, source })
 }
