@@ -3,7 +3,8 @@
 # prints a marker on the console and powers off; measure domain start → marker and power-off → gone.
 #   images/smoke-boot.sh <variant> [runs=3] [machine=q35]
 # Env: MEMORY_MIB (512), VCPUS (1), CMDLINE_EXTRA (appended to the manifest's cmdline),
-#      AGENT=<path> (boot a real agent binary instead of the stub; then no marker is waited for).
+#      AGENT=<path> (boot a real agent binary instead of the stub: the script then speaks guest.proto
+#      on the channel up to the agent's Ready, measures domain start → Ready, and destroys the domain).
 # Uses the same domain shape provisioning renders (see images/README.md "Domain XML that works").
 set -euo pipefail
 IMAGES_DIR="$(cd "$(dirname "$0")" && pwd)"
@@ -105,9 +106,75 @@ time_one_boot() {
 import os, subprocess, sys, time
 uri, dom, xml, console, marker, agent = sys.argv[1:7]
 pidfile = f"/run/libvirt/qemu/{dom}.pid"
+channel = os.path.join(os.path.dirname(console), "channel.sock")
+
+
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def await_ready(t0):
+    """The host's side of guest.proto up to Ready: send Hello, read the first GuestFrame.
+    Returns seconds since t0 at Ready, or raises."""
+    import socket
+    host = b"smoke-boot"
+    hello = (b"\x08" + varint(1) + b"\x10" + varint(1000) + b"\x18" + varint(60000)
+             + b"\x22" + varint(len(host)) + host)
+    frame = b"\x0a" + varint(len(hello)) + hello
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    while True:
+        try:
+            s.connect(channel)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() - t0 > 120:
+                raise
+            time.sleep(0.005)
+    s.sendall(varint(len(frame)) + frame)
+    s.settimeout(120)
+    buf = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise RuntimeError("channel closed before Ready")
+        buf += chunk
+        n = shift = i = 0
+        while i < len(buf):
+            n |= (buf[i] & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not buf[i - 1] & 0x80:
+                break
+        else:
+            continue
+        if len(buf) >= i + n:
+            body = buf[i:i + n]
+            if not body.startswith(b"\x0a"):
+                raise RuntimeError(f"first guest frame is not Ready: {body[:16]!r}")
+            return time.monotonic() - t0
+
+
 t0 = time.monotonic()
 subprocess.run(["virsh", "-q", "-c", uri, "create", xml], check=True, stdout=subprocess.DEVNULL)
 t_created = time.monotonic()
+if agent:
+    try:
+        t_ready = await_ready(t0)
+    except Exception as e:  # noqa: BLE001 - reported, then the domain is destroyed by the caller
+        print(f"NO-READY {e}")
+        sys.exit(0)
+    # Gone already is fine: the agent may power off by itself once the host goes quiet.
+    subprocess.run(["virsh", "-q", "-c", uri, "destroy", dom], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    print(f"{t_created - t0:.2f} {t_ready:.2f} {t_ready - (t_created - t0):.2f} 0")
+    sys.exit(0)
 t_marker = None
 deadline = t0 + 120
 while time.monotonic() < deadline:
@@ -144,16 +211,24 @@ for i in $(seq "$runs"); do
             echo "smoke-boot: run $i: domain still running after 120 s; console tail:" >&2
             tail -n 30 "$work/console.log" >&2
             exit 1 ;;
+        NO-READY*)
+            echo "smoke-boot: run $i: no Ready from the agent ($out); console:" >&2
+            cat "$work/console.log" >&2
+            exit 1 ;;
         NO-MARKER)
             echo "smoke-boot: run $i: the domain ended without the marker; console:" >&2
             cat "$work/console.log" >&2
             exit 1 ;;
     esac
     read -r t_create t_marker t_after_create t_gone <<<"$out"
-    what=marker; [ -z "${AGENT:-}" ] || what=poweroff
-    echo "run $i: create ${t_create}s, start→$what ${t_marker}s (after create returned ${t_after_create}s), $what→gone ${t_gone}s"
+    if [ -n "${AGENT:-}" ]; then
+        echo "run $i: create ${t_create}s, start→Ready ${t_marker}s (after create returned ${t_after_create}s)"
+    else
+        echo "run $i: create ${t_create}s, start→marker ${t_marker}s (after create returned ${t_after_create}s), marker→gone ${t_gone}s"
+    fi
     results+=("$t_marker")
 done
 [ -n "${KEEP_CONSOLE:-}" ] && cp "$work/console.log" "$KEEP_CONSOLE"
+what=marker; [ -z "${AGENT:-}" ] || what=Ready
 median=$(printf '%s\n' "${results[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 echo "$name ($machine, ${MEMORY_MIB:-512} MiB, ${VCPUS:-1} vCPU, load $(cut -d' ' -f1 /proc/loadavg)): start→${what} median ${median}s of $runs"
