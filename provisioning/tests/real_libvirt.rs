@@ -484,3 +484,74 @@ fn real_libvirt_cloud_init_user_data_starts_the_agent() {
     );
     vm::teardown(&hv, &name, &p.files, None).expect("teardown");
 }
+
+/// A hostile guest cannot fill the host's disk through its serial console: the console file goes
+/// through virtlogd, which rotates it (virtlogd.conf max_size 2 MiB, max_backups 3 by default),
+/// all inside the VM directory that teardown deletes.
+#[test]
+fn real_libvirt_console_spam_is_bounded_by_rotation() {
+    let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    ensure_libvirtd();
+    let scratch = scratch();
+    let p = prepare(&scratch, "minimal", false, &accel::detect());
+    // Replace the stub's seed with one that writes 3 MiB to the console (~25 s under TCG), then the marker.
+    let spam = scratch.state_dir.path().join("spam-agent");
+    fs::write(
+        &spam,
+        format!(
+            "#!/bin/sh\nhead -c 3145728 /dev/zero | tr '\\0' 'x' > /dev/console\necho {} > /dev/console\nwhile :; do sleep 1; done\n",
+            p.marker
+        ),
+    )
+    .expect("spam agent");
+    minion_provisioning::seed::remove(&p.files.seed).expect("old seed");
+    minion_provisioning::seed::write(
+        &minion_provisioning::SeedSpec {
+            instance_id: p.job_id.clone(),
+            hostname: "minion".into(),
+            agent_binary: spam,
+        },
+        &p.files.seed,
+    )
+    .expect("spam seed");
+    let hv = Hypervisor::connect(URI).expect("connect");
+    let name = hv.create_transient(&p.xml).expect("domain starts");
+    let _guard = VmGuard {
+        hv: &hv,
+        name: name.clone(),
+        files: p.files.clone(),
+    };
+    let t = Instant::now();
+    let Some(_) = wait_for_marker(&p.files.console_log, &p.marker, Duration::from_secs(300)) else {
+        panic!(
+            "no marker after the spam; console tail:\n{}",
+            console_tail(&p.files.console_log)
+        );
+    };
+    let written = t.elapsed();
+    let mut total = 0;
+    for entry in fs::read_dir(&p.files.dir).expect("ls") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("console.log") {
+            let len = entry.metadata().expect("meta").len();
+            assert!(len <= 2 * 1024 * 1024 + 64 * 1024, "{name} is {len} bytes");
+            total += len;
+        }
+    }
+    let mut names: Vec<_> = fs::read_dir(&p.files.dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("console.log"))
+        .collect();
+    names.sort();
+    eprintln!("3 MiB of console spam in {written:?}: {total} bytes on disk in {names:?}");
+    // Rotation happened, so the total is capped at (1 + max_backups) × max_size (8 MiB by
+    // default; a 12 MiB spam measured 6 MiB kept).
+    assert!(
+        names.len() >= 2,
+        "virtlogd did not rotate the console log: {names:?}"
+    );
+    vm::teardown(&hv, &name, &p.files, None).expect("teardown");
+    assert_nothing_left(&hv, &p);
+}
