@@ -1,6 +1,8 @@
 //! minion: the command line.
 
+mod formula_check;
 mod remote;
+mod runtask;
 
 use clap::{Parser, Subcommand};
 
@@ -13,6 +15,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a formula on this host (libtaskotron's `runtask`).
+    Runtask(runtask::RuntaskArgs),
+    /// Formula tools: check.
+    Formula {
+        #[command(subcommand)]
+        cmd: formula_check::FormulaCommand,
+    },
     /// miniond client commands (submit, job, pool, image).
     #[command(flatten)]
     Remote(remote::RemoteCommand),
@@ -21,6 +30,8 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
+        Command::Runtask(a) => runtask::run(a),
+        Command::Formula { cmd } => formula_check::run(cmd),
         Command::Remote(c) => remote::run(c),
     };
     std::process::exit(code);

@@ -43,7 +43,9 @@ pub(super) fn run(
             "must be a path inside the task directory",
         ));
     }
-    let path = ctx.formula.taskdir().join(rel);
+    // Absolute: the interpreter runs in the workdir, not where the formula was named from.
+    let path = std::path::absolute(ctx.formula.taskdir().join(rel))
+        .map_err(|e| StepError::msg(format!("cannot resolve {file}: {e}")))?;
     if !path.is_file() {
         return Err(param_error(
             params,

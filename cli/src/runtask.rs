@@ -1,0 +1,186 @@
+//! `minion runtask`: run a formula on this host, with libtaskotron's command line.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use minion_formula::{
+    load_formula, resolve_formula_path, ActionState, CancelFlag, EventSink, ExecutionStatus,
+    LogStream, ReportConfig, RunConfig, EXIT_BAD_INPUT,
+};
+
+#[derive(Args, Debug)]
+pub struct RuntaskArgs {
+    /// The item to check (e.g. an NVR for koji_build).
+    #[arg(short = 'i', long)]
+    item: String,
+    /// The item's type: koji_build, koji_tag, bodhi_update, compose, … (also the item's variable name).
+    #[arg(short = 't', long = "type")]
+    item_type: String,
+    /// Architecture.
+    #[arg(short = 'a', long, default_value = "x86_64")]
+    arch: String,
+    /// Job id (production passes `<builder>/<build>`).
+    #[arg(short = 'j', long, default_value = "-")]
+    jobid: String,
+    /// Run UUID (default: a new one).
+    #[arg(long)]
+    uuid: Option<String>,
+    /// Extra variable KEY=VALUE, repeatable.
+    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    args: Vec<(String, String)>,
+    /// Where the run's log, results and task output go (default: a new dir under the state dir).
+    #[arg(long)]
+    artifactsdir: Option<PathBuf>,
+    /// Report results to ResultsDB (off by default).
+    #[arg(long, requires = "resultsdb_url")]
+    report: bool,
+    /// ResultsDB base URL (with --report).
+    #[arg(long, env = "MINION_RESULTSDB_URL")]
+    resultsdb_url: Option<String>,
+    /// Where the log will be published (ResultsDB ref_url of results without an artifact).
+    #[arg(long)]
+    log_url: Option<String>,
+    /// The formula file, or a task directory holding runtask.yml.
+    formula: PathBuf,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    if !is_identifier(k) {
+        return Err(format!(
+            "`{k}` is not a variable name (letters, digits, `_`)"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f == '_' || f.is_ascii_alphabetic())
+        && c.all(|x| x == '_' || x.is_ascii_alphanumeric())
+}
+
+/// The default place for runs: `$MINION_STATE_DIR/runs`, else `/var/lib/minion/runs` for root,
+/// else `$XDG_STATE_HOME/minion/runs` (or `~/.local/state/minion/runs`).
+fn default_runs_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MINION_STATE_DIR") {
+        return PathBuf::from(d).join("runs");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/minion/runs");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("minion/runs")
+}
+
+/// Live output to the terminal (stderr: stdout is for the TAP at the end) and to `minion.log`.
+struct TerminalSink {
+    log: File,
+}
+
+impl EventSink for TerminalSink {
+    fn log(&mut self, _stream: LogStream, data: &[u8]) {
+        let _ = std::io::stderr().write_all(data);
+        let _ = self.log.write_all(data);
+    }
+    fn action(&mut self, _index: usize, _name: &str, _state: ActionState) {}
+}
+
+fn fail(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("minion: error: {msg}");
+    EXIT_BAD_INPUT
+}
+
+pub fn run(a: RuntaskArgs) -> i32 {
+    let formula = match resolve_formula_path(&a.formula).and_then(|p| load_formula(&p)) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    if !is_identifier(&a.item_type) {
+        return fail(format!(
+            "item type `{}` is not a name (letters, digits, `_`; e.g. koji_build)",
+            a.item_type
+        ));
+    }
+    let uuid = a
+        .uuid
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let run_dir = a
+        .artifactsdir
+        .clone()
+        .unwrap_or_else(|| default_runs_dir().join(&uuid));
+    let task_output = run_dir.join("task_output");
+    if let Err(e) = fs::create_dir_all(&task_output) {
+        return fail(format!("cannot create {}: {e}", task_output.display()));
+    }
+    let workdir = match tempfile::Builder::new().prefix("minion-work-").tempdir() {
+        Ok(d) => d,
+        Err(e) => return fail(format!("cannot create a work directory: {e}")),
+    };
+    let log_path = run_dir.join("minion.log");
+    let log = match File::create(&log_path) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot create {}: {e}", log_path.display())),
+    };
+    let config = RunConfig {
+        item: a.item,
+        item_type: a.item_type,
+        arch: a.arch,
+        jobid: a.jobid,
+        uuid,
+        args: a.args.into_iter().collect::<BTreeMap<_, _>>(),
+        workdir: workdir.path().to_path_buf(),
+        artifactsdir: task_output,
+        report: if a.report {
+            a.resultsdb_url.map(|url| ReportConfig {
+                resultsdb_url: url,
+                log_url: a.log_url,
+                attempts: 3,
+            })
+        } else {
+            None
+        },
+        cancel: CancelFlag::new(),
+    };
+    let vars = config.variables(&formula);
+    if let Err(e) = formula.check_inputs(|n| vars.contains_key(n)) {
+        return fail(e);
+    }
+    let mut sink = TerminalSink { log };
+    let report = minion_formula::run(&formula, &config, &mut sink);
+    let tap = report.tap13();
+    let written = write(&run_dir.join("results.yaml"), &report.results_yaml())
+        .and_then(|()| write(&run_dir.join("results.tap"), &tap));
+    if let Err(e) = written {
+        eprintln!("minion: error: {e}");
+    }
+    print!("{tap}");
+    let _ = std::io::stdout().flush();
+    let status = match report.execution_status {
+        ExecutionStatus::Ok => "OK".to_string(),
+        ExecutionStatus::NotOk => format!("NOT_OK ({})", report.status_message),
+    };
+    eprintln!(
+        "minion: {} finished: execution {status}, {} result(s), exit code {}; artifacts in {}",
+        formula.name,
+        report.results.len(),
+        report.exit_code,
+        run_dir.display()
+    );
+    report.exit_code
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
