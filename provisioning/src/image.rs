@@ -136,12 +136,18 @@ pub fn list(images_dir: &Path) -> Result<Vec<Image>, ProvisionError> {
         match load(images_dir, &name) {
             Ok(image) => images.push(image),
             // A versioned build directory: its manifest names the catalog entry, not itself.
-            Err(ProvisionError::ManifestField { field, .. }) if field == "name" => {}
+            Err(e @ ProvisionError::ManifestField { .. }) if is_name_mismatch(&e) => {
+                tracing::debug!("`{name}` is not a catalog entry: {e}")
+            }
             Err(e) => tracing::warn!("image `{name}` left out of the catalog: {e}"),
         }
     }
     images.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
     Ok(images)
+}
+
+fn is_name_mismatch(e: &ProvisionError) -> bool {
+    matches!(e, ProvisionError::ManifestField { field, .. } if field == "name")
 }
 
 fn check_image_name(name: &str) -> Result<(), ProvisionError> {
