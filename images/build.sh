@@ -54,6 +54,16 @@ build_variant() {
         return 0
     fi
 
+    # One build of a variant at a time (two `make image` runs, or a build and a test): the second one
+    # waits, then finds the image cached or builds its own recipe.
+    exec {lock_fd}>"$IMAGES_CACHE/.lock-$name"
+    flock "$lock_fd"
+    if [ -f "$dir/manifest.json" ]; then
+        exec {lock_fd}>&-
+        build_variant "$name"
+        return 0
+    fi
+
     stage "$name: building recipe $hash into $dir"
     WORK="$IMAGES_CACHE/.build-$name-$hash"
     # A half-built tree from an interrupted run may still have chroot mounts: drop them first.
@@ -88,11 +98,34 @@ build_variant() {
     mv "$out" "$dir"
     ln -sfn "$name-$hash" "$IMAGES_CACHE/$name"
     rm -rf "$WORK"
+    prune_old "$name" "$hash"
     local secs
     secs=$(awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0fs", b - a }')
     stage "$name: done → $dir ($secs)"
     summary+=("$(printf '%-9s built    %7s  disk %s (virtual %s), files %s' "$name" "$secs" \
         "$(du -h "$dir/disk.qcow2" | cut -f1)" "$DISK_SIZE" "$(du -sh "$dir" | cut -f1)")")
+    exec {lock_fd}>&-
+}
+
+# After a build: drop the variant's older images except the newest one before this (a job that started
+# just before may still use it as its overlay's backing file), and work trees that interrupted builds
+# of other recipes left behind. Builds of one variant are serialised (flock), so none of these is in use
+# by a build.
+prune_old() {
+    local name="$1" hash="$2" d n=0
+    for d in "$IMAGES_CACHE/.build-$name-"*; do
+        [ -d "$d" ] || continue
+        grep -o " $d/[^ ]*" /proc/mounts | sort -r | xargs -r umount -l || true
+        rm -rf "$d"
+    done
+    while IFS= read -r d; do
+        d=${d%/}
+        [ "$d" = "$IMAGES_CACHE/$name-$hash" ] && continue
+        n=$((n + 1))
+        [ "$n" -le 1 ] && continue
+        stage "$name: removing old image $d"
+        rm -rf "$d"
+    done < <(ls -dt "$IMAGES_CACHE/$name"-*/ 2>/dev/null)
 }
 
 # Docs, man pages and translations are never read in a disposable VM; they cost image size and

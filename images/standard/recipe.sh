@@ -44,11 +44,10 @@ recipe_boot() {
     [ -f "$vmlinuz" ] || vmlinuz=$(ls "$root"/boot/vmlinuz-* | sort -V | tail -n 1)
     initrd="$root/boot/initrd.img-${vmlinuz##*/vmlinuz-}"
     [ -f "$vmlinuz" ] && [ -f "$initrd" ] || die "no kernel/initrd in $root/boot"
-    cp "$vmlinuz" "$out/vmlinuz"
     cp "$initrd" "$out/initrd.img"
     # The bzImage's payload as an ELF with its PVH note: qemu boots it directly and skips the
-    # in-guest decompressor (about 3 s under TCG).
-    extract_vmlinux "$out/vmlinuz" "$out/vmlinux"
+    # in-guest decompressor (about 3 s under TCG). The bzImage itself stays inside the disk only.
+    extract_vmlinux "$vmlinuz" "$out/vmlinux"
     KERNEL=vmlinux
     INITRD=initrd.img
 }
