@@ -11,7 +11,7 @@ fn formula_text(actions: usize) -> String {
     for i in 0..actions {
         match i % 3 {
             0 => s.push_str(&format!(
-                "  - name: step {i}\n    shell:\n      - echo ${{koji_build}} $arch {i}\n      - ignorereturn: [test -e ${{workdir}}/f{i}]\n    export: out{i}\n"
+                "  - name: step {i}\n    shell:\n      - echo ${{koji_build}} $arch {i}\n      - ignorereturn: ['test -e ${{workdir}}/f{i}']\n    export: out{i}\n"
             )),
             1 => s.push_str(&format!(
                 "  - python:\n      file: check.py\n      callable: run\n      nvr: ${{koji_build}}\n      n: {i}\n      arches: [$arch, noarch]\n"

@@ -285,7 +285,7 @@ pub fn results_to_tap13(results: &[CheckResult]) -> String {
         out.push_str(&format!("{status} - {} for {}\n", r.checkname, r.item));
         out.push_str("  ---\n");
         let mut m = result_mapping(r);
-        m.remove("checkname");
+        m.shift_remove("checkname");
         let body = serde_yaml::to_string(&m).unwrap_or_default();
         for line in body.lines() {
             out.push_str("  ");

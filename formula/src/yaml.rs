@@ -7,7 +7,7 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// 1-based line and column; `0:0` means "no position".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Mark {
     pub line: usize,
     pub column: usize,
@@ -235,9 +235,21 @@ impl MarkedEventReceiver for Builder {
             )),
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some((open, anchor)) = self.stack.pop() {
-                    let node = match open {
+                    let mut node = match open {
                         Open::Seq(n) | Open::Map(n, _) => n,
                     };
+                    // yaml-rust2 marks a block collection where its first value begins; its first
+                    // entry's own mark is where a reader looks.
+                    let first = match &node.kind {
+                        Kind::Map(entries) => entries.first().map(|(k, _)| k.mark),
+                        Kind::Seq(items) => items.first().map(|i| i.mark),
+                        _ => None,
+                    };
+                    if let Some(m) = first {
+                        if m < node.mark {
+                            node.mark = m;
+                        }
+                    }
                     self.finish(node, anchor);
                 }
             }

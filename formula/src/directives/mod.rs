@@ -242,46 +242,6 @@ pub fn validate(directive: &str, params: &Node, field: &str) -> Result<(), Param
             ),
         )
     })?;
-    for (key, ty) in spec.required {
-        if params.get(key).is_none() {
-            return Err(ParamError::new(
-                params.mark,
-                format!("{field}.{key}"),
-                format!("missing required parameter `{key}` of `{directive}`"),
-            ));
-        }
-        let _ = ty;
-    }
-    if !spec.one_of.is_empty() {
-        let present: Vec<&Node> = spec
-            .one_of
-            .iter()
-            .filter_map(|k| params.entry(k).map(|(k, _)| k))
-            .collect();
-        match present.len() {
-            1 => {}
-            0 => {
-                return Err(ParamError::new(
-                    params.mark,
-                    field,
-                    format!(
-                        "`{directive}` needs exactly one of: {}",
-                        spec.one_of.join(", ")
-                    ),
-                ))
-            }
-            _ => {
-                return Err(ParamError::new(
-                    present[1].mark,
-                    format!("{field}.{}", present[1].scalar_text().unwrap_or_default()),
-                    format!(
-                        "`{directive}` takes exactly one of: {}",
-                        spec.one_of.join(", ")
-                    ),
-                ))
-            }
-        }
-    }
     for (k, v) in entries {
         let key = k.scalar_text().unwrap_or_default();
         let kf = format!("{field}.{key}");
@@ -321,6 +281,46 @@ pub fn validate(directive: &str, params: &Node, field: &str) -> Result<(), Param
                         format!("`{s}` is not one of: {}", allowed.join(", ")),
                     ));
                 }
+            }
+        }
+    }
+    for (key, ty) in spec.required {
+        if params.get(key).is_none() {
+            return Err(ParamError::new(
+                params.mark,
+                format!("{field}.{key}"),
+                format!("missing required parameter `{key}` of `{directive}`"),
+            ));
+        }
+        let _ = ty;
+    }
+    if !spec.one_of.is_empty() {
+        let present: Vec<&Node> = spec
+            .one_of
+            .iter()
+            .filter_map(|k| params.entry(k).map(|(k, _)| k))
+            .collect();
+        match present.len() {
+            1 => {}
+            0 => {
+                return Err(ParamError::new(
+                    params.mark,
+                    field,
+                    format!(
+                        "`{directive}` needs exactly one of: {}",
+                        spec.one_of.join(", ")
+                    ),
+                ))
+            }
+            _ => {
+                return Err(ParamError::new(
+                    present[1].mark,
+                    format!("{field}.{}", present[1].scalar_text().unwrap_or_default()),
+                    format!(
+                        "`{directive}` takes exactly one of: {}",
+                        spec.one_of.join(", ")
+                    ),
+                ))
             }
         }
     }

@@ -40,7 +40,8 @@ pub(super) fn validate(params: &Node, field: &str) -> Result<(), ParamError> {
                         return Err(ParamError::new(
                             item.mark,
                             f,
-                            "a mapping in `shell` must be exactly `ignorereturn: [commands]`",
+                            "a mapping in `shell` must be exactly `ignorereturn: [commands]` \
+                             (a command containing `: ` must be quoted)",
                         ))
                     }
                 };

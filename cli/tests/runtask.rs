@@ -1,0 +1,150 @@
+//! `minion runtask` and `minion formula check` through the real binary, on the examples.
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn minion(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_minion"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn runtask(item: &str, task: &Path, run_dir: &Path) -> Output {
+    minion(&[
+        "runtask",
+        "-i",
+        item,
+        "-t",
+        "koji_build",
+        "--artifactsdir",
+        run_dir.to_str().unwrap(),
+        task.to_str().unwrap(),
+    ])
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn shell_example_passes_and_keeps_its_artifact_and_log() {
+    let run = tempfile::tempdir().unwrap();
+    let out = runtask(
+        "foo-1.0-1.fc40",
+        &examples().join("shell-check"),
+        run.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "TAP version 13\n1..0\n");
+    let log = std::fs::read_to_string(run.path().join("minion.log")).unwrap();
+    assert!(log.contains("checking foo-1.0-1.fc40 on x86_64"), "{log}");
+    let artifact = std::fs::read_to_string(run.path().join("task_output/shell-check.log")).unwrap();
+    assert_eq!(artifact, "nvr ok: foo-1.0-1.fc40\n");
+    assert!(text(&out.stderr).contains(&format!("artifacts in {}", run.path().display())));
+}
+
+#[test]
+fn python_example_reports_resultyaml_and_prints_tap() {
+    let run = tempfile::tempdir().unwrap();
+    let out = runtask(
+        "foo-1.0-1.fc40",
+        &examples().join("python-check/runtask.yml"),
+        run.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let tap = text(&out.stdout);
+    assert!(
+        tap.starts_with("TAP version 13\n1..1\nok - nvr_format for foo-1.0-1.fc40\n  ---\n"),
+        "{tap}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.path().join("results.tap")).unwrap(),
+        tap
+    );
+    let results = minion_formula::parse_results(
+        &std::fs::read_to_string(run.path().join("results.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(results[0].outcome, minion_formula::Outcome::Passed);
+    assert!(run.path().join("task_output/python-check.log").is_file());
+}
+
+#[test]
+fn exitcode_example_exits_100_on_failure_and_0_on_success() {
+    let run = tempfile::tempdir().unwrap();
+    let task = examples().join("exitcode-check");
+    let bad = runtask("broken-1.0-1.fc40", &task, &run.path().join("bad"));
+    assert_eq!(bad.status.code(), Some(100), "{}", text(&bad.stderr));
+    assert!(text(&bad.stdout).contains("not ok - exitcode_demo for broken-1.0-1.fc40"));
+    let good = runtask("fine-1.0-1.fc40", &task, &run.path().join("good"));
+    assert_eq!(good.status.code(), Some(0), "{}", text(&good.stderr));
+}
+
+#[test]
+fn execution_failure_exits_1_and_bad_input_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("runtask.yml");
+    std::fs::write(
+        &f,
+        "name: t\ninput: {args: [koji_build]}\nactions:\n  - shell: ['exit 7']\n",
+    )
+    .unwrap();
+    let out = runtask("x-1-1", &f, &dir.path().join("run"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("execution NOT_OK"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The formula needs koji_build; -t compose does not supply it.
+    let out = minion(&[
+        "runtask",
+        "-i",
+        "Fedora-40",
+        "-t",
+        "compose",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("runtask.yml:2:16: input.args[0]"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    std::fs::write(&f, "name: t\nactions:\n  - sh: [true]\n").unwrap();
+    let out = runtask("x-1-1", &f, &dir.path().join("run2"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("runtask.yml:3:5: actions[0].sh: unknown directive `sh`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn formula_check_validates_without_running() {
+    let ok = minion(&[
+        "formula",
+        "check",
+        examples().join("shell-check").to_str().unwrap(),
+        examples()
+            .join("python-check/runtask.yml")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("OK: python-check (2 step(s), needs koji_build)"));
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../formula/tests/malformed/08-unknown-directive.yml");
+    let bad = minion(&["formula", "check", corpus.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("08-unknown-directive.yml:4:5: actions[0].bash"));
+}
