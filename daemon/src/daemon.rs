@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use minion_proto::controller as pb;
@@ -78,9 +78,20 @@ pub struct Daemon {
     pub pools: BTreeMap<String, Arc<Pool>>,
     pub accel: Accel,
     cancels: Mutex<HashMap<String, CancellationToken>>,
+    shutting_down: AtomicBool,
 }
 
 impl Daemon {
+    /// From now on runners leave their jobs' states alone (the restart requeues them) and
+    /// [`Daemon::destroy_vms`] owns the VMs.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
     /// Opens the store and builds the pools; the returned receivers feed [`Daemon::start`].
     pub fn open(cfg: Config, accel: Accel) -> Result<(Arc<Daemon>, PoolQueues), StoreError> {
         let store = Store::open(&cfg.state_dir.join("jobs.db"))?;
@@ -109,6 +120,7 @@ impl Daemon {
                 pools,
                 accel,
                 cancels: Mutex::new(HashMap::new()),
+                shutting_down: AtomicBool::new(false),
             }),
             rxs,
         ))
@@ -162,6 +174,14 @@ impl Daemon {
                 let _ = std::fs::remove_dir_all(self.artifacts_dir(&rec.id));
             }
         }
+        self.destroy_vms();
+        Ok(())
+    }
+
+    /// Destroys every marked domain of a job this daemon knows and deletes every per-VM dir.
+    /// Used at start (nothing is live yet) and at shutdown (what is live is abandoned: the restart
+    /// marks those jobs FAILED and requeues them). Blocks.
+    pub fn destroy_vms(&self) {
         let mut uris: Vec<&Pool> = Vec::new();
         for p in self.pools.values() {
             if !uris.iter().any(|u| u.cfg.libvirt_uri == p.cfg.libvirt_uri) {
@@ -171,8 +191,7 @@ impl Daemon {
         for p in uris {
             match p.hypervisor() {
                 Ok(hv) => {
-                    // Only jobs this daemon knows: another daemon may share the libvirtd. No job
-                    // is live yet, so every known job's domain goes.
+                    // Only jobs this daemon knows: another daemon may share the libvirtd.
                     let report =
                         vm::reconcile(&hv, &self.cfg.state_dir, &|id| !self.store.contains(id));
                     for e in report.errors {
@@ -185,7 +204,7 @@ impl Daemon {
                 Err(e) => tracing::error!("reconcile: libvirt {}: {e}", p.cfg.libvirt_uri),
             }
         }
-        // Every per-VM dir left is garbage (nothing is live yet), known job or not.
+        // Every per-VM dir is ours (it is under our state dir), known job or not.
         if let Ok(ids) = vmfiles::list_job_dirs(&self.cfg.state_dir) {
             for id in ids {
                 let dir = vmfiles::vms_dir(&self.cfg.state_dir).join(&id);
@@ -195,7 +214,6 @@ impl Daemon {
                 }
             }
         }
-        Ok(())
     }
 
     /// FIFO per pool: take the next queued job, wait for a VM slot, run it.

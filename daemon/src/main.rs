@@ -130,5 +130,12 @@ async fn main() -> anyhow::Result<()> {
         None => unix_server.await?,
     }
     let _ = std::fs::remove_file(&listen);
+    // Running jobs are abandoned, not left running: their VMs go now, and the next start marks
+    // the jobs FAILED (daemon restart) and requeues them.
+    d.begin_shutdown();
+    let d2 = d.clone();
+    tokio::task::spawn_blocking(move || d2.destroy_vms())
+        .await
+        .context("destroying VMs at shutdown")?;
     Ok(())
 }

@@ -99,6 +99,15 @@ pub async fn run_job(d: &Arc<Daemon>, pool: &Arc<Pool>, id: &str, cancel: Cancel
         Err(_) => End::TimedOut(format!("exceeded its timeout of {}s", timeout.as_secs())),
     };
 
+    if d.is_shutting_down() {
+        // The session ended because shutdown destroyed the VM: not the job's fault. Leave its
+        // in-flight state for the restart to mark FAILED (daemon restart) and requeue.
+        if let Some(mut g) = guard.take() {
+            g.done = true;
+        }
+        tracing::info!(job = %id, "left for the restart to requeue");
+        return;
+    }
     // The guest is done (or abandoned): collect what is ours, then make the VM disappear.
     let end = match end {
         End::Finished(outcome) => match transition(d, id, State::Collecting, "") {

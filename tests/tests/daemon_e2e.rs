@@ -202,6 +202,25 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM, then wait for the process to exit.
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let st = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(st.success());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if c.try_wait().expect("wait").is_some() {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "miniond ignored SIGTERM");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.state.path().join("miniond.log")).unwrap_or_default()
     }
@@ -672,4 +691,25 @@ fn health_and_reflection_answer_as_grpcurl_needs() {
             "{names:?}"
         );
     });
+}
+
+#[test]
+fn sigterm_destroys_running_vms_and_the_restart_requeues() {
+    let mut d = Daemon::start(1);
+    let sleeper = task_repo(SLEEPING);
+    let id = d.submit(sleeper.path(), &[]);
+    d.wait_state(&id, &["RUNNING"], Duration::from_secs(120));
+    d.terminate();
+    // Gone at shutdown, not only at the next start.
+    d.assert_no_vm(&id);
+    assert!(!d.socket.exists(), "socket removed at shutdown");
+    d.spawn();
+    let j = d.job(&id);
+    let st = states(&j);
+    assert!(st.contains(&"FAILED".to_string()), "{j:#}");
+    assert_eq!(j["attempt"], 1, "{j:#}");
+    let out = d.cli(&["job", "cancel", &id]);
+    assert!(out.status.success(), "{out:?}");
+    d.wait_state(&id, &["CANCELLED"], Duration::from_secs(120));
+    d.assert_no_vm(&id);
 }
