@@ -5,7 +5,6 @@ mod api;
 mod config;
 mod convert;
 mod daemon;
-mod formula_check;
 mod hub;
 mod lifecycle;
 mod runner;

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::formula_check;
-
 /// Item types the original runner knew (libtaskotron's `-t` choices).
 pub const ITEM_TYPES: &[&str] = &[
     "koji_build",
@@ -157,15 +155,16 @@ pub fn resolve_and_validate(tree: &Path, formula: &str, repo: &str) -> Result<St
             repo: repo.to_string(),
         });
     }
-    let file =
-        formula_check::resolve_formula_path(&candidate).map_err(|_| RepoError::FormulaMissing {
+    let file = minion_formula::resolve_formula_path(&candidate).map_err(|_| {
+        RepoError::FormulaMissing {
             formula: if formula.is_empty() {
                 "runtask.yml".to_string()
             } else {
                 formula.to_string()
             },
             repo: repo.to_string(),
-        })?;
+        }
+    })?;
     // Symlinks in the tree could point the formula outside it.
     let real_tree = tree.canonicalize().map_err(|source| RepoError::Io {
         path: tree.to_path_buf(),
@@ -179,7 +178,7 @@ pub fn resolve_and_validate(tree: &Path, formula: &str, repo: &str) -> Result<St
         .strip_prefix(&real_tree)
         .map_err(|_| RepoError::FormulaEscapes(formula.to_string()))?
         .to_path_buf();
-    formula_check::load_formula(&real_file).map_err(|e| {
+    minion_formula::load_formula(&real_file).map_err(|e| {
         // Name the file as the submitter knows it (repo-relative), not our private copy.
         let msg = e.to_string();
         let shown = msg.replace(
@@ -242,6 +241,29 @@ mod tests {
             .expect_err("unreachable");
         assert!(matches!(e, RepoError::Fetch { .. }), "{e}");
         assert!(!dest.exists());
+    }
+
+    #[test]
+    fn invalid_formula_is_refused_naming_the_repo_relative_file() {
+        let tree = tempfile::tempdir().expect("tree");
+        std::fs::write(
+            tree.path().join("runtask.yml"),
+            "name: t\nactions:\n  - bogus_directive: {}\n",
+        )
+        .expect("w");
+        let e = resolve_and_validate(tree.path(), "", "r").expect_err("invalid");
+        let msg = e.to_string();
+        assert!(msg.starts_with("runtask.yml:3:"), "{msg}");
+        assert!(!msg.contains(&tree.path().display().to_string()), "{msg}");
+        std::fs::write(
+            tree.path().join("runtask.yml"),
+            "name: t\nactions:\n  - dummy: {result: PASSED}\n",
+        )
+        .expect("w");
+        assert_eq!(
+            resolve_and_validate(tree.path(), "", "r").expect("valid"),
+            "runtask.yml"
+        );
     }
 
     #[test]
