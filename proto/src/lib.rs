@@ -18,4 +18,5 @@ pub mod controller {
 
 /// Encoded `FileDescriptorSet` of the controller service, for gRPC server reflection.
 #[cfg(feature = "grpc")]
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/minion_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/minion_descriptor.bin"));
