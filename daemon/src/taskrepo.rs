@@ -100,13 +100,18 @@ async fn clone(repo: &str, git_ref: &str, dest: &Path) -> Result<(), RepoError> 
             repo: repo.to_string(),
             message: format!("git: {e}"),
         })?;
-    if !out.status.success() {
-        return Err(RepoError::Fetch {
-            repo: repo.to_string(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+    fetch_status(repo, &out)
+}
+
+/// A fetch tool's exit status as a result, its stderr as the message.
+fn fetch_status(repo: &str, out: &std::process::Output) -> Result<(), RepoError> {
+    if out.status.success() {
+        return Ok(());
     }
-    Ok(())
+    Err(RepoError::Fetch {
+        repo: repo.to_string(),
+        message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
 }
 
 async fn copy_dir(repo: &str, dest: &Path) -> Result<(), RepoError> {
@@ -128,13 +133,7 @@ async fn copy_dir(repo: &str, dest: &Path) -> Result<(), RepoError> {
             repo: repo.to_string(),
             message: format!("cp: {e}"),
         })?;
-    if !out.status.success() {
-        return Err(RepoError::Fetch {
-            repo: repo.to_string(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    fetch_status(repo, &out)
 }
 
 /// Resolves the formula inside the fetched tree (a directory means its `runtask.yml`/`task.yml`)

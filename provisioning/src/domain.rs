@@ -113,8 +113,9 @@ pub fn render_xml(spec: &DomainSpec) -> Result<String, ProvisionError> {
     )
 }
 
-/// Names and ids: `[A-Za-z0-9._-]`, so they are safe as libvirt names, file names and in logs.
-fn check_token(field: &str, value: &str, max: usize) -> Result<(), ProvisionError> {
+/// Names and ids: `[A-Za-z0-9._-]`, so they are safe as libvirt names, file names, in logs, and
+/// unquoted in the seed's YAML.
+pub(crate) fn check_token(field: &str, value: &str, max: usize) -> Result<(), ProvisionError> {
     let ok = !value.is_empty()
         && value.len() <= max
         && !value.starts_with(['-', '.'])

@@ -39,7 +39,8 @@ pub struct SeedDocuments {
 
 /// Renders `meta-data` and `user-data` for `spec` (validating its fields).
 pub fn render(spec: &SeedSpec) -> Result<SeedDocuments, ProvisionError> {
-    check_instance_id(&spec.instance_id)?;
+    // The instance-id lands in YAML and in shell comments unquoted.
+    crate::domain::check_token("instance_id", &spec.instance_id, 128)?;
     check_hostname(&spec.hostname)?;
     let ctx = context! {
         instance_id => &spec.instance_id,
@@ -133,25 +134,6 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ProvisionError>
     fs::write(path, data).map_err(ProvisionError::io("write", path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(ProvisionError::io("chmod", path))
-}
-
-/// A job id as NoCloud instance-id: it lands in YAML and in shell comments unquoted, so only
-/// `[A-Za-z0-9._-]`, 1–128 characters.
-fn check_instance_id(id: &str) -> Result<(), ProvisionError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with(['-', '.'])
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ProvisionError::invalid(
-            "instance_id",
-            format!("`{id}` (use 1-128 of [A-Za-z0-9._-])"),
-        ))
-    }
 }
 
 /// RFC 1123 host name: dot-separated labels of 1–63 `[A-Za-z0-9-]`, not starting or ending with `-`.
