@@ -77,10 +77,11 @@ pub fn prepare(req: &VmRequest) -> Result<PreparedVm, ProvisionError> {
 fn build(req: &VmRequest, files: &VmFiles) -> Result<PreparedVm, ProvisionError> {
     let mut timings = PrepareTimings::default();
     let t = Instant::now();
-    overlay::create_with_format(
+    overlay::create_from_template(
         &req.image.disk_path(),
         req.image.manifest.format,
         &files.overlay,
+        &overlay::templates_dir(&req.state_dir),
     )?;
     timings.overlay = t.elapsed();
 
