@@ -105,7 +105,7 @@ fn write_at(
         &rr(RR_PX | RR_TF),
         &px(dir_mode, 2),
         &tf(&stamp),
-        &ce(0, 0, 0),
+        &ce(0, 0, 0), // placeholder of the same length; the real one is written below
     ]
     .concat();
     let dotdot_sua = [&rr(RR_PX | RR_TF)[..], &px(dir_mode, 2), &tf(&stamp)].concat();
@@ -197,6 +197,8 @@ fn write_at(
                 out.write_all(&pending)
                     .map_err(ProvisionError::io("write", out_path))?;
                 pending.clear();
+                // Exactly the size recorded at open: a source that grew meanwhile is cut there
+                // (the directory already says that size); one that shrank is an error.
                 let copied = io::copy(&mut Read::take(&mut *file, u64::from(e.size)), out)
                     .map_err(ProvisionError::io("copy into the ISO", path))?;
                 if copied != u64::from(e.size) {
