@@ -146,35 +146,49 @@ pub fn detect() -> Accel {
 /// Detects with an explicit preference (the daemon's config), which wins over `MINION_ACCEL`.
 /// A forced `Kvm` is obeyed even when the probe disagrees (with a warning): the operator knows.
 pub fn detect_with(preference: AccelPreference) -> Accel {
-    let probe = HostProbe::probe();
-    let auto = decide(&probe);
+    let (accel, level, line) = choose(preference, &HostProbe::probe());
+    if level == tracing::Level::WARN {
+        tracing::warn!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
+    accel
+}
+
+/// The decision for `preference` on a probed host, with the one log line that explains it.
+fn choose(preference: AccelPreference, probe: &HostProbe) -> (Accel, tracing::Level, String) {
+    let auto = decide(probe);
     match preference {
         AccelPreference::Auto => {
-            match &auto {
-                Accel::Kvm => tracing::info!(
+            let line = match &auto {
+                Accel::Kvm => format!(
                     "accelerator: KVM (/dev/kvm usable and the CPU has vmx/svm); override with {ACCEL_ENV}=tcg"
                 ),
-                Accel::Tcg { reason } => tracing::info!(
-                    "accelerator: TCG, because {reason}; override with {ACCEL_ENV}=kvm"
-                ),
-            }
-            auto
-        }
-        AccelPreference::Kvm => {
-            match &auto {
-                Accel::Kvm => tracing::info!("accelerator: KVM (forced by configuration)"),
                 Accel::Tcg { reason } => {
-                    tracing::warn!("accelerator: KVM (forced by configuration) although {reason}")
+                    format!("accelerator: TCG, because {reason}; override with {ACCEL_ENV}=kvm")
                 }
-            }
-            Accel::Kvm
+            };
+            (auto, tracing::Level::INFO, line)
         }
-        AccelPreference::Tcg => {
-            tracing::info!("accelerator: TCG (forced by configuration)");
+        AccelPreference::Kvm => match &auto {
+            Accel::Kvm => (
+                Accel::Kvm,
+                tracing::Level::INFO,
+                "accelerator: KVM (forced by configuration)".to_string(),
+            ),
+            Accel::Tcg { reason } => (
+                Accel::Kvm,
+                tracing::Level::WARN,
+                format!("accelerator: KVM (forced by configuration) although {reason}"),
+            ),
+        },
+        AccelPreference::Tcg => (
             Accel::Tcg {
                 reason: "forced by configuration".to_string(),
-            }
-        }
+            },
+            tracing::Level::INFO,
+            "accelerator: TCG (forced by configuration)".to_string(),
+        ),
     }
 }
 
@@ -261,50 +275,48 @@ mod tests {
         ));
     }
 
-    /// Collects what `detect_with` logs, one string per event.
-    fn logged_lines(preference: AccelPreference) -> (Accel, Vec<String>) {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().expect("buffer").extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .finish();
-        let accel = tracing::subscriber::with_default(subscriber, || detect_with(preference));
-        let text = String::from_utf8(buf.0.lock().expect("buffer").clone()).expect("utf8");
-        (accel, text.lines().map(str::to_string).collect())
-    }
-
     #[test]
-    fn detection_logs_exactly_one_line_saying_which_and_why() {
-        let (accel, lines) = logged_lines(AccelPreference::Auto);
-        assert_eq!(lines.len(), 1, "{lines:?}");
-        assert!(lines[0].contains(" INFO "), "{lines:?}");
-        match accel {
-            Accel::Kvm => assert!(lines[0].contains("accelerator: KVM ("), "{lines:?}"),
-            Accel::Tcg { reason } => {
-                assert!(lines[0].contains("accelerator: TCG, because"), "{lines:?}");
-                assert!(lines[0].contains(&reason), "{lines:?}");
-            }
-        }
-        let (_, lines) = logged_lines(AccelPreference::Tcg);
-        assert_eq!(lines.len(), 1, "{lines:?}");
+    fn each_decision_comes_with_one_line_saying_which_and_why() {
+        let pvm = HostProbe {
+            kvm_device: Ok(()),
+            cpu_has_virt: false,
+            pvm: true,
+        };
+        let (accel, level, line) = choose(AccelPreference::Auto, &pvm);
+        let Accel::Tcg { reason } = accel else {
+            panic!("PVM host must get TCG")
+        };
+        assert_eq!(level, tracing::Level::INFO);
+        assert!(line.starts_with("accelerator: TCG, because "), "{line}");
         assert!(
-            lines[0].contains("accelerator: TCG (forced by configuration)"),
-            "{lines:?}"
+            line.contains(&reason) && line.contains("MINION_ACCEL=kvm"),
+            "{line}"
         );
+
+        let real = HostProbe {
+            kvm_device: Ok(()),
+            cpu_has_virt: true,
+            pvm: false,
+        };
+        let (accel, _, line) = choose(AccelPreference::Auto, &real);
+        assert_eq!(accel, Accel::Kvm);
+        assert!(
+            line.starts_with("accelerator: KVM (") && line.contains("MINION_ACCEL=tcg"),
+            "{line}"
+        );
+
+        let (accel, level, line) = choose(AccelPreference::Kvm, &pvm);
+        assert_eq!(accel, Accel::Kvm);
+        assert_eq!(
+            level,
+            tracing::Level::WARN,
+            "forcing KVM where it cannot work warns"
+        );
+        assert!(line.contains("forced by configuration) although"), "{line}");
+
+        let (_, level, line) = choose(AccelPreference::Tcg, &real);
+        assert_eq!(level, tracing::Level::INFO);
+        assert_eq!(line, "accelerator: TCG (forced by configuration)");
     }
 
     #[test]
