@@ -29,6 +29,9 @@ pub struct DomainSpec {
     /// `minion-<job id>` (see [`crate::domain_name`]).
     pub name: String,
     pub job_id: String,
+    /// Which daemon made the domain (its state directory, see [`crate::vm::owner_of`]): reconcile
+    /// only ever destroys its own daemon's domains, so two daemons can share one libvirtd.
+    pub owner: String,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub accel: Accel,
@@ -95,6 +98,7 @@ pub fn render_xml(spec: &DomainSpec) -> Result<String, ProvisionError> {
             domain_type => spec.accel.domain_type(),
             name => &spec.name,
             job_id => &spec.job_id,
+            owner => &spec.owner,
             namespace => crate::METADATA_NAMESPACE,
             memory_mib => spec.memory_mib,
             vcpus => spec.vcpus,
@@ -175,6 +179,7 @@ pub(crate) mod tests {
         DomainSpec {
             name: "minion-0b9c0c3e".into(),
             job_id: "0b9c0c3e".into(),
+            owner: "/var/lib/minion".into(),
             vcpus: 2,
             memory_mib: 512,
             accel,
@@ -225,7 +230,7 @@ pub(crate) mod tests {
         for needle in [
             "<domain type='qemu'>",
             "<name>minion-0b9c0c3e</name>",
-            r#"<minion:job xmlns:minion="https://minion.dev/xmlns/1" id="0b9c0c3e"/>"#,
+            r#"<minion:job xmlns:minion="https://minion.dev/xmlns/1" id="0b9c0c3e" owner="/var/lib/minion"/>"#,
             "<memory unit='MiB'>512</memory>",
             "<vcpu placement='static'>2</vcpu>",
             "<kernel>/var/cache/minion/images/minimal-0539/vmlinux</kernel>",

@@ -70,6 +70,8 @@ impl HypervisorError {
 pub struct MarkedDomain {
     pub name: String,
     pub job_id: String,
+    /// The daemon that made it (`owner` attribute of the mark); `None` for marks without one.
+    pub owner: Option<String>,
     pub active: bool,
 }
 
@@ -278,7 +280,7 @@ impl Hypervisor {
     pub fn job_id(&self, name: &str) -> Result<Option<String>, HypervisorError> {
         match self.lookup(name)? {
             None => Ok(None),
-            Some(dom) => self.mark_of(&dom, name),
+            Some(dom) => Ok(self.mark_of(&dom, name)?.map(|(id, _owner)| id)),
         }
     }
 
@@ -299,7 +301,7 @@ impl Hypervisor {
             if !name.starts_with(DOMAIN_PREFIX) {
                 continue;
             }
-            let Some(job_id) = self.mark_of(&dom, &name)? else {
+            let Some((job_id, owner)) = self.mark_of(&dom, &name)? else {
                 continue;
             };
             let active = match dom.is_active() {
@@ -310,6 +312,7 @@ impl Hypervisor {
             marked.push(MarkedDomain {
                 name,
                 job_id,
+                owner,
                 active,
             });
         }
@@ -317,9 +320,14 @@ impl Hypervisor {
         Ok(marked)
     }
 
-    fn mark_of(&self, dom: &Domain, name: &str) -> Result<Option<String>, HypervisorError> {
+    /// The mark's job id and owner; `None` when the domain carries no (valid) mark.
+    fn mark_of(
+        &self,
+        dom: &Domain,
+        name: &str,
+    ) -> Result<Option<(String, Option<String>)>, HypervisorError> {
         match dom.metadata(METADATA_ELEMENT, Some(METADATA_NAMESPACE), 0) {
-            Ok(xml) => Ok(parse_job_id(&xml)),
+            Ok(xml) => Ok(parse_job_id(&xml).map(|id| (id, parse_attr(&xml, "owner")))),
             Err(e) if is(&e, ErrorNumber::NoDomainMetadata) || is(&e, ErrorNumber::NoDomain) => {
                 Ok(None)
             }
@@ -356,10 +364,16 @@ fn xml_name(xml: &str) -> Option<&str> {
 /// `<minion:job xmlns:minion="https://minion.dev/xmlns/1" id="…"/>` (libvirt may re-serialise it
 /// with either quote style and its own prefix).
 pub fn parse_job_id(xml: &str) -> Option<String> {
+    parse_attr(xml, "id")
+}
+
+/// The value of attribute `attr` in the mark element (first match, unescaped; empty = `None`).
+fn parse_attr(xml: &str, attr: &str) -> Option<String> {
+    let key = format!("{attr}=");
     let mut rest = xml;
-    while let Some(pos) = rest.find("id=") {
+    while let Some(pos) = rest.find(&key) {
         let before = rest[..pos].chars().last();
-        let after = &rest[pos + 3..];
+        let after = &rest[pos + key.len()..];
         rest = after;
         // `xmlns:minion=` or `uid=` are not `id=`.
         if !matches!(before, Some(c) if c.is_whitespace()) {
@@ -421,6 +435,10 @@ mod tests {
         assert_eq!(parse_job_id("<m:job xmlns:id=\"x\"/>"), None);
         assert_eq!(parse_job_id("<m:job id=\"\"/>"), None);
         assert_eq!(parse_job_id("<m:job/>"), None);
+        let mark = r#"<minion:job xmlns:minion="https://minion.dev/xmlns/1" id="j1" owner="/srv/a &amp; b"/>"#;
+        assert_eq!(parse_attr(mark, "owner").as_deref(), Some("/srv/a & b"));
+        assert_eq!(parse_job_id(mark).as_deref(), Some("j1"));
+        assert_eq!(parse_attr("<m:job id='j'/>", "owner"), None);
     }
 
     // libvirt's built-in test driver: a real libvirt (XML parsing, metadata, lifecycle) with no
@@ -458,6 +476,7 @@ mod tests {
             marked.contains(&MarkedDomain {
                 name: name.clone(),
                 job_id: "hv-lifecycle-1".into(),
+                owner: Some("/var/lib/minion".into()),
                 active: true
             }),
             "{marked:?}"

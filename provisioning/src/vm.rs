@@ -99,6 +99,7 @@ fn build(req: &VmRequest, files: &VmFiles) -> Result<PreparedVm, ProvisionError>
     let spec = DomainSpec {
         name: name.clone(),
         job_id: req.job_id.clone(),
+        owner: owner_of(&req.state_dir),
         vcpus: req.vcpus,
         memory_mib: req.memory_mib,
         accel: req.accel.clone(),
@@ -168,17 +169,36 @@ pub struct ReconcileReport {
     pub errors: Vec<String>,
 }
 
-/// After a daemon restart: destroys every marked domain and deletes every VM directory under
-/// `state_dir` whose job id `is_live` does not claim.
+/// The owner mark of the domains a daemon with this state directory makes. A state directory
+/// belongs to one daemon at a time (its sled store is locked), so it names the daemon; a later
+/// daemon on the same directory inherits, and cleans up, what the earlier one left.
+pub fn owner_of(state_dir: &Path) -> String {
+    state_dir.to_string_lossy().into_owned()
+}
+
+/// After a daemon restart: destroys every domain marked as this daemon's ([`owner_of`]
+/// `state_dir`) and deletes every VM directory under `state_dir`, whose job id `is_live` does not
+/// claim. Domains of other daemons on the same libvirtd are never touched (the original system's
+/// concurrent instances removed each other's VMs).
 pub fn reconcile(
     hv: &Hypervisor,
     state_dir: &Path,
     is_live: &dyn Fn(&str) -> bool,
 ) -> ReconcileReport {
     let mut report = ReconcileReport::default();
+    let owner = owner_of(state_dir);
     match hv.list_marked() {
         Ok(marked) => {
-            for m in marked.into_iter().filter(|m| !is_live(&m.job_id)) {
+            let (ours, theirs): (Vec<_>, Vec<_>) = marked
+                .into_iter()
+                .partition(|m| m.owner.as_deref() == Some(owner.as_str()));
+            if !theirs.is_empty() {
+                tracing::debug!(
+                    count = theirs.len(),
+                    "marked domains of other daemons (or unowned) left alone"
+                );
+            }
+            for m in ours.into_iter().filter(|m| !is_live(&m.job_id)) {
                 match hv.destroy(&m.name) {
                     Ok(()) => report.destroyed.push(m.name),
                     Err(e) => report.errors.push(e.to_string()),
@@ -332,5 +352,53 @@ mod tests {
         assert!(!hv.is_active("minion-rec-dead-1").expect("dead"));
         assert!(live.files.dir.exists() && !dead.files.dir.exists() && !stray.exists());
         teardown(&hv, &live.name, &live.files, None).expect("cleanup");
+    }
+
+    #[test]
+    fn reconcile_leaves_the_domains_of_another_daemon_alone() {
+        // Two daemons (two state directories) on one libvirtd: each one's restart must not destroy
+        // the other's running VMs, whose jobs it does not know.
+        let ours = tempfile::tempdir().expect("tmp");
+        let theirs = tempfile::tempdir().expect("tmp");
+        let hv = Hypervisor::connect("test:///default").expect("test driver");
+        let mine = prepare(&request(ours.path(), "own-dead-1")).expect("ours");
+        let other = prepare(&request(theirs.path(), "own-other-1")).expect("theirs");
+        assert!(
+            other.xml.contains(&format!(
+                "owner=\"{}\"",
+                theirs.path().join("state").display()
+            )),
+            "{}",
+            other.xml
+        );
+        hv.create_transient(&mine.xml).expect("ours started");
+        hv.create_transient(&other.xml).expect("theirs started");
+        let marked = hv.list_marked().expect("list");
+        let owner = |name: &str| {
+            marked
+                .iter()
+                .find(|m| m.name == name)
+                .and_then(|m| m.owner.clone())
+        };
+        assert_eq!(
+            owner("minion-own-other-1"),
+            Some(owner_of(&theirs.path().join("state")))
+        );
+
+        // Neither job is live in our store.
+        let report = reconcile(&hv, &ours.path().join("state"), &|id| {
+            id != "own-dead-1" && id != "own-other-1"
+        });
+        assert!(report.errors.is_empty(), "{report:?}");
+        assert_eq!(report.destroyed, vec!["minion-own-dead-1".to_string()]);
+        assert!(!hv.is_active("minion-own-dead-1").expect("ours"));
+        assert!(hv
+            .is_active("minion-own-other-1")
+            .expect("theirs still runs"));
+        assert!(
+            other.files.dir.exists(),
+            "their files are not under our state dir"
+        );
+        teardown(&hv, &other.name, &other.files, None).expect("cleanup");
     }
 }
