@@ -38,5 +38,5 @@ pub use {
     event::{ActionState, LogStream, SessionEvent, SessionOutcome},
     job::JobSpec,
     limits::Limits,
-    session::run_session,
+    session::{handshake, run_session, ReadySession},
 };

@@ -1,11 +1,16 @@
-//! Drives one job's exchange with the guest agent, from Hello to Result.
+//! Drives one job's exchange with the guest agent, from Hello to Result, in two steps that may be
+//! far apart in time: [`handshake`] (Hello → Ready, done at boot for a pre-booted VM) yields a
+//! [`ReadySession`], which can idle ([`ReadySession::idle`]) and later runs exactly one job
+//! ([`ReadySession::run_job`]) on the same stream, with the frame reader's buffer carried over.
+//! [`run_session`] is both steps back to back (a VM booted for its job).
 //!
-//! Two halves run concurrently in the caller's task (no `'static` needed): the writer sends Hello, then
-//! the Job and the task tar once the guest is Ready, then Cancel if asked; the reader is the state
-//! machine below, and owns every timeout and budget.
+//! In `run_job` two halves run concurrently in the caller's task (no `'static` needed): the writer
+//! sends the Job and the task tar, then Cancel if asked; the reader is the state machine below, and
+//! owns every timeout and budget.
 //!
 //! ```text
-//! AwaitReady --Ready--> Running --ArtifactChunk*--> Artifacts --ArtifactEnd--> Collected --Result--> done
+//! handshake: Hello --Ready--> ReadySession (idle: Heartbeats only) --run_job-->
+//! Running --ArtifactChunk*--> Artifacts --ArtifactEnd--> Collected --Result--> done
 //!      any state: Cancel/job timeout -> Stopping (bounded by cancel_grace) -> Cancelled / JobTimeout
 //! ```
 
@@ -15,8 +20,8 @@ use minion_proto::guest::{
     guest_frame, host_frame, Cancel, GuestFrame, Hello, HostFrame, Job, TaskChunk, TaskEnd,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, WriteHalf},
-    sync::{mpsc, oneshot, watch},
+    io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf},
+    sync::{mpsc, watch},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -34,7 +39,6 @@ const MAX_AGENT_MESSAGE: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    AwaitReady,
     Running,
     Artifacts,
     Collected,
@@ -43,7 +47,6 @@ enum Phase {
 impl Phase {
     fn during(self) -> &'static str {
         match self {
-            Phase::AwaitReady => "waiting for the agent to be Ready",
             Phase::Running => "the job was running",
             Phase::Artifacts => "receiving artifacts",
             Phase::Collected => "waiting for the Result",
@@ -60,6 +63,11 @@ enum Unpack {
     Done { entries: u64 },
 }
 
+/// What the handshake is waiting for (also the `Closed` error's wording).
+const DURING_READY: &str = "waiting for the agent to be Ready";
+/// What an idle session is doing (the `Closed` error's wording).
+const DURING_IDLE: &str = "idle, waiting for a job";
+
 /// Runs the whole exchange on `stream`. Artifacts land under `artifacts_dir` (created if needed);
 /// live events go to `events` (a dropped receiver is ignored). On `cancel` the guest is sent Cancel
 /// and given `limits.cancel_grace` to finish, then the session ends with [`ChannelError::Cancelled`];
@@ -73,38 +81,190 @@ pub async fn run_session<S: AsyncRead + AsyncWrite + Unpin + Send>(
     events: mpsc::Sender<SessionEvent>,
     cancel: CancellationToken,
 ) -> Result<SessionOutcome, ChannelError> {
-    let (rd, wr) = tokio::io::split(stream);
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let (stop_tx, stop_rx) = watch::channel(None);
-    let writer = write_side(wr, job, task_dir, limits, ready_rx, stop_rx);
-    let reader = Reader {
-        frames: AsyncFrameReader::new(rd, limits.max_frame),
-        job,
-        artifacts_dir,
-        limits,
-        events,
-        cancel,
-        ready_tx: Some(ready_tx),
-        stop_tx,
-        phase: Phase::AwaitReady,
-        agent_version: String::new(),
-        log_bytes: 0,
-        artifact_bytes: 0,
-        unpack: Unpack::Idle,
-        artifact_started: None,
-        artifact_transfer: Duration::ZERO,
-        stopping: None,
-        job_deadline: None,
+    let ready = handshake(stream, limits, cancel.clone()).await?;
+    ready
+        .run_job(job, task_dir, artifacts_dir, limits, events, cancel)
+        .await
+}
+
+/// Sends Hello and waits (at most `limits.ready_timeout`) for the agent's Ready. The returned
+/// session owns the stream, and any bytes the guest sent past Ready stay buffered in it.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: S,
+    limits: &Limits,
+    cancel: CancellationToken,
+) -> Result<ReadySession<S>, ChannelError> {
+    let (rd, mut wr) = tokio::io::split(stream);
+    let mut frames = AsyncFrameReader::new(rd, limits.max_frame);
+    let deadline = Instant::now() + limits.ready_timeout;
+    let timeout = || ChannelError::Timeout {
+        what: "the agent's Ready",
+        timeout: limits.ready_timeout,
+    };
+    let hello = host(host_frame::Kind::Hello(Hello {
+        protocol_min: PROTOCOL_VERSION,
+        protocol_max: PROTOCOL_VERSION,
+        heartbeat_interval_ms: millis(limits.heartbeat_interval),
+        host_version: env!("CARGO_PKG_VERSION").to_owned(),
+    }));
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(ChannelError::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => return Err(timeout()),
+        written = write_frame_async(&mut wr, &hello, limits.max_frame) => written?,
     }
-    .run();
-    tokio::pin!(reader, writer);
-    let mut writer_done = false;
-    loop {
-        tokio::select! {
-            outcome = &mut reader => return outcome,
-            written = &mut writer, if !writer_done => {
-                written?;
-                writer_done = true;
+    let frame = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(ChannelError::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => return Err(timeout()),
+        frame = frames.next::<GuestFrame>() => frame,
+    };
+    let kind = match frame {
+        Ok(Some(GuestFrame { kind: Some(kind) })) => kind,
+        Ok(Some(GuestFrame { kind: None })) => {
+            return Err(ChannelError::Protocol("frame without a message".into()))
+        }
+        Ok(None) => {
+            return Err(ChannelError::Closed {
+                during: DURING_READY,
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ready = match kind {
+        guest_frame::Kind::Ready(r) => r,
+        guest_frame::Kind::Error(e) => return Err(agent_error(e)),
+        other => {
+            return Err(ChannelError::Protocol(format!(
+                "{} before Ready",
+                kind_name(&other)
+            )))
+        }
+    };
+    if ready.protocol != PROTOCOL_VERSION {
+        return Err(ChannelError::Version {
+            guest: ready.protocol,
+            min: PROTOCOL_VERSION,
+            max: PROTOCOL_VERSION,
+        });
+    }
+    let mut agent_version = ready.agent_version;
+    truncate_utf8(&mut agent_version, 256);
+    Ok(ReadySession {
+        frames,
+        wr,
+        agent_version,
+        last_frame: Instant::now(),
+    })
+}
+
+/// A guest past Ready that has not been given its job yet. It runs at most one job
+/// ([`ReadySession::run_job`] consumes it); dropping it closes the stream (the agent then gives up).
+pub struct ReadySession<S> {
+    frames: AsyncFrameReader<ReadHalf<S>>,
+    wr: WriteHalf<S>,
+    agent_version: String,
+    /// When the guest last sent a frame (Ready, or a Heartbeat while idle).
+    last_frame: Instant,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ReadySession<S> {
+    /// The version string the agent sent with Ready (truncated to 256 bytes).
+    pub fn agent_version(&self) -> &str {
+        &self.agent_version
+    }
+
+    /// Keeps reading while the session waits for a job, and returns only once the guest is no
+    /// longer usable: end of stream, a bad or unexpected frame (only Heartbeats are allowed), an
+    /// agent Error, or — when `max_silence` is given — that long without any frame. Cancel-safe:
+    /// it may sit in a `select!` beside "a job arrived", and a frame it was reading stays buffered.
+    pub async fn idle(&mut self, max_silence: Option<Duration>) -> ChannelError {
+        loop {
+            let silence = max_silence.map(|d| (self.last_frame + d, d));
+            let frame = tokio::select! {
+                _ = sleep_until_opt(silence.map(|(at, _)| at)), if silence.is_some() => {
+                    return ChannelError::Timeout {
+                        what: "a frame from the idle guest (heartbeat)",
+                        timeout: silence.map(|(_, d)| d).unwrap_or_default(),
+                    };
+                }
+                frame = self.frames.next::<GuestFrame>() => frame,
+            };
+            self.last_frame = Instant::now();
+            match frame {
+                Ok(Some(GuestFrame {
+                    kind: Some(guest_frame::Kind::Heartbeat(_)),
+                })) => {}
+                Ok(Some(GuestFrame {
+                    kind: Some(guest_frame::Kind::Error(e)),
+                })) => return agent_error(e),
+                Ok(Some(GuestFrame { kind: Some(other) })) => {
+                    return ChannelError::Protocol(format!(
+                        "{} while idle before a job",
+                        kind_name(&other)
+                    ))
+                }
+                Ok(Some(GuestFrame { kind: None })) => {
+                    return ChannelError::Protocol("frame without a message".into())
+                }
+                Ok(None) => {
+                    return ChannelError::Closed {
+                        during: DURING_IDLE,
+                    }
+                }
+                Err(e) => return e.into(),
+            }
+        }
+    }
+
+    /// Runs one job on the guest: sends the Job and the task tar, then reads until the Result.
+    /// Emits [`SessionEvent::Ready`] first (the job's view starts at the agent being Ready). Same
+    /// contract as [`run_session`] from Ready on; the job's timeout runs from this call.
+    pub async fn run_job(
+        self,
+        job: &JobSpec,
+        task_dir: &Path,
+        artifacts_dir: &Path,
+        limits: &Limits,
+        events: mpsc::Sender<SessionEvent>,
+        cancel: CancellationToken,
+    ) -> Result<SessionOutcome, ChannelError> {
+        let ReadySession {
+            frames,
+            wr,
+            agent_version,
+            ..
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let writer = write_side(wr, job, task_dir, limits, stop_rx);
+        let reader = Reader {
+            frames,
+            job,
+            artifacts_dir,
+            limits,
+            events,
+            cancel,
+            stop_tx,
+            phase: Phase::Running,
+            agent_version,
+            log_bytes: 0,
+            artifact_bytes: 0,
+            unpack: Unpack::Idle,
+            artifact_started: None,
+            artifact_transfer: Duration::ZERO,
+            stopping: None,
+            job_deadline: None,
+        }
+        .run();
+        tokio::pin!(reader, writer);
+        let mut writer_done = false;
+        loop {
+            tokio::select! {
+                outcome = &mut reader => return outcome,
+                written = &mut writer, if !writer_done => {
+                    written?;
+                    writer_done = true;
+                }
             }
         }
     }
@@ -115,22 +275,10 @@ async fn write_side<W: AsyncWrite>(
     job: &JobSpec,
     task_dir: &Path,
     limits: &Limits,
-    ready: oneshot::Receiver<()>,
     mut stop: watch::Receiver<Option<String>>,
 ) -> Result<(), ChannelError> {
     let mut wr = wr;
     let max = limits.max_frame;
-    let hello = host(host_frame::Kind::Hello(Hello {
-        protocol_min: PROTOCOL_VERSION,
-        protocol_max: PROTOCOL_VERSION,
-        heartbeat_interval_ms: millis(limits.heartbeat_interval),
-        host_version: env!("CARGO_PKG_VERSION").to_owned(),
-    }));
-    write_frame_async(&mut wr, &hello, max).await?;
-    if ready.await.is_err() {
-        // The reader ended the session before Ready; nothing more to say.
-        return Ok(());
-    }
     let job_frame = host(host_frame::Kind::Job(Job {
         id: job.id.clone(),
         item: job.item.clone(),
@@ -186,7 +334,6 @@ struct Reader<'a, R> {
     limits: &'a Limits,
     events: mpsc::Sender<SessionEvent>,
     cancel: CancellationToken,
-    ready_tx: Option<oneshot::Sender<()>>,
     stop_tx: watch::Sender<Option<String>>,
     phase: Phase,
     agent_version: String,
@@ -202,29 +349,18 @@ struct Reader<'a, R> {
 
 impl<R: AsyncRead + Unpin> Reader<'_, R> {
     async fn run(mut self) -> Result<SessionOutcome, ChannelError> {
-        let start = Instant::now();
-        let mut last_frame = start;
+        self.started().await;
+        let mut last_frame = Instant::now();
         loop {
-            let (silence_deadline, what, allowed) = if self.phase == Phase::AwaitReady {
-                (
-                    start + self.limits.ready_timeout,
-                    "the agent's Ready",
-                    self.limits.ready_timeout,
-                )
-            } else {
-                (
-                    last_frame + self.limits.heartbeat_timeout,
-                    "a frame from the guest (heartbeat)",
-                    self.limits.heartbeat_timeout,
-                )
-            };
+            let (silence_deadline, what, allowed) = (
+                last_frame + self.limits.heartbeat_timeout,
+                "a frame from the guest (heartbeat)",
+                self.limits.heartbeat_timeout,
+            );
             let grace_deadline = self.stopping.map(|(at, _)| at);
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled(), if self.stopping.is_none() => {
-                    if self.phase == Phase::AwaitReady {
-                        return Err(ChannelError::Cancelled);
-                    }
                     self.begin_stop("cancelled by the host".into(), |_| ChannelError::Cancelled);
                 }
                 _ = sleep_until_opt(self.job_deadline), if self.stopping.is_none() && self.job_deadline.is_some() => {
@@ -280,43 +416,21 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         let Some(kind) = frame.kind else {
             return Err(ChannelError::Protocol("frame without a message".into()));
         };
-        match (self.phase, kind) {
-            (_, Kind::Error(e)) => Err(agent_error(e)),
-            (Phase::AwaitReady, Kind::Ready(ready)) => {
-                self.ready(ready).await?;
-                Ok(None)
-            }
-            (Phase::AwaitReady, other) => Err(ChannelError::Protocol(format!(
-                "{} before Ready",
-                kind_name(&other)
-            ))),
-            (_, other) => self.handle_running(other).await,
+        match kind {
+            Kind::Error(e) => Err(agent_error(e)),
+            other => self.handle_running(other).await,
         }
     }
 
-    async fn ready(&mut self, ready: minion_proto::guest::Ready) -> Result<(), ChannelError> {
-        if ready.protocol != PROTOCOL_VERSION {
-            return Err(ChannelError::Version {
-                guest: ready.protocol,
-                min: PROTOCOL_VERSION,
-                max: PROTOCOL_VERSION,
-            });
-        }
-        let mut version = ready.agent_version;
-        truncate_utf8(&mut version, 256);
-        self.agent_version = version.clone();
-        self.phase = Phase::Running;
+    /// The job starts: its deadline runs from here, and its watchers learn the agent is Ready.
+    async fn started(&mut self) {
         if !self.job.timeout.is_zero() {
             self.job_deadline = Some(Instant::now() + self.job.timeout);
         }
-        if let Some(tx) = self.ready_tx.take() {
-            let _ = tx.send(());
-        }
         self.emit(SessionEvent::Ready {
-            agent_version: version,
+            agent_version: self.agent_version.clone(),
         })
         .await;
-        Ok(())
     }
 
     /// Frames after Ready (Error already handled).
@@ -515,5 +629,305 @@ fn truncate_utf8(s: &mut String, max: usize) {
             cut -= 1;
         }
         s.truncate(cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The handshake / idle / run_job split against a `FakeGuest`: a plain task on the other end of
+    //! a unix socket pair (the type the daemon gets from qemu's channel socket).
+
+    use super::*;
+    use crate::frame::{decode_frame, encode_frame, MAX_FRAME};
+    use bytes::BytesMut;
+    use minion_proto::guest::{ArtifactEnd, Heartbeat, Ready, Result as GuestResult};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    struct FakeGuest {
+        io: UnixStream,
+        buf: BytesMut,
+    }
+
+    fn bytes(kind: guest_frame::Kind) -> Vec<u8> {
+        encode_frame(&GuestFrame { kind: Some(kind) }, MAX_FRAME).expect("encode")
+    }
+
+    fn heartbeat(seq: u64) -> Vec<u8> {
+        bytes(guest_frame::Kind::Heartbeat(Heartbeat { seq }))
+    }
+
+    fn ready_frame() -> Vec<u8> {
+        bytes(guest_frame::Kind::Ready(Ready {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "fake-0".into(),
+        }))
+    }
+
+    impl FakeGuest {
+        async fn recv(&mut self) -> Option<HostFrame> {
+            loop {
+                if let Some(f) = decode_frame::<HostFrame>(&mut self.buf, MAX_FRAME).expect("valid")
+                {
+                    return Some(f);
+                }
+                if self.io.read_buf(&mut self.buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        }
+
+        async fn send_raw(&mut self, b: &[u8]) {
+            self.io.write_all(b).await.expect("guest write");
+        }
+
+        async fn expect_hello(&mut self) {
+            let f = self.recv().await;
+            assert!(
+                matches!(
+                    &f,
+                    Some(HostFrame {
+                        kind: Some(host_frame::Kind::Hello(_))
+                    })
+                ),
+                "{f:?}"
+            );
+        }
+
+        /// Job + task tar up to TaskEnd; then an empty artifact stream and a passing Result.
+        async fn do_job(&mut self) -> String {
+            let id = match self.recv().await {
+                Some(HostFrame {
+                    kind: Some(host_frame::Kind::Job(j)),
+                }) => j.id,
+                other => panic!("expected Job, got {other:?}"),
+            };
+            loop {
+                match self.recv().await {
+                    Some(HostFrame {
+                        kind: Some(host_frame::Kind::TaskChunk(_)),
+                    }) => {}
+                    Some(HostFrame {
+                        kind: Some(host_frame::Kind::TaskEnd(_)),
+                    }) => break,
+                    other => panic!("expected the task tar, got {other:?}"),
+                }
+            }
+            self.send_raw(&bytes(guest_frame::Kind::ArtifactEnd(ArtifactEnd {
+                total_bytes: 0,
+                entries: 0,
+            })))
+            .await;
+            self.send_raw(&bytes(guest_frame::Kind::Result(GuestResult {
+                execution_ok: true,
+                status_message: "ok".into(),
+                results_yaml: "results: []\n".into(),
+                ..GuestResult::default()
+            })))
+            .await;
+            id
+        }
+    }
+
+    fn pair() -> (UnixStream, FakeGuest) {
+        let (host, guest) = UnixStream::pair().expect("socket pair");
+        (
+            host,
+            FakeGuest {
+                io: guest,
+                buf: BytesMut::new(),
+            },
+        )
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            ready_timeout: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(5),
+            cancel_grace: Duration::from_millis(500),
+            ..Limits::default()
+        }
+    }
+
+    fn job() -> JobSpec {
+        JobSpec {
+            id: "job-split".into(),
+            formula_path: "runtask.yml".into(),
+            timeout: Duration::from_secs(60),
+            ..JobSpec::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn handshake_then_a_job_much_later_on_the_same_stream() {
+        let (host, mut g) = pair();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let guest = tokio::spawn(async move {
+            g.expect_hello().await;
+            // Ready and the first half of a Heartbeat in one write: the rest of that frame comes
+            // later, so the half must survive in the session's buffer from handshake to idle.
+            let hb = heartbeat(1);
+            let mut first = ready_frame();
+            first.extend_from_slice(&hb[..2]);
+            g.send_raw(&first).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            g.send_raw(&hb[2..]).await;
+            g.send_raw(&heartbeat(2)).await;
+            go_rx.await.expect("host says go");
+            g.do_job().await
+        });
+        let l = limits();
+        let mut ready = handshake(host, &l, CancellationToken::new())
+            .await
+            .expect("handshake");
+        assert_eq!(ready.agent_version(), "fake-0");
+        // Parked: the heartbeats are consumed, the guest stays usable.
+        let idle = tokio::time::timeout(
+            Duration::from_millis(400),
+            ready.idle(Some(Duration::from_secs(5))),
+        )
+        .await;
+        assert!(idle.is_err(), "idle ended: {idle:?}");
+        go_tx.send(()).expect("guest waits");
+
+        let task = tempfile::tempdir().expect("task");
+        std::fs::write(task.path().join("runtask.yml"), "name: t\n").expect("formula");
+        let art = tempfile::tempdir().expect("artifacts");
+        let (tx, mut rx) = mpsc::channel(16);
+        let outcome = ready
+            .run_job(
+                &job(),
+                task.path(),
+                art.path(),
+                &l,
+                tx,
+                CancellationToken::new(),
+            )
+            .await
+            .expect("job ran");
+        assert!(outcome.execution_status_ok);
+        assert_eq!(outcome.agent_version, "fake-0");
+        assert_eq!(guest.await.expect("guest"), "job-split");
+        match rx.recv().await {
+            Some(SessionEvent::Ready { agent_version }) => assert_eq!(agent_version, "fake-0"),
+            other => panic!("the job's first event is Ready, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_consumes_heartbeats_and_ends_when_they_stop() {
+        let (host, mut g) = pair();
+        let guest = tokio::spawn(async move {
+            g.expect_hello().await;
+            g.send_raw(&ready_frame()).await;
+            for seq in 0..6 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                g.send_raw(&heartbeat(seq)).await;
+            }
+            // Then silence, with the stream held open.
+            std::future::pending::<()>().await;
+        });
+        let mut ready = handshake(host, &limits(), CancellationToken::new())
+            .await
+            .expect("handshake");
+        let t = Instant::now();
+        let err = ready.idle(Some(Duration::from_millis(200))).await;
+        assert!(
+            matches!(
+                err,
+                ChannelError::Timeout {
+                    what: "a frame from the idle guest (heartbeat)",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Six heartbeats 50 ms apart kept it alive for ≥ 300 ms; the silence then ended it.
+        assert!(
+            t.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            t.elapsed()
+        );
+        guest.abort();
+    }
+
+    #[tokio::test]
+    async fn guest_dying_while_idle_is_detected() {
+        // The guest's end closes (qemu gone, agent exited).
+        let (host, mut g) = pair();
+        let guest = tokio::spawn(async move {
+            g.expect_hello().await;
+            g.send_raw(&ready_frame()).await;
+            g.send_raw(&heartbeat(0)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(g);
+        });
+        let mut ready = handshake(host, &limits(), CancellationToken::new())
+            .await
+            .expect("handshake");
+        let err = tokio::time::timeout(Duration::from_secs(5), ready.idle(None))
+            .await
+            .expect("detected without a silence limit");
+        assert!(
+            matches!(err, ChannelError::Closed { during } if during == DURING_IDLE),
+            "{err:?}"
+        );
+        guest.await.expect("guest");
+
+        // Garbage, and a frame only a running job may send.
+        for (bad, want) in [
+            (vec![0xff; 16], "bad frame"),
+            (
+                bytes(guest_frame::Kind::Result(GuestResult::default())),
+                "Result while idle before a job",
+            ),
+        ] {
+            let (host, mut g) = pair();
+            let guest = tokio::spawn(async move {
+                g.expect_hello().await;
+                g.send_raw(&ready_frame()).await;
+                g.send_raw(&bad).await;
+                std::future::pending::<()>().await;
+            });
+            let mut ready = handshake(host, &limits(), CancellationToken::new())
+                .await
+                .expect("handshake");
+            let err = tokio::time::timeout(Duration::from_secs(5), ready.idle(None))
+                .await
+                .expect("detected");
+            assert!(err.to_string().contains(want), "{err}");
+            guest.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn handshake_is_bounded_and_cancellable() {
+        let (host, g) = pair();
+        let mut l = limits();
+        l.ready_timeout = Duration::from_millis(200);
+        let err = handshake(host, &l, CancellationToken::new())
+            .await
+            .err()
+            .expect("silent guest");
+        assert!(
+            matches!(
+                err,
+                ChannelError::Timeout {
+                    what: "the agent's Ready",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        drop(g);
+
+        let (host, _g) = pair();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let err = handshake(host, &limits(), cancel)
+            .await
+            .err()
+            .expect("cancelled");
+        assert!(matches!(err, ChannelError::Cancelled), "{err:?}");
     }
 }
