@@ -626,12 +626,13 @@ fn civil_from_days(days: u64) -> (u64, u8, u8) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::fs;
     use std::process::Command;
 
-    fn isoinfo(iso: &Path, args: &[&str]) -> Vec<u8> {
+    /// `isoinfo -i ISO ARGS…`'s stdout (the seed's tests read their ISOs back with it too).
+    pub(crate) fn isoinfo(iso: &Path, args: &[&str]) -> Vec<u8> {
         let out = Command::new("isoinfo")
             .arg("-i")
             .arg(iso)

@@ -231,14 +231,7 @@ mod tests {
     fn overlay_on_a_qcow2_base_records_the_absolute_backing_file() {
         let tmp = tempfile::tempdir().expect("tmp");
         let base = tmp.path().join("base.qcow2");
-        command::run(
-            "qemu-img",
-            ["create", "-q", "-f", "qcow2"]
-                .iter()
-                .map(|s| s.as_ref())
-                .chain([base.as_os_str(), "64M".as_ref()]),
-        )
-        .expect("base");
+        qcow2_base(&base, "64M");
         let overlay = tmp.path().join("overlay.qcow2");
         create(&base, &overlay).expect("overlay");
         let info: serde_json::Value = serde_json::from_str(&qemu_img_info(&overlay)).expect("json");

@@ -155,18 +155,7 @@ mod tests {
     use std::process::Command;
 
     fn isoinfo(iso: &Path, args: &[&str]) -> String {
-        let out = Command::new("isoinfo")
-            .arg("-i")
-            .arg(iso)
-            .args(args)
-            .output()
-            .expect("isoinfo runs");
-        assert!(
-            out.status.success(),
-            "isoinfo {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&crate::iso9660::tests::isoinfo(iso, args)).into_owned()
     }
 
     fn spec(agent: PathBuf) -> SeedSpec {
