@@ -347,6 +347,9 @@ impl Controller for Api {
                 default_timeout_seconds: p.cfg.default_timeout_seconds,
                 running: p.running.load(std::sync::atomic::Ordering::SeqCst),
                 queued: self.d.queued_in(&p.name),
+                ready: p.prebooted.ready(),
+                booting: p.prebooted.booting(),
+                min_ready: p.cfg.min_ready,
             })
             .collect();
         Ok(Response::new(pb::ListPoolsResponse { pools }))

@@ -72,9 +72,14 @@ pub struct PoolConfig {
     /// libvirt URI. Default `qemu:///system`.
     #[serde(default = "default_uri")]
     pub libvirt_uri: String,
-    /// VMs alive at once. Default 2.
+    /// VMs alive at once (parked pre-booted ones included). Default 2.
     #[serde(default = "default_max_vms")]
     pub max_vms: u32,
+    /// Fresh VMs kept booted to the agent's Ready, parked for the next jobs (each still runs one
+    /// job and is destroyed). At most `max_vms`. Default 0: every VM boots after its job is
+    /// picked up.
+    #[serde(default)]
+    pub min_ready: u32,
     /// vCPUs per VM. Default 1.
     #[serde(default = "default_vcpus")]
     pub vcpus: u32,
@@ -152,6 +157,15 @@ impl Config {
                     "must be ≥ 1".into(),
                 ));
             }
+            if p.min_ready > p.max_vms {
+                return Err(invalid(
+                    &format!("pools.{name}.min_ready"),
+                    format!(
+                        "{} is more than max_vms ({}): parked VMs count against max_vms",
+                        p.min_ready, p.max_vms
+                    ),
+                ));
+            }
             if p.vcpus == 0 {
                 return Err(invalid(
                     &format!("pools.{name}.vcpus"),
@@ -203,6 +217,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Human);
         let p = &c.pools["p"];
         assert_eq!((p.max_vms, p.vcpus, p.memory_mib), (2, 1, 512));
+        assert_eq!(p.min_ready, 0, "no pre-booted VMs unless asked");
         assert_eq!(p.libvirt_uri, "qemu:///system");
         assert_eq!(c.default_pool_name(), Some("p"));
     }
@@ -222,6 +237,21 @@ mod tests {
         )
         .expect_err("bad");
         assert_eq!(e.to_string(), "m.toml: pools.p.max_vms: must be ≥ 1");
+        let e = Config::parse(
+            Path::new("m.toml"),
+            "[pools.p]\nimage = \"x\"\nmax_vms = 2\nmin_ready = 3\n",
+        )
+        .expect_err("bad");
+        assert_eq!(
+            e.to_string(),
+            "m.toml: pools.p.min_ready: 3 is more than max_vms (2): parked VMs count against max_vms"
+        );
+        let ok = Config::parse(
+            Path::new("m.toml"),
+            "[pools.p]\nimage = \"x\"\nmax_vms = 2\nmin_ready = 2\n",
+        )
+        .expect("min_ready = max_vms is fine");
+        assert_eq!(ok.pools["p"].min_ready, 2);
         let e = Config::parse(Path::new("m.toml"), "pools = {}\n").expect_err("no pools");
         assert!(e.to_string().contains("pools"), "{e}");
         let e = Config::parse(Path::new("m.toml"), "bogus = 1\n[pools.p]\nimage='x'\n")

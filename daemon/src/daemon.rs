@@ -8,15 +8,24 @@ use std::sync::{Arc, Mutex};
 
 use minion_proto::controller as pb;
 use minion_provisioning::{accel::Accel, vm, vmfiles, Hypervisor};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PoolConfig};
 use crate::hub::Hub;
 use crate::lifecycle::State;
+use crate::prebooted::{self, ParkedVm, Prebooted};
 use crate::store::{JobRecord, JobRequest, Store, StoreError};
 use crate::taskrepo::{self, RepoError};
 use crate::{convert, runner};
+
+/// The VM a picked-up job runs on.
+pub enum Vm {
+    /// A slot to provision and boot a VM in.
+    Cold(OwnedSemaphorePermit),
+    /// A pre-booted VM taken from the pool (with its slot).
+    Parked(Box<ParkedVm>),
+}
 
 /// Each pool's queue receiver, handed from [`Daemon::open`] to [`Daemon::start`].
 pub type PoolQueues = Vec<(String, mpsc::UnboundedReceiver<String>)>;
@@ -50,9 +59,11 @@ pub struct Pool {
     pub name: String,
     pub cfg: PoolConfig,
     queue: mpsc::UnboundedSender<String>,
-    /// One permit per VM allowed alive; held from pickup until the VM is torn down.
-    slots: Arc<Semaphore>,
+    /// One permit per VM allowed alive (a parked pre-booted VM holds one too); held from pickup
+    /// (or boot) until the VM is torn down.
+    pub slots: Arc<Semaphore>,
     pub running: AtomicU32,
+    pub prebooted: Prebooted,
     hv: Mutex<Option<Arc<Hypervisor>>>,
 }
 
@@ -107,6 +118,7 @@ impl Daemon {
                     queue: tx,
                     slots: Arc::new(Semaphore::new(pc.max_vms as usize)),
                     running: AtomicU32::new(0),
+                    prebooted: Prebooted::default(),
                     hv: Mutex::new(None),
                 }),
             );
@@ -144,7 +156,17 @@ impl Daemon {
             let d = self.clone();
             tokio::spawn(async move { d.dispatch(name, rx).await });
         }
+        for pool in self.pools.values() {
+            prebooted::start(self, pool);
+        }
         Ok(())
+    }
+
+    /// At shutdown: no more pre-booting, and every booting or parked VM destroyed.
+    pub async fn stop_prebooted(&self) {
+        for pool in self.pools.values() {
+            prebooted::shutdown(pool).await;
+        }
     }
 
     /// After a (re)start nothing runs: every in-flight job is FAILED (daemon restart) and requeued
@@ -178,7 +200,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Destroys every marked domain of a job this daemon knows and deletes every per-VM dir.
+    /// Destroys every domain marked as this daemon's (its jobs' and its pre-booted VMs') and
+    /// deletes every per-VM dir.
     /// Used at start (nothing is live yet) and at shutdown (what is live is abandoned: the restart
     /// marks those jobs FAILED and requeues them). Blocks.
     pub fn destroy_vms(&self) {
@@ -191,9 +214,10 @@ impl Daemon {
         for p in uris {
             match p.hypervisor() {
                 Ok(hv) => {
-                    // Only jobs this daemon knows: another daemon may share the libvirtd.
-                    let report =
-                        vm::reconcile(&hv, &self.cfg.state_dir, &|id| !self.store.contains(id));
+                    // Nothing is live here: at start nothing runs yet, at shutdown what runs is
+                    // abandoned. Only this daemon's domains (owner mark = our state dir) are
+                    // considered: another daemon may share the libvirtd.
+                    let report = vm::reconcile(&hv, &self.cfg.state_dir, &|_| false);
                     for e in report.errors {
                         tracing::error!("reconcile on {}: {e}", p.cfg.libvirt_uri);
                     }
@@ -216,7 +240,7 @@ impl Daemon {
         }
     }
 
-    /// FIFO per pool: take the next queued job, wait for a VM slot, run it.
+    /// FIFO per pool: take the next queued job, take a parked VM or wait for a VM slot, run it.
     async fn dispatch(self: Arc<Self>, pool_name: String, mut rx: mpsc::UnboundedReceiver<String>) {
         let Some(pool) = self.pools.get(&pool_name).cloned() else {
             return;
@@ -231,14 +255,19 @@ impl Daemon {
             }
         }
         while let Some(id) = rx.recv().await {
-            let permit = match pool.slots.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return,
+            // Cancelled while queued: skip without taking a VM.
+            if !self.is_queued(&id) {
+                continue;
+            }
+            let Some(vm) = obtain_vm(&pool).await else {
+                return;
             };
-            // Cancelled while queued: skip without using the slot.
-            match self.store.get(&id) {
-                Ok(r) if r.state == State::Queued => {}
-                _ => continue,
+            // Cancelled while waiting for a VM: a parked one goes back to the pool untouched.
+            if !self.is_queued(&id) {
+                if let Vm::Parked(p) = vm {
+                    prebooted::park(&pool, *p);
+                }
+                continue;
             }
             let token = CancellationToken::new();
             self.cancels_lock().insert(id.clone(), token.clone());
@@ -246,12 +275,16 @@ impl Daemon {
             let d = self.clone();
             let p = pool.clone();
             tokio::spawn(async move {
-                runner::run_job(&d, &p, &id, token).await;
+                runner::run_job(&d, &p, &id, token, vm).await;
                 d.cancels_lock().remove(&id);
                 p.running.fetch_sub(1, Ordering::SeqCst);
-                drop(permit);
+                p.prebooted.slot_freed();
             });
         }
+    }
+
+    fn is_queued(&self, id: &str) -> bool {
+        matches!(self.store.get(id), Ok(r) if r.state == State::Queued)
     }
 
     fn cancels_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
@@ -421,6 +454,21 @@ impl Daemon {
 
     pub fn images_dir(&self) -> &Path {
         &self.cfg.images_dir
+    }
+}
+
+/// A parked pre-booted VM if there is one, else a slot for a new VM; waits for whichever comes
+/// first. `None` once the pool's slots are closed.
+async fn obtain_vm(pool: &Arc<Pool>) -> Option<Vm> {
+    loop {
+        if let Some(p) = prebooted::take(pool).await {
+            return Some(Vm::Parked(Box::new(p)));
+        }
+        tokio::select! {
+            biased;
+            _ = pool.prebooted.parked_changed.notified() => continue,
+            permit = pool.slots.clone().acquire_owned() => return permit.ok().map(Vm::Cold),
+        }
     }
 }
 

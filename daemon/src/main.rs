@@ -7,6 +7,7 @@ mod convert;
 mod daemon;
 mod hub;
 mod lifecycle;
+mod prebooted;
 mod runner;
 mod store;
 mod taskrepo;
@@ -132,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     // Running jobs are abandoned, not left running: their VMs go now, and the next start marks
     // the jobs FAILED (daemon restart) and requeues them.
     d.begin_shutdown();
+    d.stop_prebooted().await;
     let d2 = d.clone();
     tokio::task::spawn_blocking(move || d2.destroy_vms())
         .await

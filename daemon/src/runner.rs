@@ -13,12 +13,14 @@ use minion_channel::{
     SessionOutcome,
 };
 use minion_proto::controller as pb;
+use minion_provisioning::vm::PreparedVm;
 use minion_provisioning::{image, vm, vmfiles::VmFiles, Hypervisor};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{Daemon, Pool};
+use crate::daemon::{Daemon, Pool, Vm};
 use crate::lifecycle::State;
+use crate::prebooted::{self, ParkedVm};
 use crate::store::{ExecStatus, JobRecord, TaskResult};
 
 /// Past the job's own timeout, how long the session gets to cancel the guest gracefully before the
@@ -27,7 +29,7 @@ const HARD_DEADLINE_SLACK: Duration = Duration::from_secs(30);
 /// How long a cancelled (or timed-out) guest gets to stop its task and send what it has.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
 /// How long the channel socket may take to appear after the domain starts.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a job ended, before it is written down.
 enum End {
@@ -39,16 +41,31 @@ enum End {
 
 /// A VM that must be torn down. `Drop` is the backstop for a runner that is aborted or panics;
 /// the normal paths call [`VmGuard::teardown`] explicitly and await it.
-struct VmGuard {
+pub(crate) struct VmGuard {
     hv: Arc<Hypervisor>,
-    name: String,
+    pub(crate) name: String,
     files: VmFiles,
     keep_console: Option<PathBuf>,
     done: bool,
 }
 
 impl VmGuard {
-    async fn teardown(mut self) -> Result<(), String> {
+    /// Guards a prepared VM; `keep_console` is where its console log is copied at teardown.
+    pub(crate) fn new(
+        hv: &Arc<Hypervisor>,
+        prepared: &PreparedVm,
+        keep_console: Option<PathBuf>,
+    ) -> VmGuard {
+        VmGuard {
+            hv: hv.clone(),
+            name: prepared.name.clone(),
+            files: prepared.files.clone(),
+            keep_console,
+            done: false,
+        }
+    }
+
+    pub(crate) async fn teardown(mut self) -> Result<(), String> {
         self.done = true;
         let (hv, name, files, keep) = (
             self.hv.clone(),
@@ -77,15 +94,39 @@ impl Drop for VmGuard {
     }
 }
 
-pub async fn run_job(d: &Arc<Daemon>, pool: &Arc<Pool>, id: &str, cancel: CancellationToken) {
+/// Runs job `id` on `vm`: a pre-booted VM taken from the pool, or a slot to boot one in. Holds
+/// the VM's pool slot until the VM is torn down.
+pub async fn run_job(
+    d: &Arc<Daemon>,
+    pool: &Arc<Pool>,
+    id: &str,
+    cancel: CancellationToken,
+    vm: Vm,
+) {
+    let (permit, parked) = match vm {
+        Vm::Cold(permit) => (permit, None),
+        Vm::Parked(p) => {
+            let ParkedVm { vm, permit } = *p;
+            (permit, Some(vm))
+        }
+    };
+    let detail = parked.as_ref().map(prebooted::detail).unwrap_or_default();
     // Lost the race with a cancel (or a restart): someone else owns the job's fate.
-    let rec = match d.store.transition(id, State::Provisioning, "") {
+    let rec = match d.store.transition(id, State::Provisioning, &detail) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(job = %id, "not started: {e}");
+            if let Some(vm) = parked {
+                // Never used: back to the pool, still fresh.
+                prebooted::park(pool, ParkedVm { vm, permit });
+            }
             return;
         }
     };
+    let _slot = permit;
+    if let Some(vm) = &parked {
+        tracing::info!(job = %id, vm = %vm.id, "took pre-booted VM");
+    }
     d.publish_lifecycle(&rec);
     let started = Instant::now();
     let timeout = Duration::from_secs(rec.request.timeout_seconds);
@@ -93,7 +134,7 @@ pub async fn run_job(d: &Arc<Daemon>, pool: &Arc<Pool>, id: &str, cancel: Cancel
     let mut guard: Option<VmGuard> = None;
 
     let hard_deadline = timeout + HARD_DEADLINE_SLACK;
-    let run = execute(d, pool, &rec, &artifacts, &cancel, &mut guard);
+    let run = execute(d, pool, &rec, &artifacts, &cancel, &mut guard, parked);
     let end = match tokio::time::timeout(hard_deadline, run).await {
         Ok(end) => end,
         Err(_) => End::TimedOut(format!("exceeded its timeout of {}s", timeout.as_secs())),
@@ -186,7 +227,14 @@ fn finish(d: &Daemon, id: &str, end: End) -> Option<JobRecord> {
     }
 }
 
-/// PROVISIONING → BOOTING → RUNNING → (session ends). Fills `guard` as soon as a VM exists.
+/// The guest end a job runs on: a fresh connection, or a pre-booted VM's session past Ready.
+enum Guest {
+    Cold(tokio::net::UnixStream),
+    Ready(Box<prebooted::Session>),
+}
+
+/// PROVISIONING → BOOTING → RUNNING → (session ends). Fills `guard` as soon as a VM exists. With
+/// a pre-booted VM, PROVISIONING and BOOTING only record that VM (its boot happened earlier).
 async fn execute(
     d: &Arc<Daemon>,
     pool: &Arc<Pool>,
@@ -194,6 +242,7 @@ async fn execute(
     artifacts: &Path,
     cancel: &CancellationToken,
     guard: &mut Option<VmGuard>,
+    parked: Option<prebooted::PrebootedVm>,
 ) -> End {
     let id = rec.id.as_str();
     macro_rules! check_cancel {
@@ -203,70 +252,62 @@ async fn execute(
             }
         };
     }
-    // PROVISIONING: image, libvirt connection, overlay + seed + XML.
-    let prep = {
-        let (d2, pool2, id2) = (d.clone(), pool.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let image = image::load(&d2.cfg.images_dir, &pool2.cfg.image)
-                .map_err(|e| format!("image {}: {e}", pool2.cfg.image))?;
-            let hv = pool2
-                .hypervisor()
-                .map_err(|e| format!("libvirt {}: {e}", pool2.cfg.libvirt_uri))?;
-            let req = vm::VmRequest {
-                state_dir: d2.cfg.state_dir.clone(),
-                job_id: id2.clone(),
-                image,
-                accel: d2.accel.clone(),
-                agent_binary: d2.cfg.agent_binary.clone(),
-                vcpus: pool2.cfg.vcpus,
-                memory_mib: pool2.cfg.memory_mib,
-                hostname: format!("minion-{}", &id2[..8.min(id2.len())]),
-                network: None,
+    let guest = match parked {
+        Some(vm) => {
+            let detail = prebooted::detail(&vm);
+            let mut g = vm.guard;
+            g.keep_console = Some(artifacts.join("console.log"));
+            *guard = Some(g);
+            if let Err(e) = std::fs::create_dir_all(artifacts) {
+                return End::Failed(format!("{}: {e}", artifacts.display()));
+            }
+            check_cancel!();
+            if let Err(e) = transition(d, id, State::Booting, &detail) {
+                return End::Failed(e);
+            }
+            Guest::Ready(Box::new(vm.session))
+        }
+        None => {
+            // PROVISIONING: image, libvirt connection, overlay + seed + XML.
+            let (hv, prepared) = match provision(d, pool, id).await {
+                Ok(v) => v,
+                Err(e) => return End::Failed(e),
             };
-            let prepared = vm::prepare(&req).map_err(|e| format!("provisioning: {e}"))?;
-            Ok((hv, prepared))
-        })
-        .await
-    };
-    let (hv, prepared) = match prep {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return End::Failed(e),
-        Err(e) => return End::Failed(format!("provisioning task: {e}")),
-    };
-    let t = &prepared.timings;
-    tracing::info!(
-        job = %id,
-        overlay_ms = t.overlay.as_secs_f64() * 1000.0,
-        seed_ms = t.seed.as_secs_f64() * 1000.0,
-        render_ms = t.render.as_secs_f64() * 1000.0,
-        "provisioned"
-    );
-    if let Err(e) = std::fs::create_dir_all(artifacts) {
-        *guard = Some(new_guard(&hv, &prepared, artifacts));
-        return End::Failed(format!("{}: {e}", artifacts.display()));
-    }
-    let socket = prepared.files.channel_socket.clone();
-    let xml = prepared.xml.clone();
-    *guard = Some(new_guard(&hv, &prepared, artifacts));
-    check_cancel!();
+            let t = &prepared.timings;
+            tracing::info!(
+                job = %id,
+                overlay_ms = t.overlay.as_secs_f64() * 1000.0,
+                seed_ms = t.seed.as_secs_f64() * 1000.0,
+                render_ms = t.render.as_secs_f64() * 1000.0,
+                "provisioned"
+            );
+            *guard = Some(VmGuard::new(
+                &hv,
+                &prepared,
+                Some(artifacts.join("console.log")),
+            ));
+            if let Err(e) = std::fs::create_dir_all(artifacts) {
+                return End::Failed(format!("{}: {e}", artifacts.display()));
+            }
+            check_cancel!();
 
-    // BOOTING: the transient domain.
-    if let Err(e) = transition(d, id, State::Booting, "") {
-        return End::Failed(e);
-    }
-    let hv2 = hv.clone();
-    match tokio::task::spawn_blocking(move || hv2.create_transient(&xml)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return End::Failed(format!("starting the domain: {e}")),
-        Err(e) => return End::Failed(format!("domain task: {e}")),
-    }
-    check_cancel!();
-    let stream = tokio::select! {
-        s = connect_unix(&socket, CONNECT_TIMEOUT) => match s {
-            Ok(s) => s,
-            Err(e) => return End::Failed(format!("guest channel: {e}")),
-        },
-        _ = cancel.cancelled() => return End::Cancelled("cancelled while booting".into()),
+            // BOOTING: the transient domain.
+            if let Err(e) = transition(d, id, State::Booting, "") {
+                return End::Failed(e);
+            }
+            if let Err(e) = start_domain(&hv, &prepared).await {
+                return End::Failed(e);
+            }
+            check_cancel!();
+            let socket = &prepared.files.channel_socket;
+            tokio::select! {
+                s = connect_unix(socket, CONNECT_TIMEOUT) => match s {
+                    Ok(s) => Guest::Cold(s),
+                    Err(e) => return End::Failed(format!("guest channel: {e}")),
+                },
+                _ = cancel.cancelled() => return End::Cancelled("cancelled while booting".into()),
+            }
+        }
     };
 
     // RUNNING from the agent's Ready; the session itself runs until the guest reports.
@@ -280,21 +321,30 @@ async fn execute(
         variables: rec.request.args.clone(),
         timeout: Duration::from_secs(rec.request.timeout_seconds),
     };
-    let limits = Limits {
-        cancel_grace: CANCEL_GRACE,
-        ..Limits::default()
-    };
+    let limits = session_limits();
     let (tx, rx) = mpsc::channel(1024);
     let task_dir = d.task_dir(id);
-    let session = run_session(
-        stream,
-        &job,
-        &task_dir,
-        artifacts,
-        &limits,
-        tx,
-        cancel.clone(),
-    );
+    let session = async {
+        match guest {
+            Guest::Cold(stream) => {
+                run_session(
+                    stream,
+                    &job,
+                    &task_dir,
+                    artifacts,
+                    &limits,
+                    tx,
+                    cancel.clone(),
+                )
+                .await
+            }
+            Guest::Ready(ready) => {
+                ready
+                    .run_job(&job, &task_dir, artifacts, &limits, tx, cancel.clone())
+                    .await
+            }
+        }
+    };
     let events = pump_events(d, id, artifacts, rx);
     let (outcome, ()) = tokio::join!(session, events);
     match outcome {
@@ -308,13 +358,57 @@ async fn execute(
     }
 }
 
-fn new_guard(hv: &Arc<Hypervisor>, prepared: &vm::PreparedVm, artifacts: &Path) -> VmGuard {
-    VmGuard {
-        hv: hv.clone(),
-        name: prepared.name.clone(),
-        files: prepared.files.clone(),
-        keep_console: Some(artifacts.join("console.log")),
-        done: false,
+/// The session limits of every guest (the handshake of a pre-booted VM uses them too).
+pub(crate) fn session_limits() -> Limits {
+    Limits {
+        cancel_grace: CANCEL_GRACE,
+        ..Limits::default()
+    }
+}
+
+/// Image, libvirt connection, then the VM's files and XML under `vm_id` (a job's UUID, or a
+/// pre-booted VM's own id). On error nothing of the VM exists.
+pub(crate) async fn provision(
+    d: &Arc<Daemon>,
+    pool: &Arc<Pool>,
+    vm_id: &str,
+) -> Result<(Arc<Hypervisor>, PreparedVm), String> {
+    let (d2, pool2, id2) = (d.clone(), pool.clone(), vm_id.to_string());
+    tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let image = image::load(&d2.cfg.images_dir, &pool2.cfg.image)
+            .map_err(|e| format!("image {}: {e}", pool2.cfg.image))?;
+        let hv = pool2
+            .hypervisor()
+            .map_err(|e| format!("libvirt {}: {e}", pool2.cfg.libvirt_uri))?;
+        let short = id2.strip_prefix(prebooted::ID_PREFIX).unwrap_or(&id2);
+        let req = vm::VmRequest {
+            state_dir: d2.cfg.state_dir.clone(),
+            job_id: id2.clone(),
+            image,
+            accel: d2.accel.clone(),
+            agent_binary: d2.cfg.agent_binary.clone(),
+            vcpus: pool2.cfg.vcpus,
+            memory_mib: pool2.cfg.memory_mib,
+            hostname: format!("minion-{}", &short[..8.min(short.len())]),
+            network: None,
+        };
+        let prepared = vm::prepare(&req).map_err(|e| format!("provisioning: {e}"))?;
+        Ok((hv, prepared))
+    })
+    .await
+    .map_err(|e| format!("provisioning task: {e}"))?
+}
+
+/// Starts the prepared VM's transient domain.
+pub(crate) async fn start_domain(
+    hv: &Arc<Hypervisor>,
+    prepared: &PreparedVm,
+) -> Result<(), String> {
+    let (hv, xml) = (hv.clone(), prepared.xml.clone());
+    match tokio::task::spawn_blocking(move || hv.create_transient(&xml)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("starting the domain: {e}")),
+        Err(e) => Err(format!("domain task: {e}")),
     }
 }
 

@@ -168,10 +168,6 @@ impl Store {
         }
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.jobs.contains_key(id.as_bytes()).unwrap_or(false)
-    }
-
     /// Moves the job to `to` (appending a timestamped event) if the state machine allows it, and
     /// applies `edit` to the record in the same durable write.
     pub fn transition_with(

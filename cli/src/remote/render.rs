@@ -190,7 +190,8 @@ pub fn job_details(j: &pb::Job, now_ms: i64) -> String {
 
 pub fn pools_table(p: &[pb::Pool]) -> Table {
     let mut t = table(&[
-        "POOL", "IMAGE", "LIBVIRT", "MAX VMS", "VCPUS", "MEMORY", "TIMEOUT", "RUNNING", "QUEUED",
+        "POOL", "IMAGE", "LIBVIRT", "MAX VMS", "VCPUS", "MEMORY", "TIMEOUT", "RUNNING", "READY",
+        "QUEUED",
     ]);
     for p in p {
         t.add_row(vec![
@@ -202,6 +203,11 @@ pub fn pools_table(p: &[pb::Pool]) -> Table {
             format!("{} MiB", p.memory_mib),
             format!("{} s", p.default_timeout_seconds),
             p.running.to_string(),
+            // Parked pre-booted VMs / the pool's min_ready (+ those booting).
+            match p.booting {
+                0 => format!("{}/{}", p.ready, p.min_ready),
+                b => format!("{}/{} (+{b} booting)", p.ready, p.min_ready),
+            },
             p.queued.to_string(),
         ]);
     }
