@@ -1,0 +1,570 @@
+//! Pre-booted VMs (`min_ready`) end to end: a real `miniond` with `min_ready = 1`, real VMs on the
+//! `minimal` image under the real libvirtd, driven through the real `minion` CLI. A parked VM serves
+//! a job without a boot, is replaced, and is destroyed on every path (job end, SIGTERM, kill -9 then
+//! the restart's reconcile); the pool never exceeds `max_vms`.
+//!
+//! Needs what `daemon_e2e.rs` needs (libvirtd, the `minimal` image, `target/agent/minion-agent`);
+//! the daemon helpers below are that file's, with `min_ready` added.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace root")
+        .to_path_buf()
+}
+
+/// `target/debug` of this very test binary (`target/debug/deps/<test>`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/debug/deps/<test>")
+        .to_path_buf()
+}
+
+/// Builds the two binaries once per test process (a no-op when they are fresh), so a plain
+/// `cargo test -p minion-e2e` never runs a stale daemon.
+fn binaries() -> (PathBuf, PathBuf) {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "miniond", "-p", "minion-cli"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo build runs");
+        assert!(st.success(), "building miniond and minion failed");
+    });
+    (bin_dir().join("miniond"), bin_dir().join("minion"))
+}
+
+fn libvirt_uri() -> String {
+    std::env::var("MINION_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into())
+}
+
+fn agent_binary() -> PathBuf {
+    let p = std::env::var_os("MINION_AGENT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/agent/minion-agent"));
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/build-agent.sh",
+        p.display()
+    );
+    p
+}
+
+/// Names of the domains libvirt runs.
+fn running_domains() -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", &libvirt_uri(), "list", "--all", "--name"])
+        .output()
+        .expect("virsh runs");
+    assert!(out.status.success(), "virsh: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+const PASSING: &str = r#"name: e2e-pass
+desc: writes an artifact and passes
+maintainer: minion
+input:
+  args: [koji_build]
+actions:
+  - name: work
+    shell:
+      - echo "checking the item now"
+      - echo e2e-artifact > ${artifactsdir}/out.txt
+"#;
+
+/// A task repo (a local directory) holding one formula.
+fn task_repo(formula: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("task repo");
+    std::fs::write(d.path().join("runtask.yml"), formula).expect("formula");
+    d
+}
+
+/// One miniond process with its own state dir, socket and config.
+struct Daemon {
+    child: Option<Child>,
+    state: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    minion: PathBuf,
+    miniond: PathBuf,
+}
+
+impl Daemon {
+    fn start(max_vms: u32, min_ready: u32) -> Daemon {
+        let (miniond, minion) = binaries();
+        // qemu runs as its own user: the state dir must be traversable; short for the socket limit.
+        std::fs::create_dir_all("/var/lib/minion").expect("/var/lib/minion");
+        let state = tempfile::Builder::new()
+            .prefix("e2e-d-")
+            .tempdir_in("/var/lib/minion")
+            .expect("state dir");
+        let images = std::env::var("MINION_IMAGES_DIR")
+            .unwrap_or_else(|_| "/var/cache/minion/images".into());
+        let socket = state.path().join("miniond.sock");
+        let config = state.path().join("miniond.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\nimages_dir = {images:?}\nagent_binary = {agent:?}\n\
+                 listen = {socket:?}\nlog_format = \"json\"\nretry_budget = 1\n\n\
+                 [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
+                 min_ready = {min_ready}\n\
+                 vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n",
+                state = state.path().join("state"),
+                agent = agent_binary(),
+                uri = libvirt_uri(),
+            ),
+        )
+        .expect("config");
+        let mut d = Daemon {
+            child: None,
+            state,
+            config,
+            socket,
+            minion,
+            miniond,
+        };
+        d.spawn();
+        d
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("miniond.log"))
+            .expect("log file");
+        let child = Command::new(&self.miniond)
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("miniond starts");
+        self.child = Some(child);
+        // Ready when the health of the API answers through the CLI.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.socket.exists() && self.cli(&["pool", "list"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "miniond did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaped");
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let st = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(st.success());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if c.try_wait().expect("wait").is_some() {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "miniond ignored SIGTERM");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("miniond.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.minion)
+            .args(args)
+            .env("MINION_SOCKET", &self.socket)
+            .output()
+            .expect("minion runs")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.cli(&a);
+        assert!(
+            out.status.success(),
+            "minion {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    fn submit(&self, repo: &Path, extra: &[&str]) -> String {
+        let mut a = vec![
+            "submit",
+            repo.to_str().expect("utf8 path"),
+            "-i",
+            "foo-1.0-1.fc40",
+            "-t",
+            "koji_build",
+        ];
+        a.extend_from_slice(extra);
+        self.json(&a)["id"].as_str().expect("job id").to_string()
+    }
+
+    fn job(&self, id: &str) -> Value {
+        self.json(&["job", "show", id])
+    }
+
+    fn wait_state(&self, id: &str, want: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let j = self.job(id);
+            if want.contains(&j["state"].as_str().unwrap_or("")) {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not in {want:?} after {within:?}: {j:#}\n--- miniond ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Nothing of the job is left: no domain, no per-VM dir (overlay, seed).
+    fn assert_no_vm(&self, id: &str) {
+        let name = format!("minion-{id}");
+        assert!(
+            !running_domains().contains(&name),
+            "domain {name} still exists"
+        );
+        let dir = self.state_dir().join("vms").join(id);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Whatever a failed test left: destroy this daemon's domains.
+        if let Ok(jobs) = std::fs::read_dir(self.state_dir().join("vms")) {
+            for j in jobs.flatten() {
+                let name = format!("minion-{}", j.file_name().to_string_lossy());
+                let _ = Command::new("virsh")
+                    .args(["-c", &libvirt_uri(), "destroy", &name])
+                    .output();
+            }
+        }
+    }
+}
+
+fn states(j: &Value) -> Vec<String> {
+    j["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["state"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+impl Daemon {
+    /// This daemon's VM ids (its per-VM dirs; a domain `minion-<id>` exists only while its dir does).
+    fn vm_ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.state_dir().join("vms"))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// This daemon's domains alive in libvirt.
+    fn domains(&self) -> Vec<String> {
+        let ids = self.vm_ids();
+        running_domains()
+            .into_iter()
+            .filter(|n| ids.iter().any(|i| *n == format!("minion-{i}")))
+            .collect()
+    }
+
+    fn pool(&self) -> Value {
+        let pools = self.json(&["pool", "list"]);
+        pools.as_array().expect("pools")[0].clone()
+    }
+
+    /// Waits until the pool reports `n` parked VMs; returns their domains.
+    fn wait_ready(&self, n: u64, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let p = self.pool();
+            if p["ready"] == n {
+                let parked: Vec<String> = self
+                    .domains()
+                    .into_iter()
+                    .filter(|d| d.starts_with("minion-warm-"))
+                    .collect();
+                if parked.len() as u64 >= n {
+                    return parked;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pool not at {n} ready after {within:?}: {p}\n--- miniond ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn event<'a>(j: &'a Value, state: &str) -> &'a Value {
+    j["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .rev()
+        .find(|e| e["state"] == state)
+        .unwrap_or_else(|| panic!("no {state} event: {j:#}"))
+}
+
+fn at_ms(e: &Value) -> i64 {
+    e["at_unix_ms"].as_i64().expect("at_unix_ms")
+}
+
+#[test]
+fn parked_vm_runs_a_job_without_a_boot_and_is_replaced_by_a_fresh_one() {
+    let d = Daemon::start(2, 1);
+    let parked = d.wait_ready(1, Duration::from_secs(120));
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let pool = d.pool();
+    assert_eq!(
+        (pool["min_ready"].as_u64(), pool["running"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    let repo = task_repo(PASSING);
+    let id = d.submit(repo.path(), &[]);
+    let j = d.wait_state(
+        &id,
+        &["FINISHED", "FAILED", "TIMED_OUT"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    assert_eq!(j["execution_status"], "OK", "{j:#}");
+    assert_eq!(
+        states(&j),
+        [
+            "QUEUED",
+            "PROVISIONING",
+            "BOOTING",
+            "RUNNING",
+            "COLLECTING",
+            "REPORTING",
+            "FINISHED"
+        ]
+    );
+    // The job says which VM it ran on: the one that was parked.
+    let prov = event(&j, "PROVISIONING");
+    let msg = prov["message"].as_str().expect("message");
+    let vm = msg
+        .strip_prefix("pre-booted VM ")
+        .unwrap_or_else(|| panic!("PROVISIONING detail: {msg:?}"));
+    assert_eq!(event(&j, "BOOTING")["message"], msg);
+    assert_eq!(format!("minion-{vm}"), parked[0]);
+    // PROVISIONING → RUNNING (agent Ready) without a boot: a cold one takes ~1.5-3 s here.
+    let no_boot = at_ms(event(&j, "RUNNING")) - at_ms(prov);
+    eprintln!("pre-booted job: PROVISIONING → RUNNING in {no_boot} ms");
+    assert!(
+        no_boot < 500,
+        "provisioning + booting took {no_boot} ms: {j:#}"
+    );
+
+    // The used VM is gone (domain and dir), and no dir was made under the job's id.
+    assert!(
+        !running_domains().contains(&parked[0]),
+        "{} still exists",
+        parked[0]
+    );
+    assert!(!d.state_dir().join("vms").join(vm).exists());
+    d.assert_no_vm(&id);
+    // The job's artifacts are complete (console.log comes from the pre-booted VM).
+    let listed = d.json(&["job", "artifacts", &id]);
+    let paths: Vec<&str> = listed
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .filter_map(|a| a["path"].as_str())
+        .collect();
+    for want in ["minion.log", "console.log", "task_output/out.txt"] {
+        assert!(paths.contains(&want), "{want} not in {paths:?}");
+    }
+    // A fresh replacement parks: a different domain.
+    let next = d.wait_ready(1, Duration::from_secs(120));
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_ne!(next[0], parked[0], "the used VM came back");
+}
+
+#[test]
+fn sigterm_destroys_the_parked_vm_and_a_kill_9_restart_reconciles_it() {
+    let mut d = Daemon::start(2, 1);
+    let first = d.wait_ready(1, Duration::from_secs(120));
+    d.terminate();
+    assert!(
+        !running_domains().contains(&first[0]),
+        "{} left by SIGTERM",
+        first[0]
+    );
+    assert!(d.vm_ids().is_empty(), "left in vms/: {:?}", d.vm_ids());
+
+    d.spawn();
+    let second = d.wait_ready(1, Duration::from_secs(120));
+    assert_ne!(second, first);
+    d.kill9();
+    // libvirt owns the domain: it outlives the daemon until the restart reconciles.
+    assert!(running_domains().contains(&second[0]));
+    d.spawn();
+    // The start reconciles before it serves: the old parked VM is gone by the first answer.
+    assert!(
+        !running_domains().contains(&second[0]),
+        "{} survived the restart\n{}",
+        second[0],
+        d.log()
+    );
+    let third = d.wait_ready(1, Duration::from_secs(120));
+    assert_ne!(third, second);
+    d.terminate();
+    assert!(!running_domains().contains(&third[0]));
+    assert!(d.vm_ids().is_empty(), "left in vms/: {:?}", d.vm_ids());
+}
+
+#[test]
+fn jobs_at_once_with_min_ready_never_exceed_max_vms() {
+    let mut d = Daemon::start(2, 1);
+    d.wait_ready(1, Duration::from_secs(120));
+    let repo = task_repo(PASSING);
+    let ids: Vec<String> = (0..8).map(|_| d.submit(repo.path(), &[])).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let vms = d.state_dir().join("vms");
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut max_alive = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let ids: Vec<String> = std::fs::read_dir(&vms)
+                    .map(|r| {
+                        r.flatten()
+                            .map(|e| format!("minion-{}", e.file_name().to_string_lossy()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let alive = running_domains().iter().filter(|n| ids.contains(n)).count();
+                max_alive = max_alive.max(alive);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            max_alive
+        })
+    };
+    let mut prebooted = 0;
+    for id in &ids {
+        let j = d.wait_state(
+            id,
+            &["FINISHED", "FAILED", "TIMED_OUT"],
+            Duration::from_secs(300),
+        );
+        assert_eq!(j["state"], "FINISHED", "{j:#}");
+        assert_eq!(j["execution_status"], "OK", "{j:#}");
+        if event(&j, "PROVISIONING")["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("pre-booted VM "))
+        {
+            prebooted += 1;
+        }
+    }
+    // Back to one parked VM, and nothing else alive.
+    d.wait_ready(1, Duration::from_secs(120));
+    stop.store(true, Ordering::SeqCst);
+    let max_alive = watcher.join().expect("watcher");
+    eprintln!("8 jobs, min_ready 1, max_vms 2: {prebooted} on pre-booted VMs, at most {max_alive} VMs alive");
+    assert!(max_alive <= 2, "{max_alive} VMs alive at once");
+    assert!(max_alive >= 1, "the watcher never saw a VM");
+    assert!(prebooted >= 1, "no job took the parked VM");
+    for id in &ids {
+        d.assert_no_vm(id);
+    }
+    assert_eq!(d.domains().len(), 1, "{:?}", d.domains());
+    d.terminate();
+    assert!(
+        d.domains().is_empty() && d.vm_ids().is_empty(),
+        "{:?}",
+        d.vm_ids()
+    );
+}
+
+#[test]
+fn a_parked_vm_that_dies_is_cleaned_up_and_replaced() {
+    let d = Daemon::start(1, 1);
+    let parked = d.wait_ready(1, Duration::from_secs(120));
+    let vm = parked[0].strip_prefix("minion-").expect("domain name");
+    // Killed behind the daemon's back (qemu gone): its channel closes while it is parked.
+    let out = Command::new("virsh")
+        .args(["-c", &libvirt_uri(), "destroy", &parked[0]])
+        .output()
+        .expect("virsh runs");
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.state_dir().join("vms").join(vm).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "dead parked VM not cleaned up\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.log().contains("parked VM is dead"), "{}", d.log());
+    let next = d.wait_ready(1, Duration::from_secs(120));
+    assert_ne!(next, parked);
+    // The replacement serves a job (max_vms = 1: the slot went back when the dead VM was reaped).
+    let repo = task_repo(PASSING);
+    let id = d.submit(repo.path(), &[]);
+    let j = d.wait_state(
+        &id,
+        &["FINISHED", "FAILED", "TIMED_OUT"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    assert_eq!(
+        event(&j, "PROVISIONING")["message"],
+        format!("pre-booted VM {}", next[0].trim_start_matches("minion-"))
+    );
+}
