@@ -264,8 +264,12 @@ impl Daemon {
             };
             // Cancelled while waiting for a VM: a parked one goes back to the pool untouched.
             if !self.is_queued(&id) {
-                if let Vm::Parked(p) = vm {
-                    prebooted::park(&pool, *p);
+                match vm {
+                    Vm::Parked(p) => prebooted::park(&pool, *p),
+                    Vm::Cold(permit) => {
+                        drop(permit);
+                        pool.prebooted.slot_freed();
+                    }
                 }
                 continue;
             }

@@ -322,16 +322,34 @@ impl Daemon {
         pools.as_array().expect("pools")[0].clone()
     }
 
+    /// Domains of the pre-booted VMs jobs took (from their PROVISIONING details).
+    fn used_vms(&self) -> Vec<String> {
+        let jobs = self.json(&["job", "list"]);
+        jobs.as_array()
+            .expect("jobs")
+            .iter()
+            .flat_map(|j| j["events"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| {
+                e["message"]
+                    .as_str()
+                    .and_then(|m| m.strip_prefix("pre-booted VM "))
+                    .map(|vm| format!("minion-{vm}"))
+            })
+            .collect()
+    }
+
     /// Waits until the pool reports `n` parked VMs; returns their domains.
     fn wait_ready(&self, n: u64, within: Duration) -> Vec<String> {
         let deadline = Instant::now() + within;
         loop {
             let p = self.pool();
             if p["ready"] == n {
+                // A pre-booted VM a job took keeps its name: only the ones no job names.
+                let used = self.used_vms();
                 let parked: Vec<String> = self
                     .domains()
                     .into_iter()
-                    .filter(|d| d.starts_with("minion-warm-"))
+                    .filter(|d| d.starts_with("minion-warm-") && !used.contains(d))
                     .collect();
                 if parked.len() as u64 >= n {
                     return parked;
@@ -567,4 +585,48 @@ fn a_parked_vm_that_dies_is_cleaned_up_and_replaced() {
         event(&j, "PROVISIONING")["message"],
         format!("pre-booted VM {}", next[0].trim_start_matches("minion-"))
     );
+}
+
+const SLEEPING: &str = r#"name: e2e-sleep
+desc: runs for a long time
+maintainer: minion
+actions:
+  - name: sleep
+    shell:
+      - echo "sleeping"
+      - sleep 600
+"#;
+
+#[test]
+fn cancelling_a_queued_job_leaves_the_parked_vm_for_the_next_job() {
+    let d = Daemon::start(2, 1);
+    let first = d.wait_ready(1, Duration::from_secs(120));
+    let sleeper = task_repo(SLEEPING);
+    let running = d.submit(sleeper.path(), &[]);
+    d.wait_state(&running, &["RUNNING"], Duration::from_secs(60));
+    // The replacement is booting now; this job waits for it and is cancelled while queued.
+    let quick = task_repo(PASSING);
+    let queued = d.submit(quick.path(), &[]);
+    let out = d.cli(&["job", "cancel", &queued]);
+    assert!(out.status.success(), "{out:?}");
+    let j = d.wait_state(&queued, &["CANCELLED"], Duration::from_secs(30));
+    assert_eq!(states(&j), ["QUEUED", "CANCELLED"], "{j:#}");
+    // The replacement parks and stays parked (not destroyed, not used)…
+    let parked = d.wait_ready(1, Duration::from_secs(120));
+    assert_ne!(parked, first);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(d.pool()["ready"], 1);
+    assert!(running_domains().contains(&parked[0]));
+    // …and the next job runs on that very VM.
+    let next = d.submit(quick.path(), &[]);
+    let j = d.wait_state(&next, &["FINISHED", "FAILED"], Duration::from_secs(120));
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    assert_eq!(
+        event(&j, "PROVISIONING")["message"],
+        format!("pre-booted VM {}", parked[0].trim_start_matches("minion-"))
+    );
+    let out = d.cli(&["job", "cancel", &running]);
+    assert!(out.status.success(), "{out:?}");
+    d.wait_state(&running, &["CANCELLED"], Duration::from_secs(60));
+    d.assert_no_vm(&running);
 }
