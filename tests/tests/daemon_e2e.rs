@@ -713,3 +713,33 @@ fn sigterm_destroys_running_vms_and_the_restart_requeues() {
     d.wait_state(&id, &["CANCELLED"], Duration::from_secs(120));
     d.assert_no_vm(&id);
 }
+
+#[test]
+fn a_second_daemon_on_the_same_libvirtd_leaves_the_first_ones_vms_alone() {
+    // The original system's concurrent instances removed each other's VMs. Two daemons (two state
+    // dirs) on one libvirtd: the second one's start-up reconcile must not touch the first one's
+    // running VM, whose job it does not know.
+    let a = Daemon::start(1);
+    let sleeper = task_repo(SLEEPING);
+    let running = a.submit(sleeper.path(), &[]);
+    a.wait_state(&running, &["RUNNING"], Duration::from_secs(120));
+    let domain = format!("minion-{running}");
+
+    let b = Daemon::start(1);
+    let quick = task_repo(PASSING);
+    let other = b.submit(quick.path(), &[]);
+    let j = b.wait_state(&other, &["FINISHED", "FAILED"], Duration::from_secs(180));
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    b.assert_no_vm(&other);
+
+    assert!(
+        running_domains().contains(&domain),
+        "the second daemon destroyed the first one's VM\n--- second miniond ---\n{}",
+        b.log()
+    );
+    assert_eq!(a.job(&running)["state"], "RUNNING");
+    let out = a.cli(&["job", "cancel", &running]);
+    assert!(out.status.success(), "{out:?}");
+    a.wait_state(&running, &["CANCELLED"], Duration::from_secs(60));
+    a.assert_no_vm(&running);
+}
