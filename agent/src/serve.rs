@@ -64,6 +64,10 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
         0 => DEFAULT_HEARTBEAT,
         ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
     };
+    // Heartbeats from Ready on, through the whole job (task transfer included): a pre-booted VM
+    // may wait a long time for its job, and its silence is how the host tells a hung guest.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    spawn_heartbeats(outbox.clone(), heartbeat, done_rx);
 
     let job = match next_frame(&mut frames, "the job")? {
         H::Job(job) => job,
@@ -79,10 +83,6 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
     }
     let layout = Layout::new(&job_dir);
     layout.create().context("creating the job directories")?;
-
-    // Heartbeats cover the whole job, task transfer included.
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    spawn_heartbeats(outbox.clone(), heartbeat, done_rx);
 
     let cancel = CancelFlag::new();
     let mut sink = ChannelSink::new(outbox.clone());

@@ -175,8 +175,8 @@ async fn watch(pool: Arc<Pool>, mut vm: ParkedVm, mut take: oneshot::Receiver<Re
     }
     let pb = &pool.prebooted;
     let id = vm.vm.id.clone();
-    // No silence limit: the agent sends Heartbeats only once it has a job (agent/src/serve.rs),
-    // so an idle guest is quiet; a dead one closes the stream (qemu exits, agent powers off).
+    // The agent sends Heartbeats from Ready on (agent/src/serve.rs): a parked guest silent for
+    // the heartbeat timeout is hung; a dead one closes the stream (qemu exits, agent powers off).
     let next = tokio::select! {
         biased;
         _ = pb.stop.cancelled() => Next::Stop,
@@ -184,7 +184,7 @@ async fn watch(pool: Arc<Pool>, mut vm: ParkedVm, mut take: oneshot::Receiver<Re
             Ok(reply) => Next::Taken(reply),
             Err(_) => Next::Dropped,
         },
-        e = vm.vm.session.idle(None) => Next::Dead(e),
+        e = vm.vm.session.idle(Some(runner::session_limits().heartbeat_timeout)) => Next::Dead(e),
     };
     let vm = match next {
         Next::Taken(reply) => match reply.send(vm) {

@@ -587,6 +587,39 @@ fn a_parked_vm_that_dies_is_cleaned_up_and_replaced() {
     );
 }
 
+#[test]
+fn a_parked_vm_that_hangs_is_found_by_its_silence_and_replaced() {
+    // A hung guest keeps its channel open but says nothing: paused behind the daemon's back, it
+    // stops its Heartbeats, and after the heartbeat timeout (30 s) it is destroyed and replaced.
+    let d = Daemon::start(1, 1);
+    let parked = d.wait_ready(1, Duration::from_secs(120));
+    let vm = parked[0].strip_prefix("minion-").expect("domain name");
+    let out = Command::new("virsh")
+        .args(["-c", &libvirt_uri(), "suspend", &parked[0]])
+        .output()
+        .expect("virsh runs");
+    assert!(out.status.success(), "{out:?}");
+    let paused_at = Instant::now();
+    let deadline = paused_at + Duration::from_secs(60);
+    while d.state_dir().join("vms").join(vm).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "hung parked VM not cleaned up\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        paused_at.elapsed() >= Duration::from_secs(20),
+        "declared dead after {:?}, before the heartbeat timeout",
+        paused_at.elapsed()
+    );
+    assert!(d.log().contains("parked VM is dead"), "{}", d.log());
+    assert!(!running_domains().contains(&parked[0]));
+    let next = d.wait_ready(1, Duration::from_secs(120));
+    assert_ne!(next, parked);
+}
+
 const SLEEPING: &str = r#"name: e2e-sleep
 desc: runs for a long time
 maintainer: minion
