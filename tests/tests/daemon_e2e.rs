@@ -6,318 +6,13 @@
 //! static agent (`scripts/build-agent.sh` → `target/agent/minion-agent`). Env overrides:
 //! `MINION_AGENT_BINARY`, `MINION_IMAGES_DIR`, `MINION_LIBVIRT_URI`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
-use std::time::{Duration, Instant};
+mod common;
 
-use serde_json::Value;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace root")
-        .to_path_buf()
-}
-
-/// `target/debug` of this very test binary (`target/debug/deps/<test>`).
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/debug/deps/<test>")
-        .to_path_buf()
-}
-
-/// Builds the two binaries once per test process (a no-op when they are fresh), so a plain
-/// `cargo test -p minion-e2e` never runs a stale daemon.
-fn binaries() -> (PathBuf, PathBuf) {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "miniond", "-p", "minion-cli"])
-            .current_dir(workspace_root())
-            .status()
-            .expect("cargo build runs");
-        assert!(st.success(), "building miniond and minion failed");
-    });
-    (bin_dir().join("miniond"), bin_dir().join("minion"))
-}
-
-fn libvirt_uri() -> String {
-    std::env::var("MINION_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into())
-}
-
-fn agent_binary() -> PathBuf {
-    let p = std::env::var_os("MINION_AGENT_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/agent/minion-agent"));
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/build-agent.sh",
-        p.display()
-    );
-    p
-}
-
-/// Names of the domains libvirt runs.
-fn running_domains() -> Vec<String> {
-    let out = Command::new("virsh")
-        .args(["-c", &libvirt_uri(), "list", "--all", "--name"])
-        .output()
-        .expect("virsh runs");
-    assert!(out.status.success(), "virsh: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-const PASSING: &str = r#"name: e2e-pass
-desc: writes an artifact and passes
-maintainer: minion
-input:
-  args: [koji_build]
-actions:
-  - name: work
-    shell:
-      - echo "checking the item now"
-      - echo e2e-artifact > ${artifactsdir}/out.txt
-"#;
-
-const FAILING: &str = r#"name: e2e-fail
-desc: its shell step fails
-maintainer: minion
-actions:
-  - name: fail
-    shell:
-      - echo "about to fail"
-      - exit 3
-"#;
-
-const SLEEPING: &str = r#"name: e2e-sleep
-desc: runs for a long time
-maintainer: minion
-actions:
-  - name: sleep
-    shell:
-      - echo "sleeping"
-      - sleep 600
-"#;
-
-/// A task repo (a local directory) holding one formula.
-fn task_repo(formula: &str) -> tempfile::TempDir {
-    let d = tempfile::tempdir().expect("task repo");
-    std::fs::write(d.path().join("runtask.yml"), formula).expect("formula");
-    d
-}
-
-/// One miniond process with its own state dir, socket and config.
-struct Daemon {
-    child: Option<Child>,
-    state: tempfile::TempDir,
-    config: PathBuf,
-    socket: PathBuf,
-    minion: PathBuf,
-    miniond: PathBuf,
-}
-
-impl Daemon {
-    fn start(max_vms: u32) -> Daemon {
-        let (miniond, minion) = binaries();
-        // qemu runs as its own user: the state dir must be traversable; short for the socket limit.
-        std::fs::create_dir_all("/var/lib/minion").expect("/var/lib/minion");
-        let state = tempfile::Builder::new()
-            .prefix("e2e-d-")
-            .tempdir_in("/var/lib/minion")
-            .expect("state dir");
-        let images = std::env::var("MINION_IMAGES_DIR")
-            .unwrap_or_else(|_| "/var/cache/minion/images".into());
-        let socket = state.path().join("miniond.sock");
-        let config = state.path().join("miniond.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = {state:?}\nimages_dir = {images:?}\nagent_binary = {agent:?}\n\
-                 listen = {socket:?}\nlog_format = \"json\"\nretry_budget = 1\n\n\
-                 [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
-                 vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n",
-                state = state.path().join("state"),
-                agent = agent_binary(),
-                uri = libvirt_uri(),
-            ),
-        )
-        .expect("config");
-        let mut d = Daemon {
-            child: None,
-            state,
-            config,
-            socket,
-            minion,
-            miniond,
-        };
-        d.spawn();
-        d
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.state.path().join("state")
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.state.path().join("miniond.log"))
-            .expect("log file");
-        let child = Command::new(&self.miniond)
-            .arg("--config")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("miniond starts");
-        self.child = Some(child);
-        // Ready when the health of the API answers through the CLI.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.socket.exists() && self.cli(&["pool", "list"]).status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "miniond did not come up: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("SIGKILL");
-            c.wait().expect("reaped");
-        }
-    }
-
-    /// SIGTERM, then wait for the process to exit.
-    fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let st = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status()
-                .expect("kill runs");
-            assert!(st.success());
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                if c.try_wait().expect("wait").is_some() {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "miniond ignored SIGTERM");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("miniond.log")).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(&self.minion)
-            .args(args)
-            .env("MINION_SOCKET", &self.socket)
-            .output()
-            .expect("minion runs")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.cli(&a);
-        assert!(
-            out.status.success(),
-            "minion {args:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON output")
-    }
-
-    fn submit(&self, repo: &Path, extra: &[&str]) -> String {
-        let mut a = vec![
-            "submit",
-            repo.to_str().expect("utf8 path"),
-            "-i",
-            "foo-1.0-1.fc40",
-            "-t",
-            "koji_build",
-        ];
-        a.extend_from_slice(extra);
-        self.json(&a)["id"].as_str().expect("job id").to_string()
-    }
-
-    fn job(&self, id: &str) -> Value {
-        self.json(&["job", "show", id])
-    }
-
-    fn wait_state(&self, id: &str, want: &[&str], within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            let j = self.job(id);
-            if want.contains(&j["state"].as_str().unwrap_or("")) {
-                return j;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id} not in {want:?} after {within:?}: {j:#}\n--- miniond ---\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Nothing of the job is left: no domain, no per-VM dir (overlay, seed).
-    fn assert_no_vm(&self, id: &str) {
-        let name = format!("minion-{id}");
-        assert!(
-            !running_domains().contains(&name),
-            "domain {name} still exists"
-        );
-        let dir = self.state_dir().join("vms").join(id);
-        assert!(!dir.exists(), "{} left behind", dir.display());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-        // Whatever a failed test left: destroy this daemon's domains.
-        if let Ok(jobs) = std::fs::read_dir(self.state_dir().join("vms")) {
-            for j in jobs.flatten() {
-                let name = format!("minion-{}", j.file_name().to_string_lossy());
-                let _ = Command::new("virsh")
-                    .args(["-c", &libvirt_uri(), "destroy", &name])
-                    .output();
-            }
-        }
-    }
-}
-
-fn states(j: &Value) -> Vec<String> {
-    j["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| e["state"].as_str().unwrap_or("").to_string())
-        .collect()
-}
+use common::*;
 
 #[test]
 fn passing_task_finishes_with_artifacts_and_leaves_nothing() {
-    let d = Daemon::start(2);
+    let d = Daemon::start(2, 0);
     let repo = task_repo(PASSING);
     let out = d.cli(&[
         "submit",
@@ -401,7 +96,7 @@ fn passing_task_finishes_with_artifacts_and_leaves_nothing() {
 
 #[test]
 fn failing_task_is_finished_not_ok_and_the_cli_exits_non_zero() {
-    let d = Daemon::start(2);
+    let d = Daemon::start(2, 0);
     let repo = task_repo(FAILING);
     let out = d.cli(&[
         "submit",
@@ -424,7 +119,7 @@ fn failing_task_is_finished_not_ok_and_the_cli_exits_non_zero() {
 
 #[test]
 fn timeout_ends_timed_out_and_the_vm_is_gone() {
-    let d = Daemon::start(2);
+    let d = Daemon::start(2, 0);
     let repo = task_repo(SLEEPING);
     let id = d.submit(repo.path(), &["--timeout", "8"]);
     let t = Instant::now();
@@ -441,7 +136,7 @@ fn timeout_ends_timed_out_and_the_vm_is_gone() {
 
 #[test]
 fn cancel_while_running() {
-    let d = Daemon::start(2);
+    let d = Daemon::start(2, 0);
     let repo = task_repo(SLEEPING);
     let id = d.submit(repo.path(), &[]);
     d.wait_state(&id, &["RUNNING"], Duration::from_secs(120));
@@ -462,7 +157,7 @@ fn cancel_while_running() {
 
 #[test]
 fn kill_9_mid_running_then_restart_reconciles_and_requeues() {
-    let mut d = Daemon::start(1);
+    let mut d = Daemon::start(1, 0);
     let sleeper = task_repo(SLEEPING);
     let quick = task_repo(PASSING);
     let running = d.submit(sleeper.path(), &[]);
@@ -501,7 +196,7 @@ fn kill_9_mid_running_then_restart_reconciles_and_requeues() {
 
 #[test]
 fn twenty_jobs_on_a_pool_of_two_never_exceed_two_vms() {
-    let d = Daemon::start(2);
+    let d = Daemon::start(2, 0);
     let repo = task_repo(PASSING);
     let ids: Vec<String> = (0..20).map(|_| d.submit(repo.path(), &[])).collect();
     let names: Vec<String> = ids.iter().map(|i| format!("minion-{i}")).collect();
@@ -550,7 +245,7 @@ fn twenty_jobs_on_a_pool_of_two_never_exceed_two_vms() {
 
 #[test]
 fn bad_input_is_refused_clearly_and_creates_nothing() {
-    let d = Daemon::start(2);
+    let d = Daemon::start(2, 0);
     let repo = task_repo(PASSING);
     let r = repo.path().to_str().expect("utf8");
     let cases: [(&[&str], &str); 5] = [
@@ -648,7 +343,7 @@ fn health_and_reflection_answer_as_grpcurl_needs() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
         ServerReflectionRequest,
     };
-    let d = Daemon::start(1);
+    let d = Daemon::start(1, 0);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -695,7 +390,7 @@ fn health_and_reflection_answer_as_grpcurl_needs() {
 
 #[test]
 fn sigterm_destroys_running_vms_and_the_restart_requeues() {
-    let mut d = Daemon::start(1);
+    let mut d = Daemon::start(1, 0);
     let sleeper = task_repo(SLEEPING);
     let id = d.submit(sleeper.path(), &[]);
     d.wait_state(&id, &["RUNNING"], Duration::from_secs(120));
@@ -719,13 +414,13 @@ fn a_second_daemon_on_the_same_libvirtd_leaves_the_first_ones_vms_alone() {
     // The original system's concurrent instances removed each other's VMs. Two daemons (two state
     // dirs) on one libvirtd: the second one's start-up reconcile must not touch the first one's
     // running VM, whose job it does not know.
-    let a = Daemon::start(1);
+    let a = Daemon::start(1, 0);
     let sleeper = task_repo(SLEEPING);
     let running = a.submit(sleeper.path(), &[]);
     a.wait_state(&running, &["RUNNING"], Duration::from_secs(120));
     let domain = format!("minion-{running}");
 
-    let b = Daemon::start(1);
+    let b = Daemon::start(1, 0);
     let quick = task_repo(PASSING);
     let other = b.submit(quick.path(), &[]);
     let j = b.wait_state(&other, &["FINISHED", "FAILED"], Duration::from_secs(180));

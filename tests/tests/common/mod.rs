@@ -1,0 +1,318 @@
+//! The harness the end-to-end tests share: a real `miniond` process (own config, state dir and
+//! socket) on the `minimal` image under the real libvirtd, driven through the real `minion` CLI.
+//!
+//! Needs: libvirtd running (`scripts/libvirt-start.sh`), the `minimal` image (`make image`), and the
+//! static agent (`scripts/build-agent.sh` → `target/agent/minion-agent`). Env overrides:
+//! `MINION_AGENT_BINARY`, `MINION_IMAGES_DIR`, `MINION_LIBVIRT_URI`.
+// Each test file uses part of it.
+#![allow(dead_code)]
+
+pub use std::path::{Path, PathBuf};
+pub use std::process::{Child, Command, Output, Stdio};
+pub use std::sync::atomic::{AtomicBool, Ordering};
+pub use std::sync::{Arc, Once};
+pub use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace root")
+        .to_path_buf()
+}
+
+/// `target/debug` of this very test binary (`target/debug/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/debug/deps/<test>")
+        .to_path_buf()
+}
+
+/// Builds the two binaries once per test process (a no-op when they are fresh), so a plain
+/// `cargo test -p minion-e2e` never runs a stale daemon.
+pub fn binaries() -> (PathBuf, PathBuf) {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "miniond", "-p", "minion-cli"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo build runs");
+        assert!(st.success(), "building miniond and minion failed");
+    });
+    (bin_dir().join("miniond"), bin_dir().join("minion"))
+}
+
+pub fn libvirt_uri() -> String {
+    std::env::var("MINION_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into())
+}
+
+pub fn agent_binary() -> PathBuf {
+    let p = std::env::var_os("MINION_AGENT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/agent/minion-agent"));
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/build-agent.sh",
+        p.display()
+    );
+    p
+}
+
+/// Names of the domains libvirt runs.
+pub fn running_domains() -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", &libvirt_uri(), "list", "--all", "--name"])
+        .output()
+        .expect("virsh runs");
+    assert!(out.status.success(), "virsh: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+pub const PASSING: &str = r#"name: e2e-pass
+desc: writes an artifact and passes
+maintainer: minion
+input:
+  args: [koji_build]
+actions:
+  - name: work
+    shell:
+      - echo "checking the item now"
+      - echo e2e-artifact > ${artifactsdir}/out.txt
+"#;
+
+/// A task repo (a local directory) holding one formula.
+pub fn task_repo(formula: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("task repo");
+    std::fs::write(d.path().join("runtask.yml"), formula).expect("formula");
+    d
+}
+
+/// One miniond process with its own state dir, socket and config.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub state: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub minion: PathBuf,
+    pub miniond: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(max_vms: u32, min_ready: u32) -> Daemon {
+        let (miniond, minion) = binaries();
+        // qemu runs as its own user: the state dir must be traversable; short for the socket limit.
+        std::fs::create_dir_all("/var/lib/minion").expect("/var/lib/minion");
+        let state = tempfile::Builder::new()
+            .prefix("e2e-d-")
+            .tempdir_in("/var/lib/minion")
+            .expect("state dir");
+        let images = std::env::var("MINION_IMAGES_DIR")
+            .unwrap_or_else(|_| "/var/cache/minion/images".into());
+        let socket = state.path().join("miniond.sock");
+        let config = state.path().join("miniond.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\nimages_dir = {images:?}\nagent_binary = {agent:?}\n\
+                 listen = {socket:?}\nlog_format = \"json\"\nretry_budget = 1\n\n\
+                 [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
+                 min_ready = {min_ready}\n\
+                 vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n",
+                state = state.path().join("state"),
+                agent = agent_binary(),
+                uri = libvirt_uri(),
+            ),
+        )
+        .expect("config");
+        let mut d = Daemon {
+            child: None,
+            state,
+            config,
+            socket,
+            minion,
+            miniond,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("miniond.log"))
+            .expect("log file");
+        let child = Command::new(&self.miniond)
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("miniond starts");
+        self.child = Some(child);
+        // Ready when the health of the API answers through the CLI.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.socket.exists() && self.cli(&["pool", "list"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "miniond did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaped");
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let st = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(st.success());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if c.try_wait().expect("wait").is_some() {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "miniond ignored SIGTERM");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("miniond.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.minion)
+            .args(args)
+            .env("MINION_SOCKET", &self.socket)
+            .output()
+            .expect("minion runs")
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.cli(&a);
+        assert!(
+            out.status.success(),
+            "minion {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    pub fn submit(&self, repo: &Path, extra: &[&str]) -> String {
+        let mut a = vec![
+            "submit",
+            repo.to_str().expect("utf8 path"),
+            "-i",
+            "foo-1.0-1.fc40",
+            "-t",
+            "koji_build",
+        ];
+        a.extend_from_slice(extra);
+        self.json(&a)["id"].as_str().expect("job id").to_string()
+    }
+
+    pub fn job(&self, id: &str) -> Value {
+        self.json(&["job", "show", id])
+    }
+
+    pub fn wait_state(&self, id: &str, want: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let j = self.job(id);
+            if want.contains(&j["state"].as_str().unwrap_or("")) {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not in {want:?} after {within:?}: {j:#}\n--- miniond ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Nothing of the job is left: no domain, no per-VM dir (overlay, seed).
+    pub fn assert_no_vm(&self, id: &str) {
+        let name = format!("minion-{id}");
+        assert!(
+            !running_domains().contains(&name),
+            "domain {name} still exists"
+        );
+        let dir = self.state_dir().join("vms").join(id);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Whatever a failed test left: destroy this daemon's domains.
+        if let Ok(jobs) = std::fs::read_dir(self.state_dir().join("vms")) {
+            for j in jobs.flatten() {
+                let name = format!("minion-{}", j.file_name().to_string_lossy());
+                let _ = Command::new("virsh")
+                    .args(["-c", &libvirt_uri(), "destroy", &name])
+                    .output();
+            }
+        }
+    }
+}
+
+pub fn states(j: &Value) -> Vec<String> {
+    j["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["state"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+pub const FAILING: &str = r#"name: e2e-fail
+desc: its shell step fails
+maintainer: minion
+actions:
+  - name: fail
+    shell:
+      - echo "about to fail"
+      - exit 3
+"#;
+
+pub const SLEEPING: &str = r#"name: e2e-sleep
+desc: runs for a long time
+maintainer: minion
+actions:
+  - name: sleep
+    shell:
+      - echo "sleeping"
+      - sleep 600
+"#;
