@@ -263,26 +263,41 @@ fn jobs_at_once_with_min_ready_never_exceed_max_vms() {
     );
 }
 
-#[test]
-fn a_parked_vm_that_dies_is_cleaned_up_and_replaced() {
-    let d = Daemon::start(1, 1);
+/// Waits for one parked VM, then runs `virsh <action>` on its domain behind the daemon's back.
+/// Returns the parked domains and that VM's id.
+fn harm_the_parked_vm(d: &Daemon, action: &str) -> (Vec<String>, String) {
     let parked = d.wait_ready(1, Duration::from_secs(120));
-    let vm = parked[0].strip_prefix("minion-").expect("domain name");
-    // Killed behind the daemon's back (qemu gone): its channel closes while it is parked.
+    let vm = parked[0]
+        .strip_prefix("minion-")
+        .expect("domain name")
+        .to_string();
     let out = Command::new("virsh")
-        .args(["-c", &libvirt_uri(), "destroy", &parked[0]])
+        .args(["-c", &libvirt_uri(), action, &parked[0]])
         .output()
         .expect("virsh runs");
     assert!(out.status.success(), "{out:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    (parked, vm)
+}
+
+/// Waits until the daemon has deleted VM `vm`'s directory (it does after destroying the domain).
+fn wait_vm_gone(d: &Daemon, vm: &str, within: Duration) {
+    let deadline = Instant::now() + within;
     while d.state_dir().join("vms").join(vm).exists() {
         assert!(
             Instant::now() < deadline,
-            "dead parked VM not cleaned up\n{}",
+            "parked VM {vm} not cleaned up within {within:?}\n{}",
             d.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_parked_vm_that_dies_is_cleaned_up_and_replaced() {
+    let d = Daemon::start(1, 1);
+    // Killed behind the daemon's back (qemu gone): its channel closes while it is parked.
+    let (parked, vm) = harm_the_parked_vm(&d, "destroy");
+    wait_vm_gone(&d, &vm, Duration::from_secs(30));
     assert!(d.log().contains("parked VM is dead"), "{}", d.log());
     let next = d.wait_ready(1, Duration::from_secs(120));
     assert_ne!(next, parked);
@@ -306,23 +321,9 @@ fn a_parked_vm_that_hangs_is_found_by_its_silence_and_replaced() {
     // A hung guest keeps its channel open but says nothing: paused behind the daemon's back, it
     // stops its Heartbeats, and after the heartbeat timeout (30 s) it is destroyed and replaced.
     let d = Daemon::start(1, 1);
-    let parked = d.wait_ready(1, Duration::from_secs(120));
-    let vm = parked[0].strip_prefix("minion-").expect("domain name");
-    let out = Command::new("virsh")
-        .args(["-c", &libvirt_uri(), "suspend", &parked[0]])
-        .output()
-        .expect("virsh runs");
-    assert!(out.status.success(), "{out:?}");
+    let (parked, vm) = harm_the_parked_vm(&d, "suspend");
     let paused_at = Instant::now();
-    let deadline = paused_at + Duration::from_secs(60);
-    while d.state_dir().join("vms").join(vm).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "hung parked VM not cleaned up\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_vm_gone(&d, &vm, Duration::from_secs(60));
     assert!(
         paused_at.elapsed() >= Duration::from_secs(20),
         "declared dead after {:?}, before the heartbeat timeout",
