@@ -199,25 +199,7 @@ fn twenty_jobs_on_a_pool_of_two_never_exceed_two_vms() {
     let d = Daemon::start(2, 0);
     let repo = task_repo(PASSING);
     let ids: Vec<String> = (0..20).map(|_| d.submit(repo.path(), &[])).collect();
-    let names: Vec<String> = ids.iter().map(|i| format!("minion-{i}")).collect();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let stop = stop.clone();
-        let names = names.clone();
-        std::thread::spawn(move || {
-            let mut max_alive = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let alive = running_domains()
-                    .iter()
-                    .filter(|n| names.contains(n))
-                    .count();
-                max_alive = max_alive.max(alive);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            max_alive
-        })
-    };
+    let watcher = AliveSampler::start(&d.state_dir());
     let t = Instant::now();
     for id in &ids {
         let j = d.wait_state(
@@ -229,8 +211,7 @@ fn twenty_jobs_on_a_pool_of_two_never_exceed_two_vms() {
         assert_eq!(j["execution_status"], "OK", "{j:#}");
     }
     let elapsed = t.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    let max_alive = watcher.join().expect("watcher");
+    let max_alive = watcher.finish();
     eprintln!(
         "20 jobs on a pool of 2: {:.1} s, {:.1} jobs/min, at most {max_alive} VMs alive",
         elapsed.as_secs_f64(),

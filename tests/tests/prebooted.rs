@@ -11,26 +11,6 @@ mod common;
 use common::*;
 
 impl Daemon {
-    /// This daemon's VM ids (its per-VM dirs; a domain `minion-<id>` exists only while its dir does).
-    fn vm_ids(&self) -> Vec<String> {
-        std::fs::read_dir(self.state_dir().join("vms"))
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// This daemon's domains alive in libvirt.
-    fn domains(&self) -> Vec<String> {
-        let ids = self.vm_ids();
-        running_domains()
-            .into_iter()
-            .filter(|n| ids.iter().any(|i| *n == format!("minion-{i}")))
-            .collect()
-    }
-
     fn pool(&self) -> Value {
         let pools = self.json(&["pool", "list"]);
         pools.as_array().expect("pools")[0].clone()
@@ -206,27 +186,7 @@ fn jobs_at_once_with_min_ready_never_exceed_max_vms() {
     let repo = task_repo(PASSING);
     let ids: Vec<String> = (0..8).map(|_| d.submit(repo.path(), &[])).collect();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let vms = d.state_dir().join("vms");
-    let watcher = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut max_alive = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let ids: Vec<String> = std::fs::read_dir(&vms)
-                    .map(|r| {
-                        r.flatten()
-                            .map(|e| format!("minion-{}", e.file_name().to_string_lossy()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let alive = running_domains().iter().filter(|n| ids.contains(n)).count();
-                max_alive = max_alive.max(alive);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            max_alive
-        })
-    };
+    let watcher = AliveSampler::start(&d.state_dir());
     let mut prebooted = 0;
     for id in &ids {
         let j = d.wait_state(
@@ -245,8 +205,7 @@ fn jobs_at_once_with_min_ready_never_exceed_max_vms() {
     }
     // Back to one parked VM, and nothing else alive.
     d.wait_ready(1, Duration::from_secs(120));
-    stop.store(true, Ordering::SeqCst);
-    let max_alive = watcher.join().expect("watcher");
+    let max_alive = watcher.finish();
     eprintln!("8 jobs, min_ready 1, max_vms 2: {prebooted} on pre-booted VMs, at most {max_alive} VMs alive");
     assert!(max_alive <= 2, "{max_alive} VMs alive at once");
     assert!(max_alive >= 1, "the watcher never saw a VM");

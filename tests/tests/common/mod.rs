@@ -288,6 +288,67 @@ impl Drop for Daemon {
     }
 }
 
+/// The domains alive in libvirt of the daemon whose state dir is `state_dir` (its per-VM dirs
+/// name them: a domain `minion-<id>` exists only while `vms/<id>` does).
+pub fn daemon_domains(state_dir: &Path) -> Vec<String> {
+    let ids = vm_ids(state_dir);
+    running_domains()
+        .into_iter()
+        .filter(|n| ids.iter().any(|i| *n == format!("minion-{i}")))
+        .collect()
+}
+
+/// The VM ids under `state_dir/vms`.
+pub fn vm_ids(state_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(state_dir.join("vms"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Daemon {
+    /// This daemon's VM ids.
+    pub fn vm_ids(&self) -> Vec<String> {
+        vm_ids(&self.state_dir())
+    }
+
+    /// This daemon's domains alive in libvirt.
+    pub fn domains(&self) -> Vec<String> {
+        daemon_domains(&self.state_dir())
+    }
+}
+
+/// Samples, every 50 ms on its own thread, how many of a daemon's domains are alive at once.
+pub struct AliveSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl AliveSampler {
+    pub fn start(state_dir: &Path) -> AliveSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, dir) = (stop.clone(), state_dir.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let mut max_alive = 0;
+            while !flag.load(Ordering::SeqCst) {
+                max_alive = max_alive.max(daemon_domains(&dir).len());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            max_alive
+        });
+        AliveSampler { stop, thread }
+    }
+
+    /// Stops sampling; the most domains seen alive at once.
+    pub fn finish(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("sampler thread")
+    }
+}
+
 pub fn states(j: &Value) -> Vec<String> {
     j["events"]
         .as_array()
