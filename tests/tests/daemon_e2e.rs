@@ -14,15 +14,7 @@ use common::*;
 fn passing_task_finishes_with_artifacts_and_leaves_nothing() {
     let d = Daemon::start(2, 0);
     let repo = task_repo(PASSING);
-    let out = d.cli(&[
-        "submit",
-        repo.path().to_str().expect("utf8"),
-        "-i",
-        "foo-1.0-1.fc40",
-        "-t",
-        "koji_build",
-        "--follow",
-    ]);
+    let out = d.submit_follow(repo.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -98,15 +90,7 @@ fn passing_task_finishes_with_artifacts_and_leaves_nothing() {
 fn failing_task_is_finished_not_ok_and_the_cli_exits_non_zero() {
     let d = Daemon::start(2, 0);
     let repo = task_repo(FAILING);
-    let out = d.cli(&[
-        "submit",
-        repo.path().to_str().expect("utf8"),
-        "-i",
-        "foo-1.0-1.fc40",
-        "-t",
-        "koji_build",
-        "--follow",
-    ]);
+    let out = d.submit_follow(repo.path());
     assert_ne!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("about to fail"));
     let jobs = d.json(&["job", "list"]);

@@ -228,7 +228,8 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
 
-    pub fn submit(&self, repo: &Path, extra: &[&str]) -> String {
+    /// `minion submit REPO -i foo-1.0-1.fc40 -t koji_build EXTRA…`'s arguments.
+    fn submit_args<'a>(repo: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
         let mut a = vec![
             "submit",
             repo.to_str().expect("utf8 path"),
@@ -238,7 +239,20 @@ impl Daemon {
             "koji_build",
         ];
         a.extend_from_slice(extra);
-        self.json(&a)["id"].as_str().expect("job id").to_string()
+        a
+    }
+
+    /// Submits and returns the job id (`--json`).
+    pub fn submit(&self, repo: &Path, extra: &[&str]) -> String {
+        self.json(&Self::submit_args(repo, extra))["id"]
+            .as_str()
+            .expect("job id")
+            .to_string()
+    }
+
+    /// `minion submit … --follow`: the CLI's output once the job has ended.
+    pub fn submit_follow(&self, repo: &Path) -> Output {
+        self.cli(&Self::submit_args(repo, &["--follow"]))
     }
 
     pub fn job(&self, id: &str) -> Value {
