@@ -90,7 +90,7 @@ done
 
 python3 - "$WORK/miniond.log" "$WORK/submit_ms" <<'PY'
 import json, statistics, sys
-rows, submit, prov, warm = [], [], [], []
+rows, submit, prov, prebooted = [], [], [], []
 for line in open(sys.argv[1]):
     try:
         ev = json.loads(line)
@@ -102,7 +102,7 @@ for line in open(sys.argv[1]):
     elif f.get("message") == "provisioned":
         prov.append(f)
     elif f.get("message") == "pre-booted VM ready":
-        warm.append(f)
+        prebooted.append(f)
     elif f.get("message") == "queued":
         submit.append(float(f["submit_ms"]))
 cli = [int(x) for x in open(sys.argv[2]) if x.strip()]
@@ -119,9 +119,9 @@ if prov:
     pm = lambda k: statistics.median(float(r[k]) for r in prov)
     print(f"  of which overlay (template copy): {pm('overlay_ms'):.1f} ms, seed ISO (in-process): {pm('seed_ms'):.1f} ms, XML: {pm('render_ms'):.2f} ms")
 print(f"domain start → agent Ready:   {b:8.1f} ms   libvirt + qemu + guest boot (pre-booted VM: already Ready)")
-if warm:
-    wm = lambda k: statistics.median(float(r[k]) for r in warm)
-    print(f"  pre-booting in the background ({len(warm)} VMs): provisioning {wm('provision_ms'):.1f} ms, domain start → Ready {wm('boot_ms'):.1f} ms (median)")
+if prebooted:
+    bm = lambda k: statistics.median(float(r[k]) for r in prebooted)
+    print(f"  pre-booting in the background ({len(prebooted)} VMs): provisioning {bm('provision_ms'):.1f} ms, domain start → Ready {bm('boot_ms'):.1f} ms (median)")
 print(f"Ready → first action running: {a:8.1f} ms   task hand-over + formula start in the guest")
 print(f"daemon time:                  {s + q + p:8.1f} ms")
 print(f"qemu/guest time:              {b + a:8.1f} ms")

@@ -16,7 +16,13 @@ step "format"
 cargo fmt --all --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "binaries"
+# The end-to-end tests run these (they never build them themselves).
+cargo build --workspace --bins --locked
 step "tests"
+# This suite has the machine it needs: a test that would skip for want of root, libvirtd, an
+# image or the agent fails instead (minion-testenv).
+export MINION_REQUIRE_VM_TESTS=1
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
 else

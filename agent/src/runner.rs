@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
 use minion_formula::{CancelFlag, ExecutionStatus, RunConfig};
@@ -68,15 +68,13 @@ impl Layout {
 
 /// A formula path inside the task tree, or why it is not one.
 pub fn formula_in_task(task: &Path, formula_path: &str) -> Result<PathBuf, String> {
-    let rel = Path::new(formula_path);
-    if rel
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(format!(
-            "formula path {formula_path:?} must be relative to the task tree, without `..`"
-        ));
+    // "." (the tree itself: its runtask.yml) is allowed; minion-safepath's rule otherwise.
+    if formula_path.is_empty() || Path::new(formula_path) == Path::new(".") {
+        return Ok(task.to_path_buf());
     }
+    let rel = minion_safepath::relative(Path::new(formula_path)).map_err(|_| {
+        format!("formula path {formula_path:?} must be relative to the task tree, without `..`")
+    })?;
     Ok(task.join(rel))
 }
 

@@ -61,6 +61,7 @@ async fn main() -> ExitCode {
                     eprintln!("[action {index} {name}: {state:?}]");
                 }
                 SessionEvent::Heartbeat => {}
+                SessionEvent::Collecting => eprintln!("[collecting artifacts]"),
             }
         }
     });

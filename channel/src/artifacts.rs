@@ -10,7 +10,7 @@ use std::{
     fs,
     io::{self, Read},
     os::unix::fs::OpenOptionsExt,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -92,21 +92,14 @@ fn allowed_location(rel: &Path, kind: tar::EntryType) -> bool {
     }
 }
 
-/// A relative path made only of normal components, or why not.
+/// A relative path made only of normal components (minion-safepath's lexical rule), or why not.
 pub(crate) fn confine(path: &Path) -> Result<PathBuf, &'static str> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("path contains `..`"),
-            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err("empty path");
-    }
-    Ok(out)
+    use minion_safepath::PathError;
+    minion_safepath::relative(path).map_err(|e| match e {
+        PathError::Empty { .. } => "empty path",
+        PathError::Parent { .. } => "path contains `..`",
+        _ => "absolute path",
+    })
 }
 
 /// Unpacks a tar stream into `dest`; returns the number of entries written.

@@ -2,42 +2,25 @@
 
 use minion_proto::guest;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogStream {
-    Stdout,
-    Stderr,
-    /// The runner's own messages.
-    Runner,
-}
+// One definition of each, shared with the formula runner that produces them in the guest.
+pub use minion_formula::{ActionState, LogStream};
 
-impl LogStream {
-    /// Unknown values from the guest are shown as the runner's: they are still its bytes.
-    pub(crate) fn from_wire(v: i32) -> Self {
-        match guest::LogStream::try_from(v) {
-            Ok(guest::LogStream::Stdout) => Self::Stdout,
-            Ok(guest::LogStream::Stderr) => Self::Stderr,
-            _ => Self::Runner,
-        }
+/// Unknown values from the guest are shown as the runner's: they are still its bytes.
+pub(crate) fn log_stream_from_wire(v: i32) -> LogStream {
+    match guest::LogStream::try_from(v) {
+        Ok(guest::LogStream::Stdout) => LogStream::Stdout,
+        Ok(guest::LogStream::Stderr) => LogStream::Stderr,
+        _ => LogStream::Runner,
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActionState {
-    Started,
-    Succeeded,
-    Failed,
-    Skipped,
-}
-
-impl ActionState {
-    pub(crate) fn from_wire(v: i32) -> Option<Self> {
-        match guest::ActionState::try_from(v) {
-            Ok(guest::ActionState::Started) => Some(Self::Started),
-            Ok(guest::ActionState::Succeeded) => Some(Self::Succeeded),
-            Ok(guest::ActionState::Failed) => Some(Self::Failed),
-            Ok(guest::ActionState::Skipped) => Some(Self::Skipped),
-            _ => None,
-        }
+pub(crate) fn action_state_from_wire(v: i32) -> Option<ActionState> {
+    match guest::ActionState::try_from(v) {
+        Ok(guest::ActionState::Started) => Some(ActionState::Started),
+        Ok(guest::ActionState::Succeeded) => Some(ActionState::Succeeded),
+        Ok(guest::ActionState::Failed) => Some(ActionState::Failed),
+        Ok(guest::ActionState::Skipped) => Some(ActionState::Skipped),
+        _ => None,
     }
 }
 
@@ -56,6 +39,9 @@ pub enum SessionEvent {
         state: ActionState,
     },
     Heartbeat,
+    /// The formula has ended and the guest is handing over artifacts and results (the first
+    /// ArtifactChunk, or ArtifactEnd when there are none).
+    Collecting,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,8 +30,7 @@ use crate::{
     artifacts::{spawn_unpacker, Unpacker},
     async_frame::{write_frame_async, AsyncFrameReader},
     task_tar::spawn_packer,
-    ActionState, ChannelError, JobSpec, Limits, LogStream, SessionEvent, SessionOutcome,
-    PROTOCOL_VERSION,
+    ChannelError, JobSpec, Limits, SessionEvent, SessionOutcome, PROTOCOL_VERSION,
 };
 
 /// Longest agent error message kept (the rest of a hostile guest's text is dropped).
@@ -450,14 +449,14 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
                     });
                 }
                 self.emit(SessionEvent::Log {
-                    stream: LogStream::from_wire(log.stream),
+                    stream: crate::event::log_stream_from_wire(log.stream),
                     data: log.data,
                 })
                 .await;
                 Ok(None)
             }
             Kind::Action(a) => {
-                let state = ActionState::from_wire(a.state).ok_or_else(|| {
+                let state = crate::event::action_state_from_wire(a.state).ok_or_else(|| {
                     ChannelError::Protocol(format!(
                         "action {} has unknown state {}",
                         a.index, a.state
@@ -518,6 +517,9 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
                 "ArtifactChunk after ArtifactEnd".into(),
             ));
         }
+        if self.phase == Phase::Running {
+            self.emit(SessionEvent::Collecting).await;
+        }
         self.phase = Phase::Artifacts;
         self.artifact_started.get_or_insert_with(Instant::now);
         self.artifact_bytes += data.len() as u64;
@@ -547,6 +549,9 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
     async fn artifact_end(&mut self, total_bytes: u64) -> Result<(), ChannelError> {
         if !matches!(self.phase, Phase::Running | Phase::Artifacts) {
             return Err(ChannelError::Protocol("a second ArtifactEnd".into()));
+        }
+        if self.phase == Phase::Running {
+            self.emit(SessionEvent::Collecting).await;
         }
         if total_bytes != self.artifact_bytes {
             return Err(ChannelError::Protocol(format!(

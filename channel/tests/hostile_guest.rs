@@ -282,6 +282,7 @@ async fn honest_guest_full_exchange() {
                 data: b"hello from the guest\n".to_vec()
             },
             SessionEvent::Heartbeat,
+            SessionEvent::Collecting,
         ]
     );
 }

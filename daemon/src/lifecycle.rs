@@ -64,6 +64,8 @@ impl State {
             (Running, Collecting) => true,
             (Collecting, Reporting) => true,
             (Reporting, Finished) => true,
+            // REPORTING is entered only when there are results to report somewhere.
+            (Collecting, Finished) => true,
             // A queued job can be cancelled or fail (e.g. its pool vanished) but cannot time out:
             // the timeout counts from when it is picked up.
             (Queued, Cancelled | Failed) => true,
@@ -121,6 +123,8 @@ mod tests {
         for w in path.windows(2) {
             assert!(w[0].can_go_to(w[1]), "{} → {}", w[0], w[1]);
         }
+        assert!(Collecting.can_go_to(Finished), "nothing to report");
+        assert!(!Running.can_go_to(Finished), "collecting is not skipped");
     }
 
     #[test]

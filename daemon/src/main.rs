@@ -2,15 +2,19 @@
 //! serves gRPC (with health and reflection) on a unix socket and optionally TCP.
 
 mod api;
+mod artifacts;
 mod config;
-mod convert;
-mod daemon;
-mod hub;
+mod guestvm;
+mod jobs;
 mod lifecycle;
+mod pool;
 mod prebooted;
 mod runner;
-mod store;
+mod service;
 mod taskrepo;
+#[cfg(test)]
+mod tests;
+mod watch;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -71,8 +75,8 @@ async fn main() -> anyhow::Result<()> {
     let listen = cfg.listen.clone();
     let listen_tcp = cfg.listen_tcp.clone();
 
-    let (d, rxs) = daemon::Daemon::open(cfg, accel).context("opening the jobs database")?;
-    d.start(rxs).await.context("reconciling at start")?;
+    let (svc, rxs) = service::Service::open(cfg, accel).context("opening the jobs database")?;
+    svc.start(rxs).await.context("reconciling at start")?;
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ControllerServer<api::Api>>().await;
@@ -81,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("reflection service")?;
-    let svc = ControllerServer::new(api::Api { d: d.clone() });
+    let grpc = ControllerServer::new(api::Api { svc: svc.clone() });
 
     if let Some(parent) = listen.parent() {
         std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
@@ -108,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
     let unix_server = tonic::transport::Server::builder()
         .add_service(health_svc.clone())
         .add_service(reflection.clone())
-        .add_service(svc.clone())
+        .add_service(grpc.clone())
         .serve_with_incoming_shutdown(UnixListenerStream::new(uds), shutdown);
 
     match listen_tcp {
@@ -120,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
             let tcp_server = tonic::transport::Server::builder()
                 .add_service(health_svc)
                 .add_service(reflection)
-                .add_service(svc)
+                .add_service(grpc)
                 .serve(addr);
             tokio::select! {
                 r = unix_server => r?,
@@ -130,13 +134,6 @@ async fn main() -> anyhow::Result<()> {
         None => unix_server.await?,
     }
     let _ = std::fs::remove_file(&listen);
-    // Running jobs are abandoned, not left running: their VMs go now, and the next start marks
-    // the jobs FAILED (daemon restart) and requeues them.
-    d.begin_shutdown();
-    d.stop_prebooted().await;
-    let d2 = d.clone();
-    tokio::task::spawn_blocking(move || d2.destroy_vms())
-        .await
-        .context("destroying VMs at shutdown")?;
+    svc.shutdown().await;
     Ok(())
 }

@@ -19,19 +19,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use minion_channel::{connect_unix, handshake, ChannelError, ReadySession};
-use tokio::net::UnixStream;
+use minion_channel::ChannelError;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::daemon::{Daemon, Pool};
-use crate::runner::{self, VmGuard, CONNECT_TIMEOUT};
+use crate::guestvm::{self, ReadyVm, VmContext};
+use crate::pool::Pool;
 
 /// A pre-booted VM's id (its VM dir `<state_dir>/vms/<id>/`, its domain `minion-<id>`, and its
 /// NoCloud instance-id) is this prefix and a UUID of its own; the job's UUID reaches the guest
 /// in the Job frame.
-pub const ID_PREFIX: &str = "warm-";
+pub const ID_PREFIX: &str = "prebooted-";
 /// Pause after the first failed boot; doubles per consecutive failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -41,24 +40,10 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// (`Daemon::destroy_vms`) runs regardless.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(60);
 
-pub type Session = ReadySession<UnixStream>;
-
-/// A booted VM whose agent is Ready and has no job yet.
-pub struct PrebootedVm {
-    pub id: String,
-    pub guard: VmGuard,
-    pub session: Session,
-}
-
 /// A pre-booted VM with the pool slot it occupies.
 pub struct ParkedVm {
-    pub vm: PrebootedVm,
+    pub vm: ReadyVm,
     pub permit: OwnedSemaphorePermit,
-}
-
-/// The detail the job's PROVISIONING and BOOTING events carry.
-pub fn detail(vm: &PrebootedVm) -> String {
-    format!("pre-booted VM {}", vm.id)
 }
 
 type Reply = oneshot::Sender<ParkedVm>;
@@ -70,8 +55,9 @@ struct Entry {
 }
 
 /// One pool's pre-booted VMs.
-#[derive(Default)]
 pub struct Prebooted {
+    pool: Arc<Pool>,
+    ctx: VmContext,
     parked: Mutex<Vec<Entry>>,
     booting: AtomicU32,
     /// A VM was parked (the dispatcher may be waiting for one).
@@ -83,6 +69,76 @@ pub struct Prebooted {
 }
 
 impl Prebooted {
+    pub fn new(pool: &Arc<Pool>, ctx: &VmContext) -> Arc<Prebooted> {
+        Arc::new(Prebooted {
+            pool: pool.clone(),
+            ctx: ctx.clone(),
+            parked: Mutex::default(),
+            booting: AtomicU32::new(0),
+            parked_changed: Notify::new(),
+            refill: Notify::new(),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Starts the pool's refiller (nothing when `min_ready` is 0).
+    pub fn start(self: &Arc<Self>) {
+        if self.pool.cfg.min_ready == 0 {
+            return;
+        }
+        self.tasks.spawn(refiller(self.clone()));
+    }
+
+    /// Stops booting, and destroys every booting and parked VM of the pool (waits for it,
+    /// bounded).
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(pool = %self.pool.name, "pre-booted VMs not torn down in time: the final sweep destroys them");
+        }
+    }
+
+    /// A parked VM for a job, if the pool has one (it leaves the pool; a replacement is asked
+    /// for).
+    pub async fn take(&self) -> Option<ParkedVm> {
+        loop {
+            let entry = {
+                let mut parked = self.lock();
+                if parked.is_empty() {
+                    return None;
+                }
+                parked.remove(0)
+            };
+            let (tx, rx) = oneshot::channel();
+            // A watcher that is gone (its VM died just now) cannot answer: try the next one.
+            if entry.take.send(tx).is_err() {
+                continue;
+            }
+            if let Ok(vm) = rx.await {
+                self.refill.notify_one();
+                return Some(vm);
+            }
+        }
+    }
+
+    /// Parks `vm`: a watcher task holds it until a job takes it, it dies, or shutdown.
+    pub fn park(self: &Arc<Self>, vm: ParkedVm) {
+        let (tx, rx) = oneshot::channel();
+        let id = vm.vm.id.clone();
+        // Registered before the watcher runs, so a VM that dies at once is still removed.
+        self.lock().push(Entry {
+            id: id.clone(),
+            take: tx,
+        });
+        self.tasks.spawn(watch(self.clone(), vm, rx));
+        self.parked_changed.notify_one();
+    }
+
     /// VMs parked, Ready for a job.
     pub fn ready(&self) -> u32 {
         self.lock().len() as u32
@@ -107,73 +163,14 @@ impl Prebooted {
     }
 }
 
-/// Starts the pool's refiller (nothing when `min_ready` is 0).
-pub fn start(d: &Arc<Daemon>, pool: &Arc<Pool>) {
-    if pool.cfg.min_ready == 0 {
-        return;
-    }
-    let (d, p) = (d.clone(), pool.clone());
-    pool.prebooted.tasks.spawn(refiller(d, p));
-}
-
-/// Stops booting, and destroys every booting and parked VM of the pool (waits for it, bounded).
-pub async fn shutdown(pool: &Pool) {
-    let pb = &pool.prebooted;
-    pb.stop.cancel();
-    pb.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_WAIT, pb.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::error!(pool = %pool.name, "pre-booted VMs not torn down in time: the final sweep destroys them");
-    }
-}
-
-/// A parked VM for a job, if the pool has one (it leaves the pool; a replacement is asked for).
-pub async fn take(pool: &Pool) -> Option<ParkedVm> {
-    loop {
-        let entry = {
-            let mut parked = pool.prebooted.lock();
-            if parked.is_empty() {
-                return None;
-            }
-            parked.remove(0)
-        };
-        let (tx, rx) = oneshot::channel();
-        // A watcher that is gone (its VM died just now) cannot answer: try the next one.
-        if entry.take.send(tx).is_err() {
-            continue;
-        }
-        if let Ok(vm) = rx.await {
-            pool.prebooted.refill.notify_one();
-            return Some(vm);
-        }
-    }
-}
-
-/// Parks `vm` in the pool: a watcher task holds it until a job takes it, it dies, or shutdown.
-pub fn park(pool: &Arc<Pool>, vm: ParkedVm) {
-    let pb = &pool.prebooted;
-    let (tx, rx) = oneshot::channel();
-    let id = vm.vm.id.clone();
-    // Registered before the watcher runs, so a VM that dies at once is still removed.
-    pb.lock().push(Entry {
-        id: id.clone(),
-        take: tx,
-    });
-    pb.tasks.spawn(watch(pool.clone(), vm, rx));
-    pb.parked_changed.notify_one();
-}
-
 /// Keeps the parked VM's session read (Heartbeats) until it is taken, dies, or the daemon stops.
-async fn watch(pool: Arc<Pool>, mut vm: ParkedVm, mut take: oneshot::Receiver<Reply>) {
+async fn watch(pb: Arc<Prebooted>, mut vm: ParkedVm, mut take: oneshot::Receiver<Reply>) {
     enum Next {
         Taken(Reply),
         Dropped,
         Stop,
         Dead(ChannelError),
     }
-    let pb = &pool.prebooted;
     let id = vm.vm.id.clone();
     // The agent sends Heartbeats from Ready on (agent/src/serve.rs): a parked guest silent for
     // the heartbeat timeout is hung; a dead one closes the stream (qemu exits, agent powers off).
@@ -184,7 +181,7 @@ async fn watch(pool: Arc<Pool>, mut vm: ParkedVm, mut take: oneshot::Receiver<Re
             Ok(reply) => Next::Taken(reply),
             Err(_) => Next::Dropped,
         },
-        e = vm.vm.session.idle(Some(runner::session_limits().heartbeat_timeout)) => Next::Dead(e),
+        e = vm.vm.session.idle(Some(guestvm::session_limits().heartbeat_timeout)) => Next::Dead(e),
     };
     let vm = match next {
         Next::Taken(reply) => match reply.send(vm) {
@@ -198,7 +195,7 @@ async fn watch(pool: Arc<Pool>, mut vm: ParkedVm, mut take: oneshot::Receiver<Re
         }
         Next::Dead(e) => {
             pb.remove(&id);
-            tracing::warn!(pool = %pool.name, vm = %id, "parked VM is dead: {e}; destroying it");
+            tracing::warn!(pool = %pb.pool.name, vm = %id, "parked VM is dead: {e}; destroying it");
             vm
         }
     };
@@ -207,7 +204,7 @@ async fn watch(pool: Arc<Pool>, mut vm: ParkedVm, mut take: oneshot::Receiver<Re
     pb.refill.notify_one();
 }
 
-async fn destroy(vm: PrebootedVm) {
+async fn destroy(vm: ReadyVm) {
     let id = vm.id;
     match vm.guard.teardown().await {
         Ok(()) => tracing::info!(vm = %id, "pre-booted VM destroyed"),
@@ -217,23 +214,23 @@ async fn destroy(vm: PrebootedVm) {
 
 /// Boots VMs while the pool has fewer than `min_ready` parked or booting and a slot nobody
 /// waits for. One boot at a time: on 2 shared cores parallel boots only slow each other down.
-async fn refiller(d: Arc<Daemon>, pool: Arc<Pool>) {
-    let pb = &pool.prebooted;
+async fn refiller(pb: Arc<Prebooted>) {
+    let pool = pb.pool.clone();
     let mut failures: u32 = 0;
     loop {
-        if pb.stop.is_cancelled() || d.is_shutting_down() {
+        if pb.stop.is_cancelled() {
             return;
         }
         let have = pb.ready() + pb.booting();
         if have < pool.cfg.min_ready {
             if let Ok(permit) = pool.slots.clone().try_acquire_owned() {
                 pb.booting.fetch_add(1, Ordering::SeqCst);
-                let booted = boot(&d, &pool).await;
+                let booted = boot(&pb).await;
                 pb.booting.fetch_sub(1, Ordering::SeqCst);
                 match booted {
                     Ok(vm) => {
                         failures = 0;
-                        park(&pool, ParkedVm { vm, permit });
+                        pb.park(ParkedVm { vm, permit });
                         continue;
                     }
                     Err(e) if pb.stop.is_cancelled() => {
@@ -273,53 +270,20 @@ fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1u32 << shift).min(MAX_BACKOFF)
 }
 
-/// Provisions and boots one VM up to the agent's Ready. On any error (or shutdown) the VM is
-/// torn down before this returns.
-async fn boot(d: &Arc<Daemon>, pool: &Arc<Pool>) -> Result<PrebootedVm, String> {
+/// Boots one VM up to the agent's Ready (on any error or at shutdown it is torn down first).
+async fn boot(pb: &Prebooted) -> Result<ReadyVm, guestvm::BootError> {
     let id = format!("{ID_PREFIX}{}", uuid::Uuid::new_v4());
     let t0 = Instant::now();
-    let stop = pool.prebooted.stop.clone();
-    let (hv, prepared) = runner::provision(d, pool, &id).await?;
-    let guard = VmGuard::new(&hv, &prepared, None);
-    let started = async {
-        if stop.is_cancelled() {
-            return Err("shutting down".to_string());
-        }
-        let t_start = Instant::now();
-        runner::start_domain(&hv, &prepared).await?;
-        if stop.is_cancelled() {
-            return Err("shutting down".to_string());
-        }
-        let stream = tokio::select! {
-            s = connect_unix(&prepared.files.channel_socket, CONNECT_TIMEOUT) => {
-                s.map_err(|e| format!("guest channel: {e}"))?
-            }
-            _ = stop.cancelled() => return Err("shutting down".to_string()),
-        };
-        let session = handshake(stream, &runner::session_limits(), stop.clone())
-            .await
-            .map_err(|e| format!("guest handshake: {e}"))?;
-        Ok((session, t_start.elapsed()))
-    };
-    match started.await {
-        Ok((session, boot)) => {
-            tracing::info!(
-                pool = %pool.name,
-                vm = %id,
-                agent = %session.agent_version(),
-                provision_ms = (t0.elapsed() - boot).as_secs_f64() * 1000.0,
-                boot_ms = boot.as_secs_f64() * 1000.0,
-                "pre-booted VM ready"
-            );
-            Ok(PrebootedVm { id, guard, session })
-        }
-        Err(e) => {
-            if let Err(te) = guard.teardown().await {
-                tracing::error!(vm = %id, "teardown after a failed boot: {te}");
-            }
-            Err(e)
-        }
-    }
+    let vm = guestvm::boot_to_ready(&pb.ctx, &pb.pool, &id, None, &pb.stop, &mut |_| {}).await?;
+    tracing::info!(
+        pool = %pb.pool.name,
+        vm = %id,
+        agent = %vm.session.agent_version(),
+        provision_ms = (t0.elapsed() - vm.boot).as_secs_f64() * 1000.0,
+        boot_ms = vm.boot.as_secs_f64() * 1000.0,
+        "pre-booted VM ready"
+    );
+    Ok(vm)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Fetching a submission's task repo into the job's own directory, and checking what it names
 //! before anything else is created: on any error the directory is removed again.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -139,15 +139,15 @@ async fn copy_dir(repo: &str, dest: &Path) -> Result<(), RepoError> {
 /// Resolves the formula inside the fetched tree (a directory means its `runtask.yml`/`task.yml`)
 /// and validates it with minion-formula. Returns its path relative to the tree.
 pub fn resolve_and_validate(tree: &Path, formula: &str, repo: &str) -> Result<String, RepoError> {
-    let rel = Path::new(if formula.is_empty() { "." } else { formula });
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::RootDir))
-    {
-        return Err(RepoError::FormulaEscapes(formula.to_string()));
-    }
-    let candidate = tree.join(rel);
+    // minion-safepath's rules: lexically inside the tree, and still inside once symlinks are
+    // followed.
+    let rel = if formula.is_empty() || formula == "." {
+        PathBuf::new()
+    } else {
+        minion_safepath::relative(Path::new(formula))
+            .map_err(|_| RepoError::FormulaEscapes(formula.to_string()))?
+    };
+    let candidate = tree.join(&rel);
     if !candidate.exists() {
         return Err(RepoError::FormulaMissing {
             formula: formula.to_string(),
@@ -164,13 +164,19 @@ pub fn resolve_and_validate(tree: &Path, formula: &str, repo: &str) -> Result<St
             repo: repo.to_string(),
         }
     })?;
-    // Symlinks in the tree could point the formula outside it.
+    let in_tree = file.strip_prefix(tree).unwrap_or(&file).to_path_buf();
+    let real_file = match minion_safepath::resolve_file_beneath(tree, &in_tree) {
+        Ok(p) => p,
+        Err(minion_safepath::PathError::Missing { .. }) => {
+            return Err(RepoError::FormulaMissing {
+                formula: formula.to_string(),
+                repo: repo.to_string(),
+            })
+        }
+        Err(_) => return Err(RepoError::FormulaEscapes(formula.to_string())),
+    };
     let real_tree = tree.canonicalize().map_err(|source| RepoError::Io {
         path: tree.to_path_buf(),
-        source,
-    })?;
-    let real_file = file.canonicalize().map_err(|source| RepoError::Io {
-        path: file.clone(),
         source,
     })?;
     let inside = real_file

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::directives::{self, DIRECTIVES};
+use crate::directives::{self, directive_names, is_directive};
 use crate::error::FormulaError;
 use crate::yaml::{self, Kind, Mark, Node};
 
@@ -336,7 +336,7 @@ fn parse_action(path: &Path, index: usize, step: &Node) -> Result<Action, Formul
                 }
                 export = Some(e);
             }
-            d if DIRECTIVES.contains(&d) => {
+            d if is_directive(d) => {
                 if let Some((first, _)) = directive {
                     return Err(FormulaError::new(
                         path,
@@ -357,7 +357,7 @@ fn parse_action(path: &Path, index: usize, step: &Node) -> Result<Action, Formul
                     format!("{field}.{other}"),
                     format!(
                         "unknown directive `{other}` (known: {}; a step may also have `name` and `export`)",
-                        DIRECTIVES.join(", ")
+                        directive_names().join(", ")
                     ),
                 ))
             }
@@ -370,7 +370,7 @@ fn parse_action(path: &Path, index: usize, step: &Node) -> Result<Action, Formul
             &field,
             format!(
                 "the step has no directive (one of: {})",
-                DIRECTIVES.join(", ")
+                directive_names().join(", ")
             ),
         )
     })?;

@@ -2,6 +2,7 @@
 //! directives, and produce ResultYAML and TAP13. Used by `minion runtask` on the host, by the
 //! agent inside VMs, and by miniond to validate a job before it makes a VM.
 
+mod context;
 mod directives;
 mod error;
 mod formula;
@@ -10,7 +11,11 @@ mod runner;
 mod subst;
 pub mod yaml;
 
-pub use directives::DIRECTIVES;
+pub use context::{
+    ActionState, CancelFlag, EventSink, LogStream, ReportConfig, RunConfig, EXIT_BAD_INPUT,
+    EXIT_CHECK_FAILED, EXIT_EXECUTION_FAILED,
+};
+pub use directives::{directive_names, is_directive};
 pub use error::FormulaError;
 pub use formula::{
     load_formula, parse_formula, resolve_formula_path, Action, Formula, FORMULA_NAMES,
@@ -18,10 +23,7 @@ pub use formula::{
 pub use results::{
     parse_results, results_to_tap13, results_to_yaml, CheckResult, Outcome, ResultsError, OUTCOMES,
 };
-pub use runner::{
-    run, ActionState, CancelFlag, EventSink, ExecutionStatus, LogStream, ReportConfig, RunConfig,
-    RunReport, EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_EXECUTION_FAILED,
-};
+pub use runner::{run, ExecutionStatus, RunReport};
 pub use subst::{expand, ExpandError, Vars};
 
 /// Substitutes and re-validates one step's parameters, as `run` does before executing it.

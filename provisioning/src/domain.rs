@@ -1,6 +1,6 @@
 //! The libvirt domain XML of one disposable VM, rendered from `templates/domain.xml.j2`.
 //!
-//! Shape (see shared/reference/VMS-HERE.md for why each piece is there): direct kernel boot when the
+//! Shape (images/README.md, "Domain XML that works", says why each piece is there): direct kernel boot when the
 //! image has a kernel; `vda` = the qcow2 overlay, `vdb` = the seed (raw, read-only); serial console
 //! to a file; the virtio-serial agent channel; virtio-rng (without it `getrandom` stalls for seconds
 //! under TCG); no NIC unless asked; power-off/reboot/crash all end the domain; and a `<metadata>`

@@ -3,7 +3,7 @@
 //! A manifest is checked field by field so an error names the file and the field, and every file it
 //! names (disk, kernel, initrd) must be a plain relative path inside the image directory that exists.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -151,12 +151,7 @@ fn is_name_mismatch(e: &ProvisionError) -> bool {
 }
 
 fn check_image_name(name: &str) -> Result<(), ProvisionError> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
+    if minion_safepath::plain_name(name).is_ok() {
         Ok(())
     } else {
         Err(ProvisionError::invalid(
@@ -318,9 +313,9 @@ impl Fields<'_> {
         value: Option<String>,
     ) -> Result<Option<PathBuf>, ProvisionError> {
         let Some(value) = value else { return Ok(None) };
+        // minion-safepath's lexical rule, and no `.` either: the manifest names files as they are.
         let p = PathBuf::from(&value);
-        let confined =
-            !value.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+        let confined = minion_safepath::relative(&p).is_ok_and(|clean| clean == p);
         if !confined {
             return Err(field_error(
                 self.path,

@@ -177,10 +177,24 @@ pub fn owner_of(state_dir: &Path) -> String {
 }
 
 /// After a daemon restart: destroys every domain marked as this daemon's ([`owner_of`]
-/// `state_dir`) and deletes every VM directory under `state_dir`, whose job id `is_live` does not
-/// claim. Domains of other daemons on the same libvirtd are never touched (the original system's
-/// concurrent instances removed each other's VMs).
+/// `state_dir`) and deletes every VM directory under `state_dir`, whose VM id `is_live` does not
+/// claim ([`destroy_marked`], then [`sweep_dirs`]).
 pub fn reconcile(
+    hv: &Hypervisor,
+    state_dir: &Path,
+    is_live: &dyn Fn(&str) -> bool,
+) -> ReconcileReport {
+    let mut report = destroy_marked(hv, state_dir, is_live);
+    let swept = sweep_dirs(state_dir, is_live);
+    report.removed_dirs = swept.removed_dirs;
+    report.errors.extend(swept.errors);
+    report
+}
+
+/// Destroys every domain on `hv` marked as this daemon's ([`owner_of`] `state_dir`) whose VM id
+/// `is_live` does not claim. Domains of other daemons on the same libvirtd are never touched
+/// (the original system's concurrent instances removed each other's VMs).
+pub fn destroy_marked(
     hv: &Hypervisor,
     state_dir: &Path,
     is_live: &dyn Fn(&str) -> bool,
@@ -207,6 +221,21 @@ pub fn reconcile(
         }
         Err(e) => report.errors.push(e.to_string()),
     }
+    if !report.destroyed.is_empty() || !report.errors.is_empty() {
+        tracing::info!(
+            uri = %hv.uri(),
+            destroyed = report.destroyed.len(),
+            errors = report.errors.len(),
+            "reconciled leftover domains"
+        );
+    }
+    report
+}
+
+/// Deletes every VM directory under `state_dir` whose VM id `is_live` does not claim (every one
+/// is this daemon's: it is under its state dir).
+pub fn sweep_dirs(state_dir: &Path, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
+    let mut report = ReconcileReport::default();
     match vmfiles::list_job_dirs(state_dir) {
         Ok(ids) => {
             for id in ids.into_iter().filter(|id| !is_live(id)) {
@@ -226,13 +255,11 @@ pub fn reconcile(
         }
         Err(e) => report.errors.push(e.to_string()),
     }
-    if !report.destroyed.is_empty() || !report.removed_dirs.is_empty() || !report.errors.is_empty()
-    {
+    if !report.removed_dirs.is_empty() || !report.errors.is_empty() {
         tracing::info!(
-            destroyed = report.destroyed.len(),
             removed_dirs = report.removed_dirs.len(),
             errors = report.errors.len(),
-            "reconciled leftover VMs"
+            "reconciled leftover VM directories"
         );
     }
     report

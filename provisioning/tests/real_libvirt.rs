@@ -29,7 +29,30 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn ensure_libvirtd() {
+/// Whether this machine can run these tests (root, both images), then starts libvirtd if it is
+/// not running. Without root or images: a skip line on a developer's machine, a failure under
+/// CI (see minion-testenv).
+fn ensure_libvirtd(test: &str) -> bool {
+    use minion_testenv::{require, Need};
+    let images = Path::new(IMAGES_DIR);
+    let ok = require(
+        test,
+        &[
+            Need::Root,
+            Need::Image {
+                dir: images,
+                name: "minimal",
+            },
+            Need::Image {
+                dir: images,
+                name: "standard",
+            },
+            Need::Program("virsh"),
+        ],
+    );
+    if !ok {
+        return false;
+    }
     let script = repo_root().join("scripts/libvirt-start.sh");
     let out = Command::new(&script)
         .output()
@@ -41,6 +64,7 @@ fn ensure_libvirtd() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    true
 }
 
 fn load_image(name: &str) -> image::Image {
@@ -215,7 +239,11 @@ fn assert_nothing_left(hv: &Hypervisor, p: &Prepared) {
 /// Boots `variant` with a stub agent that powers off; checks marker, self power-off, cleanup.
 fn boot_to_marker(variant: &str, timeout: Duration) {
     let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_libvirtd();
+    if !ensure_libvirtd(&format!(
+        "real_libvirt_{variant}_boots_stub_agent_and_leaves_nothing"
+    )) {
+        return;
+    }
     let accel = accel::detect();
     let scratch = scratch();
     let p = prepare(&scratch, variant, true, &accel);
@@ -287,7 +315,9 @@ fn real_libvirt_standard_boots_stub_agent_and_leaves_nothing() {
 #[test]
 fn real_libvirt_destroy_of_a_running_domain_and_twice() {
     let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_libvirtd();
+    if !ensure_libvirtd("real_libvirt_destroy_of_a_running_domain_and_twice") {
+        return;
+    }
     let accel = accel::detect();
     let scratch = scratch();
     let p = prepare(&scratch, "minimal", false, &accel);
@@ -323,7 +353,9 @@ fn real_libvirt_destroy_of_a_running_domain_and_twice() {
 #[test]
 fn real_libvirt_refuses_a_domain_whose_overlay_is_missing() {
     let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_libvirtd();
+    if !ensure_libvirtd("real_libvirt_refuses_a_domain_whose_overlay_is_missing") {
+        return;
+    }
     let scratch = scratch();
     let p = prepare(&scratch, "minimal", true, &accel::detect());
     overlay::remove(&p.files.overlay).expect("remove overlay");
@@ -347,7 +379,9 @@ fn real_libvirt_refuses_a_domain_whose_overlay_is_missing() {
 #[test]
 fn real_libvirt_autodestroy_domain_dies_with_its_connection() {
     let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_libvirtd();
+    if !ensure_libvirtd("real_libvirt_autodestroy_domain_dies_with_its_connection") {
+        return;
+    }
     let scratch = scratch();
     let p = prepare(&scratch, "minimal", false, &accel::detect());
     let watcher = Hypervisor::connect(URI).expect("connect");
@@ -415,7 +449,9 @@ fn disconnect_my_libvirt_clients() -> usize {
 #[test]
 fn real_libvirt_connection_is_reopened_after_libvirtd_drops_it() {
     let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_libvirtd();
+    if !ensure_libvirtd("real_libvirt_connection_is_reopened_after_libvirtd_drops_it") {
+        return;
+    }
     let hv = Hypervisor::connect(URI).expect("connect");
     hv.list_marked().expect("list before");
     assert!(hv.is_alive());
@@ -442,7 +478,9 @@ fn real_libvirt_connection_is_reopened_after_libvirtd_drops_it() {
 #[test]
 fn real_libvirt_cloud_init_user_data_starts_the_agent() {
     let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_libvirtd();
+    if !ensure_libvirtd("real_libvirt_cloud_init_user_data_starts_the_agent") {
+        return;
+    }
     let scratch = scratch();
     let job_id = unique_job_id("cloudinit");
     let marker = format!("MINION-PROVISIONING-MARKER-{job_id}");
@@ -491,7 +529,9 @@ fn real_libvirt_cloud_init_user_data_starts_the_agent() {
 #[test]
 fn real_libvirt_console_spam_is_bounded_by_rotation() {
     let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    ensure_libvirtd();
+    if !ensure_libvirtd("real_libvirt_console_spam_is_bounded_by_rotation") {
+        return;
+    }
     let scratch = scratch();
     let p = prepare(&scratch, "minimal", false, &accel::detect());
     // Replace the stub's seed with one that writes 3 MiB to the console (~25 s under TCG), then the marker.

@@ -79,6 +79,37 @@ fn libvirt_uri() -> String {
     std::env::var("MINION_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into())
 }
 
+/// Whether this machine can boot `variant` with the agent (see minion-testenv: a skip line on a
+/// developer's machine, a failure under CI).
+fn vm_env(test: &str, variant: &str) -> bool {
+    use minion_testenv::{require, Need};
+    let images = env_path(
+        "MINION_IMAGES_DIR",
+        PathBuf::from("/var/cache/minion/images"),
+    );
+    let agent = env_path(
+        "MINION_AGENT_BINARY",
+        workspace_root().join("target/agent/minion-agent"),
+    );
+    let uri = libvirt_uri();
+    require(
+        test,
+        &[
+            Need::Root,
+            Need::Libvirtd(&uri),
+            Need::Image {
+                dir: &images,
+                name: variant,
+            },
+            Need::File {
+                path: &agent,
+                make: "scripts/build-agent.sh",
+            },
+            Need::Program("virsh"),
+        ],
+    )
+}
+
 /// Every domain libvirt knows, running or not.
 fn virsh_list_all() -> String {
     let out = Command::new("virsh")
@@ -474,6 +505,9 @@ fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark (minutes): scripts/bench-vm.sh"]
 async fn vm_agent_bench() {
+    if !vm_env("vm_agent_bench", "minimal") {
+        return;
+    }
     let runs: usize = env_or("MINION_BENCH_RUNS", 10);
     let size_mb: u64 = env_or("MINION_BENCH_SIZE_MB", 200);
     let variants: String = env_or("MINION_BENCH_VARIANTS", "minimal,standard".to_string());
@@ -555,10 +589,16 @@ async fn vm_agent_bench() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_agent_minimal_image_runs_a_job() {
+    if !vm_env("vm_agent_minimal_image_runs_a_job", "minimal") {
+        return;
+    }
     run_job_in_fresh_vm("minimal").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_agent_standard_image_runs_a_job() {
+    if !vm_env("vm_agent_standard_image_runs_a_job", "standard") {
+        return;
+    }
     run_job_in_fresh_vm("standard").await;
 }

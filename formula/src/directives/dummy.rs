@@ -1,8 +1,20 @@
 //! `dummy`: for testing the runner itself. `result: FAIL` fails the step; anything else succeeds
 //! and the value is `msg` (or the result).
 
-use super::{str_param, StepContext, StepError};
+use super::{str_param, Directive, Params, Run, Spec, StepContext, StepError, Ty};
 use crate::yaml::Node;
+
+pub(super) const DIRECTIVE: Directive = Directive {
+    name: "dummy",
+    params: Params::Spec(Spec {
+        required: &[("result", Ty::Str)],
+        optional: &[("msg", Ty::Str)],
+        one_of: &[],
+        choices: &[],
+        extra_allowed: false,
+    }),
+    run: Run::Here(run),
+};
 
 pub(super) fn run(
     params: &Node,

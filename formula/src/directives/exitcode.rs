@@ -1,10 +1,22 @@
 //! `exitcode`: `result_last` / `result_worst` over ResultYAML sets the task's exit code:
 //! 0 when the outcome counts as success, 100 otherwise. Several steps: the worst wins.
 
-use super::{results_text, StepContext, StepError};
+use super::{results_text, Directive, Params, Run, Spec, StepContext, StepError, Ty, NONE};
+use crate::context::EXIT_CHECK_FAILED;
 use crate::results::{parse_results, Outcome};
-use crate::runner::EXIT_CHECK_FAILED;
 use crate::yaml::Node;
+
+pub(super) const DIRECTIVE: Directive = Directive {
+    name: "exitcode",
+    params: Params::Spec(Spec {
+        required: NONE,
+        optional: &[("result_last", Ty::Any), ("result_worst", Ty::Any)],
+        one_of: &["result_last", "result_worst"],
+        choices: &[],
+        extra_allowed: false,
+    }),
+    run: Run::Here(run),
+};
 
 pub(super) fn run(
     params: &Node,

@@ -13,24 +13,7 @@ mod xunit;
 use crate::subst;
 use crate::yaml::{Kind, Mark, Node};
 
-pub(crate) use crate::runner::StepContext;
-
-/// Every directive name the runner knows, in the order error messages list them.
-pub const DIRECTIVES: &[&str] = &[
-    "shell",
-    "python",
-    "resultsdb",
-    "exitcode",
-    "xunit",
-    "dummy",
-    "koji",
-    "bodhi",
-    "distgit",
-    "createrepo",
-    "mash",
-    "yumrepoinfo",
-    "create_report",
-];
+pub(crate) use crate::context::StepContext;
 
 /// A parameter problem; the caller adds the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,155 +62,98 @@ impl From<ParamError> for StepError {
     }
 }
 
+/// A parameter's expected type.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Ty {
+pub(crate) enum Ty {
     Str,
     StrOrList,
     Bool,
     Any,
 }
 
-struct Spec {
-    required: &'static [(&'static str, Ty)],
-    optional: &'static [(&'static str, Ty)],
+/// A directive's parameter shape, checked by [`validate`].
+pub(crate) struct Spec {
+    pub required: &'static [(&'static str, Ty)],
+    pub optional: &'static [(&'static str, Ty)],
     /// Exactly one of these keys must be present.
-    one_of: &'static [&'static str],
+    pub one_of: &'static [&'static str],
     /// Keys whose string value must be one of a fixed set.
-    choices: &'static [(&'static str, &'static [&'static str])],
+    pub choices: &'static [(&'static str, &'static [&'static str])],
     /// Keys not listed are passed through (python's keyword arguments).
-    extra_allowed: bool,
+    pub extra_allowed: bool,
 }
 
-const NONE: &[(&str, Ty)] = &[];
+pub(crate) const NONE: &[(&str, Ty)] = &[];
 
-fn spec(directive: &str) -> Option<Spec> {
-    use Ty::*;
-    let s = match directive {
-        "python" => Spec {
-            required: &[("file", Str), ("callable", Str)],
-            optional: NONE,
-            one_of: &[],
-            choices: &[],
-            extra_allowed: true,
-        },
-        "resultsdb" => Spec {
-            required: NONE,
-            optional: &[("results", Any), ("file", Str)],
-            one_of: &["results", "file"],
-            choices: &[],
-            extra_allowed: false,
-        },
-        "exitcode" => Spec {
-            required: NONE,
-            optional: &[("result_last", Any), ("result_worst", Any)],
-            one_of: &["result_last", "result_worst"],
-            choices: &[],
-            extra_allowed: false,
-        },
-        "xunit" => Spec {
-            required: &[
-                ("item", Str),
-                ("type", Str),
-                ("checkname", Str),
-                ("file", Str),
-            ],
-            optional: &[("aggregation", Str)],
-            one_of: &[],
-            choices: &[("aggregation", &["allpass", "none"])],
-            extra_allowed: false,
-        },
-        "dummy" => Spec {
-            required: &[("result", Str)],
-            optional: &[("msg", Str)],
-            one_of: &[],
-            choices: &[],
-            extra_allowed: false,
-        },
-        "koji" => Spec {
-            required: &[("action", Str)],
-            optional: &[
-                ("koji_build", Str),
-                ("koji_tag", Str),
-                ("arch", StrOrList),
-                ("arch_exclude", StrOrList),
-                ("src", Bool),
-                ("debuginfo", Bool),
-                ("build_log", Bool),
-                ("target_dir", Str),
-            ],
-            one_of: &[],
-            choices: &[(
-                "action",
-                &["download", "download_tag", "download_latest_stable"],
-            )],
-            extra_allowed: false,
-        },
-        "bodhi" => Spec {
-            required: &[("action", Str), ("bodhi_id", Str)],
-            optional: &[("arch", StrOrList), ("src", Bool), ("target_dir", Str)],
-            one_of: &[],
-            choices: &[("action", &["download"])],
-            extra_allowed: false,
-        },
-        "distgit" => Spec {
-            required: &[("action", Str), ("package", Str)],
-            optional: &[
-                ("path", StrOrList),
-                ("gitref", Str),
-                ("namespace", Str),
-                ("baseurl", Str),
-                ("target_dir", Str),
-                ("ignore_missing", Bool),
-            ],
-            one_of: &[],
-            choices: &[("action", &["download"])],
-            extra_allowed: false,
-        },
-        "createrepo" => Spec {
-            required: &[("repodir", Str)],
-            optional: NONE,
-            one_of: &[],
-            choices: &[],
-            extra_allowed: false,
-        },
-        "mash" => Spec {
-            required: &[("rpmdir", Str)],
-            optional: &[("arch", StrOrList), ("outdir", Str), ("dodelta", Bool)],
-            one_of: &[],
-            choices: &[],
-            extra_allowed: false,
-        },
-        "yumrepoinfo" => Spec {
-            required: &[("koji_tag", Str)],
-            optional: &[("arch", StrOrList)],
-            one_of: &[],
-            choices: &[],
-            extra_allowed: false,
-        },
-        "create_report" => Spec {
-            required: NONE,
-            optional: &[("results", Any), ("template", Str), ("path", Str)],
-            one_of: &[],
-            choices: &[],
-            extra_allowed: false,
-        },
-        _ => return None,
-    };
-    Some(s)
+/// How a directive's parameters are checked.
+pub(crate) enum Params {
+    /// A mapping of known keys.
+    Spec(Spec),
+    /// Its own shape (`shell` takes a list).
+    Custom(fn(&Node, &str) -> Result<(), ParamError>),
+}
+
+/// What a directive does when a step runs it.
+pub(crate) enum Run {
+    Here(fn(&Node, &mut StepContext<'_>) -> Result<serde_json::Value, StepError>),
+    /// Validated, but this runner cannot run it; the text says what it needs.
+    NotHere {
+        needs: &'static str,
+    },
+}
+
+/// One directive: its name, its parameters, what running it does. Adding a directive is one
+/// module with one of these, and one line in [`REGISTRY`].
+pub(crate) struct Directive {
+    pub name: &'static str,
+    pub params: Params,
+    pub run: Run,
+}
+
+/// Every directive the runner knows, in the order error messages list them.
+static REGISTRY: &[Directive] = &[
+    shell::DIRECTIVE,
+    python::DIRECTIVE,
+    resultsdb::DIRECTIVE,
+    exitcode::DIRECTIVE,
+    xunit::DIRECTIVE,
+    dummy::DIRECTIVE,
+    unavailable::KOJI,
+    unavailable::BODHI,
+    unavailable::DISTGIT,
+    unavailable::CREATEREPO,
+    unavailable::MASH,
+    unavailable::YUMREPOINFO,
+    unavailable::CREATE_REPORT,
+];
+
+fn lookup(name: &str) -> Option<&'static Directive> {
+    REGISTRY.iter().find(|d| d.name == name)
+}
+
+/// Every directive name the runner knows, in the order error messages list them.
+pub fn directive_names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|d| d.name).collect()
+}
+
+/// Whether `name` is a known directive.
+pub fn is_directive(name: &str) -> bool {
+    lookup(name).is_some()
 }
 
 /// Checks a directive's parameters. Called on the formula as written (a parameter that is exactly
 /// one `${var}` may stand for any type then) and again after substitution.
 pub fn validate(directive: &str, params: &Node, field: &str) -> Result<(), ParamError> {
-    if directive == "shell" {
-        return shell::validate(params, field);
-    }
-    let Some(spec) = spec(directive) else {
+    let Some(d) = lookup(directive) else {
         return Err(ParamError::new(
             params.mark,
             field,
             format!("unknown directive `{directive}`"),
         ));
+    };
+    let spec = match &d.params {
+        Params::Custom(check) => return check(params, field),
+        Params::Spec(spec) => spec,
     };
     if subst::is_whole_reference(params) {
         return Ok(());
@@ -365,14 +291,11 @@ pub(crate) fn execute(
     params: &Node,
     ctx: &mut StepContext<'_>,
 ) -> Result<serde_json::Value, StepError> {
-    match directive {
-        "shell" => shell::run(params, ctx),
-        "python" => python::run(params, ctx),
-        "resultsdb" => resultsdb::run(params, ctx),
-        "exitcode" => exitcode::run(params, ctx),
-        "xunit" => xunit::run(params, ctx),
-        "dummy" => dummy::run(params, ctx),
-        other => unavailable::run(other),
+    match lookup(directive).map(|d| &d.run) {
+        Some(Run::Here(run)) => run(params, ctx),
+        Some(Run::NotHere { needs }) => Err(unavailable::error(directive, needs)),
+        // Validation refuses unknown names before anything runs; this is the backstop.
+        None => Err(StepError::msg(format!("unknown directive `{directive}`"))),
     }
 }
 
@@ -398,6 +321,18 @@ pub(crate) fn results_text(node: &Node) -> Result<String, StepError> {
 mod tests {
     use super::*;
     use crate::yaml::parse;
+
+    #[test]
+    fn registry_names_are_unique_and_every_known_name_runs_or_says_why_not() {
+        let names = directive_names();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "duplicate names: {names:?}");
+        assert!(is_directive("koji") && !is_directive("kojii"));
+        let e = validate("kojii", &parse("{}\n").unwrap(), "p").unwrap_err();
+        assert_eq!(e.message, "unknown directive `kojii`");
+    }
 
     fn check(directive: &str, yaml: &str) -> Result<(), ParamError> {
         validate(directive, &parse(yaml).unwrap(), "p")

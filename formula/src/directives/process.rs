@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::StepError;
-use crate::runner::{CancelFlag, EventSink, LogStream};
+use crate::context::{CancelFlag, EventSink, LogStream};
 
 /// Stdout kept for `export` is capped; the log still gets all of it.
 const MAX_KEPT_STDOUT: usize = 16 * 1024 * 1024;

@@ -1,12 +1,24 @@
 //! `python`: imports `file` (relative to the task dir) with the system `python3` and calls
 //! `callable` with every other parameter as a keyword argument. Value: what the callable returned.
 
-use std::path::{Component, Path};
+use std::path::Path;
 use std::process::Command;
 
 use super::process::{describe, run_streaming};
-use super::{str_param, StepContext, StepError};
+use super::{str_param, Directive, Params, Run, Spec, StepContext, StepError, Ty, NONE};
 use crate::yaml::Node;
+
+pub(super) const DIRECTIVE: Directive = Directive {
+    name: "python",
+    params: Params::Spec(Spec {
+        required: &[("file", Ty::Str), ("callable", Ty::Str)],
+        optional: NONE,
+        one_of: &[],
+        choices: &[],
+        extra_allowed: true,
+    }),
+    run: Run::Here(run),
+};
 
 /// The wrapper the interpreter runs. The return value travels through a file, so the task's own
 /// stdout/stderr stream untouched.
@@ -34,26 +46,19 @@ pub(super) fn run(
 ) -> Result<serde_json::Value, StepError> {
     let file = str_param(params, "file").unwrap_or_default();
     let callable = str_param(params, "callable").unwrap_or_default();
-    let rel = Path::new(&file);
-    if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(param_error(
-            params,
-            "file",
-            ctx,
-            "must be a path inside the task directory",
-        ));
-    }
-    // Absolute: the interpreter runs in the workdir, not where the formula was named from.
-    let path = std::path::absolute(ctx.formula.taskdir().join(rel))
-        .map_err(|e| StepError::msg(format!("cannot resolve {file}: {e}")))?;
-    if !path.is_file() {
-        return Err(param_error(
-            params,
-            "file",
-            ctx,
-            &format!("{} does not exist", path.display()),
-        ));
-    }
+    // The file must be inside the task directory, symlinks included (minion-safepath's rules).
+    let path = minion_safepath::resolve_file_beneath(ctx.formula.taskdir(), Path::new(&file))
+        .map_err(|e| {
+            let why = match e {
+                minion_safepath::PathError::Missing { .. }
+                | minion_safepath::PathError::NotAFile { .. } => format!(
+                    "{} does not exist",
+                    ctx.formula.taskdir().join(&file).display()
+                ),
+                _ => "must be a path inside the task directory".to_string(),
+            };
+            param_error(params, "file", ctx, &why)
+        })?;
     let kwargs: serde_json::Map<String, serde_json::Value> = params
         .as_map()
         .unwrap_or_default()

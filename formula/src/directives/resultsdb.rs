@@ -1,11 +1,25 @@
 //! `resultsdb`: takes ResultYAML (`results:` text or `file:`), validates it and keeps the results.
 //! With reporting on, POSTs each result to ResultsDB's v2.0 API, with retries.
 
-use super::{results_text, str_param, StepContext, StepError};
+use super::{
+    results_text, str_param, Directive, Params, Run, Spec, StepContext, StepError, Ty, NONE,
+};
+use crate::context::LogStream;
+use crate::context::ReportConfig;
 use crate::results::{parse_results, results_to_yaml, CheckResult};
-use crate::runner::LogStream;
-use crate::runner::ReportConfig;
 use crate::yaml::Node;
+
+pub(super) const DIRECTIVE: Directive = Directive {
+    name: "resultsdb",
+    params: Params::Spec(Spec {
+        required: NONE,
+        optional: &[("results", Ty::Any), ("file", Ty::Str)],
+        one_of: &["results", "file"],
+        choices: &[],
+        extra_allowed: false,
+    }),
+    run: Run::Here(run),
+};
 
 pub(super) fn run(
     params: &Node,

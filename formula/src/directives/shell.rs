@@ -4,9 +4,15 @@
 use std::process::Command;
 
 use super::process::{describe, run_streaming};
-use super::{ParamError, StepContext, StepError};
+use super::{Directive, ParamError, Params, Run, StepContext, StepError};
 use crate::subst;
 use crate::yaml::{Kind, Node};
+
+pub(super) const DIRECTIVE: Directive = Directive {
+    name: "shell",
+    params: Params::Custom(validate),
+    run: Run::Here(run),
+};
 
 pub(super) fn validate(params: &Node, field: &str) -> Result<(), ParamError> {
     if subst::is_whole_reference(params) {

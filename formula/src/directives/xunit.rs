@@ -1,9 +1,26 @@
 //! `xunit`: JUnit XML → ResultYAML. `aggregation: allpass` (default) gives one result that passes
 //! when every test case passed; `none` gives one result per test case (`CHECKNAME.CASE`).
 
-use super::{str_param, StepContext, StepError};
+use super::{str_param, Directive, Params, Run, Spec, StepContext, StepError, Ty};
 use crate::results::{results_to_yaml, CheckResult, Outcome};
 use crate::yaml::Node;
+
+pub(super) const DIRECTIVE: Directive = Directive {
+    name: "xunit",
+    params: Params::Spec(Spec {
+        required: &[
+            ("item", Ty::Str),
+            ("type", Ty::Str),
+            ("checkname", Ty::Str),
+            ("file", Ty::Str),
+        ],
+        optional: &[("aggregation", Ty::Str)],
+        one_of: &[],
+        choices: &[("aggregation", &["allpass", "none"])],
+        extra_allowed: false,
+    }),
+    run: Run::Here(run),
+};
 
 /// JUnit files above this are refused rather than loaded.
 const MAX_XML: u64 = 64 * 1024 * 1024;

@@ -10,7 +10,7 @@
 pub use std::path::{Path, PathBuf};
 pub use std::process::{Child, Command, Output, Stdio};
 pub use std::sync::atomic::{AtomicBool, Ordering};
-pub use std::sync::{Arc, Once};
+pub use std::sync::Arc;
 pub use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
@@ -31,29 +31,82 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the two binaries once per test process (a no-op when they are fresh), so a plain
-/// `cargo test -p minion-e2e` never runs a stale daemon.
+/// The daemon and CLI binaries cargo built into this target dir (`cargo build -p miniond -p
+/// minion-cli`; `make test` builds them before the tests). Never built from here: a test does not
+/// run a nested cargo.
 pub fn binaries() -> (PathBuf, PathBuf) {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "miniond", "-p", "minion-cli"])
-            .current_dir(workspace_root())
-            .status()
-            .expect("cargo build runs");
-        assert!(st.success(), "building miniond and minion failed");
-    });
     (bin_dir().join("miniond"), bin_dir().join("minion"))
+}
+
+pub fn images_dir() -> PathBuf {
+    std::env::var_os("MINION_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/minion/images"))
+}
+
+/// Whether this machine can run a VM test (root, libvirtd, the `minimal` image, the agent, fresh
+/// binaries): skips with one line on a developer's machine, fails under CI
+/// (see minion-testenv).
+pub fn vm_env(test: &str) -> bool {
+    use minion_testenv::{require, Need};
+    let (miniond, minion) = binaries();
+    let root = workspace_root();
+    let sources: Vec<PathBuf> = [
+        "daemon",
+        "cli",
+        "channel",
+        "provisioning",
+        "formula",
+        "proto",
+        "safepath",
+    ]
+    .iter()
+    .map(|c| root.join(c))
+    .collect();
+    let uri = libvirt_uri();
+    let images = images_dir();
+    let agent = agent_path();
+    let build = "cargo build -p miniond -p minion-cli";
+    require(
+        test,
+        &[
+            Need::Root,
+            Need::Libvirtd(&uri),
+            Need::Image {
+                dir: &images,
+                name: "minimal",
+            },
+            Need::File {
+                path: &agent,
+                make: "scripts/build-agent.sh",
+            },
+            Need::FreshBinary {
+                path: &miniond,
+                sources: &sources,
+                make: build,
+            },
+            Need::FreshBinary {
+                path: &minion,
+                sources: &sources,
+                make: build,
+            },
+            Need::Program("virsh"),
+        ],
+    )
 }
 
 pub fn libvirt_uri() -> String {
     std::env::var("MINION_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into())
 }
 
-pub fn agent_binary() -> PathBuf {
-    let p = std::env::var_os("MINION_AGENT_BINARY")
+fn agent_path() -> PathBuf {
+    std::env::var_os("MINION_AGENT_BINARY")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/agent/minion-agent"));
+        .unwrap_or_else(|| workspace_root().join("target/agent/minion-agent"))
+}
+
+pub fn agent_binary() -> PathBuf {
+    let p = agent_path();
     assert!(
         p.is_file(),
         "{} missing: run scripts/build-agent.sh",
@@ -114,8 +167,7 @@ impl Daemon {
             .prefix("e2e-d-")
             .tempdir_in("/var/lib/minion")
             .expect("state dir");
-        let images = std::env::var("MINION_IMAGES_DIR")
-            .unwrap_or_else(|_| "/var/cache/minion/images".into());
+        let images = images_dir();
         let socket = state.path().join("miniond.sock");
         let config = state.path().join("miniond.toml");
         std::fs::write(

@@ -2,8 +2,8 @@
 
 use minion_proto::controller as pb;
 
+use super::store::{EventRecord, ExecStatus, JobRecord};
 use crate::lifecycle::State;
-use crate::store::{EventRecord, ExecStatus, JobRecord};
 
 pub fn state_to_pb(s: State) -> pb::JobState {
     match s {

@@ -20,21 +20,21 @@ impl Hub {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn subscribe(&self, id: &str) -> broadcast::Receiver<WatchEvent> {
+    pub(super) fn subscribe(&self, id: &str) -> broadcast::Receiver<WatchEvent> {
         self.lock()
             .entry(id.to_string())
             .or_insert_with(|| broadcast::channel(CAPACITY).0)
             .subscribe()
     }
 
-    pub fn publish(&self, id: &str, ev: WatchEvent) {
+    pub(super) fn publish(&self, id: &str, ev: WatchEvent) {
         self.publish_after(id, ev, || {});
     }
 
     /// Runs `record` (e.g. appending to minion.log) and publishes `ev` atomically with respect to
     /// [`Hub::subscribe_with`]: a watcher sees each log chunk exactly once, either in what it reads
     /// back or live.
-    pub fn publish_after(&self, id: &str, ev: WatchEvent, record: impl FnOnce()) {
+    pub(super) fn publish_after(&self, id: &str, ev: WatchEvent, record: impl FnOnce()) {
         let jobs = self.lock();
         record();
         if let Some(tx) = jobs.get(id) {
@@ -45,7 +45,7 @@ impl Hub {
 
     /// Subscribes and runs `snapshot` (e.g. the log's current length) under the same lock as
     /// [`Hub::publish_after`].
-    pub fn subscribe_with<T>(
+    pub(super) fn subscribe_with<T>(
         &self,
         id: &str,
         snapshot: impl FnOnce() -> T,
@@ -59,8 +59,23 @@ impl Hub {
     }
 
     /// Drops the job's channel: its watchers see the stream end after what was sent.
-    pub fn close(&self, id: &str) {
+    pub(super) fn close(&self, id: &str) {
         self.lock().remove(id);
+    }
+
+    /// A watcher has gone: the job's channel goes too when nobody else listens (a live job's
+    /// next event makes no new one; a later watcher does).
+    pub(super) fn release(&self, id: &str) {
+        let mut jobs = self.lock();
+        if jobs.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
+            jobs.remove(id);
+        }
+    }
+
+    /// Jobs with a channel (watched now, or live with a watcher since).
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -101,5 +116,20 @@ mod tests {
             rx.try_recv(),
             Err(broadcast::error::TryRecvError::Closed)
         ));
+    }
+
+    #[test]
+    fn a_released_channel_goes_once_nobody_listens() {
+        let hub = Hub::default();
+        let a = hub.subscribe("j");
+        let b = hub.subscribe("j");
+        drop(a);
+        hub.release("j");
+        assert_eq!(hub.len(), 1, "b still listens");
+        drop(b);
+        hub.release("j");
+        assert_eq!(hub.len(), 0);
+        hub.publish("j", log(9));
+        assert_eq!(hub.len(), 0, "publishing makes no channel");
     }
 }

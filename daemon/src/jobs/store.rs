@@ -80,6 +80,13 @@ pub struct JobRecord {
     pub results_yaml: String,
     pub tap: String,
     pub created_ms: i64,
+    /// The VM the current attempt runs on (its id: the job's UUID, or a pre-booted VM's own).
+    #[serde(default)]
+    pub vm_id: String,
+    /// When the current attempt's domain was started (BOOTING is libvirt's start + the guest's
+    /// boot; this splits them).
+    #[serde(default)]
+    pub domain_started_ms: Option<i64>,
 }
 
 pub fn now_ms() -> i64 {
@@ -133,8 +140,21 @@ impl Store {
         Ok(())
     }
 
+    /// Applies `edit` to the record without a state change (durable on return).
+    pub(super) fn update(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut JobRecord),
+    ) -> Result<JobRecord, StoreError> {
+        let _g = self.lock();
+        let mut rec = self.get(id)?;
+        edit(&mut rec);
+        self.put(&rec)?;
+        Ok(rec)
+    }
+
     /// Creates a QUEUED job (durable on return).
-    pub fn create(&self, id: &str, request: JobRequest) -> Result<JobRecord, StoreError> {
+    pub(super) fn create(&self, id: &str, request: JobRequest) -> Result<JobRecord, StoreError> {
         let _g = self.lock();
         let now = now_ms();
         let rec = JobRecord {
@@ -156,6 +176,8 @@ impl Store {
             results_yaml: String::new(),
             tap: String::new(),
             created_ms: now,
+            vm_id: String::new(),
+            domain_started_ms: None,
         };
         self.put(&rec)?;
         Ok(rec)
@@ -170,7 +192,7 @@ impl Store {
 
     /// Moves the job to `to` (appending a timestamped event) if the state machine allows it, and
     /// applies `edit` to the record in the same durable write.
-    pub fn transition_with(
+    pub(super) fn transition_with(
         &self,
         id: &str,
         to: State,
@@ -201,7 +223,13 @@ impl Store {
         Ok(rec)
     }
 
-    pub fn transition(&self, id: &str, to: State, message: &str) -> Result<JobRecord, StoreError> {
+    #[cfg(test)]
+    pub(super) fn transition(
+        &self,
+        id: &str,
+        to: State,
+        message: &str,
+    ) -> Result<JobRecord, StoreError> {
         self.transition_with(id, to, message, |_| {})
     }
 

@@ -1,0 +1,320 @@
+//! One fresh VM, from nothing to an agent that is Ready for a job, and back to nothing: the one
+//! path every VM takes, whether it boots for a job that is waiting or is pre-booted and parked.
+//!
+//! ```text
+//! boot_to_ready: image + libvirt connection + overlay/seed/XML (Prepared) → domain started
+//!                (DomainStarted) → channel connected → Hello/Ready handshake → ReadyVm
+//! any error or cancel on the way: the VM is torn down before boot_to_ready returns
+//! ReadyVm.guard.teardown(): domain destroyed, files removed (console log kept if asked)
+//! ```
+//!
+//! It takes a narrow context (paths, accelerator, the pool) and knows nothing of jobs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use minion_channel::{connect_unix, handshake, ChannelError, Limits, ReadySession};
+use minion_provisioning::vm::PreparedVm;
+use minion_provisioning::vmfiles::VmFiles;
+use minion_provisioning::{accel::Accel, image, vm, Hypervisor, HypervisorError, ProvisionError};
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pool::Pool;
+
+/// How long the channel socket may take to appear after the domain starts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a cancelled (or timed-out) guest gets to stop its task and send what it has.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+/// The guest end of a VM past the agent's Ready.
+pub type Session = ReadySession<UnixStream>;
+
+/// What making VMs needs from the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct VmContext {
+    pub state_dir: PathBuf,
+    pub images_dir: PathBuf,
+    pub agent_binary: PathBuf,
+    pub accel: Accel,
+}
+
+impl VmContext {
+    pub fn new(cfg: &Config, accel: Accel) -> VmContext {
+        VmContext {
+            state_dir: cfg.state_dir.clone(),
+            images_dir: cfg.images_dir.clone(),
+            agent_binary: cfg.agent_binary.clone(),
+            accel,
+        }
+    }
+}
+
+/// The session limits of every guest.
+pub fn session_limits() -> Limits {
+    Limits {
+        cancel_grace: CANCEL_GRACE,
+        ..Limits::default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("image {name}: {source}")]
+    Image {
+        name: String,
+        #[source]
+        source: ProvisionError,
+    },
+    #[error("libvirt {uri}: {source}")]
+    Libvirt {
+        uri: String,
+        #[source]
+        source: HypervisorError,
+    },
+    #[error("provisioning: {0}")]
+    Provision(#[source] ProvisionError),
+    #[error("starting the domain: {0}")]
+    Start(#[source] HypervisorError),
+    #[error("guest channel: {0}")]
+    Channel(#[source] ChannelError),
+    #[error("guest handshake: {0}")]
+    Handshake(#[source] ChannelError),
+    /// `cancel` fired; `while_booting` once the domain had started.
+    #[error("{}", if *while_booting { "cancelled while booting" } else { "cancelled" })]
+    Cancelled { while_booting: bool },
+    #[error("{what} task: {source}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TeardownError {
+    #[error("{0}")]
+    Provision(#[source] ProvisionError),
+    #[error("teardown task: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Steps of [`boot_to_ready`] its caller hears about.
+pub enum BootStep {
+    /// The VM's files exist and its XML is rendered.
+    Prepared,
+    /// libvirt started the domain.
+    DomainStarted,
+}
+
+/// A VM whose agent is Ready and has no job yet.
+pub struct ReadyVm {
+    pub id: String,
+    pub guard: VmGuard,
+    pub session: Session,
+    /// Domain start → Ready.
+    pub boot: Duration,
+}
+
+/// A VM that must be torn down. `Drop` is the backstop for a task that is aborted or panics; the
+/// normal paths call [`VmGuard::teardown`] and await it.
+pub struct VmGuard {
+    hv: Arc<Hypervisor>,
+    name: String,
+    files: VmFiles,
+    keep_console: Option<PathBuf>,
+    done: bool,
+}
+
+impl VmGuard {
+    fn new(hv: &Arc<Hypervisor>, prepared: &PreparedVm, keep_console: Option<PathBuf>) -> VmGuard {
+        VmGuard {
+            hv: hv.clone(),
+            name: prepared.name.clone(),
+            files: prepared.files.clone(),
+            keep_console,
+            done: false,
+        }
+    }
+
+    /// Where the console log is copied at teardown.
+    pub fn keep_console_as(&mut self, path: PathBuf) {
+        self.keep_console = Some(path);
+    }
+
+    /// Leaves the VM to someone else (at shutdown, the final sweep destroys it).
+    pub fn abandon(mut self) {
+        self.done = true;
+    }
+
+    /// Destroys the domain and removes its files (copying the console log first if asked).
+    pub async fn teardown(mut self) -> Result<(), TeardownError> {
+        self.done = true;
+        let (hv, name, files, keep) = (
+            self.hv.clone(),
+            self.name.clone(),
+            self.files.clone(),
+            self.keep_console.clone(),
+        );
+        tokio::task::spawn_blocking(move || vm::teardown(&hv, &name, &files, keep.as_deref()))
+            .await
+            .map_err(TeardownError::Task)?
+            .map_err(TeardownError::Provision)
+    }
+}
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            let (hv, name, files) = (self.hv.clone(), self.name.clone(), self.files.clone());
+            tracing::warn!(domain = %name, "VM dropped without teardown: tearing down now");
+            let _ = std::thread::spawn(move || {
+                if let Err(e) = vm::teardown(&hv, &name, &files, None) {
+                    tracing::error!(domain = %name, "backstop teardown: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// The guest's host name: `minion-` and the first 8 characters of the VM id's UUID.
+fn hostname(vm_id: &str) -> String {
+    let uuid = &vm_id[vm_id.len().saturating_sub(36)..];
+    format!("minion-{}", &uuid[..8.min(uuid.len())])
+}
+
+/// Image, libvirt connection, then the VM's files and XML under `vm_id`. On error nothing of
+/// the VM exists.
+async fn provision(
+    ctx: &VmContext,
+    pool: &Arc<Pool>,
+    vm_id: &str,
+) -> Result<(Arc<Hypervisor>, PreparedVm), BootError> {
+    let (ctx, pool, vm_id) = (ctx.clone(), pool.clone(), vm_id.to_string());
+    tokio::task::spawn_blocking(move || {
+        let image =
+            image::load(&ctx.images_dir, &pool.cfg.image).map_err(|source| BootError::Image {
+                name: pool.cfg.image.clone(),
+                source,
+            })?;
+        let hv = pool.hypervisor().map_err(|source| BootError::Libvirt {
+            uri: pool.cfg.libvirt_uri.clone(),
+            source,
+        })?;
+        let req = vm::VmRequest {
+            state_dir: ctx.state_dir.clone(),
+            job_id: vm_id.clone(),
+            image,
+            accel: ctx.accel.clone(),
+            agent_binary: ctx.agent_binary.clone(),
+            vcpus: pool.cfg.vcpus,
+            memory_mib: pool.cfg.memory_mib,
+            hostname: hostname(&vm_id),
+            network: None,
+        };
+        let prepared = vm::prepare(&req).map_err(BootError::Provision)?;
+        Ok((hv, prepared))
+    })
+    .await
+    .map_err(|source| BootError::Task {
+        what: "provisioning",
+        source,
+    })?
+}
+
+/// Provisions VM `vm_id` in `pool`, starts its domain and waits for the agent's Ready. Each
+/// wait is bounded (channel connect, the session's ready timeout) and `cancel` stops it at
+/// once. On any error the VM is torn down (its console log copied to `keep_console` if given)
+/// before this returns.
+pub async fn boot_to_ready(
+    ctx: &VmContext,
+    pool: &Arc<Pool>,
+    vm_id: &str,
+    keep_console: Option<PathBuf>,
+    cancel: &CancellationToken,
+    progress: &mut (dyn FnMut(BootStep) + Send),
+) -> Result<ReadyVm, BootError> {
+    let (hv, prepared) = provision(ctx, pool, vm_id).await?;
+    let t = &prepared.timings;
+    tracing::info!(
+        vm = %vm_id,
+        overlay_ms = t.overlay.as_secs_f64() * 1000.0,
+        seed_ms = t.seed.as_secs_f64() * 1000.0,
+        render_ms = t.render.as_secs_f64() * 1000.0,
+        "provisioned"
+    );
+    let guard = VmGuard::new(&hv, &prepared, keep_console);
+    progress(BootStep::Prepared);
+    let started = async {
+        if cancel.is_cancelled() {
+            return Err(BootError::Cancelled {
+                while_booting: false,
+            });
+        }
+        let t_start = Instant::now();
+        let (hv, xml) = (hv.clone(), prepared.xml.clone());
+        tokio::task::spawn_blocking(move || hv.create_transient(&xml))
+            .await
+            .map_err(|source| BootError::Task {
+                what: "domain",
+                source,
+            })?
+            .map_err(BootError::Start)?;
+        progress(BootStep::DomainStarted);
+        if cancel.is_cancelled() {
+            return Err(BootError::Cancelled {
+                while_booting: false,
+            });
+        }
+        let stream = tokio::select! {
+            s = connect_unix(&prepared.files.channel_socket, CONNECT_TIMEOUT) => {
+                s.map_err(BootError::Channel)?
+            }
+            _ = cancel.cancelled() => return Err(BootError::Cancelled { while_booting: true }),
+        };
+        let session = match handshake(stream, &session_limits(), cancel.clone()).await {
+            Ok(s) => s,
+            Err(ChannelError::Cancelled) => {
+                return Err(BootError::Cancelled {
+                    while_booting: true,
+                })
+            }
+            Err(e) => return Err(BootError::Handshake(e)),
+        };
+        Ok((session, t_start.elapsed()))
+    };
+    match started.await {
+        Ok((session, boot)) => Ok(ReadyVm {
+            id: vm_id.to_string(),
+            guard,
+            session,
+            boot,
+        }),
+        Err(e) => {
+            if let Err(te) = guard.teardown().await {
+                tracing::error!(vm = %vm_id, "teardown after a failed boot: {te}");
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_come_from_the_vm_uuid() {
+        assert_eq!(
+            hostname("0b9c0c3e-1d7a-4d5e-9f00-123456789abc"),
+            "minion-0b9c0c3e"
+        );
+        assert_eq!(
+            hostname("prebooted-0b9c0c3e-1d7a-4d5e-9f00-123456789abc"),
+            "minion-0b9c0c3e"
+        );
+        assert_eq!(hostname("ab"), "minion-ab");
+    }
+}

@@ -1,0 +1,590 @@
+//! The controller as one facade the API calls: submission, cancellation, reads, pool status,
+//! and the daemon's own life (start with reconciliation, one dispatcher per pool, shutdown).
+//! State changes go to `Jobs` as events; VMs come from `prebooted` or `runner`.
+//!
+//! ```text
+//! submit → Jobs::create (QUEUED) → pool queue → dispatcher: a parked VM, or a slot
+//!        → Jobs::apply(PickedUp) → runner::run_job (its own task)
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use minion_proto::controller as pb;
+use minion_provisioning::{accel::Accel, vm};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PoolConfig};
+use crate::guestvm::VmContext;
+use crate::jobs::{JobEvent, JobRecord, JobRequest, Jobs, JobsError, ListQuery};
+use crate::lifecycle::State;
+use crate::pool::Pool;
+use crate::prebooted::{ParkedVm, Prebooted};
+use crate::runner::{self, Assigned, RunContext};
+use crate::taskrepo::{self, RepoError};
+
+/// Each pool's queue receiver, handed from [`Service::open`] to [`Service::start`].
+pub type PoolQueues = Vec<(String, mpsc::UnboundedReceiver<String>)>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("pool: no pool named `{name}` (pools: {known})")]
+    UnknownPool { name: String, known: String },
+    #[error("pool: none given and no default pool is configured (pools: {0})")]
+    NoPool(String),
+    #[error("arch: `{0}` is not supported (x86_64 only)")]
+    Arch(String),
+    #[error("timeout_seconds: {0} exceeds the maximum of 86400")]
+    Timeout(u64),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("job {id} is already {state}")]
+    AlreadyFinal { id: String, state: State },
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+    #[error("reconcile task: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// A pool with what runs it.
+struct PoolEntry {
+    pool: Arc<Pool>,
+    prebooted: Arc<Prebooted>,
+    queue: mpsc::UnboundedSender<String>,
+}
+
+/// A pool as `ListPools` shows it.
+pub struct PoolStatus {
+    pub name: String,
+    pub cfg: PoolConfig,
+    pub running: u32,
+    pub queued: u32,
+    pub ready: u32,
+    pub booting: u32,
+}
+
+pub struct Service {
+    cfg: Config,
+    jobs: Arc<Jobs>,
+    pools: BTreeMap<String, PoolEntry>,
+    run: Arc<RunContext>,
+    /// The cancel switch of every job a dispatcher has taken and whose runner has not ended.
+    cancels: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Service {
+    /// Opens the jobs database and builds the pools; the returned receivers feed
+    /// [`Service::start`].
+    pub fn open(cfg: Config, accel: Accel) -> Result<(Arc<Service>, PoolQueues), JobsError> {
+        let jobs = Arc::new(Jobs::open(&cfg.state_dir, cfg.retry_budget)?);
+        let vms = VmContext::new(&cfg, accel);
+        let mut pools = BTreeMap::new();
+        let mut rxs = Vec::new();
+        for (name, pc) in &cfg.pools {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let pool = Arc::new(Pool::new(name, pc));
+            let prebooted = Prebooted::new(&pool, &vms);
+            pools.insert(
+                name.clone(),
+                PoolEntry {
+                    pool,
+                    prebooted,
+                    queue: tx,
+                },
+            );
+            rxs.push((name.clone(), rx));
+        }
+        let run = Arc::new(RunContext {
+            jobs: jobs.clone(),
+            vms,
+        });
+        Ok((
+            Arc::new(Service {
+                cfg,
+                jobs,
+                pools,
+                run,
+                cancels: Mutex::new(HashMap::new()),
+            }),
+            rxs,
+        ))
+    }
+
+    pub fn jobs(&self) -> &Arc<Jobs> {
+        &self.jobs
+    }
+
+    pub fn images_dir(&self) -> &Path {
+        &self.cfg.images_dir
+    }
+
+    /// Reconciles, then starts one dispatcher per pool (queued jobs first, in submission order)
+    /// and the pre-booting.
+    pub async fn start(self: &Arc<Self>, rxs: PoolQueues) -> Result<(), StartError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || s.reconcile())
+            .await
+            .map_err(StartError::Task)??;
+        for (name, rx) in rxs {
+            let s = self.clone();
+            tokio::spawn(async move { s.dispatch(name, rx).await });
+        }
+        for p in self.pools.values() {
+            p.prebooted.start();
+        }
+        Ok(())
+    }
+
+    /// Running jobs are abandoned, not left running: no job changes state any more, pre-booted
+    /// VMs are destroyed, then every VM of this daemon. The next start marks the abandoned jobs
+    /// FAILED (daemon restart) and requeues them.
+    pub async fn shutdown(self: &Arc<Self>) {
+        self.jobs.begin_shutdown();
+        for p in self.pools.values() {
+            p.prebooted.shutdown().await;
+        }
+        let s = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || s.destroy_vms()).await {
+            tracing::error!("destroying VMs at shutdown: {e}");
+        }
+    }
+
+    /// After a (re)start nothing runs: in-flight jobs are interrupted (FAILED, requeued within
+    /// the budget), and every VM this daemon left is destroyed.
+    fn reconcile(&self) -> Result<(), JobsError> {
+        self.jobs.interrupt_in_flight()?;
+        self.destroy_vms();
+        Ok(())
+    }
+
+    /// Destroys every domain marked as this daemon's (its jobs' and its pre-booted VMs') on
+    /// every libvirt host of its pools, then deletes every per-VM dir. Used at start (nothing is
+    /// live yet) and at shutdown (what is live is abandoned). Blocks.
+    fn destroy_vms(&self) {
+        let mut seen: Vec<&str> = Vec::new();
+        for p in self.pools.values().map(|e| &e.pool) {
+            if seen.contains(&p.cfg.libvirt_uri.as_str()) {
+                continue;
+            }
+            seen.push(&p.cfg.libvirt_uri);
+            match p.hypervisor() {
+                Ok(hv) => {
+                    let report = vm::destroy_marked(&hv, &self.cfg.state_dir, &|_| false);
+                    for e in report.errors {
+                        tracing::error!("reconcile on {}: {e}", p.cfg.libvirt_uri);
+                    }
+                    for d in report.destroyed {
+                        tracing::info!("reconcile: destroyed leftover domain {d}");
+                    }
+                }
+                Err(e) => tracing::error!("reconcile: libvirt {}: {e}", p.cfg.libvirt_uri),
+            }
+        }
+        let report = vm::sweep_dirs(&self.cfg.state_dir, &|_| false);
+        for d in report.removed_dirs {
+            tracing::info!("reconcile: removed {}", d.display());
+        }
+        for e in report.errors {
+            tracing::error!("reconcile: {e}");
+        }
+    }
+
+    fn cancels_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.cancels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// FIFO per pool: take the next queued job, take a parked VM or wait for a VM slot, hand
+    /// both to a runner.
+    async fn dispatch(self: Arc<Self>, name: String, mut rx: mpsc::UnboundedReceiver<String>) {
+        let Some(entry) = self.pools.get(&name) else {
+            return;
+        };
+        match self.jobs.queued_in(&name) {
+            Ok(ids) => {
+                for id in ids {
+                    let _ = entry.queue.send(id);
+                }
+            }
+            Err(e) => tracing::error!(pool = %name, "requeueing queued jobs: {e}"),
+        }
+        while let Some(id) = rx.recv().await {
+            // Cancelled while queued: skip without taking a VM.
+            if !self.jobs.is_queued(&id) {
+                continue;
+            }
+            let Some(vm) = obtain_vm(entry).await else {
+                return;
+            };
+            let token = CancellationToken::new();
+            self.cancels_lock().insert(id.clone(), token.clone());
+            let vm_id = match &vm {
+                Assigned::Parked(p) => Some(p.vm.id.clone()),
+                Assigned::Cold(_) => None,
+            };
+            let picked = self.jobs.apply(&id, JobEvent::PickedUp { vm_id });
+            if picked.is_err() || token.is_cancelled() {
+                // Cancelled while waiting for a VM (or the daemon stops): a parked VM goes back
+                // to the pool untouched.
+                self.cancels_lock().remove(&id);
+                match picked {
+                    Ok(_) => {
+                        let ev = JobEvent::Cancelled {
+                            reason: "cancelled".into(),
+                        };
+                        if let Err(e) = self.jobs.apply(&id, ev) {
+                            tracing::error!(job = %id, "{e}");
+                        }
+                    }
+                    Err(e) => tracing::debug!(job = %id, "not started: {e}"),
+                }
+                give_back(entry, vm);
+                continue;
+            }
+            if let Assigned::Parked(p) = &vm {
+                tracing::info!(job = %id, vm = %p.vm.id, "took pre-booted VM");
+            }
+            let running = entry.pool.run_one();
+            let (s, pool, prebooted) = (self.clone(), entry.pool.clone(), entry.prebooted.clone());
+            tokio::spawn(async move {
+                runner::run_job(&s.run, &pool, &id, token, vm).await;
+                s.cancels_lock().remove(&id);
+                drop(running);
+                prebooted.slot_freed();
+            });
+        }
+    }
+
+    /// Validates, fetches the task tree and queues the job. On any error nothing is left.
+    pub async fn submit(&self, req: pb::SubmitJobRequest) -> Result<JobRecord, SubmitError> {
+        let t0 = std::time::Instant::now();
+        let known = || self.pools.keys().cloned().collect::<Vec<_>>().join(", ");
+        let pool_name = if req.pool.is_empty() {
+            self.cfg
+                .default_pool_name()
+                .ok_or_else(|| SubmitError::NoPool(known()))?
+                .to_string()
+        } else {
+            req.pool.clone()
+        };
+        let entry = self
+            .pools
+            .get(&pool_name)
+            .ok_or_else(|| SubmitError::UnknownPool {
+                name: pool_name.clone(),
+                known: known(),
+            })?;
+        taskrepo::check_item(&req.item, &req.item_type)?;
+        let arch = if req.arch.is_empty() {
+            "x86_64".to_string()
+        } else {
+            req.arch.clone()
+        };
+        if arch != "x86_64" && arch != "noarch" {
+            return Err(SubmitError::Arch(arch));
+        }
+        if req.timeout_seconds > 86_400 {
+            return Err(SubmitError::Timeout(req.timeout_seconds));
+        }
+        let timeout_seconds = if req.timeout_seconds == 0 {
+            entry.pool.cfg.default_timeout_seconds
+        } else {
+            req.timeout_seconds
+        };
+
+        let id = uuid::Uuid::new_v4().to_string();
+        let tree = self.jobs.task_dir(&id);
+        if let Some(parent) = tree.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| RepoError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        taskrepo::fetch(&req.repo, &req.git_ref, &tree).await?;
+        let formula = {
+            let tree = tree.clone();
+            let (f, r) = (req.formula.clone(), req.repo.clone());
+            tokio::task::spawn_blocking(move || taskrepo::resolve_and_validate(&tree, &f, &r))
+                .await
+                .unwrap_or_else(|e| Err(RepoError::FormulaInvalid(format!("validator: {e}"))))
+        };
+        let formula = match formula {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tree);
+                return Err(e.into());
+            }
+        };
+        let request = JobRequest {
+            pool: pool_name.clone(),
+            repo: req.repo,
+            git_ref: req.git_ref,
+            formula,
+            item: req.item,
+            item_type: req.item_type,
+            arch,
+            timeout_seconds,
+            args: req.args.into_iter().collect(),
+        };
+        let rec = match self.jobs.create(&id, request) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tree);
+                return Err(e.into());
+            }
+        };
+        tracing::info!(
+            job = %id,
+            pool = %pool_name,
+            item = %rec.request.item,
+            submit_ms = t0.elapsed().as_secs_f64() * 1000.0,
+            "queued"
+        );
+        // The dispatcher lives as long as the daemon: a send cannot fail while we run.
+        let _ = entry.queue.send(id);
+        Ok(rec)
+    }
+
+    /// Cancels a job in any state: a queued one directly, a picked-up one through its runner.
+    pub fn cancel(&self, id: &str) -> Result<JobRecord, CancelError> {
+        let rec = self.jobs.get(id)?;
+        if rec.state.is_final() {
+            return Err(CancelError::AlreadyFinal {
+                id: id.to_string(),
+                state: rec.state,
+            });
+        }
+        if let Some(token) = self.cancels_lock().get(id) {
+            token.cancel();
+            return Ok(self.jobs.get(id)?);
+        }
+        let ev = JobEvent::Cancelled {
+            reason: "cancelled while queued".into(),
+        };
+        match self.jobs.apply(id, ev) {
+            Ok(r) => Ok(r),
+            // Picked up between our read and the write: the runner owns it now.
+            Err(e) if e.is_illegal_transition() => {
+                if let Some(token) = self.cancels_lock().get(id) {
+                    token.cancel();
+                }
+                Ok(self.jobs.get(id)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<JobRecord, JobsError> {
+        self.jobs.get(id)
+    }
+
+    pub fn list(&self, q: &ListQuery) -> Result<(Vec<JobRecord>, Option<u64>), JobsError> {
+        self.jobs.list(q)
+    }
+
+    pub fn pools(&self) -> Vec<PoolStatus> {
+        self.pools
+            .values()
+            .map(|e| PoolStatus {
+                name: e.pool.name.clone(),
+                cfg: e.pool.cfg.clone(),
+                running: e.pool.running(),
+                queued: self
+                    .jobs
+                    .queued_in(&e.pool.name)
+                    .map(|v| v.len() as u32)
+                    .unwrap_or(0),
+                ready: e.prebooted.ready(),
+                booting: e.prebooted.booting(),
+            })
+            .collect()
+    }
+}
+
+/// A parked pre-booted VM if there is one, else a slot for a new VM; waits for whichever comes
+/// first. `None` once the pool's slots are closed.
+async fn obtain_vm(entry: &PoolEntry) -> Option<Assigned> {
+    loop {
+        if let Some(p) = entry.prebooted.take().await {
+            return Some(Assigned::Parked(Box::new(p)));
+        }
+        tokio::select! {
+            biased;
+            _ = entry.prebooted.parked_changed.notified() => continue,
+            permit = entry.pool.slots.clone().acquire_owned() => {
+                return permit.ok().map(Assigned::Cold)
+            }
+        }
+    }
+}
+
+/// A VM obtained for a job that did not start: a parked one is parked again, a slot freed.
+fn give_back(entry: &PoolEntry, vm: Assigned) {
+    match vm {
+        Assigned::Parked(p) => {
+            let p: ParkedVm = *p;
+            entry.prebooted.park(p)
+        }
+        Assigned::Cold(permit) => {
+            drop(permit);
+            entry.prebooted.slot_freed();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(state: &Path) -> Config {
+        Config::parse(
+            Path::new("test.toml"),
+            &format!(
+                "state_dir = {:?}\n[pools.p]\nimage = \"minimal\"\nlibvirt_uri = \"test:///default\"\nmax_vms = 1\n",
+                state
+            ),
+        )
+        .expect("config")
+    }
+
+    fn tcg() -> Accel {
+        Accel::Tcg {
+            reason: "test".into(),
+        }
+    }
+
+    fn repo() -> tempfile::TempDir {
+        let r = tempfile::tempdir().expect("repo");
+        std::fs::write(
+            r.path().join("runtask.yml"),
+            "name: t\nactions:\n  - dummy: {result: PASSED}\n",
+        )
+        .expect("formula");
+        r
+    }
+
+    fn request(repo: &Path) -> pb::SubmitJobRequest {
+        pb::SubmitJobRequest {
+            repo: repo.display().to_string(),
+            item: "foo-1.0-1.fc40".into(),
+            item_type: "koji_build".into(),
+            ..pb::SubmitJobRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_submissions_create_nothing() {
+        let state = tempfile::tempdir().expect("state");
+        let (s, _rxs) = Service::open(config(state.path()), tcg()).expect("open");
+        let r = repo();
+        let cases: Vec<(pb::SubmitJobRequest, &str)> = vec![
+            (
+                pb::SubmitJobRequest {
+                    pool: "nope".into(),
+                    ..request(r.path())
+                },
+                "pool: no pool named `nope` (pools: p)",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    formula: "missing.yml".into(),
+                    ..request(r.path())
+                },
+                "formula: `missing.yml` not found in repo",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    item_type: "rpm".into(),
+                    ..request(r.path())
+                },
+                "item_type: `rpm` is not one of",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    arch: "s390x".into(),
+                    ..request(r.path())
+                },
+                "arch: `s390x` is not supported",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    repo: "file:///nonexistent/x.git".into(),
+                    ..request(r.path())
+                },
+                "cannot fetch",
+            ),
+        ];
+        for (req, want) in cases {
+            let e = s.submit(req).await.expect_err(want);
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let (all, _) = s
+            .list(&ListQuery {
+                limit: 100,
+                ..ListQuery::default()
+            })
+            .expect("list");
+        assert!(all.is_empty());
+        let leftovers: Vec<_> = std::fs::read_dir(state.path().join("tasks"))
+            .map(|r| r.flatten().collect())
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn queued_job_cancels_directly_and_defaults_apply() {
+        let state = tempfile::tempdir().expect("state");
+        let (s, _rxs) = Service::open(config(state.path()), tcg()).expect("open");
+        let r = repo();
+        let rec = s.submit(request(r.path())).await.expect("submit");
+        assert_eq!(rec.state, State::Queued);
+        assert_eq!(rec.request.pool, "p", "the only pool is the default");
+        assert_eq!(rec.request.timeout_seconds, 1800, "the pool's default");
+        assert_eq!(rec.request.arch, "x86_64");
+        assert_eq!(rec.request.formula, "runtask.yml");
+        assert!(s.jobs().task_dir(&rec.id).join("runtask.yml").is_file());
+        let c = s.cancel(&rec.id).expect("cancel");
+        assert_eq!(c.state, State::Cancelled);
+        assert!(!s.jobs().task_dir(&rec.id).exists());
+        let again = s.cancel(&rec.id).expect_err("final");
+        assert_eq!(
+            again.to_string(),
+            format!("job {} is already CANCELLED", rec.id)
+        );
+    }
+
+    #[tokio::test]
+    async fn restart_reconciles_leftover_vm_dirs() {
+        let state = tempfile::tempdir().expect("state");
+        let r = repo();
+        let id = {
+            let (s, _rxs) = Service::open(config(state.path()), tcg()).expect("open");
+            let rec = s.submit(request(r.path())).await.expect("submit");
+            s.jobs()
+                .apply(&rec.id, JobEvent::PickedUp { vm_id: None })
+                .expect("picked up");
+            rec.id
+        };
+        // A leftover per-VM dir of that job must go too.
+        let vmdir = state.path().join("vms").join(&id);
+        std::fs::create_dir_all(&vmdir).expect("vm dir");
+        let (s, _rxs) = Service::open(config(state.path()), tcg()).expect("reopen");
+        s.reconcile().expect("reconcile");
+        assert_eq!(s.get(&id).expect("job").state, State::Queued);
+        assert!(!vmdir.exists());
+    }
+}
