@@ -671,6 +671,12 @@ pub(crate) mod tests {
 
     #[test]
     fn isoinfo_reads_label_rock_ridge_names_modes_and_contents() {
+        if !minion_testenv::require(
+            "isoinfo_reads_label_rock_ridge_names_modes_and_contents",
+            &[minion_testenv::Need::Program("isoinfo")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let agent = tmp.path().join("agent-src");
         let agent_bytes = pattern(3 * SECTOR + 123);
@@ -766,6 +772,12 @@ pub(crate) mod tests {
 
     #[test]
     fn directories_spanning_sectors_keep_records_whole() {
+        if !minion_testenv::require(
+            "directories_spanning_sectors_keep_records_whole",
+            &[minion_testenv::Need::Program("isoinfo")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let names: Vec<String> = (0..40)
             .map(|i| format!("{i:02}-{}", "n".repeat(60)))
@@ -844,6 +856,12 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_input_is_refused_naming_the_field() {
+        if !minion_testenv::require(
+            "bad_input_is_refused_naming_the_field",
+            &[minion_testenv::Need::Program("isoinfo")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let ok = |name| IsoFile {
             name,
@@ -951,6 +969,12 @@ pub(crate) mod tests {
 
     #[test]
     fn timestamps_read_back_through_isoinfo() {
+        if !minion_testenv::require(
+            "timestamps_read_back_through_isoinfo",
+            &[minion_testenv::Need::Program("isoinfo")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let path = tmp.path().join("t.iso");
         let mut out = File::create(&path).expect("create");

@@ -229,6 +229,12 @@ mod tests {
 
     #[test]
     fn overlay_on_a_qcow2_base_records_the_absolute_backing_file() {
+        if !minion_testenv::require(
+            "overlay_on_a_qcow2_base_records_the_absolute_backing_file",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let base = tmp.path().join("base.qcow2");
         qcow2_base(&base, "64M");
@@ -243,6 +249,12 @@ mod tests {
 
     #[test]
     fn a_base_that_is_not_qcow2_fails_with_qemu_img_stderr() {
+        if !minion_testenv::require(
+            "a_base_that_is_not_qcow2_fails_with_qemu_img_stderr",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let base = tmp.path().join("not-an-image.qcow2");
         std::fs::write(&base, b"this is text, not a qcow2 header").expect("write");
@@ -267,6 +279,12 @@ mod tests {
 
     #[test]
     fn a_missing_base_is_refused_naming_it() {
+        if !minion_testenv::require(
+            "a_missing_base_is_refused_naming_it",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let err = create(&tmp.path().join("nope.qcow2"), &tmp.path().join("o.qcow2"))
             .expect_err("no base");
@@ -275,6 +293,12 @@ mod tests {
 
     #[test]
     fn an_existing_overlay_is_not_clobbered_and_remove_is_idempotent() {
+        if !minion_testenv::require(
+            "an_existing_overlay_is_not_clobbered_and_remove_is_idempotent",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let base = tmp.path().join("base.raw");
         std::fs::write(&base, vec![0u8; 1 << 20]).expect("raw base");
@@ -300,6 +324,12 @@ mod tests {
 
     #[test]
     fn overlays_from_a_template_equal_qemu_img_output_and_are_independent_files() {
+        if !minion_testenv::require(
+            "overlays_from_a_template_equal_qemu_img_output_and_are_independent_files",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let base = tmp.path().join("base.qcow2");
         qcow2_base(&base, "64M");
@@ -345,6 +375,12 @@ mod tests {
 
     #[test]
     fn a_replaced_base_gets_a_new_template_and_the_old_one_is_deleted() {
+        if !minion_testenv::require(
+            "a_replaced_base_gets_a_new_template_and_the_old_one_is_deleted",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let base = tmp.path().join("base.qcow2");
         qcow2_base(&base, "64M");
@@ -383,6 +419,12 @@ mod tests {
 
     #[test]
     fn a_bad_base_makes_no_template_and_no_overlay() {
+        if !minion_testenv::require(
+            "a_bad_base_makes_no_template_and_no_overlay",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let base = tmp.path().join("bad.qcow2");
         fs::write(&base, b"not qcow2").expect("write");

@@ -168,6 +168,12 @@ mod tests {
 
     #[test]
     fn seed_iso_has_label_documents_and_an_executable_agent() {
+        if !minion_testenv::require(
+            "seed_iso_has_label_documents_and_an_executable_agent",
+            &[minion_testenv::Need::Program("isoinfo")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let agent = tmp.path().join("agent-src");
         fs::write(&agent, b"#!/bin/sh\necho stub agent\n").expect("agent");
@@ -323,6 +329,12 @@ mod tests {
 
     #[test]
     fn rewriting_a_seed_replaces_it_whole() {
+        if !minion_testenv::require(
+            "rewriting_a_seed_replaces_it_whole",
+            &[minion_testenv::Need::Program("isoinfo")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let agent = tmp.path().join("agent-src");
         fs::write(&agent, vec![7u8; 10_000]).expect("agent");

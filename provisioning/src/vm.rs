@@ -316,6 +316,12 @@ mod tests {
 
     #[test]
     fn prepare_start_teardown_on_the_test_driver() {
+        if !minion_testenv::require(
+            "prepare_start_teardown_on_the_test_driver",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let req = request(tmp.path(), "vm-cycle-1");
         let vm = prepare(&req).expect("prepared");
@@ -338,6 +344,12 @@ mod tests {
 
     #[test]
     fn failed_prepare_leaves_nothing() {
+        if !minion_testenv::require(
+            "failed_prepare_leaves_nothing",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let mut req = request(tmp.path(), "vm-fail-1");
         req.agent_binary = tmp.path().join("missing-agent");
@@ -352,6 +364,12 @@ mod tests {
 
     #[test]
     fn reconcile_spares_live_jobs_and_cleans_the_rest() {
+        if !minion_testenv::require(
+            "reconcile_spares_live_jobs_and_cleans_the_rest",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         let tmp = tempfile::tempdir().expect("tmp");
         let hv = Hypervisor::connect("test:///default").expect("test driver");
         let live = prepare(&request(tmp.path(), "rec-live-1")).expect("live");
@@ -383,6 +401,12 @@ mod tests {
 
     #[test]
     fn reconcile_leaves_the_domains_of_another_daemon_alone() {
+        if !minion_testenv::require(
+            "reconcile_leaves_the_domains_of_another_daemon_alone",
+            &[minion_testenv::Need::Program("qemu-img")],
+        ) {
+            return;
+        }
         // Two daemons (two state directories) on one libvirtd: each one's restart must not destroy
         // the other's running VMs, whose jobs it does not know.
         let ours = tempfile::tempdir().expect("tmp");

@@ -13,8 +13,7 @@
 //! (`CI=true`) or with `MINION_REQUIRE_VM_TESTS=1` the same line fails the test instead, so CI
 //! can never pass by skipping.
 
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::Path;
 
 /// One thing a test needs from the machine.
 #[derive(Debug, Clone)]
@@ -27,13 +26,6 @@ pub enum Need<'a> {
     Image { dir: &'a Path, name: &'a str },
     /// A file that must exist, with the command that makes it.
     File { path: &'a Path, make: &'a str },
-    /// A workspace binary built no earlier than the sources under `sources` (so a test never
-    /// runs a stale daemon), with the command that builds it.
-    FreshBinary {
-        path: &'a Path,
-        sources: &'a [PathBuf],
-        make: &'a str,
-    },
     /// A program on `PATH`.
     Program(&'a str),
 }
@@ -84,24 +76,6 @@ fn check(need: &Need<'_>) -> Option<String> {
         Need::File { path, make } => {
             (!path.is_file()).then(|| format!("{} (missing: {make})", path.display()))
         }
-        Need::FreshBinary {
-            path,
-            sources,
-            make,
-        } => {
-            let built = match std::fs::metadata(path).and_then(|m| m.modified()) {
-                Ok(t) => t,
-                Err(_) => return Some(format!("{} (missing: {make})", path.display())),
-            };
-            let newest = sources.iter().filter_map(|s| newest_mtime(s)).max();
-            match newest {
-                Some(src) if src > built => Some(format!(
-                    "{} rebuilt (older than its sources: {make})",
-                    path.display()
-                )),
-                _ => None,
-            }
-        }
         Need::Program(name) => {
             let found = std::env::var_os("PATH")
                 .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
@@ -124,34 +98,6 @@ fn libvirtd_gap(uri: &str) -> Option<String> {
             sock.display()
         )),
     }
-}
-
-/// The newest modification time of any `.rs`, `.proto` or `Cargo.toml` under `dir`.
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                if p.file_name().is_some_and(|n| n != "target") {
-                    stack.push(p);
-                }
-            } else if p
-                .extension()
-                .is_some_and(|x| x == "rs" || x == "proto" || x == "toml")
-            {
-                if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                    newest = newest.max(Some(t));
-                }
-            }
-        }
-    }
-    newest
 }
 
 #[cfg(test)]
@@ -180,33 +126,5 @@ mod tests {
             "/nonexistent/agent (missing: scripts/build-agent.sh)"
         );
         assert_eq!(gaps[2], "`no-such-program-xyz` on PATH");
-    }
-
-    #[test]
-    fn a_binary_older_than_its_sources_is_stale() {
-        let t = tempfile_dir();
-        let src = t.join("src");
-        std::fs::create_dir_all(&src).expect("mkdir");
-        let bin = t.join("bin");
-        std::fs::write(&bin, b"x").expect("bin");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(src.join("main.rs"), b"fn main() {}").expect("src");
-        let sources = [src.clone()];
-        let need = Need::FreshBinary {
-            path: &bin,
-            sources: &sources,
-            make: "cargo build",
-        };
-        assert!(missing(std::slice::from_ref(&need))[0].contains("older than its sources"));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&bin, b"y").expect("rebuilt");
-        assert!(missing(&[need]).is_empty());
-        let _ = std::fs::remove_dir_all(&t);
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("minion-testenv-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("tmp");
-        d
     }
 }

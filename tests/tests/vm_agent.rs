@@ -7,6 +7,8 @@
 //! agent (`scripts/build-agent.sh` → `target/agent/minion-agent`). Env overrides:
 //! `MINION_LIBVIRT_URI`, `MINION_IMAGES_DIR`, `MINION_AGENT_BINARY`.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -79,35 +81,10 @@ fn libvirt_uri() -> String {
     std::env::var("MINION_LIBVIRT_URI").unwrap_or_else(|_| "qemu:///system".into())
 }
 
-/// Whether this machine can boot `variant` with the agent (see minion-testenv: a skip line on a
-/// developer's machine, a failure under CI).
+/// Whether this machine can boot `variant` with the agent (a skip line on a developer's
+/// machine, a failure under CI).
 fn vm_env(test: &str, variant: &str) -> bool {
-    use minion_testenv::{require, Need};
-    let images = env_path(
-        "MINION_IMAGES_DIR",
-        PathBuf::from("/var/cache/minion/images"),
-    );
-    let agent = env_path(
-        "MINION_AGENT_BINARY",
-        workspace_root().join("target/agent/minion-agent"),
-    );
-    let uri = libvirt_uri();
-    require(
-        test,
-        &[
-            Need::Root,
-            Need::Libvirtd(&uri),
-            Need::Image {
-                dir: &images,
-                name: variant,
-            },
-            Need::File {
-                path: &agent,
-                make: "scripts/build-agent.sh",
-            },
-            Need::Program("virsh"),
-        ],
-    )
+    common::image_env(test, variant, &[])
 }
 
 /// Every domain libvirt knows, running or not.

@@ -44,55 +44,52 @@ pub fn images_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/cache/minion/images"))
 }
 
-/// Whether this machine can run a VM test (root, libvirtd, the `minimal` image, the agent, fresh
-/// binaries): skips with one line on a developer's machine, fails under CI
-/// (see minion-testenv).
+/// Whether this machine can run a VM test of the daemon (root, libvirtd, the `minimal` image,
+/// the agent, the binaries): skips with one line on a developer's machine, fails under CI
+/// (see minion-testenv). The binaries are whatever `cargo build` last made: `make test` builds
+/// them first; by hand, `cargo build -p miniond -p minion-cli` before `cargo test -p minion-e2e`.
 pub fn vm_env(test: &str) -> bool {
-    use minion_testenv::{require, Need};
+    use minion_testenv::Need;
     let (miniond, minion) = binaries();
-    let root = workspace_root();
-    let sources: Vec<PathBuf> = [
-        "daemon",
-        "cli",
-        "channel",
-        "provisioning",
-        "formula",
-        "proto",
-        "safepath",
-    ]
-    .iter()
-    .map(|c| root.join(c))
-    .collect();
+    let build = "cargo build -p miniond -p minion-cli";
+    image_env(
+        test,
+        "minimal",
+        &[
+            Need::File {
+                path: &miniond,
+                make: build,
+            },
+            Need::File {
+                path: &minion,
+                make: build,
+            },
+        ],
+    )
+}
+
+/// Whether this machine can boot `variant` with the agent (root, libvirtd, the image, the agent,
+/// virsh), and has `more`.
+pub fn image_env(test: &str, variant: &str, more: &[minion_testenv::Need<'_>]) -> bool {
+    use minion_testenv::{require, Need};
     let uri = libvirt_uri();
     let images = images_dir();
     let agent = agent_path();
-    let build = "cargo build -p miniond -p minion-cli";
-    require(
-        test,
-        &[
-            Need::Root,
-            Need::Libvirtd(&uri),
-            Need::Image {
-                dir: &images,
-                name: "minimal",
-            },
-            Need::File {
-                path: &agent,
-                make: "scripts/build-agent.sh",
-            },
-            Need::FreshBinary {
-                path: &miniond,
-                sources: &sources,
-                make: build,
-            },
-            Need::FreshBinary {
-                path: &minion,
-                sources: &sources,
-                make: build,
-            },
-            Need::Program("virsh"),
-        ],
-    )
+    let mut needs = vec![
+        Need::Root,
+        Need::Libvirtd(&uri),
+        Need::Image {
+            dir: &images,
+            name: variant,
+        },
+        Need::File {
+            path: &agent,
+            make: "scripts/build-agent.sh",
+        },
+        Need::Program("virsh"),
+    ];
+    needs.extend_from_slice(more);
+    require(test, &needs)
 }
 
 pub fn libvirt_uri() -> String {
