@@ -1,0 +1,184 @@
+//! minion-trigger: `check RULES` validates a rules file, `dry-run MESSAGE.json` prints the jobs a
+//! message would make. Exit codes: 0 done (a message that makes no jobs included), 1 the message
+//! is malformed, 2 bad input (config, rules, arguments).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use minion_trigger::config::Config;
+use minion_trigger::discover::Mirrors;
+use minion_trigger::message::{decide, BusMessage, Decision};
+use minion_trigger::plan::plan;
+use minion_trigger::rules::Rules;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "minion-trigger",
+    version,
+    about = "Bus messages → trigger rules → Minion jobs"
+)]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, env = "MINION_TRIGGER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Validate a rules file (with --config: task names and arches too).
+    Check { rules: PathBuf },
+    /// Print the jobs a message (a fedora-messaging JSON dump) would make.
+    DryRun {
+        message: PathBuf,
+        /// The rules file.
+        #[arg(long)]
+        rules: PathBuf,
+        /// Where discover keeps its git mirrors (default: a temporary directory).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match &args.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("minion-trigger: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    match args.cmd {
+        Cmd::Check { rules } => match Rules::load(&rules, cfg.as_ref()) {
+            Ok(r) => {
+                println!("{}: {} rules, OK", rules.display(), r.rules.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::DryRun {
+            message,
+            rules,
+            cache_dir,
+            json,
+        } => {
+            let cfg = cfg.unwrap_or_default();
+            let rules = match Rules::load(&rules, Some(&cfg)) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let text = match std::fs::read_to_string(&message) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{}: {e}", message.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let msg = match BusMessage::from_dump(&text) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("{}: {e}", message.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let t = match decide(&msg, &cfg) {
+                Decision::Trigger(t) => t,
+                Decision::Ignore(why) => {
+                    println!("ignored: {why}");
+                    return ExitCode::SUCCESS;
+                }
+                Decision::Malformed(e) => {
+                    println!("malformed: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let mut p = plan(&t, &rules, &cfg);
+            let tmp;
+            let cache = match cache_dir {
+                Some(d) => d,
+                None => match tempfile::tempdir() {
+                    Ok(d) => {
+                        tmp = d;
+                        tmp.path().to_path_buf()
+                    }
+                    Err(e) => {
+                        eprintln!("minion-trigger: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let mirrors = Mirrors::new(&cache);
+            for req in p.discover.clone() {
+                match mirrors.discover(&req, t.str("item_type")) {
+                    Ok(found) => {
+                        for why in &found.passed_over {
+                            eprintln!("discover: passed over {why}");
+                        }
+                        p.add_discovered(&req, &t, &found.tasks);
+                    }
+                    Err(e) => p.skipped.push(format!("rule {}: discover: {e}", req.rule)),
+                }
+            }
+            if json {
+                match serde_json::to_string_pretty(&p.jobs) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("minion-trigger: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                println!(
+                    "{} {} ({}): rules {:?} matched, {} jobs",
+                    t.str("message_type"),
+                    t.str("item"),
+                    t.str("item_type"),
+                    p.matched,
+                    p.jobs.len()
+                );
+                for j in &p.jobs {
+                    let at = if j.formula.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" formula {}", j.formula)
+                    };
+                    let r = if j.git_ref.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ref {}", j.git_ref)
+                    };
+                    println!(
+                        "  {} {} {} [{}]{r}{at} (rule {})",
+                        j.task, j.item, j.arch, j.repo, j.rule
+                    );
+                }
+            }
+            for s in &p.skipped {
+                eprintln!("skipped: {s}");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
