@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::artifacts::{self, ArtifactError};
 use crate::jobs::convert::{job_to_pb, state_from_pb};
-use crate::jobs::{JobsError, ListQuery, StoreError};
+use crate::jobs::{Created, JobsError, ListQuery, StoreError};
 use crate::service::{CancelError, Service, SubmitError};
 use crate::taskrepo::RepoError;
 use crate::watch;
@@ -71,13 +71,18 @@ impl Controller for Api {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let rec = self
+        let (rec, existing) = match self
             .svc
             .submit(req.into_inner())
             .await
-            .map_err(submit_status)?;
+            .map_err(submit_status)?
+        {
+            Created::New(r) => (r, false),
+            Created::Existing(r) => (r, true),
+        };
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(job_to_pb(&rec)),
+            existing,
         }))
     }
 

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, PoolConfig};
 use crate::guestvm::VmContext;
-use crate::jobs::{JobEvent, JobRecord, JobRequest, Jobs, JobsError, ListQuery};
+use crate::jobs::convert::provenance_from_pb;
+use crate::jobs::{Created, JobEvent, JobRecord, JobRequest, Jobs, JobsError, ListQuery};
 use crate::lifecycle::State;
 use crate::pool::Pool;
 use crate::prebooted::{ParkedVm, Prebooted};
@@ -38,6 +39,8 @@ pub enum SubmitError {
     Arch(String),
     #[error("timeout_seconds: {0} exceeds the maximum of 86400")]
     Timeout(u64),
+    #[error("idempotency_key: {0} bytes; at most 512")]
+    KeyTooLong(usize),
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error(transparent)]
@@ -268,9 +271,17 @@ impl Service {
         }
     }
 
-    /// Validates, fetches the task tree and queues the job. On any error nothing is left.
-    pub async fn submit(&self, req: pb::SubmitJobRequest) -> Result<JobRecord, SubmitError> {
+    /// Validates, fetches the task tree and queues the job. On any error nothing is left. A
+    /// taken idempotency key returns the job that took it (`Created::Existing`), and nothing is
+    /// fetched or queued.
+    pub async fn submit(&self, req: pb::SubmitJobRequest) -> Result<Created, SubmitError> {
         let t0 = std::time::Instant::now();
+        if req.idempotency_key.len() > 512 {
+            return Err(SubmitError::KeyTooLong(req.idempotency_key.len()));
+        }
+        if let Some(existing) = self.jobs.by_key(&req.idempotency_key)? {
+            return Ok(Created::Existing(existing));
+        }
         let known = || self.pools.keys().cloned().collect::<Vec<_>>().join(", ");
         let pool_name = if req.pool.is_empty() {
             self.cfg
@@ -339,8 +350,17 @@ impl Service {
             timeout_seconds,
             args: req.args.into_iter().collect(),
         };
-        let rec = match self.jobs.create(&id, request) {
-            Ok(r) => r,
+        let provenance = req.provenance.as_ref().map(provenance_from_pb);
+        let rec = match self
+            .jobs
+            .create(&id, request, &req.idempotency_key, provenance)
+        {
+            Ok(Created::New(r)) => r,
+            // The same key was submitted meanwhile: that job stands, this copy goes.
+            Ok(existing @ Created::Existing(_)) => {
+                let _ = std::fs::remove_dir_all(&tree);
+                return Ok(existing);
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tree);
                 return Err(e.into());
@@ -355,7 +375,7 @@ impl Service {
         );
         // The dispatcher lives as long as the daemon: a send cannot fail while we run.
         let _ = entry.queue.send(id);
-        Ok(rec)
+        Ok(Created::New(rec))
     }
 
     /// Cancels a job in any state: a queued one directly, a picked-up one through its runner.
@@ -550,7 +570,9 @@ mod tests {
         let state = tempfile::tempdir().expect("state");
         let (s, _rxs) = Service::open(config(state.path()), tcg()).expect("open");
         let r = repo();
-        let rec = s.submit(request(r.path())).await.expect("submit");
+        let Created::New(rec) = s.submit(request(r.path())).await.expect("submit") else {
+            panic!("new job");
+        };
         assert_eq!(rec.state, State::Queued);
         assert_eq!(rec.request.pool, "p", "the only pool is the default");
         assert_eq!(rec.request.timeout_seconds, 1800, "the pool's default");
@@ -568,12 +590,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_resubmitted_idempotency_key_makes_no_second_job() {
+        let state = tempfile::tempdir().expect("state");
+        let (s, _rxs) = Service::open(config(state.path()), tcg()).expect("open");
+        let r = repo();
+        let keyed = || pb::SubmitJobRequest {
+            idempotency_key: "m1/rpmlint/x86_64".into(),
+            provenance: Some(pb::Provenance {
+                message_id: "m1".into(),
+                topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
+                rule_index: 0,
+                task_name: "rpmlint".into(),
+            }),
+            ..request(r.path())
+        };
+        let Created::New(first) = s.submit(keyed()).await.expect("first") else {
+            panic!("new job");
+        };
+        assert_eq!(first.provenance.as_ref().map(|p| p.rule_index), Some(0));
+        match s.submit(keyed()).await.expect("again") {
+            Created::Existing(j) => assert_eq!(j.id, first.id),
+            Created::New(j) => panic!("second job {}", j.id),
+        }
+        let tasks: Vec<_> = std::fs::read_dir(state.path().join("tasks"))
+            .expect("tasks")
+            .flatten()
+            .collect();
+        assert_eq!(tasks.len(), 1, "the repeat fetched nothing");
+        let long = pb::SubmitJobRequest {
+            idempotency_key: "k".repeat(513),
+            ..request(r.path())
+        };
+        let e = s.submit(long).await.expect_err("too long");
+        assert_eq!(e.to_string(), "idempotency_key: 513 bytes; at most 512");
+    }
+
+    #[tokio::test]
     async fn restart_reconciles_leftover_vm_dirs() {
         let state = tempfile::tempdir().expect("state");
         let r = repo();
         let id = {
             let (s, _rxs) = Service::open(config(state.path()), tcg()).expect("open");
-            let rec = s.submit(request(r.path())).await.expect("submit");
+            let Created::New(rec) = s.submit(request(r.path())).await.expect("submit") else {
+                panic!("new job");
+            };
             s.jobs()
                 .apply(&rec.id, JobEvent::PickedUp { vm_id: None })
                 .expect("picked up");

@@ -433,3 +433,29 @@ fn a_second_daemon_on_the_same_libvirtd_leaves_the_first_ones_vms_alone() {
     a.wait_state(&running, &["CANCELLED"], Duration::from_secs(60));
     a.assert_no_vm(&running);
 }
+
+#[test]
+fn an_idempotency_key_submitted_twice_makes_one_job() {
+    if !vm_env("an_idempotency_key_submitted_twice_makes_one_job") {
+        return;
+    }
+    let d = Daemon::start(1, 0);
+    let repo = task_repo(PASSING);
+    let key = "4e1b8d3c-8d3e-4a8a-9d5e-0c2f6f1d9a10/python-check/x86_64";
+    let first = d.submit(repo.path(), &["--idempotency-key", key]);
+    let again = d.submit(repo.path(), &["--idempotency-key", key]);
+    assert_eq!(first, again, "a redelivered submission makes no second job");
+    let other = d.submit(repo.path(), &[]);
+    assert_ne!(other, first);
+    let j = d.job(&first);
+    assert_eq!(j["idempotency_key"], key);
+    let listed = d.json(&["job", "list", "--item", "foo-1.0-1.fc40"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed:#}");
+    for id in [&first, &other] {
+        let j = d.wait_state(id, &["FINISHED", "FAILED"], Duration::from_secs(120));
+        assert_eq!(j["state"], "FINISHED", "{j:#}");
+        d.assert_no_vm(id);
+    }
+    // Still one job for the key after both ran.
+    assert_eq!(d.submit(repo.path(), &["--idempotency-key", key]), first);
+}

@@ -24,6 +24,13 @@ pub fn job(j: &pb::Job) -> Value {
         "failure_reason": j.failure_reason,
         "attempt": j.attempt,
         "created_unix_ms": j.created_unix_ms,
+        "idempotency_key": j.idempotency_key,
+        "provenance": j.provenance.as_ref().map(|p| json!({
+            "message_id": p.message_id,
+            "topic": p.topic,
+            "rule_index": p.rule_index,
+            "task_name": p.task_name,
+        })),
         "events": j.events.iter().map(|e| json!({
             "state": state_name(e.state),
             "at_unix_ms": e.at_unix_ms,

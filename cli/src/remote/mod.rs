@@ -96,6 +96,9 @@ pub struct SubmitArgs {
     /// Stream the job's log and exit with its result.
     #[arg(long)]
     follow: bool,
+    /// A second submission with the same key makes no new job (the first one's id is printed).
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -246,13 +249,19 @@ async fn submit(a: SubmitArgs) -> Result<i32, ClientError> {
         pool: a.pool.unwrap_or_default(),
         timeout_seconds: a.timeout.unwrap_or(0),
         args,
+        idempotency_key: a.idempotency_key.unwrap_or_default(),
+        provenance: None,
     };
-    let job = c
-        .submit_job(req)
-        .await?
-        .into_inner()
+    let resp = c.submit_job(req).await?.into_inner();
+    let job = resp
         .job
         .ok_or_else(|| ClientError::Other("miniond returned no job".into()))?;
+    if resp.existing && !a.conn.json {
+        eprintln!(
+            "idempotency key already used: job {} (nothing new queued)",
+            job.id
+        );
+    }
     if !a.follow {
         if a.conn.json {
             print_json(&json::job(&job));

@@ -161,6 +161,18 @@ pub fn job_details(j: &pb::Job, now_ms: i64) -> String {
     row("arch", j.arch.clone());
     row("timeout", format!("{} s", j.timeout_seconds));
     row("attempt", j.attempt.to_string());
+    if let Some(p) = &j.provenance {
+        row(
+            "triggered by",
+            format!(
+                "message {} ({}), rule {}, task {}",
+                p.message_id, p.topic, p.rule_index, p.task_name
+            ),
+        );
+    }
+    if !j.idempotency_key.is_empty() {
+        row("idempotency key", j.idempotency_key.clone());
+    }
     if let (Some(first), Some(last)) = (j.events.first(), j.events.last()) {
         let end = if is_final(j.state) {
             last.at_unix_ms

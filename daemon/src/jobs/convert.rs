@@ -2,7 +2,7 @@
 
 use minion_proto::controller as pb;
 
-use super::store::{EventRecord, ExecStatus, JobRecord};
+use super::store::{EventRecord, ExecStatus, JobRecord, Provenance};
 use crate::lifecycle::State;
 
 pub fn state_to_pb(s: State) -> pb::JobState {
@@ -82,6 +82,26 @@ pub fn job_to_pb(r: &JobRecord) -> pb::Job {
         results_yaml: r.results_yaml.clone(),
         tap: r.tap.clone(),
         created_unix_ms: r.created_ms,
+        idempotency_key: r.idempotency_key.clone(),
+        provenance: r.provenance.as_ref().map(provenance_to_pb),
+    }
+}
+
+pub fn provenance_to_pb(p: &Provenance) -> pb::Provenance {
+    pb::Provenance {
+        message_id: p.message_id.clone(),
+        topic: p.topic.clone(),
+        rule_index: p.rule_index,
+        task_name: p.task_name.clone(),
+    }
+}
+
+pub fn provenance_from_pb(p: &pb::Provenance) -> Provenance {
+    Provenance {
+        message_id: p.message_id.clone(),
+        topic: p.topic.clone(),
+        rule_index: p.rule_index,
+        task_name: p.task_name.clone(),
     }
 }
 

@@ -24,7 +24,10 @@ use tokio::sync::broadcast;
 
 use crate::lifecycle::State;
 
-pub use store::{now_ms, ExecStatus, JobRecord, JobRequest, ListQuery, StoreError, TaskResult};
+pub use store::{
+    now_ms, Created, ExecStatus, JobRecord, JobRequest, ListQuery, Provenance, StoreError,
+    TaskResult,
+};
 
 /// What happened to a job. Each one is applied by [`Jobs::apply`].
 #[derive(Debug)]
@@ -129,9 +132,21 @@ impl Jobs {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Records a new QUEUED job (durable on return).
-    pub fn create(&self, id: &str, request: JobRequest) -> Result<JobRecord, JobsError> {
-        Ok(self.store.create(id, request)?)
+    /// Records a new QUEUED job (durable on return), unless idempotency key `key` (when not
+    /// empty) is taken: then the job that took it.
+    pub fn create(
+        &self,
+        id: &str,
+        request: JobRequest,
+        key: &str,
+        provenance: Option<Provenance>,
+    ) -> Result<Created, JobsError> {
+        Ok(self.store.create(id, request, key, provenance)?)
+    }
+
+    /// The job that holds idempotency key `key`.
+    pub fn by_key(&self, key: &str) -> Result<Option<JobRecord>, JobsError> {
+        Ok(self.store.by_key(key)?)
     }
 
     pub fn get(&self, id: &str) -> Result<JobRecord, JobsError> {
@@ -416,7 +431,7 @@ mod tests {
     fn a_job_runs_through_its_states_and_reporting_is_skipped() {
         let t = tempfile::tempdir().expect("tmp");
         let j = jobs(t.path());
-        j.create("a", request()).expect("create");
+        j.create("a", request(), "", None).expect("create");
         std::fs::create_dir_all(j.task_dir("a")).expect("task dir");
         let mut watch = j.subscribe("a", || 0);
         j.apply("a", JobEvent::PickedUp { vm_id: None })
@@ -484,7 +499,7 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         let j = jobs(t.path());
         for (id, yaml) in [("g1", ":::"), ("g2", "results: 3"), ("g3", "")] {
-            j.create(id, request()).expect("create");
+            j.create(id, request(), "", None).expect("create");
             for ev in [
                 JobEvent::PickedUp { vm_id: None },
                 JobEvent::VmPrepared {
@@ -510,7 +525,7 @@ mod tests {
     fn illegal_events_change_nothing_and_say_so() {
         let t = tempfile::tempdir().expect("tmp");
         let j = jobs(t.path());
-        j.create("a", request()).expect("create");
+        j.create("a", request(), "", None).expect("create");
         let e = j.apply("a", JobEvent::Collecting).expect_err("skip");
         assert!(e.is_illegal_transition(), "{e}");
         assert_eq!(
@@ -541,7 +556,7 @@ mod tests {
     fn host_lost_and_failures_keep_their_reason() {
         let t = tempfile::tempdir().expect("tmp");
         let j = jobs(t.path());
-        j.create("a", request()).expect("create");
+        j.create("a", request(), "", None).expect("create");
         j.apply(
             "a",
             JobEvent::PickedUp {
@@ -570,7 +585,7 @@ mod tests {
     fn shutdown_freezes_every_job_for_the_restart() {
         let t = tempfile::tempdir().expect("tmp");
         let j = jobs(t.path());
-        j.create("a", request()).expect("create");
+        j.create("a", request(), "", None).expect("create");
         j.apply("a", JobEvent::PickedUp { vm_id: None })
             .expect("picked up");
         j.begin_shutdown();
@@ -591,8 +606,8 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         {
             let j = jobs(t.path());
-            j.create("a", request()).expect("create");
-            j.create("q", request()).expect("create");
+            j.create("a", request(), "", None).expect("create");
+            j.create("q", request(), "", None).expect("create");
             j.apply("a", JobEvent::PickedUp { vm_id: None })
                 .expect("picked up");
             for id in ["a", "q"] {

@@ -47,6 +47,15 @@ pub struct TaskResult {
     pub note: String,
 }
 
+/// What made a job, when a trigger did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Provenance {
+    pub message_id: String,
+    pub topic: String,
+    pub rule_index: u32,
+    pub task_name: String,
+}
+
 /// What a submission asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct JobRequest {
@@ -87,6 +96,19 @@ pub struct JobRecord {
     /// boot; this splits them).
     #[serde(default)]
     pub domain_started_ms: Option<i64>,
+    /// The submission's idempotency key (empty: none).
+    #[serde(default)]
+    pub idempotency_key: String,
+    #[serde(default)]
+    pub provenance: Option<Provenance>,
+}
+
+/// What [`Store::create`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    New(JobRecord),
+    /// The idempotency key was taken: the job that took it.
+    Existing(JobRecord),
 }
 
 pub fn now_ms() -> i64 {
@@ -109,6 +131,8 @@ pub struct ListQuery {
 pub struct Store {
     db: sled::Db,
     jobs: sled::Tree,
+    /// Idempotency key → job id.
+    keys: sled::Tree,
     /// Serialises read-modify-write of records (sled itself is thread-safe, our RMW is not).
     write: Mutex<()>,
 }
@@ -117,9 +141,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = sled::open(path)?;
         let jobs = db.open_tree("jobs")?;
+        let keys = db.open_tree("keys")?;
         Ok(Store {
             db,
             jobs,
+            keys,
             write: Mutex::new(()),
         })
     }
@@ -153,9 +179,32 @@ impl Store {
         Ok(rec)
     }
 
-    /// Creates a QUEUED job (durable on return).
-    pub(super) fn create(&self, id: &str, request: JobRequest) -> Result<JobRecord, StoreError> {
+    /// The job that holds idempotency key `key`, if one does.
+    pub fn by_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        match self.keys.get(key.as_bytes())? {
+            Some(id) => Ok(Some(self.get(&String::from_utf8_lossy(&id))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates a QUEUED job (durable on return), unless `key` is already taken: then nothing is
+    /// written and the job that took it is returned. The record and its key are written in one
+    /// transaction, so a crash leaves both or neither.
+    pub(super) fn create(
+        &self,
+        id: &str,
+        request: JobRequest,
+        key: &str,
+        provenance: Option<Provenance>,
+    ) -> Result<Created, StoreError> {
+        use sled::Transactional;
         let _g = self.lock();
+        if let Some(existing) = self.by_key(key)? {
+            return Ok(Created::Existing(existing));
+        }
         let now = now_ms();
         let rec = JobRecord {
             id: id.to_string(),
@@ -178,9 +227,29 @@ impl Store {
             created_ms: now,
             vm_id: String::new(),
             domain_started_ms: None,
+            idempotency_key: key.to_string(),
+            provenance,
         };
-        self.put(&rec)?;
-        Ok(rec)
+        let bytes = serde_json::to_vec(&rec).map_err(|source| StoreError::Corrupt {
+            id: rec.id.clone(),
+            source,
+        })?;
+        (&self.jobs, &self.keys)
+            .transaction(|(jobs, keys)| {
+                jobs.insert(rec.id.as_bytes(), bytes.as_slice())?;
+                if !key.is_empty() {
+                    keys.insert(key.as_bytes(), rec.id.as_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::NotFound(format!("{id}: transaction aborted"))
+                }
+            })?;
+        self.db.flush()?;
+        Ok(Created::New(rec))
     }
 
     pub fn get(&self, id: &str) -> Result<JobRecord, StoreError> {
@@ -293,7 +362,7 @@ mod tests {
         let path = tmp.path().join("db");
         {
             let s = Store::open(&path).expect("open");
-            s.create("a", req("p", "x")).expect("create");
+            s.create("a", req("p", "x"), "", None).expect("create");
             s.transition("a", State::Provisioning, "").expect("ok");
             let err = s.transition("a", State::Finished, "").expect_err("skip");
             assert!(matches!(err, StoreError::Illegal(_)), "{err}");
@@ -321,7 +390,7 @@ mod tests {
         let s = Store::open(&tmp.path().join("db")).expect("open");
         for i in 0..7 {
             let pool = if i % 2 == 0 { "even" } else { "odd" };
-            s.create(&format!("j{i}"), req(pool, &format!("item{i}")))
+            s.create(&format!("j{i}"), req(pool, &format!("item{i}")), "", None)
                 .expect("create");
         }
         s.transition("j2", State::Cancelled, "").expect("cancel");
@@ -359,6 +428,54 @@ mod tests {
             })
             .expect("list");
         assert_eq!(ids(&page), ["j5"]);
+    }
+
+    #[test]
+    fn an_idempotency_key_makes_one_job_across_reopens() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("db");
+        let prov = Provenance {
+            message_id: "m1".into(),
+            topic: "org.fedoraproject.prod.buildsys.build.state.change".into(),
+            rule_index: 2,
+            task_name: "rpmlint".into(),
+        };
+        {
+            let s = Store::open(&path).expect("open");
+            let Created::New(a) = s
+                .create("a", req("p", "x"), "m1/rpmlint/x86_64", Some(prov.clone()))
+                .expect("create")
+            else {
+                panic!("new");
+            };
+            assert_eq!(a.provenance.as_ref(), Some(&prov));
+        }
+        let s = Store::open(&path).expect("reopen");
+        match s
+            .create("b", req("p", "x"), "m1/rpmlint/x86_64", None)
+            .expect("again")
+        {
+            Created::Existing(r) => assert_eq!(r.id, "a"),
+            Created::New(r) => panic!("a second job {}", r.id),
+        }
+        assert!(matches!(s.get("b"), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.create("c", req("p", "x"), "", None).expect("no key"),
+            Created::New(_)
+        ));
+        assert!(matches!(
+            s.create("d", req("p", "x"), "", None).expect("no key"),
+            Created::New(_)
+        ));
+        assert_eq!(s.all().expect("all").len(), 3);
+    }
+
+    #[test]
+    fn a_record_of_the_previous_schema_still_opens() {
+        // Written before vm_id, domain_started_ms, idempotency_key and provenance existed.
+        let old = r#"{"id":"o","seq":1,"request":{"pool":"p","repo":"/r","git_ref":"","formula":"runtask.yml","item":"x","item_type":"koji_build","arch":"x86_64","timeout_seconds":60,"args":{}},"state":"QUEUED","events":[{"state":"QUEUED","at_ms":1,"message":""}],"execution_status":null,"status_message":"","exit_code":0,"failure_reason":"","attempt":0,"results":[],"results_yaml":"","tap":"","created_ms":1}"#;
+        let r = decode("o", old.as_bytes()).expect("old record");
+        assert_eq!((r.vm_id.as_str(), r.provenance), ("", None));
     }
 
     fn ids(v: &[JobRecord]) -> Vec<&str> {
