@@ -18,6 +18,8 @@ PACKAGES=(
     debootstrap e2fsprogs genisoimage busybox-static xz-utils zstd lz4 cpio linux-source-6.1
     bc bison flex libelf-dev libncurses-dev dwarves rsync kmod python3 jq util-linux
     ca-certificates curl git
+    # the pipeline: the message bus (started by scripts/rabbitmq-start.sh, no systemd needed)
+    rabbitmq-server
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -92,4 +94,5 @@ if [ "$conf_changed" = 1 ] && [ -s /run/libvirtd.pid ] && kill -0 "$(cat /run/li
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
 fi
 scripts/libvirt-start.sh
+scripts/rabbitmq-start.sh
 say "done"

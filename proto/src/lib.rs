@@ -16,6 +16,10 @@ pub mod controller {
     include!(concat!(env!("OUT_DIR"), "/minion.v1.controller.rs"));
 }
 
+/// A client of miniond's unix socket.
+#[cfg(feature = "client")]
+pub mod client;
+
 /// Encoded `FileDescriptorSet` of the controller service, for gRPC server reflection.
 #[cfg(feature = "grpc")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =

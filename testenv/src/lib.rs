@@ -28,6 +28,12 @@ pub enum Need<'a> {
     File { path: &'a Path, make: &'a str },
     /// A program on `PATH`.
     Program(&'a str),
+    /// A TCP service answering at `addr` (e.g. RabbitMQ at `127.0.0.1:5672`), named `what`.
+    Tcp {
+        addr: &'a str,
+        what: &'a str,
+        start: &'a str,
+    },
 }
 
 /// Whether a missing need fails the test rather than skipping it.
@@ -75,6 +81,16 @@ fn check(need: &Need<'_>) -> Option<String> {
         }
         Need::File { path, make } => {
             (!path.is_file()).then(|| format!("{} (missing: {make})", path.display()))
+        }
+        Need::Tcp { addr, what, start } => {
+            let reachable = addr
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .and_then(|a| {
+                    std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).ok()
+                })
+                .is_some();
+            (!reachable).then(|| format!("{what} at {addr} ({start})"))
         }
         Need::Program(name) => {
             let found = std::env::var_os("PATH")

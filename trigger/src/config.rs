@@ -52,6 +52,85 @@ pub struct Config {
     /// The critical-path packages, `${critpath_pkgs}` in the rules (e.g. `$in`). Default: none.
     #[serde(default)]
     pub critpath_pkgs: Vec<String>,
+    /// The rules file `run` uses. Default `/etc/minion/trigger_rules.yml`.
+    #[serde(default = "default_rules")]
+    pub rules: PathBuf,
+    /// Where discover keeps its git mirrors. Default `/var/cache/minion/trigger`.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+    #[serde(default)]
+    pub amqp: Amqp,
+    #[serde(default)]
+    pub miniond: Miniond,
+}
+
+/// The broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amqp {
+    /// Default `amqp://127.0.0.1:5672/%2f`.
+    #[serde(default = "default_amqp_url")]
+    pub url: String,
+    /// The durable queue bound to `amq.topic`. Default `minion-trigger`.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Binding keys. Default: the five message kinds of the configured prefix and environment.
+    #[serde(default)]
+    pub routing_keys: Option<Vec<String>>,
+    /// Unacked deliveries at once (in flight and held by fuses). Default 1000.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+}
+
+impl Default for Amqp {
+    fn default() -> Self {
+        Amqp {
+            url: default_amqp_url(),
+            queue: default_queue(),
+            routing_keys: None,
+            prefetch: default_prefetch(),
+        }
+    }
+}
+
+/// Where jobs go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Miniond {
+    /// Default `/run/minion/miniond.sock`.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// The pool jobs go to. Default: the daemon's default pool.
+    #[serde(default)]
+    pub pool: String,
+}
+
+impl Default for Miniond {
+    fn default() -> Self {
+        Miniond {
+            socket: default_socket(),
+            pool: String::new(),
+        }
+    }
+}
+
+fn default_rules() -> PathBuf {
+    PathBuf::from("/etc/minion/trigger_rules.yml")
+}
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("/var/cache/minion/trigger")
+}
+fn default_amqp_url() -> String {
+    "amqp://127.0.0.1:5672/%2f".into()
+}
+fn default_queue() -> String {
+    "minion-trigger".into()
+}
+fn default_prefetch() -> u16 {
+    1000
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/minion/miniond.sock")
 }
 
 fn default_prefix() -> String {
@@ -81,6 +160,10 @@ impl Default for Config {
             tasks: BTreeMap::new(),
             task_repo_template: None,
             critpath_pkgs: Vec::new(),
+            rules: default_rules(),
+            cache_dir: default_cache_dir(),
+            amqp: Amqp::default(),
+            miniond: Miniond::default(),
         }
     }
 }
@@ -104,6 +187,9 @@ impl Config {
             field: field.into(),
             message: message.into(),
         };
+        if cfg.amqp.prefetch == 0 {
+            return Err(invalid("amqp.prefetch", "must be at least 1"));
+        }
         if cfg.valid_arches.is_empty() {
             return Err(invalid("valid_arches", "must name at least one arch"));
         }
@@ -113,6 +199,24 @@ impl Config {
             }
         }
         Ok(cfg)
+    }
+
+    /// The binding keys of the queue.
+    pub fn routing_keys(&self) -> Vec<String> {
+        if let Some(keys) = &self.amqp.routing_keys {
+            return keys.clone();
+        }
+        let base = format!("{}.{}", self.topic_prefix, self.environment);
+        [
+            "buildsys.build.state.change",
+            "buildsys.tag",
+            "git.receive",
+            "pungi.compose.status.change",
+            "bodhi.update.request.#",
+        ]
+        .iter()
+        .map(|k| format!("{base}.{k}"))
+        .collect()
     }
 
     /// The repository of task `name`, if the config knows one.

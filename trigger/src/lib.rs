@@ -10,6 +10,7 @@
 //! the consumer does.
 
 pub mod config;
+pub mod consume;
 pub mod discover;
 pub mod message;
 pub mod plan;

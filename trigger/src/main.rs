@@ -28,6 +28,13 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Consume the bus and submit jobs to miniond (until stopped). Refuses to start on a bad
+    /// config or rules file.
+    Run {
+        /// The rules file (default: the config's `rules`).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
     /// Validate a rules file (with --config: task names and arches too).
     Check { rules: PathBuf },
     /// Print the jobs a message (a fedora-messaging JSON dump) would make.
@@ -49,8 +56,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if matches!(args.cmd, Cmd::Run { .. }) {
+                    "info"
+                } else {
+                    "warn"
+                })
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -65,6 +77,32 @@ fn main() -> ExitCode {
         None => None,
     };
     match args.cmd {
+        Cmd::Run { rules } => {
+            let cfg = cfg.unwrap_or_default();
+            let path = rules.unwrap_or_else(|| cfg.rules.clone());
+            let rules = match Rules::load(&path, Some(&cfg)) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tracing::info!(rules = %path.display(), count = rules.rules.len(), "rules loaded");
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("minion-trigger: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(minion_trigger::consume::run(cfg, rules)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("minion-trigger: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Check { rules } => match Rules::load(&rules, cfg.as_ref()) {
             Ok(r) => {
                 println!("{}: {} rules, OK", rules.display(), r.rules.len());

@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use hyper_util::rt::TokioIo;
+use minion_proto::client::{connect_unix, ConnectError};
 use minion_proto::controller::controller_client::ControllerClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -48,36 +48,17 @@ impl ClientError {
     }
 }
 
-pub async fn connect(socket: &Path) -> Result<ControllerClient<Channel>, ClientError> {
-    if !socket.exists() {
-        return Err(ClientError::NoSocket(socket.to_path_buf()));
-    }
-    let path = socket.to_path_buf();
-    // The URI is required by the API but unused: the connector below dials the socket.
-    let endpoint =
-        Endpoint::try_from("http://[::1]:50051").map_err(|e| ClientError::Other(e.to_string()))?;
-    let channel = endpoint
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+impl From<ConnectError> for ClientError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::NoSocket(p) => ClientError::NoSocket(p),
+            ConnectError::Unreachable { path, message } => {
+                ClientError::Unreachable { path, message }
             }
-        }))
-        .await
-        .map_err(|e| ClientError::Unreachable {
-            path: socket.to_path_buf(),
-            message: source_chain(&e),
-        })?;
-    Ok(ControllerClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+        }
+    }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+pub async fn connect(socket: &Path) -> Result<ControllerClient<Channel>, ClientError> {
+    Ok(connect_unix(socket).await?)
 }

@@ -1,0 +1,479 @@
+//! The pipeline end to end: a real RabbitMQ, a real `minion-trigger run`, a real miniond and real
+//! VMs. A koji build COMPLETE message (the fields of koji-fedoramessaging-messages' schema) →
+//! trigger rules → a named task and a task discovered in a local dist-git repo → jobs that run
+//! in fresh VMs. Then: the trigger killed between its submissions and its ack makes no second
+//! job on redelivery; a malformed message is acked and makes nothing; a burst of tag messages
+//! within the fuse makes one job.
+//!
+//! Each test has its own topic prefix and queue, so nothing crosses between tests or runs.
+
+mod common;
+
+use common::*;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+const AMQP: &str = "amqp://127.0.0.1:5672/%2f";
+
+fn pipeline_env(test: &str) -> bool {
+    use minion_testenv::Need;
+    let trigger = bin_dir().join("minion-trigger");
+    vm_env(test)
+        && minion_testenv::require(
+            test,
+            &[
+                Need::Tcp {
+                    addr: "127.0.0.1:5672",
+                    what: "RabbitMQ",
+                    start: "scripts/rabbitmq-start.sh",
+                },
+                Need::File {
+                    path: &trigger,
+                    make: "cargo build -p minion-trigger",
+                },
+                Need::Program("git"),
+                Need::Program("rabbitmqctl"),
+            ],
+        )
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let st = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(
+        st.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+/// A trigger with its own prefix, queue, config and rules, talking to daemon `d`.
+struct Trigger {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    prefix: String,
+    queue: String,
+}
+
+impl Trigger {
+    fn new(d: &Daemon, tag: &str, rules: &str, tasks: &[(&str, &Path)], fuse: u64) -> Trigger {
+        let dir = tempfile::tempdir().expect("trigger dir");
+        let unique = format!("e2e{}{}", std::process::id(), tag);
+        let prefix = format!("org.minion-{unique}");
+        let queue = format!("minion-{unique}");
+        let mut task_lines = String::new();
+        for (name, path) in tasks {
+            task_lines.push_str(&format!("{name} = {:?}\n", path.display().to_string()));
+        }
+        std::fs::write(dir.path().join("rules.yml"), rules).expect("rules");
+        std::fs::write(
+            dir.path().join("trigger.toml"),
+            format!(
+                "topic_prefix = {prefix:?}\nenvironment = \"prod\"\nfuse_seconds = {fuse}\n\
+                 rules = {rules:?}\ncache_dir = {cache:?}\n\
+                 [amqp]\nurl = {AMQP:?}\nqueue = {queue:?}\n\
+                 [miniond]\nsocket = {socket:?}\n[tasks]\n{task_lines}",
+                rules = dir.path().join("rules.yml"),
+                cache = dir.path().join("cache"),
+                socket = d.socket,
+            ),
+        )
+        .expect("config");
+        Trigger {
+            child: None,
+            dir,
+            prefix,
+            queue,
+        }
+    }
+
+    fn topic(&self, suffix: &str) -> String {
+        format!("{}.prod.{suffix}", self.prefix)
+    }
+
+    fn spawn(&mut self, fault: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("trigger.log"))
+            .expect("log");
+        let mut cmd = Command::new(bin_dir().join("minion-trigger"));
+        cmd.arg("--config")
+            .arg(self.dir.path().join("trigger.toml"))
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(f) = fault {
+            cmd.env("MINION_TRIGGER_FAULT", f);
+        }
+        self.child = Some(cmd.spawn().expect("minion-trigger starts"));
+        // Consuming once the queue exists with a consumer.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.consumers() < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "trigger never consumed: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("trigger.log")).unwrap_or_default()
+    }
+
+    /// (messages ready + unacked, consumers) of the queue, from the broker.
+    fn queue_state(&self) -> Option<(u64, u64)> {
+        let out = Command::new("rabbitmqctl")
+            .args(["-q", "list_queues", "name", "messages", "consumers"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&self.queue.as_str()))
+                .then(|| Some((f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?)))
+                .flatten()
+        })
+    }
+
+    fn consumers(&self) -> u64 {
+        self.queue_state().map_or(0, |s| s.1)
+    }
+
+    fn wait_drained(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.queue_state().is_some_and(|s| s.0 == 0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "queue {} not drained: {:?}\n{}",
+                self.queue,
+                self.queue_state(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                self.child = None;
+                return st.code();
+            }
+            assert!(Instant::now() < deadline, "trigger did not exit");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_queue", &self.queue])
+            .output();
+    }
+}
+
+/// Publishes a Fedora-Messaging-shaped message (JSON body, its headers, a message id) with
+/// publisher confirms.
+fn publish(topic: &str, id: &str, body: &[u8], headers: bool) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let conn = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let mut props = BasicProperties::default()
+            .with_message_id(ShortString::from(id))
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-8".into());
+        if headers {
+            let mut h = FieldTable::default();
+            h.insert(
+                "fedora_messaging_schema".into(),
+                AMQPValue::LongString("koji_fedoramessaging.build.BuildStateChangeV1".into()),
+            );
+            h.insert("fedora_messaging_severity".into(), AMQPValue::LongInt(20));
+            h.insert(
+                "sent-at".into(),
+                AMQPValue::LongString("2026-11-30T10:20:01+00:00".into()),
+            );
+            props = props.with_headers(h);
+        }
+        let confirm = ch
+            .basic_publish(
+                "amq.topic".into(),
+                topic.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker took the message");
+        let _ = conn.close(0, "done".into()).await;
+    });
+}
+
+fn koji_complete(name: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "name": name, "version": "1.0", "release": "1.fc40", "epoch": null,
+        "attribute": "state", "old": 0, "new": 1, "build_id": 2345678, "task_id": 123456789,
+        "task": null, "request": null, "owner": "packager", "instance": "primary",
+        "creation_time": "2026-11-30T10:00:00+00:00", "completion_time": "2026-11-30T10:20:00+00:00"
+    }))
+    .expect("json")
+}
+
+/// A dist-git repository for `foo` whose main branch carries `tests/smoke/runtask.yml`.
+fn distgit(root: &Path) -> String {
+    let repo = root.join("rpms/foo.git");
+    std::fs::create_dir_all(repo.join("tests/smoke")).expect("mkdir");
+    git(&repo, &["init", "--quiet"]);
+    std::fs::write(repo.join("foo.spec"), "Name: foo\n").expect("spec");
+    std::fs::write(
+        repo.join("tests/smoke/runtask.yml"),
+        "name: smoke\ninput:\n  args: [koji_build]\nactions:\n  - name: smoke\n    shell:\n      - echo smoke test of ${koji_build}\n",
+    )
+    .expect("formula");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "smoke test"]);
+    format!("file://{}/rpms/${{name}}.git", root.display())
+}
+
+/// The jobs made from message `id` (by their provenance).
+fn jobs_of(d: &Daemon, id: &str) -> Vec<Value> {
+    d.json(&["job", "list", "--limit", "1000"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|j| j["provenance"]["message_id"] == id)
+        .cloned()
+        .collect()
+}
+
+fn wait_jobs(d: &Daemon, id: &str, n: usize, t: &Trigger) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = jobs_of(d, id);
+        if jobs.len() >= n {
+            return jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} jobs for {id}\n--- trigger ---\n{}",
+            jobs.len(),
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const RULES: &str = r#"
+- when: {message_type: KojiBuildPackageCompleted}
+  do:
+    - {tasks: [check]}
+- when:
+    message_type: KojiBuildPackageCompleted
+    name: {$nin: [kernel]}
+  do:
+    - {tasks: [check]}
+    - discover: {repo: 'DISTGIT', branch: '${distgit_branch}', fallback_branch: main, recursive: true}
+"#;
+
+#[test]
+fn a_koji_message_becomes_named_and_discovered_jobs_that_run_in_vms() {
+    if !pipeline_env("a_koji_message_becomes_named_and_discovered_jobs_that_run_in_vms") {
+        return;
+    }
+    let d = Daemon::start(2, 0);
+    let srv = tempfile::tempdir().expect("srv");
+    let rules = RULES.replace("DISTGIT", &distgit(srv.path()));
+    let task = task_repo(PASSING);
+    let mut t = Trigger::new(&d, "a", &rules, &[("check", task.path())], 0);
+    t.spawn(None);
+    let id = "9f0d6b1e-0000-4000-8000-000000000001";
+    publish(
+        &t.topic("buildsys.build.state.change"),
+        id,
+        &koji_complete("foo"),
+        true,
+    );
+
+    // Two rules name `check`: one job for it; one discovered task.
+    let jobs = wait_jobs(&d, id, 2, &t);
+    t.wait_drained(Duration::from_secs(30));
+    let mut tasks: Vec<String> = jobs
+        .iter()
+        .map(|j| {
+            j["provenance"]["task_name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    tasks.sort();
+    assert_eq!(tasks.len(), 2, "{jobs:#?}");
+    assert_eq!(tasks[0], "check");
+    assert!(tasks[1].ends_with("/rpms/foo.git#tests/smoke"), "{tasks:?}");
+    for j in &jobs {
+        assert_eq!(j["item"], "foo-1.0-1.fc40");
+        assert_eq!(j["item_type"], "koji_build");
+        assert_eq!(
+            j["provenance"]["topic"],
+            t.topic("buildsys.build.state.change")
+        );
+        let id = j["id"].as_str().expect("id");
+        let done = d.wait_state(id, &["FINISHED", "FAILED"], Duration::from_secs(120));
+        assert_eq!(done["state"], "FINISHED", "{done:#}");
+        assert_eq!(done["execution_status"], "OK", "{done:#}");
+        d.assert_no_vm(id);
+    }
+    let discovered = jobs
+        .iter()
+        .find(|j| {
+            j["formula"]
+                .as_str()
+                .is_some_and(|f| f.contains("tests/smoke"))
+        })
+        .expect("the discovered job runs the dir's formula");
+    assert_eq!(discovered["provenance"]["rule_index"], 1);
+    let log = d.cli(&["job", "logs", discovered["id"].as_str().expect("id")]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("smoke test of foo-1.0-1.fc40"));
+
+    // A malformed message (no headers; a body that is not JSON): acked, no job.
+    publish(
+        &t.topic("buildsys.build.state.change"),
+        "bad-1",
+        b"not json",
+        true,
+    );
+    publish(
+        &t.topic("buildsys.build.state.change"),
+        "bad-2",
+        &koji_complete("foo"),
+        false,
+    );
+    t.wait_drained(Duration::from_secs(30));
+    assert!(jobs_of(&d, "bad-1").is_empty() && jobs_of(&d, "bad-2").is_empty());
+    let log = t.log();
+    assert!(log.contains("malformed message, acked"), "{log}");
+}
+
+#[test]
+fn a_trigger_killed_before_its_ack_makes_no_second_job() {
+    if !pipeline_env("a_trigger_killed_before_its_ack_makes_no_second_job") {
+        return;
+    }
+    let d = Daemon::start(2, 0);
+    let task = task_repo(PASSING);
+    let rules =
+        "- when: {message_type: KojiBuildPackageCompleted}\n  do:\n    - {tasks: [check, again]}\n";
+    let mut t = Trigger::new(
+        &d,
+        "k",
+        rules,
+        &[("check", task.path()), ("again", task.path())],
+        0,
+    );
+    t.spawn(Some("exit-before-ack"));
+    let id = "9f0d6b1e-0000-4000-8000-000000000002";
+    publish(
+        &t.topic("buildsys.build.state.change"),
+        id,
+        &koji_complete("bar"),
+        true,
+    );
+    // It submits both jobs, then dies before acking: the message stays on the queue.
+    assert_eq!(
+        t.wait_exit(Duration::from_secs(60)),
+        Some(86),
+        "{}",
+        t.log()
+    );
+    assert_eq!(jobs_of(&d, id).len(), 2);
+    assert_eq!(
+        t.queue_state().map(|s| s.0),
+        Some(1),
+        "unacked, back on the queue"
+    );
+    // Restarted, it gets the message again: the same two jobs, none new, and the ack.
+    t.spawn(None);
+    t.wait_drained(Duration::from_secs(30));
+    let jobs = jobs_of(&d, id);
+    assert_eq!(jobs.len(), 2, "no job doubled: {jobs:#?}");
+    assert!(
+        t.log().contains("already queued (redelivery)"),
+        "{}",
+        t.log()
+    );
+    for j in &jobs {
+        let id = j["id"].as_str().expect("id");
+        let done = d.wait_state(id, &["FINISHED", "FAILED"], Duration::from_secs(120));
+        assert_eq!(done["state"], "FINISHED", "{done:#}");
+    }
+}
+
+#[test]
+fn a_burst_of_tag_messages_within_the_fuse_makes_one_job() {
+    if !pipeline_env("a_burst_of_tag_messages_within_the_fuse_makes_one_job") {
+        return;
+    }
+    let d = Daemon::start(1, 0);
+    let task = task_repo(PASSING);
+    let rules = "- when: {message_type: KojiTagChanged, tag: {$regex: '/^f[0-9]{2}-updates-testing-pending$/'}}\n  do:\n    - {tasks: [check]}\n";
+    let mut t = Trigger::new(&d, "f", rules, &[("check", task.path())], 3);
+    t.spawn(None);
+    let body = |n: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "tag": "f40-updates-testing-pending", "name": n, "version": "1", "release": "1.fc40",
+            "build_id": 1, "owner": "o", "instance": "primary", "user": "u"
+        }))
+        .expect("json")
+    };
+    let ids = ["tag-1", "tag-2", "tag-3"];
+    for (i, id) in ids.iter().enumerate() {
+        publish(
+            &t.topic("buildsys.tag"),
+            id,
+            &body(&format!("pkg{i}")),
+            true,
+        );
+    }
+    t.wait_drained(Duration::from_secs(60));
+    let all: Vec<Value> = ids.iter().flat_map(|id| jobs_of(&d, id)).collect();
+    assert_eq!(all.len(), 1, "one job for the burst: {all:#?}\n{}", t.log());
+    assert_eq!(all[0]["item"], "f40-updates-testing-pending");
+    assert_eq!(all[0]["item_type"], "koji_tag");
+    let id = all[0]["id"].as_str().expect("id");
+    let done = d.wait_state(id, &["FINISHED", "FAILED"], Duration::from_secs(120));
+    assert_eq!(done["state"], "FINISHED", "{done:#}");
+}
