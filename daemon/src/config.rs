@@ -61,6 +61,41 @@ pub struct Config {
     pub default_pool: Option<String>,
     /// Pools by name. At least one.
     pub pools: BTreeMap<String, PoolConfig>,
+    /// Reporting results to ResultsDB. Default: off.
+    #[serde(default)]
+    pub reporting: Option<ReportingConfig>,
+}
+
+/// REPORTING: the daemon posts each finished job's results to ResultsDB from a durable outbox
+/// (the guest has no network and holds no credentials).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReportingConfig {
+    /// ResultsDB: its server root or its `/api/v2.0/` URL. Required.
+    pub resultsdb_url: String,
+    /// An `Authorization` header value sent with every request (e.g. `Bearer …`). Default: none.
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    /// Where `/jobs/<uuid>/artifacts/…` are served (the `ref_url`s point there), e.g.
+    /// `http://minion.example:7701`. Required.
+    pub artifacts_base_url: String,
+    /// Namespaces any task may post into. Default `["scratch"]`.
+    #[serde(default = "default_safe_namespaces")]
+    pub safe_namespaces: Vec<String>,
+    /// Namespace → the task repository URL prefixes allowed to post into it. Default: none.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, Vec<String>>,
+    /// How long a job waits in REPORTING for its first posting attempt before it ends (what is
+    /// not posted stays in the outbox). Default 30.
+    #[serde(default = "default_report_wait")]
+    pub wait_seconds: u64,
+}
+
+fn default_safe_namespaces() -> Vec<String> {
+    vec!["scratch".into()]
+}
+fn default_report_wait() -> u64 {
+    30
 }
 
 /// One pool: an image on a libvirt host, with limits.
@@ -183,6 +218,16 @@ impl Config {
                     &format!("pools.{name}.default_timeout_seconds"),
                     "must be ≥ 1".into(),
                 ));
+            }
+        }
+        if let Some(r) = &cfg.reporting {
+            for (field, url) in [
+                ("reporting.resultsdb_url", &r.resultsdb_url),
+                ("reporting.artifacts_base_url", &r.artifacts_base_url),
+            ] {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(field, format!("`{url}` is not an http(s) URL")));
+                }
             }
         }
         if let Some(d) = &cfg.default_pool {

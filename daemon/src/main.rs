@@ -9,6 +9,7 @@ mod jobs;
 mod lifecycle;
 mod pool;
 mod prebooted;
+mod reporting;
 mod runner;
 mod service;
 mod taskrepo;

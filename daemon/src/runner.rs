@@ -20,6 +20,7 @@ use crate::jobs::{self, JobEvent, JobRecord, Jobs, JobsError};
 use crate::lifecycle::State;
 use crate::pool::Pool;
 use crate::prebooted::ParkedVm;
+use crate::reporting::Reporter;
 
 /// Past the job's own timeout, how long the session gets to cancel the guest gracefully before the
 /// VM is destroyed regardless.
@@ -68,7 +69,10 @@ enum End {
 impl End {
     fn into_event(self) -> JobEvent {
         match self {
-            End::Finished(o) => JobEvent::SessionEnded(o),
+            End::Finished(o) => JobEvent::SessionEnded {
+                outcome: o,
+                report: None,
+            },
             End::Failed(e) => JobEvent::Failed {
                 reason: e.to_string(),
             },
@@ -83,6 +87,8 @@ impl End {
 pub struct RunContext {
     pub jobs: Arc<Jobs>,
     pub vms: VmContext,
+    /// Reporting to ResultsDB, when configured.
+    pub reporter: Option<Arc<Reporter>>,
 }
 
 /// Runs job `id` (already PROVISIONING) on `vm`. Holds the VM's pool slot until the VM is torn
@@ -159,7 +165,47 @@ pub async fn run_job(
             end
         }
     };
-    finish(jobs, id, started, end);
+    match (end, &rc.reporter) {
+        (End::Finished(o), Some(reporter)) => {
+            report(rc, reporter, &rec, o, &artifacts, started).await
+        }
+        (end, _) => finish(jobs, id, started, end),
+    }
+}
+
+/// REPORTING: the results go to the outbox with the job's verdict, one attempt is made to post
+/// them, and the job ends FINISHED whatever ResultsDB did (the rest is posted later).
+async fn report(
+    rc: &RunContext,
+    reporter: &Reporter,
+    rec: &JobRecord,
+    o: Box<SessionOutcome>,
+    artifacts: &Path,
+    started: Instant,
+) {
+    let (jobs, id) = (&rc.jobs, rec.id.as_str());
+    let plan = reporter.plan(rec, &o, artifacts);
+    if plan.entries.is_empty() && plan.refused.is_empty() {
+        return finish(jobs, id, started, End::Finished(o));
+    }
+    let ev = JobEvent::SessionEnded {
+        outcome: o,
+        report: Some(plan),
+    };
+    if let Err(e) = jobs.apply(id, ev) {
+        tracing::error!(job = %id, "reporting: {e}");
+        return;
+    }
+    reporter.post_job(id, reporter.wait()).await;
+    match jobs.apply(id, JobEvent::Reported) {
+        Ok(r) => tracing::info!(
+            job = %id,
+            state = %r.state,
+            secs = format_args!("{:.2}", started.elapsed().as_secs_f64()),
+            "job ended"
+        ),
+        Err(e) => tracing::error!(job = %id, "final state: {e}"),
+    }
 }
 
 /// A VM with its agent Ready for job `rec`: the pre-booted one it was given, or one booted now

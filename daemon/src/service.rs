@@ -23,6 +23,7 @@ use crate::jobs::{Created, JobEvent, JobRecord, JobRequest, Jobs, JobsError, Lis
 use crate::lifecycle::State;
 use crate::pool::Pool;
 use crate::prebooted::{ParkedVm, Prebooted};
+use crate::reporting::Reporter;
 use crate::runner::{self, Assigned, RunContext};
 use crate::taskrepo::{self, RepoError};
 
@@ -111,9 +112,11 @@ impl Service {
             );
             rxs.push((name.clone(), rx));
         }
+        let reporter = cfg.reporting.as_ref().map(|r| Reporter::new(&jobs, r));
         let run = Arc::new(RunContext {
             jobs: jobs.clone(),
             vms,
+            reporter,
         });
         Ok((
             Arc::new(Service {
@@ -148,6 +151,10 @@ impl Service {
         }
         for p in self.pools.values() {
             p.prebooted.start();
+        }
+        if let Some(r) = &self.run.reporter {
+            // Results an earlier run could not post are posted from here on.
+            tokio::spawn(r.clone().run());
         }
         Ok(())
     }
@@ -332,7 +339,7 @@ impl Service {
                 .await
                 .unwrap_or_else(|e| Err(RepoError::FormulaInvalid(format!("validator: {e}"))))
         };
-        let formula = match formula {
+        let (formula, namespace) = match formula {
             Ok(f) => f,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tree);
@@ -344,6 +351,7 @@ impl Service {
             repo: req.repo,
             git_ref: req.git_ref,
             formula,
+            namespace,
             item: req.item,
             item_type: req.item_type,
             arch,

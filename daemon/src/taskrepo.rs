@@ -137,8 +137,12 @@ async fn copy_dir(repo: &str, dest: &Path) -> Result<(), RepoError> {
 }
 
 /// Resolves the formula inside the fetched tree (a directory means its `runtask.yml`/`task.yml`)
-/// and validates it with minion-formula. Returns its path relative to the tree.
-pub fn resolve_and_validate(tree: &Path, formula: &str, repo: &str) -> Result<String, RepoError> {
+/// and validates it with minion-formula. Returns its path relative to the tree and its namespace.
+pub fn resolve_and_validate(
+    tree: &Path,
+    formula: &str,
+    repo: &str,
+) -> Result<(String, String), RepoError> {
     // minion-safepath's rules: lexically inside the tree, and still inside once symlinks are
     // followed.
     let rel = if formula.is_empty() || formula == "." {
@@ -183,7 +187,7 @@ pub fn resolve_and_validate(tree: &Path, formula: &str, repo: &str) -> Result<St
         .strip_prefix(&real_tree)
         .map_err(|_| RepoError::FormulaEscapes(formula.to_string()))?
         .to_path_buf();
-    minion_formula::load_formula(&real_file).map_err(|e| {
+    let loaded = minion_formula::load_formula(&real_file).map_err(|e| {
         // Name the file as the submitter knows it (repo-relative), not our private copy.
         let msg = e.to_string();
         let shown = msg.replace(
@@ -192,7 +196,10 @@ pub fn resolve_and_validate(tree: &Path, formula: &str, repo: &str) -> Result<St
         );
         RepoError::FormulaInvalid(shown)
     })?;
-    Ok(inside.to_string_lossy().into_owned())
+    Ok((
+        inside.to_string_lossy().into_owned(),
+        loaded.namespace.unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]
@@ -266,7 +273,7 @@ mod tests {
         )
         .expect("w");
         assert_eq!(
-            resolve_and_validate(tree.path(), "", "r").expect("valid"),
+            resolve_and_validate(tree.path(), "", "r").expect("valid").0,
             "runtask.yml"
         );
     }

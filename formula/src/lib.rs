@@ -6,6 +6,7 @@ mod context;
 mod directives;
 mod error;
 mod formula;
+pub mod report;
 mod results;
 mod runner;
 mod subst;

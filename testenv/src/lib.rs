@@ -15,6 +15,8 @@
 
 use std::path::Path;
 
+pub mod resultsdb;
+
 /// One thing a test needs from the machine.
 #[derive(Debug, Clone)]
 pub enum Need<'a> {

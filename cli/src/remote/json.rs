@@ -25,6 +25,11 @@ pub fn job(j: &pb::Job) -> Value {
         "attempt": j.attempt,
         "created_unix_ms": j.created_unix_ms,
         "idempotency_key": j.idempotency_key,
+        "reporting": j.reporting.as_ref().map(|r| json!({
+            "posted": r.posted,
+            "pending": r.pending,
+            "refused": r.refused.iter().map(|f| json!({"testcase": f.testcase, "reason": f.reason})).collect::<Vec<_>>(),
+        })),
         "provenance": j.provenance.as_ref().map(|p| json!({
             "message_id": p.message_id,
             "topic": p.topic,

@@ -135,6 +135,23 @@ pub fn steps_table(j: &pb::Job, now_ms: i64) -> Table {
     t
 }
 
+/// `reported 2 / pending (1) / refused (1: dist.x: why)`.
+pub fn reporting_text(r: &pb::Reporting) -> String {
+    let mut parts = vec![format!("reported {}", r.posted)];
+    if r.pending > 0 {
+        parts.push(format!("pending ({})", r.pending));
+    }
+    if !r.refused.is_empty() {
+        let why: Vec<String> = r
+            .refused
+            .iter()
+            .map(|f| format!("{}: {}", f.testcase, f.reason))
+            .collect();
+        parts.push(format!("refused ({}: {})", r.refused.len(), why.join("; ")));
+    }
+    parts.join(" / ")
+}
+
 pub fn job_details(j: &pb::Job, now_ms: i64) -> String {
     let mut out = String::new();
     let mut kv = table(&["FIELD", "VALUE"]);
@@ -169,6 +186,9 @@ pub fn job_details(j: &pb::Job, now_ms: i64) -> String {
                 p.message_id, p.topic, p.rule_index, p.task_name
             ),
         );
+    }
+    if let Some(r) = &j.reporting {
+        row("reporting", reporting_text(r));
     }
     if !j.idempotency_key.is_empty() {
         row("idempotency key", j.idempotency_key.clone());

@@ -84,6 +84,18 @@ pub fn job_to_pb(r: &JobRecord) -> pb::Job {
         created_unix_ms: r.created_ms,
         idempotency_key: r.idempotency_key.clone(),
         provenance: r.provenance.as_ref().map(provenance_to_pb),
+        reporting: r.reporting.as_ref().map(|s| pb::Reporting {
+            posted: s.posted,
+            pending: s.pending,
+            refused: s
+                .refused
+                .iter()
+                .map(|f| pb::Refusal {
+                    testcase: f.testcase.clone(),
+                    reason: f.reason.clone(),
+                })
+                .collect(),
+        }),
     }
 }
 

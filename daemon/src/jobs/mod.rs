@@ -25,9 +25,17 @@ use tokio::sync::broadcast;
 use crate::lifecycle::State;
 
 pub use store::{
-    now_ms, Created, ExecStatus, JobRecord, JobRequest, ListQuery, Provenance, StoreError,
-    TaskResult,
+    now_ms, Created, ExecStatus, JobRecord, JobRequest, ListQuery, OutboxEntry, Provenance,
+    Refusal, ReportingStatus, Resolution, StoreError, TaskResult,
 };
+
+/// What a finished session's results become when reporting is on: outbox entries to post, and
+/// the results refused before posting (namespace policy).
+#[derive(Debug, Clone, Default)]
+pub struct ReportPlan {
+    pub entries: Vec<OutboxEntry>,
+    pub refused: Vec<Refusal>,
+}
 
 /// What happened to a job. Each one is applied by [`Jobs::apply`].
 #[derive(Debug)]
@@ -50,9 +58,15 @@ pub enum JobEvent {
     },
     /// The formula has ended; artifacts and results are being taken (RUNNING → COLLECTING).
     Collecting,
-    /// The session ended with the guest's outcome and the VM is gone (COLLECTING → FINISHED;
-    /// REPORTING is entered only once there is reporting to do).
-    SessionEnded(Box<SessionOutcome>),
+    /// The session ended with the guest's outcome and the VM is gone: COLLECTING → REPORTING
+    /// with the results in the outbox when there is reporting to do (`report`), else → FINISHED.
+    SessionEnded {
+        outcome: Box<SessionOutcome>,
+        report: Option<ReportPlan>,
+    },
+    /// The first attempt at posting is over (what is not posted stays in the outbox):
+    /// REPORTING → FINISHED.
+    Reported,
     Cancelled {
         reason: String,
     },
@@ -208,9 +222,9 @@ impl Jobs {
                 self.store
                     .transition_with(id, State::Collecting, "", |_| {})?
             }
-            JobEvent::SessionEnded(o) => {
+            JobEvent::SessionEnded { outcome: o, report } => {
                 let results = task_results(id, &o.results_yaml);
-                self.store.transition_with(id, State::Finished, "", |r| {
+                let verdict = |r: &mut JobRecord| {
                     r.execution_status = Some(if o.execution_status_ok {
                         ExecStatus::Ok
                     } else {
@@ -221,7 +235,42 @@ impl Jobs {
                     r.results = results;
                     r.results_yaml = o.results_yaml.clone();
                     r.tap = o.tap.clone();
-                })?
+                };
+                match report {
+                    None => self
+                        .store
+                        .transition_with(id, State::Finished, "", verdict)?,
+                    Some(plan) => {
+                        let pending = plan.entries.len() as u32;
+                        let msg = format!("{pending} result(s) to report");
+                        self.store.transition_with_outbox(
+                            id,
+                            State::Reporting,
+                            &msg,
+                            |r| {
+                                verdict(r);
+                                r.reporting = Some(ReportingStatus {
+                                    posted: 0,
+                                    pending,
+                                    refused: plan.refused.clone(),
+                                });
+                            },
+                            &plan.entries,
+                        )?
+                    }
+                }
+            }
+            JobEvent::Reported => {
+                let now = self.store.get(id)?;
+                let st = now.reporting.clone().unwrap_or_default();
+                let msg = format!(
+                    "reported {}, pending {}, refused {}",
+                    st.posted,
+                    st.pending,
+                    st.refused.len()
+                );
+                self.store
+                    .transition_with(id, State::Finished, &msg, |_| {})?
             }
             JobEvent::Cancelled { reason } => {
                 self.store
@@ -274,10 +323,16 @@ impl Jobs {
 
     /// After a (re)start nothing runs: every in-flight job is [`JobEvent::Interrupted`], and the
     /// partial artifacts of every job that will run again are dropped (they would mix with the
-    /// next attempt's).
+    /// next attempt's). A job that was REPORTING has its results: it ends FINISHED, and its
+    /// outbox is posted by the reporter.
     pub fn interrupt_in_flight(&self) -> Result<(), JobsError> {
         for rec in self.store.all()? {
             let mut requeued = rec.state == State::Queued;
+            if rec.state == State::Reporting {
+                self.apply(&rec.id, JobEvent::Reported)?;
+                tracing::info!(job = %rec.id, "was REPORTING at restart: FINISHED, its outbox is posted later");
+                continue;
+            }
             if rec.state.is_in_flight() {
                 let after = self.apply(&rec.id, JobEvent::Interrupted)?;
                 requeued = after.state == State::Queued;
@@ -292,6 +347,25 @@ impl Jobs {
             }
         }
         Ok(())
+    }
+
+    /// Every result waiting in the outbox.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, JobsError> {
+        Ok(self.store.outbox()?)
+    }
+
+    /// Records that a POST of `e` is about to start.
+    pub fn outbox_sent(&self, e: &OutboxEntry) -> Result<(), JobsError> {
+        Ok(self.store.outbox_sent(e)?)
+    }
+
+    /// `e` was posted or refused: it leaves the outbox and is counted on its job.
+    pub fn outbox_resolve(
+        &self,
+        e: &OutboxEntry,
+        how: &Resolution,
+    ) -> Result<JobRecord, JobsError> {
+        Ok(self.store.outbox_resolve(e, how)?)
     }
 
     /// A log chunk: `write` (appending to minion.log) runs atomically with the publication, so
@@ -457,7 +531,13 @@ mod tests {
         j.apply("a", JobEvent::Collecting).expect("collecting");
         let yaml = "results:\n  - item: foo\n    type: koji_build\n    checkname: c\n    outcome: FAILED\n    note: n\n";
         let r = j
-            .apply("a", JobEvent::SessionEnded(outcome(yaml)))
+            .apply(
+                "a",
+                JobEvent::SessionEnded {
+                    outcome: outcome(yaml),
+                    report: None,
+                },
+            )
             .expect("ended");
         assert_eq!(
             states(&r),
@@ -495,6 +575,76 @@ mod tests {
     }
 
     #[test]
+    fn results_to_report_go_through_reporting_and_the_outbox_survives_a_restart() {
+        let t = tempfile::tempdir().expect("tmp");
+        {
+            let j = jobs(t.path());
+            j.create("a", request(), "", None).expect("create");
+            for ev in [
+                JobEvent::PickedUp { vm_id: None },
+                JobEvent::VmPrepared {
+                    vm_id: "a".into(),
+                    detail: String::new(),
+                },
+                JobEvent::AgentReady {
+                    agent_version: "1".into(),
+                },
+                JobEvent::Collecting,
+            ] {
+                j.apply("a", ev).expect("step");
+            }
+            let entry = |index: u32| OutboxEntry {
+                job: "a".into(),
+                index,
+                testcase: format!("qa.c{index}"),
+                body: serde_json::json!({"testcase": {"name": format!("qa.c{index}")}}),
+                sent: false,
+            };
+            let plan = ReportPlan {
+                entries: vec![entry(0), entry(1)],
+                refused: vec![Refusal {
+                    testcase: "dist.x".into(),
+                    reason: "namespace `dist` is closed to this repo".into(),
+                }],
+            };
+            let r = j
+                .apply(
+                    "a",
+                    JobEvent::SessionEnded {
+                        outcome: outcome(""),
+                        report: Some(plan),
+                    },
+                )
+                .expect("ended");
+            assert_eq!(r.state, State::Reporting);
+            assert_eq!(r.reporting.as_ref().map(|s| s.pending), Some(2));
+            let first = j.outbox().expect("outbox").remove(0);
+            j.outbox_sent(&first).expect("sent");
+            j.outbox_resolve(&first, &Resolution::Posted)
+                .expect("posted");
+            // The daemon dies here, in REPORTING, one result still in the outbox.
+        }
+        let j = jobs(t.path());
+        j.interrupt_in_flight().expect("restart");
+        let r = j.get("a").expect("a");
+        assert_eq!(r.state, State::Finished, "a job with results is not re-run");
+        assert_eq!(r.attempt, 0);
+        assert_eq!(
+            r.events.last().map(|e| e.message.as_str()),
+            Some("reported 1, pending 1, refused 1")
+        );
+        let left = j.outbox().expect("outbox");
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].index, left[0].sent), (1, false));
+        let r = j
+            .outbox_resolve(&left[0], &Resolution::Refused("400: bad".into()))
+            .expect("refused");
+        let st = r.reporting.expect("status");
+        assert_eq!((st.posted, st.pending, st.refused.len()), (1, 0, 2));
+        assert!(j.outbox().expect("outbox").is_empty());
+    }
+
+    #[test]
     fn garbage_results_from_the_guest_are_no_results() {
         let t = tempfile::tempdir().expect("tmp");
         let j = jobs(t.path());
@@ -514,7 +664,13 @@ mod tests {
                 j.apply(id, ev).expect("step");
             }
             let r = j
-                .apply(id, JobEvent::SessionEnded(outcome(yaml)))
+                .apply(
+                    id,
+                    JobEvent::SessionEnded {
+                        outcome: outcome(yaml),
+                        report: None,
+                    },
+                )
                 .expect("ended");
             assert_eq!(r.state, State::Finished);
             assert!(r.results.is_empty(), "{yaml:?}: {:?}", r.results);

@@ -64,6 +64,9 @@ pub struct JobRequest {
     pub git_ref: String,
     /// Relative to the task tree.
     pub formula: String,
+    /// The formula's `namespace` (its results' testcases are `namespace.checkname`).
+    #[serde(default)]
+    pub namespace: String,
     pub item: String,
     pub item_type: String,
     pub arch: String,
@@ -101,6 +104,51 @@ pub struct JobRecord {
     pub idempotency_key: String,
     #[serde(default)]
     pub provenance: Option<Provenance>,
+    /// Reporting to ResultsDB, once the job has results to report.
+    #[serde(default)]
+    pub reporting: Option<ReportingStatus>,
+}
+
+/// Where a job's results are on their way to ResultsDB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReportingStatus {
+    pub posted: u32,
+    /// In the outbox, not posted yet.
+    pub pending: u32,
+    pub refused: Vec<Refusal>,
+}
+
+/// A result ResultsDB (or the namespace policy) refused, with why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub testcase: String,
+    pub reason: String,
+}
+
+/// One result waiting to be posted (the outbox survives restarts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub job: String,
+    pub index: u32,
+    pub testcase: String,
+    /// The `POST /results` body.
+    pub body: serde_json::Value,
+    /// A POST was started: before posting again, ask ResultsDB whether it arrived.
+    #[serde(default)]
+    pub sent: bool,
+}
+
+impl OutboxEntry {
+    fn key(&self) -> String {
+        format!("{}/{:06}", self.job, self.index)
+    }
+}
+
+/// What became of an outbox entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    Posted,
+    Refused(String),
 }
 
 /// What [`Store::create`] did.
@@ -133,19 +181,35 @@ pub struct Store {
     jobs: sled::Tree,
     /// Idempotency key → job id.
     keys: sled::Tree,
+    /// `<job>/<index>` → an [`OutboxEntry`].
+    outbox: sled::Tree,
     /// Serialises read-modify-write of records (sled itself is thread-safe, our RMW is not).
     write: Mutex<()>,
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::open(path)?;
+        // A store just closed (a restart in the same process, a test) may still be locked for
+        // a moment by sled's flusher thread: wait a little before calling it taken.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(path) {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if tries < 30 && e.to_string().contains("acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let jobs = db.open_tree("jobs")?;
         let keys = db.open_tree("keys")?;
+        let outbox = db.open_tree("outbox")?;
         Ok(Store {
             db,
             jobs,
             keys,
+            outbox,
             write: Mutex::new(()),
         })
     }
@@ -229,6 +293,7 @@ impl Store {
             domain_started_ms: None,
             idempotency_key: key.to_string(),
             provenance,
+            reporting: None,
         };
         let bytes = serde_json::to_vec(&rec).map_err(|source| StoreError::Corrupt {
             id: rec.id.clone(),
@@ -292,6 +357,106 @@ impl Store {
         Ok(rec)
     }
 
+    /// [`Store::transition_with`], writing `entries` into the outbox in the same transaction.
+    pub(super) fn transition_with_outbox(
+        &self,
+        id: &str,
+        to: State,
+        message: &str,
+        edit: impl FnOnce(&mut JobRecord),
+        entries: &[OutboxEntry],
+    ) -> Result<JobRecord, StoreError> {
+        use sled::Transactional;
+        let _g = self.lock();
+        let mut rec = self.get(id)?;
+        if !rec.state.can_go_to(to) {
+            return Err(IllegalTransition {
+                job: id.to_string(),
+                from: rec.state,
+                to,
+            }
+            .into());
+        }
+        rec.state = to;
+        rec.events.push(EventRecord {
+            state: to,
+            at_ms: now_ms(),
+            message: message.to_string(),
+        });
+        edit(&mut rec);
+        let bytes = encode(&rec)?;
+        let mut rows = Vec::new();
+        for e in entries {
+            rows.push((e.key(), encode_entry(e)?));
+        }
+        (&self.jobs, &self.outbox)
+            .transaction(|(jobs, outbox)| {
+                jobs.insert(rec.id.as_bytes(), bytes.as_slice())?;
+                for (k, v) in &rows {
+                    outbox.insert(k.as_bytes(), v.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.db.flush()?;
+        Ok(rec)
+    }
+
+    /// Every entry waiting in the outbox, oldest job first.
+    pub(super) fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.outbox.iter() {
+            let (k, v) = kv?;
+            out.push(
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    id: String::from_utf8_lossy(&k).into_owned(),
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Marks an entry as sent (a POST is about to start), durably.
+    pub(super) fn outbox_sent(&self, e: &OutboxEntry) -> Result<(), StoreError> {
+        let mut e = e.clone();
+        e.sent = true;
+        self.outbox.insert(e.key().as_bytes(), encode_entry(&e)?)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Removes an entry and counts it on its job, in one transaction.
+    pub(super) fn outbox_resolve(
+        &self,
+        e: &OutboxEntry,
+        how: &Resolution,
+    ) -> Result<JobRecord, StoreError> {
+        use sled::Transactional;
+        let _g = self.lock();
+        let mut rec = self.get(&e.job)?;
+        let st = rec.reporting.get_or_insert_with(ReportingStatus::default);
+        st.pending = st.pending.saturating_sub(1);
+        match how {
+            Resolution::Posted => st.posted += 1,
+            Resolution::Refused(reason) => st.refused.push(Refusal {
+                testcase: e.testcase.clone(),
+                reason: reason.clone(),
+            }),
+        }
+        let bytes = encode(&rec)?;
+        let key = e.key();
+        (&self.jobs, &self.outbox)
+            .transaction(|(jobs, outbox)| {
+                jobs.insert(rec.id.as_bytes(), bytes.as_slice())?;
+                outbox.remove(key.as_bytes())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.db.flush()?;
+        Ok(rec)
+    }
+
     #[cfg(test)]
     pub(super) fn transition(
         &self,
@@ -333,6 +498,29 @@ impl Store {
             None
         };
         Ok((hits, next))
+    }
+}
+
+fn encode(rec: &JobRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(rec).map_err(|source| StoreError::Corrupt {
+        id: rec.id.clone(),
+        source,
+    })
+}
+
+fn encode_entry(e: &OutboxEntry) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(e).map_err(|source| StoreError::Corrupt {
+        id: e.key(),
+        source,
+    })
+}
+
+fn tx_error(e: sled::transaction::TransactionError<()>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
+        sled::transaction::TransactionError::Abort(()) => {
+            StoreError::NotFound("transaction aborted".into())
+        }
     }
 }
 

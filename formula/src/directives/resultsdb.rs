@@ -74,29 +74,14 @@ pub(crate) fn body(
     ctx: &StepContext<'_>,
     report: &ReportConfig,
 ) -> serde_json::Value {
-    let mut data = serde_json::Map::new();
-    data.insert("item".into(), r.item.clone().into());
-    data.insert("type".into(), r.item_type.clone().into());
-    if !ctx.config.arch.is_empty() {
-        data.insert("arch".into(), ctx.config.arch.clone().into());
-    }
-    for (k, v) in &r.extra {
-        // ResultsDB refuses `:` in keys.
-        data.insert(k.replace(':', "_"), v.clone());
-    }
-    let testcase = match &ctx.formula.namespace {
-        Some(ns) if !ns.is_empty() => format!("{ns}.{}", r.checkname),
-        _ => r.checkname.clone(),
-    };
     let ref_url = r.artifact.clone().or_else(|| report.log_url.clone());
-    serde_json::json!({
-        "testcase": {"name": testcase},
-        "outcome": r.outcome.as_str(),
-        "note": r.note.clone().unwrap_or_default(),
-        "ref_url": ref_url,
-        "data": data,
-        "groups": [ctx.config.uuid],
-    })
+    crate::report::result_body(
+        r,
+        ctx.formula.namespace.as_deref(),
+        &ctx.config.arch,
+        &serde_json::Value::String(ctx.config.uuid.clone()),
+        ref_url.as_deref(),
+    )
 }
 
 #[cfg(feature = "report")]
@@ -107,8 +92,8 @@ fn post(
 ) -> Result<(), StepError> {
     use std::time::Duration;
     let url = format!(
-        "{}/api/v2.0/results",
-        report.resultsdb_url.trim_end_matches('/')
+        "{}/results",
+        crate::report::resultsdb_api(&report.resultsdb_url)
     );
     let payload = body(r, ctx, report);
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -157,6 +157,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(max_vms: u32, min_ready: u32) -> Daemon {
+        Daemon::start_with(max_vms, min_ready, "")
+    }
+
+    /// [`Daemon::start`] with `extra` appended to the config (e.g. a `[reporting]` table).
+    pub fn start_with(max_vms: u32, min_ready: u32, extra: &str) -> Daemon {
         let (miniond, minion) = binaries();
         // qemu runs as its own user: the state dir must be traversable; short for the socket limit.
         std::fs::create_dir_all("/var/lib/minion").expect("/var/lib/minion");
@@ -174,7 +179,7 @@ impl Daemon {
                  listen = {socket:?}\nlog_format = \"json\"\nretry_budget = 1\n\n\
                  [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
                  min_ready = {min_ready}\n\
-                 vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n",
+                 vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n{extra}",
                 state = state.path().join("state"),
                 agent = agent_binary(),
                 uri = libvirt_uri(),
