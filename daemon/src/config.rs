@@ -50,6 +50,10 @@ pub struct Config {
     /// Optional gRPC TCP address (`127.0.0.1:7700`). Default: none.
     #[serde(default)]
     pub listen_tcp: Option<String>,
+    /// Optional read-only HTTP address for artifacts (`/jobs/<uuid>/artifacts/…`), e.g.
+    /// `127.0.0.1:7701`. Default: none.
+    #[serde(default)]
+    pub listen_http: Option<String>,
     /// `human` or `json`. Default `human`.
     #[serde(default)]
     pub log_format: LogFormat,

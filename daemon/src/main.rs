@@ -16,6 +16,7 @@ mod taskrepo;
 #[cfg(test)]
 mod tests;
 mod watch;
+mod web;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -75,9 +76,22 @@ async fn main() -> anyhow::Result<()> {
     let accel = minion_provisioning::accel::detect();
     let listen = cfg.listen.clone();
     let listen_tcp = cfg.listen_tcp.clone();
+    let listen_http = match &cfg.listen_http {
+        Some(a) => Some(
+            a.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("listen_http `{a}`"))?,
+        ),
+        None => None,
+    };
 
     let (svc, rxs) = service::Service::open(cfg, accel).context("opening the jobs database")?;
     svc.start(rxs).await.context("reconciling at start")?;
+
+    let web_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = listen_http {
+        let listener = web::bind(addr).await?;
+        tokio::spawn(web::serve(listener, svc.jobs().clone(), web_stop.clone()));
+    }
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ControllerServer<api::Api>>().await;
@@ -135,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
         None => unix_server.await?,
     }
     let _ = std::fs::remove_file(&listen);
+    web_stop.cancel();
     svc.shutdown().await;
     Ok(())
 }

@@ -9,15 +9,46 @@ mod common;
 use common::*;
 use minion_testenv::resultsdb::ResultsDbStandIn;
 
-const BASE: &str = "http://minion.test:7701";
+/// A free loopback port for the daemon's `listen_http`.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
 
-fn reporting(rdb: &ResultsDbStandIn) -> String {
+/// The `[reporting]` config, and `listen_http` on `port` (prepended: top-level keys come before
+/// the tables).
+fn reporting(rdb: &ResultsDbStandIn, port: u16) -> String {
     format!(
-        "\n[reporting]\nresultsdb_url = \"{}/api/v2.0/\"\nauth_header = \"Bearer e2e-secret\"\n\
-         artifacts_base_url = \"{BASE}\"\nsafe_namespaces = [\"scratch\"]\nwait_seconds = 5\n\
+        "listen_http = \"127.0.0.1:{port}\"\n[reporting]\nresultsdb_url = \"{}/api/v2.0/\"\nauth_header = \"Bearer e2e-secret\"\n\
+         artifacts_base_url = \"http://127.0.0.1:{port}\"\nsafe_namespaces = [\"scratch\"]\nwait_seconds = 5\n\
          [reporting.namespaces]\nqa = [\"/\"]\n",
         rdb.url
     )
+}
+
+/// GET `url` (plain http on loopback): status and body.
+fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
 }
 
 /// A task whose results are written as given, in namespace `ns`.
@@ -60,7 +91,9 @@ fn results_are_reported_from_the_host_into_resultsdb() {
         return;
     }
     let rdb = ResultsDbStandIn::start();
-    let d = Daemon::start_with(1, 0, &reporting(&rdb));
+    let port = free_port();
+    let d = Daemon::start_with(1, 0, &reporting(&rdb, port));
+    let base = format!("http://127.0.0.1:{port}");
     let body = format!(
         "results:\n{}{}{}",
         result("good", "PASSED", "${artifactsdir}/check.log")
@@ -92,15 +125,20 @@ fn results_are_reported_from_the_host_into_resultsdb() {
     assert_eq!(good["data"]["type"], "koji_build");
     assert_eq!(good["data"]["arch"], "x86_64");
     assert_eq!(good["groups"][0]["uuid"], id.as_str());
-    assert_eq!(good["groups"][0]["ref_url"], format!("{BASE}/jobs/{id}"));
+    assert_eq!(good["groups"][0]["ref_url"], format!("{base}/jobs/{id}"));
     assert_eq!(
         good["ref_url"],
-        format!("{BASE}/jobs/{id}/artifacts/task_output/check.log"),
+        format!("{base}/jobs/{id}/artifacts/task_output/check.log"),
         "an artifact of the job: its own URL"
     );
+    // The ref_urls answer: miniond serves the job's artifacts, and its page.
+    let url = good["ref_url"].as_str().expect("ref_url");
+    assert_eq!(http_get(url), (200, "the log\n".to_string()));
+    assert_eq!(http_get(&format!("{base}/jobs/{id}/artifacts/")).0, 200);
+    assert_eq!(http_get(&format!("{base}/jobs/{id}")).0, 200);
     assert_eq!(
         posted[1]["ref_url"],
-        format!("{BASE}/jobs/{id}/artifacts/"),
+        format!("{base}/jobs/{id}/artifacts/"),
         "an artifact outside the job is dropped: the job's artifacts"
     );
     let r = &j["reporting"];
@@ -155,7 +193,7 @@ fn resultsdb_down_across_a_daemon_restart_still_gets_each_result_once() {
     }
     let rdb = ResultsDbStandIn::start();
     rdb.set_down(true);
-    let mut d = Daemon::start_with(1, 0, &reporting(&rdb));
+    let mut d = Daemon::start_with(1, 0, &reporting(&rdb, free_port()));
     let body = format!(
         "results:\n{}{}",
         result("one", "PASSED", "check.log")

@@ -175,12 +175,22 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {state:?}\nimages_dir = {images:?}\nagent_binary = {agent:?}\n\
+                "state_dir = {state:?}\nimages_dir = {images:?}\nagent_binary = {agent:?}\n{top}\
                  listen = {socket:?}\nlog_format = \"json\"\nretry_budget = 1\n\n\
                  [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
                  min_ready = {min_ready}\n\
                  vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n{extra}",
                 state = state.path().join("state"),
+                top = extra
+                    .lines()
+                    .filter(|l| l.starts_with("listen_http"))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>(),
+                extra = extra
+                    .lines()
+                    .filter(|l| !l.starts_with("listen_http"))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>(),
                 agent = agent_binary(),
                 uri = libvirt_uri(),
             ),
