@@ -68,6 +68,29 @@ pub struct Config {
     /// Reporting results to ResultsDB. Default: off.
     #[serde(default)]
     pub reporting: Option<ReportingConfig>,
+    /// Job events and posted results on the message bus. Default: off.
+    #[serde(default)]
+    pub bus: Option<BusConfig>,
+}
+
+/// Publishing `job.finished` and `result.new` to an AMQP broker (`amq.topic`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// Default `amqp://127.0.0.1:5672/%2f`.
+    #[serde(default = "default_bus_url")]
+    pub url: String,
+    /// Topics are `<topic_prefix>.job.finished` and `<topic_prefix>.result.new`. Default
+    /// `org.minion.prod`.
+    #[serde(default = "default_bus_prefix")]
+    pub topic_prefix: String,
+}
+
+fn default_bus_url() -> String {
+    "amqp://127.0.0.1:5672/%2f".into()
+}
+fn default_bus_prefix() -> String {
+    "org.minion.prod".into()
 }
 
 /// REPORTING: the daemon posts each finished job's results to ResultsDB from a durable outbox

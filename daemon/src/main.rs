@@ -3,6 +3,7 @@
 
 mod api;
 mod artifacts;
+mod bus;
 mod config;
 mod guestvm;
 mod jobs;

@@ -20,6 +20,7 @@ use minion_channel::SessionOutcome;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Notify};
 
+use crate::bus::Bus;
 use crate::config::ReportingConfig;
 use crate::jobs::{JobRecord, Jobs, OutboxEntry, Refusal, ReportPlan, Resolution};
 
@@ -55,16 +56,19 @@ pub struct Reporter {
     /// entry is never posted twice at once.
     posting: Mutex<()>,
     wake: Notify,
+    /// `result.new` for each posted result, when the bus is configured.
+    bus: Option<Arc<Bus>>,
 }
 
 impl Reporter {
-    pub fn new(jobs: &Arc<Jobs>, cfg: &ReportingConfig) -> Arc<Reporter> {
+    pub fn new(jobs: &Arc<Jobs>, cfg: &ReportingConfig, bus: Option<Arc<Bus>>) -> Arc<Reporter> {
         Arc::new(Reporter {
             jobs: jobs.clone(),
             api: minion_formula::report::resultsdb_api(&cfg.resultsdb_url),
             cfg: cfg.clone(),
             posting: Mutex::new(()),
             wake: Notify::new(),
+            bus,
         })
     }
 
@@ -230,7 +234,12 @@ impl Reporter {
             self.post(e).await
         };
         let how = match &attempt {
-            Attempt::Posted => Resolution::Posted,
+            Attempt::Posted => {
+                if let Some(bus) = &self.bus {
+                    bus.result_new(e);
+                }
+                Resolution::Posted
+            }
             Attempt::Refused(why) => {
                 tracing::warn!(job = %e.job, testcase = %e.testcase, "ResultsDB refused the result: {why}");
                 Resolution::Refused(why.clone())

@@ -16,6 +16,7 @@ use minion_provisioning::{accel::Accel, vm};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::Bus;
 use crate::config::{Config, PoolConfig};
 use crate::guestvm::VmContext;
 use crate::jobs::convert::provenance_from_pb;
@@ -88,6 +89,7 @@ pub struct Service {
     run: Arc<RunContext>,
     /// The cancel switch of every job a dispatcher has taken and whose runner has not ended.
     cancels: Mutex<HashMap<String, CancellationToken>>,
+    bus: Option<Arc<Bus>>,
 }
 
 impl Service {
@@ -112,18 +114,28 @@ impl Service {
             );
             rxs.push((name.clone(), rx));
         }
-        let reporter = cfg.reporting.as_ref().map(|r| Reporter::new(&jobs, r));
+        let bus = cfg.bus.as_ref().map(Bus::new);
+        if let Some(b) = &bus {
+            let b = b.clone();
+            jobs.on_final(Box::new(move |r| b.job_finished(r)));
+        }
+        let reporter = cfg
+            .reporting
+            .as_ref()
+            .map(|r| Reporter::new(&jobs, r, bus.clone()));
         let run = Arc::new(RunContext {
             jobs: jobs.clone(),
             vms,
             reporter,
         });
+        let bus_task = bus;
         Ok((
             Arc::new(Service {
                 cfg,
                 jobs,
                 pools,
                 run,
+                bus: bus_task,
                 cancels: Mutex::new(HashMap::new()),
             }),
             rxs,
@@ -151,6 +163,9 @@ impl Service {
         }
         for p in self.pools.values() {
             p.prebooted.start();
+        }
+        if let Some(b) = &self.bus {
+            tokio::spawn(b.clone().run());
         }
         if let Some(r) = &self.run.reporter {
             // Results an earlier run could not post are posted from here on.

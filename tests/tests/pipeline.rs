@@ -10,7 +10,10 @@
 mod common;
 
 use common::*;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
@@ -476,4 +479,122 @@ fn a_burst_of_tag_messages_within_the_fuse_makes_one_job() {
     let id = all[0]["id"].as_str().expect("id");
     let done = d.wait_state(id, &["FINISHED", "FAILED"], Duration::from_secs(120));
     assert_eq!(done["state"], "FINISHED", "{done:#}");
+}
+
+/// Collects the messages of `<prefix>.#` on its own exclusive queue, on a thread.
+fn bus_listener(prefix: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let key = format!("{prefix}.#");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            use futures_lite::StreamExt;
+            let conn = Connection::connect(AMQP, ConnectionProperties::default())
+                .await
+                .expect("connect");
+            let ch = conn.create_channel().await.expect("channel");
+            let q = ch
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("queue");
+            ch.queue_bind(
+                q.name().clone(),
+                "amq.topic".into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+            let mut c = ch
+                .basic_consume(
+                    q.name().clone(),
+                    "e2e".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("consume");
+            let _ = ready_tx.send(());
+            while let Some(Ok(d)) = c.next().await {
+                let body: Value = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
+                let schema = d
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("fedora_messaging_schema").cloned());
+                let mut body = body;
+                body["_schema"] = Value::String(match schema {
+                    Some(AMQPValue::LongString(s)) => {
+                        String::from_utf8_lossy(s.as_bytes()).into_owned()
+                    }
+                    other => format!("{other:?}"),
+                });
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                if tx.send((d.routing_key.as_str().to_string(), body)).is_err() {
+                    return;
+                }
+            }
+        });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("bus listener ready");
+    rx
+}
+
+#[test]
+fn job_events_and_posted_results_reach_the_bus() {
+    if !pipeline_env("job_events_and_posted_results_reach_the_bus") {
+        return;
+    }
+    let rdb = minion_testenv::resultsdb::ResultsDbStandIn::start();
+    let prefix = format!("org.minion-e2e{}.prod", std::process::id());
+    let extra = format!(
+        "\n[reporting]\nresultsdb_url = \"{}\"\nartifacts_base_url = \"http://127.0.0.1:1\"\n\
+         safe_namespaces = [\"qa\"]\n[bus]\nurl = \"{AMQP}\"\ntopic_prefix = \"{prefix}\"\n",
+        rdb.url
+    );
+    let d = Daemon::start_with(1, 0, &extra);
+    let got = bus_listener(&prefix);
+    let python = workspace_root().join("examples/python-check");
+    let id = d.submit(&python, &[]);
+    let j = d.wait_state(&id, &["FINISHED", "FAILED"], Duration::from_secs(120));
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (topic, body) = got
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("bus messages so far: {seen:#?}\n{}", d.log()));
+        seen.insert(topic, body);
+    }
+    let new = &seen[&format!("{prefix}.result.new")];
+    assert_eq!(new["job"], id.as_str());
+    assert_eq!(new["item"], "foo-1.0-1.fc40");
+    assert_eq!(new["type"], "koji_build");
+    assert_eq!(new["testcase"], "qa.nvr_format");
+    assert_eq!(new["outcome"], "PASSED");
+    assert!(
+        new["ref_url"].as_str().is_some_and(|u| u.contains(&id)),
+        "{new:#}"
+    );
+    assert!(new["_schema"]
+        .as_str()
+        .is_some_and(|s| s.contains("minion.result.new.v1")));
+    let fin = &seen[&format!("{prefix}.job.finished")];
+    assert_eq!(fin["job"], id.as_str());
+    assert_eq!(fin["state"], "FINISHED");
+    assert_eq!(fin["execution_status"], "OK");
+    assert_eq!(rdb.results().len(), 1);
 }

@@ -109,8 +109,12 @@ pub struct Subscription {
     pub logged: u64,
 }
 
+/// Called with every record that reaches a final state, after it is written (the bus).
+pub type FinalHook = Box<dyn Fn(&JobRecord) + Send + Sync>;
+
 pub struct Jobs {
     store: store::Store,
+    on_final: std::sync::OnceLock<FinalHook>,
     hub: hub::Hub,
     state_dir: PathBuf,
     retry_budget: u32,
@@ -121,11 +125,17 @@ impl Jobs {
     pub fn open(state_dir: &Path, retry_budget: u32) -> Result<Jobs, JobsError> {
         Ok(Jobs {
             store: store::Store::open(&state_dir.join("jobs.db"))?,
+            on_final: std::sync::OnceLock::new(),
             hub: hub::Hub::default(),
             state_dir: state_dir.to_path_buf(),
             retry_budget,
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// Sets what is told of every final state (once; later calls are ignored).
+    pub fn on_final(&self, hook: FinalHook) {
+        let _ = self.on_final.set(hook);
     }
 
     /// The job's private copy of its task tree.
@@ -428,6 +438,9 @@ impl Jobs {
                 },
             );
             self.hub.close(&rec.id);
+            if let Some(hook) = self.on_final.get() {
+                hook(rec);
+            }
             // The private copy of the task tree is not needed once the job is final.
             let _ = std::fs::remove_dir_all(self.task_dir(&rec.id));
         }
