@@ -151,6 +151,10 @@ pub struct PoolConfig {
     /// Job timeout in seconds when the submission gives none. Default 1800.
     #[serde(default = "default_timeout")]
     pub default_timeout_seconds: u64,
+    /// Accept and queue jobs, start none (maintenance; what the submission benchmark measures
+    /// into). Default false.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 fn default_state_dir() -> PathBuf {

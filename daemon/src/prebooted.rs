@@ -84,7 +84,7 @@ impl Prebooted {
 
     /// Starts the pool's refiller (nothing when `min_ready` is 0).
     pub fn start(self: &Arc<Self>) {
-        if self.pool.cfg.min_ready == 0 {
+        if self.pool.cfg.min_ready == 0 || self.pool.cfg.drained {
             return;
         }
         self.tasks.spawn(refiller(self.clone()));

@@ -238,6 +238,13 @@ impl Service {
         let Some(entry) = self.pools.get(&name) else {
             return;
         };
+        if entry.pool.cfg.drained {
+            tracing::info!(pool = %name, "drained: jobs are queued, none is started");
+            // Keep the receiver: submissions still send to it.
+            let _rx = rx;
+            std::future::pending::<()>().await;
+            return;
+        }
         match self.jobs.queued_in(&name) {
             Ok(ids) => {
                 for id in ids {

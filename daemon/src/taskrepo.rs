@@ -121,19 +121,39 @@ async fn copy_dir(repo: &str, dest: &Path) -> Result<(), RepoError> {
             repo: repo.to_string(),
         });
     }
-    // `cp -a SRC/. DEST` copies the contents with modes, without following symlinks out.
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg("--")
-        .arg(src.join("."))
-        .arg(dest)
-        .output()
+    // In process (no `cp` child per submission): contents with modes, symlinks copied as
+    // symlinks (never followed), special files skipped.
+    let (src, dest, name) = (src.to_path_buf(), dest.to_path_buf(), repo.to_string());
+    tokio::task::spawn_blocking(move || copy_tree(&src, &dest))
         .await
         .map_err(|e| RepoError::Fetch {
-            repo: repo.to_string(),
-            message: format!("cp: {e}"),
-        })?;
-    fetch_status(repo, &out)
+            repo: name.clone(),
+            message: format!("copy task: {e}"),
+        })?
+        .map_err(|e| RepoError::Fetch {
+            repo: name,
+            message: format!("copy: {e}"),
+        })
+}
+
+fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dest)?;
+    let mode = std::fs::metadata(src)?.permissions().mode();
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode & 0o7777))?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let (from, to) = (e.path(), dest.join(e.file_name()));
+        let ft = e.file_type()?;
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else if ft.is_dir() {
+            copy_tree(&from, &to)?;
+        } else if ft.is_file() {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
 }
 
 /// Resolves the formula inside the fetched tree (a directory means its `runtask.yml`/`task.yml`)

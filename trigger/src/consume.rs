@@ -70,7 +70,12 @@ struct Consumer {
     counters: Counters,
     /// Tags whose fuse is burning, with the deliveries it holds.
     fuses: Mutex<HashMap<String, Held>>,
+    /// One gRPC connection to miniond, shared by every submission (HTTP/2 multiplexes them);
+    /// dropped and made again when it fails.
+    client: tokio::sync::Mutex<Option<Client>>,
 }
+
+type Client = pb::controller_client::ControllerClient<tonic::transport::Channel>;
 
 /// AMQP header values as JSON (Fedora Messaging headers are strings and numbers).
 fn to_json(v: &AMQPValue) -> Value {
@@ -117,6 +122,7 @@ pub async fn run(cfg: Config, rules: Rules) -> Result<(), ConsumeError> {
         rules,
         counters: Counters::default(),
         fuses: Mutex::new(HashMap::new()),
+        client: tokio::sync::Mutex::new(None),
     });
     let mut wait = FIRST_BACKOFF;
     loop {
@@ -305,6 +311,19 @@ impl Consumer {
         }
     }
 
+    /// The shared client, connected if there is none.
+    async fn client(&self) -> Result<Client, String> {
+        let mut g = self.client.lock().await;
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = minion_proto::client::connect_unix(&self.cfg.miniond.socket)
+            .await
+            .map_err(|e| e.to_string())?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
     /// Submits one job, retrying with backoff while miniond cannot take it.
     async fn submit(&self, msg: &BusMessage, job: &PlannedJob) {
         let req = pb::SubmitJobRequest {
@@ -328,9 +347,7 @@ impl Consumer {
         let mut wait = FIRST_BACKOFF;
         loop {
             let outcome = async {
-                let mut client = minion_proto::client::connect_unix(&self.cfg.miniond.socket)
-                    .await
-                    .map_err(|e| (true, e.to_string()))?;
+                let mut client = self.client().await.map_err(|e| (true, e))?;
                 client
                     .submit_job(req.clone())
                     .await
@@ -362,6 +379,7 @@ impl Consumer {
                     return;
                 }
                 Err((true, why)) => {
+                    *self.client.lock().await = None;
                     tracing::warn!(message = %msg.id, retry_in_ms = wait.as_millis() as u64, "miniond cannot take the job now: {why}");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_BACKOFF);

@@ -14,4 +14,5 @@ pub mod consume;
 pub mod discover;
 pub mod message;
 pub mod plan;
+pub mod publish;
 pub mod rules;

@@ -35,6 +35,17 @@ enum Cmd {
         #[arg(long)]
         rules: Option<PathBuf>,
     },
+    /// Publish a message (a fedora-messaging JSON dump) to amq.topic, with publisher confirms:
+    /// the small publisher for trying the pipeline out.
+    Publish {
+        message: PathBuf,
+        /// The broker (default: the config's amqp.url).
+        #[arg(long)]
+        url: Option<String>,
+        /// Publish N copies, each with its own message id (`ID-1`, `ID-2`, …).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
     /// Validate a rules file (with --config: task names and arches too).
     Check { rules: PathBuf },
     /// Print the jobs a message (a fedora-messaging JSON dump) would make.
@@ -97,6 +108,48 @@ fn main() -> ExitCode {
             };
             match rt.block_on(minion_trigger::consume::run(cfg, rules)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("minion-trigger: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Publish {
+            message,
+            url,
+            count,
+        } => {
+            let cfg = cfg.unwrap_or_default();
+            let url = url.unwrap_or_else(|| cfg.amqp.url.clone());
+            let text = match std::fs::read_to_string(&message) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{}: {e}", message.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let msg = match BusMessage::from_dump(&text) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("{}: {e}", message.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("minion-trigger: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(minion_trigger::publish::publish(&url, &msg, count)) {
+                Ok(secs) => {
+                    println!(
+                        "published {count} message(s) to {} in {secs:.2} s",
+                        msg.topic
+                    );
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("minion-trigger: {e}");
                     ExitCode::FAILURE

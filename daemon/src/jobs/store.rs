@@ -265,8 +265,11 @@ impl Store {
         provenance: Option<Provenance>,
     ) -> Result<Created, StoreError> {
         use sled::Transactional;
-        let _g = self.lock();
+        let g = self.lock();
         if let Some(existing) = self.by_key(key)? {
+            drop(g);
+            // It may have been written a moment ago by a create still flushing: durable first.
+            self.db.flush()?;
             return Ok(Created::Existing(existing));
         }
         let now = now_ms();
@@ -313,6 +316,8 @@ impl Store {
                     StoreError::NotFound(format!("{id}: transaction aborted"))
                 }
             })?;
+        // Flushed outside the lock: concurrent submissions share one fsync (group commit).
+        drop(g);
         self.db.flush()?;
         Ok(Created::New(rec))
     }
