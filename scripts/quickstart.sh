@@ -17,9 +17,13 @@ images/build.sh all
 step "static agent"
 agent=$(scripts/build-agent.sh | tail -n 1)
 step "binaries"
-cargo build --release --locked -p minion-cli -p miniond
-install -m 0755 target/release/minion target/release/miniond /usr/local/bin/
+cargo build --release --locked -p minion-cli -p miniond -p minion-trigger
+install -m 0755 target/release/minion target/release/miniond target/release/minion-trigger /usr/local/bin/
 install -D -m 0755 "$agent" /usr/local/lib/minion/minion-agent
+# The example tasks, where the trigger's example config names them.
+install -d /usr/local/share/minion
+rm -rf /usr/local/share/minion/examples
+cp -a examples /usr/local/share/minion/examples
 
 if [ ! -f "$CONFIG" ]; then
     step "config $CONFIG"
@@ -41,3 +45,32 @@ minion pool list
 
 step "example task in a fresh VM"
 minion submit "$PWD/examples/python-check" -i xchat-0.5-1.fc20 -t koji_build --pool minimal --follow
+
+step "the pipeline: RabbitMQ, minion-trigger, a koji build message → a job"
+scripts/rabbitmq-start.sh
+TRIGGER_CONFIG=/etc/minion/minion-trigger.toml
+[ -f "$TRIGGER_CONFIG" ] || install -m 0644 trigger/minion-trigger.example.toml "$TRIGGER_CONFIG"
+[ -f /etc/minion/trigger_rules.yml ] || install -m 0644 trigger/examples/trigger_rules.yml /etc/minion/trigger_rules.yml
+minion-trigger --config "$TRIGGER_CONFIG" check /etc/minion/trigger_rules.yml
+if ! pgrep -f "minion-trigger --config $TRIGGER_CONFIG run" >/dev/null; then
+    nohup minion-trigger --config "$TRIGGER_CONFIG" run >>"$STATE_DIR/minion-trigger.log" 2>&1 &
+    sleep 2
+fi
+# A fresh message id each time, so a second quick start makes a new job.
+msg=$(mktemp)
+python3 - "$msg" <<'PY'
+import json, sys, uuid
+m = json.load(open("trigger/examples/messages/koji-build-complete.json"))
+m["id"] = str(uuid.uuid4())
+json.dump(m, open(sys.argv[1], "w"))
+PY
+minion-trigger --config "$TRIGGER_CONFIG" publish "$msg"
+rm -f "$msg"
+for _ in $(seq 100); do
+    id=$(minion job list --item foo-1.0-1.fc40 --json | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j[-1]["id"] if j else "")')
+    [ -n "$id" ] && break
+    sleep 0.3
+done
+[ -n "${id:-}" ] || { echo "quickstart: no job from the message; see $STATE_DIR/minion-trigger.log" >&2; exit 1; }
+minion job logs "$id" --follow
+minion job show "$id"
