@@ -69,6 +69,30 @@ pub fn require(test: &str, needs: &[Need<'_>]) -> bool {
     false
 }
 
+/// Runs `git -C DIR ARGS…` for a test fixture (a fixed identity, `main` as the first branch) and
+/// panics with git's stderr if it fails.
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn check(need: &Need<'_>) -> Option<String> {
     match need {
         Need::Root => {

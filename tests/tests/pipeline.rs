@@ -16,6 +16,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use minion_testenv::git;
 
 const AMQP: &str = "amqp://127.0.0.1:5672/%2f";
 
@@ -39,28 +40,6 @@ fn pipeline_env(test: &str) -> bool {
                 Need::Program("rabbitmqctl"),
             ],
         )
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let st = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        st.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
 }
 
 /// A trigger with its own prefix, queue, config and rules, talking to daemon `d`.

@@ -74,6 +74,15 @@ fn result(check: &str, outcome: &str, artifact: &str) -> String {
     )
 }
 
+/// A ResultYAML document of these results.
+fn results_doc(results: &[String]) -> String {
+    let items: String = results
+        .iter()
+        .flat_map(|r| r.lines().map(|l| format!("  {l}\n")).collect::<Vec<_>>())
+        .collect();
+    format!("results:\n{items}")
+}
+
 fn finished(d: &Daemon, id: &str) -> Value {
     let j = d.wait_state(
         id,
@@ -94,21 +103,11 @@ fn results_are_reported_from_the_host_into_resultsdb() {
     let port = free_port();
     let d = Daemon::start_with(1, 0, &reporting(&rdb, port));
     let base = format!("http://127.0.0.1:{port}");
-    let body = format!(
-        "results:\n{}{}{}",
-        result("good", "PASSED", "${artifactsdir}/check.log")
-            .lines()
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>(),
-        result("elsewhere", "FAILED", "/etc/passwd")
-            .lines()
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>(),
-        result("odd", "WAIVED", "check.log")
-            .lines()
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>(),
-    );
+    let body = results_doc(&[
+        result("good", "PASSED", "${artifactsdir}/check.log"),
+        result("elsewhere", "FAILED", "/etc/passwd"),
+        result("odd", "WAIVED", "check.log"),
+    ]);
     let task = results_task("qa", &body);
     let id = d.submit(task.path(), &[]);
     let j = finished(&d, &id);
@@ -164,16 +163,7 @@ fn results_are_reported_from_the_host_into_resultsdb() {
     );
 
     // A namespace the task's repo may not post into: refused before posting, visible.
-    let closed = results_task(
-        "dist",
-        &format!(
-            "results:\n{}",
-            result("c", "PASSED", "x")
-                .lines()
-                .map(|l| format!("  {l}\n"))
-                .collect::<String>()
-        ),
-    );
+    let closed = results_task("dist", &results_doc(&[result("c", "PASSED", "x")]));
     let id2 = d.submit(closed.path(), &[]);
     let j2 = finished(&d, &id2);
     assert_eq!(rdb.results().len(), 2, "nothing posted into `dist`");
@@ -194,17 +184,10 @@ fn resultsdb_down_across_a_daemon_restart_still_gets_each_result_once() {
     let rdb = ResultsDbStandIn::start();
     rdb.set_down(true);
     let mut d = Daemon::start_with(1, 0, &reporting(&rdb, free_port()));
-    let body = format!(
-        "results:\n{}{}",
-        result("one", "PASSED", "check.log")
-            .lines()
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>(),
-        result("two", "FAILED", "check.log")
-            .lines()
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>(),
-    );
+    let body = results_doc(&[
+        result("one", "PASSED", "check.log"),
+        result("two", "FAILED", "check.log"),
+    ]);
     let task = results_task("qa", &body);
     let id = d.submit(task.path(), &[]);
     // The job ends although ResultsDB is down: its execution does not depend on reporting.

@@ -63,6 +63,31 @@ enum Cmd {
     },
 }
 
+/// A message dump file (`None`, said on stderr, when it cannot be read or is not one).
+fn read_message(path: &std::path::Path) -> Option<BusMessage> {
+    let parsed = std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| BusMessage::from_dump(&t).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// The async runtime of `run` and `publish` (`None`, said on stderr, when it cannot start).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("minion-trigger: {e}");
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -99,12 +124,8 @@ fn main() -> ExitCode {
                 }
             };
             tracing::info!(rules = %path.display(), count = rules.rules.len(), "rules loaded");
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("minion-trigger: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(minion_trigger::consume::run(cfg, rules)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -121,26 +142,11 @@ fn main() -> ExitCode {
         } => {
             let cfg = cfg.unwrap_or_default();
             let url = url.unwrap_or_else(|| cfg.amqp.url.clone());
-            let text = match std::fs::read_to_string(&message) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("{}: {e}", message.display());
-                    return ExitCode::from(2);
-                }
+            let Some(msg) = read_message(&message) else {
+                return ExitCode::from(2);
             };
-            let msg = match BusMessage::from_dump(&text) {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("{}: {e}", message.display());
-                    return ExitCode::from(2);
-                }
-            };
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("minion-trigger: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(minion_trigger::publish::publish(&url, &msg, count)) {
                 Ok(secs) => {
@@ -180,19 +186,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let text = match std::fs::read_to_string(&message) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("{}: {e}", message.display());
-                    return ExitCode::from(2);
-                }
-            };
-            let msg = match BusMessage::from_dump(&text) {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("{}: {e}", message.display());
-                    return ExitCode::from(2);
-                }
+            let Some(msg) = read_message(&message) else {
+                return ExitCode::from(2);
             };
             let t = match decide(&msg, &cfg) {
                 Decision::Trigger(t) => t,

@@ -1,6 +1,7 @@
 //! `minion-trigger check` and `dry-run` through the real binary: the shipped example files, a
 //! local dist-git repository for discover, and the exit codes.
 
+use minion_testenv::git;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -17,28 +18,6 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("minion-trigger runs")
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let st = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        st.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
 }
 
 #[test]

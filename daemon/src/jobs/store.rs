@@ -338,28 +338,7 @@ impl Store {
         message: &str,
         edit: impl FnOnce(&mut JobRecord),
     ) -> Result<JobRecord, StoreError> {
-        let _g = self.lock();
-        let mut rec = self.get(id)?;
-        if !rec.state.can_go_to(to) {
-            return Err(IllegalTransition {
-                job: id.to_string(),
-                from: rec.state,
-                to,
-            }
-            .into());
-        }
-        rec.state = to;
-        rec.events.push(EventRecord {
-            state: to,
-            at_ms: now_ms(),
-            message: message.to_string(),
-        });
-        if to == State::Failed {
-            rec.failure_reason = message.to_string();
-        }
-        edit(&mut rec);
-        self.put(&rec)?;
-        Ok(rec)
+        self.transition_with_outbox(id, to, message, edit, &[])
     }
 
     /// [`Store::transition_with`], writing `entries` into the outbox in the same transaction.
@@ -388,6 +367,9 @@ impl Store {
             at_ms: now_ms(),
             message: message.to_string(),
         });
+        if to == State::Failed {
+            rec.failure_reason = message.to_string();
+        }
         edit(&mut rec);
         let bytes = encode(&rec)?;
         let mut rows = Vec::new();
