@@ -296,11 +296,24 @@ fn a_koji_message_becomes_named_and_discovered_jobs_that_run_in_vms() {
     if !pipeline_env("a_koji_message_becomes_named_and_discovered_jobs_that_run_in_vms") {
         return;
     }
-    let d = Daemon::start(2, 0);
+    // The whole flow: results go to the ResultsDB stand-in and result.new onto the bus.
+    let rdb = minion_testenv::resultsdb::ResultsDbStandIn::start();
+    let bus_prefix = format!("org.minion-e2e-a{}.prod", std::process::id());
+    let d = Daemon::start_with(
+        2,
+        0,
+        &format!(
+            "\n[reporting]\nresultsdb_url = \"{}\"\nartifacts_base_url = \"http://127.0.0.1:1\"\n\
+             safe_namespaces = [\"qa\"]\n[bus]\nurl = \"{AMQP}\"\ntopic_prefix = \"{bus_prefix}\"\n",
+            rdb.url
+        ),
+    );
+    let bus = bus_listener(&bus_prefix);
     let srv = tempfile::tempdir().expect("srv");
     let rules = RULES.replace("DISTGIT", &distgit(srv.path()));
-    let task = task_repo(PASSING);
-    let mut t = Trigger::new(&d, "a", &rules, &[("check", task.path())], 0);
+    // The named task is the python example: it reports a result (namespace qa).
+    let task = workspace_root().join("examples/python-check");
+    let mut t = Trigger::new(&d, "a", &rules, &[("check", task.as_path())], 0);
     t.spawn(None);
     let id = "9f0d6b1e-0000-4000-8000-000000000001";
     publish(
@@ -350,6 +363,22 @@ fn a_koji_message_becomes_named_and_discovered_jobs_that_run_in_vms() {
     assert_eq!(discovered["provenance"]["rule_index"], 1);
     let log = d.cli(&["job", "logs", discovered["id"].as_str().expect("id")]);
     assert!(String::from_utf8_lossy(&log.stdout).contains("smoke test of foo-1.0-1.fc40"));
+
+    // The named job's result is in ResultsDB, and its result.new came over the bus.
+    let posted = rdb.results();
+    assert_eq!(posted.len(), 1, "{posted:#?}");
+    assert_eq!(posted[0]["testcase"]["name"], "qa.nvr_format");
+    assert_eq!(posted[0]["data"]["item"], "foo-1.0-1.fc40");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (topic, body) = bus.recv_timeout(left).expect("result.new on the bus");
+        if topic == format!("{bus_prefix}.result.new") {
+            assert_eq!(body["testcase"], "qa.nvr_format");
+            assert_eq!(body["item"], "foo-1.0-1.fc40");
+            break;
+        }
+    }
 
     // A malformed message (no headers; a body that is not JSON): acked, no job.
     publish(
