@@ -606,3 +606,45 @@ fn job_events_and_posted_results_reach_the_bus() {
     assert_eq!(fin["execution_status"], "OK");
     assert_eq!(rdb.results().len(), 1);
 }
+
+#[test]
+fn while_miniond_is_down_the_trigger_holds_the_message_and_retries() {
+    if !pipeline_env("while_miniond_is_down_the_trigger_holds_the_message_and_retries") {
+        return;
+    }
+    let mut d = Daemon::start(1, 0);
+    let task = task_repo(PASSING);
+    let rules =
+        "- when: {message_type: KojiBuildPackageCompleted}\n  do:\n    - {tasks: [check]}\n";
+    let mut t = Trigger::new(&d, "d", rules, &[("check", task.path())], 0);
+    t.spawn(None);
+    d.kill9();
+    let id = "9f0d6b1e-0000-4000-8000-000000000004";
+    publish(
+        &t.topic("buildsys.build.state.change"),
+        id,
+        &koji_complete("baz"),
+        true,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        t.queue_state().map(|s| s.0),
+        Some(1),
+        "not acked while miniond is down"
+    );
+    assert!(
+        t.log().contains("miniond cannot take the job now"),
+        "{}",
+        t.log()
+    );
+    d.spawn();
+    t.wait_drained(Duration::from_secs(60));
+    let jobs = jobs_of(&d, id);
+    assert_eq!(jobs.len(), 1, "{jobs:#?}");
+    let j = d.wait_state(
+        jobs[0]["id"].as_str().expect("id"),
+        &["FINISHED", "FAILED"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+}

@@ -141,3 +141,25 @@ fn dry_run_prints_named_and_discovered_jobs_once_each() {
         "malformed: no headers (not a Fedora Messaging publisher)\n"
     );
 }
+
+#[test]
+fn run_refuses_to_start_on_a_bad_rules_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(&rules, "- when: {a: b}\n  do: [{tasks: [nosuchtask]}]\n").expect("write");
+    let out = run(&[
+        "--config",
+        here("minion-trigger.example.toml").to_str().expect("utf8"),
+        "run",
+        "--rules",
+        rules.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{}:2:17: [0].do[0].tasks[0]: task `nosuchtask` has no repository in the config ([tasks] or task_repo_template)\n",
+            rules.display()
+        )
+    );
+}
