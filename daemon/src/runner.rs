@@ -283,8 +283,7 @@ async fn ready_vm(
             match (booted, step_err) {
                 (Ok(vm), None) => Ok((vm, permit)),
                 (Ok(vm), Some(e)) => Err(teardown_then(id, vm, End::Failed(e.into())).await),
-                (Err(BootError::Cancelled { while_booting }), _) if !cancel.is_cancelled() => {
-                    let _ = while_booting;
+                (Err(BootError::Cancelled { .. }), _) if !cancel.is_cancelled() => {
                     Err(End::TimedOut(format!(
                         "exceeded its timeout of {}s",
                         rec.request.timeout_seconds

@@ -128,14 +128,13 @@ impl Service {
             vms,
             reporter,
         });
-        let bus_task = bus;
         Ok((
             Arc::new(Service {
                 cfg,
                 jobs,
                 pools,
                 run,
-                bus: bus_task,
+                bus,
                 cancels: Mutex::new(HashMap::new()),
             }),
             rxs,

@@ -143,7 +143,7 @@ async fn is_text(path: &Path) -> bool {
 async fn artifact(jobs: &Jobs, id: &str, rel: &str) -> Response<Body> {
     let root = jobs.artifacts_dir(id);
     if rel.is_empty() {
-        return listing(jobs, id, &root).await;
+        return listing(id, &root).await;
     }
     let not_found = || text(StatusCode::NOT_FOUND, format!("no artifact `{rel}`"));
     let real = match artifacts::confined(&root, rel) {
@@ -179,14 +179,13 @@ async fn artifact(jobs: &Jobs, id: &str, rel: &str) -> Response<Body> {
     }
 }
 
-async fn listing(jobs: &Jobs, id: &str, root: &Path) -> Response<Body> {
+async fn listing(id: &str, root: &Path) -> Response<Body> {
     let root: PathBuf = root.to_path_buf();
     let listed = match tokio::task::spawn_blocking(move || artifacts::list(&root)).await {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let _ = jobs;
     let mut page = format!(
         "<!doctype html>\n<meta charset=utf-8>\n<title>artifacts of job {id}</title>\n<h1>Artifacts of job {id}</h1>\n<ul>\n"
     );

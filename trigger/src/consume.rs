@@ -312,14 +312,12 @@ impl Consumer {
     }
 
     /// The shared client, connected if there is none.
-    async fn client(&self) -> Result<Client, String> {
+    async fn client(&self) -> Result<Client, minion_proto::client::ConnectError> {
         let mut g = self.client.lock().await;
         if let Some(c) = g.as_ref() {
             return Ok(c.clone());
         }
-        let c = minion_proto::client::connect_unix(&self.cfg.miniond.socket)
-            .await
-            .map_err(|e| e.to_string())?;
+        let c = minion_proto::client::connect_unix(&self.cfg.miniond.socket).await?;
         *g = Some(c.clone());
         Ok(c)
     }
@@ -347,7 +345,7 @@ impl Consumer {
         let mut wait = FIRST_BACKOFF;
         loop {
             let outcome = async {
-                let mut client = self.client().await.map_err(|e| (true, e))?;
+                let mut client = self.client().await.map_err(|e| (true, e.to_string()))?;
                 client
                     .submit_job(req.clone())
                     .await
