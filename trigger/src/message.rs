@@ -145,6 +145,15 @@ fn string(body: &Map<String, Value>, path: &str) -> Result<String, MessageError>
     }
 }
 
+/// A Koji message's `name`, `version`, `release`.
+fn nvr(b: &Map<String, Value>) -> Result<(String, String, String), MessageError> {
+    Ok((
+        string(b, "name")?,
+        string(b, "version")?,
+        string(b, "release")?,
+    ))
+}
+
 fn int(body: &Map<String, Value>, path: &str) -> Result<i64, MessageError> {
     field(body, path)?.as_i64().ok_or(MessageError::Type {
         field: path.into(),
@@ -214,11 +223,7 @@ fn decide_inner(
     match suffix {
         "buildsys.build.state.change" => {
             let new = int(b, "new")?;
-            let (name, version, release) = (
-                string(b, "name")?,
-                string(b, "version")?,
-                string(b, "release")?,
-            );
+            let (name, version, release) = nvr(b)?;
             if let Some(why) = koji_instance(b)? {
                 return Ok(Err(why));
             }
@@ -235,11 +240,7 @@ fn decide_inner(
         }
         "buildsys.tag" => {
             let tag = string(b, "tag")?;
-            let (name, version, release) = (
-                string(b, "name")?,
-                string(b, "version")?,
-                string(b, "release")?,
-            );
+            let (name, version, release) = nvr(b)?;
             if let Some(why) = koji_instance(b)? {
                 return Ok(Err(why));
             }
