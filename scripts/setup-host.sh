@@ -20,6 +20,9 @@ PACKAGES=(
     ca-certificates curl git
     # the pipeline: the message bus (started by scripts/rabbitmq-start.sh, no systemd needed)
     rabbitmq-server
+    # Taskotron tasks on the host (`minion runtask`): createrepo, rpm's python bindings; the test
+    # suite builds real RPMs with rpmbuild for the Koji stand-in
+    rpm createrepo-c python3-rpm
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

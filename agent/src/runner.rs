@@ -108,6 +108,7 @@ pub fn run_job(job: &Job, layout: &Layout, cancel: &CancelFlag, sink: &mut Chann
         artifactsdir: layout.artifacts(),
         report: None,
         cancel: cancel.clone(),
+        debug: false,
     };
     let report = minion_formula::run(&formula, &config, sink);
     Outcome {

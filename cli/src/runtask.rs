@@ -16,18 +16,24 @@ pub struct RuntaskArgs {
     /// The item to check (e.g. an NVR for koji_build).
     #[arg(short = 'i', long)]
     item: String,
-    /// The item's type: koji_build, koji_tag, bodhi_update, compose, … (also the item's variable name).
-    #[arg(short = 't', long = "type")]
+    /// The item's type (also the item's variable name, e.g. `${koji_build}`).
+    #[arg(short = 't', long = "type", value_parser = clap::builder::PossibleValuesParser::new(minion_formula::ITEM_TYPES))]
     item_type: String,
-    /// Architecture.
-    #[arg(short = 'a', long, default_value = "x86_64")]
+    /// Architecture of the item (`${arch}`).
+    #[arg(short = 'a', long, default_value = "noarch")]
     arch: String,
-    /// Job id (production passes `<builder>/<build>`).
-    #[arg(short = 'j', long, default_value = "-")]
+    /// Job id (production passes `<builder>/<build>`; -1 marks a local run).
+    #[arg(short = 'j', long, default_value = "-1", allow_hyphen_values = true)]
     jobid: String,
-    /// Run UUID (default: a new one).
+    /// Run UUID (default: the current UTC time, YYYYMMDD_HHMMSS_micro).
     #[arg(long)]
     uuid: Option<String>,
+    /// Debug output: each step's substituted parameters and exported value.
+    #[arg(short = 'd', long)]
+    debug: bool,
+    /// Run on this host (the default; the original's `--local`).
+    #[arg(long = "local")]
+    _local: bool,
     /// Extra variable KEY=VALUE, repeatable.
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_kv)]
     args: Vec<(String, String)>,
@@ -83,6 +89,14 @@ fn default_runs_dir() -> PathBuf {
     state.join("minion/runs")
 }
 
+/// The original's default run id: the current UTC time as `YYYYMMDD_HHMMSS_micro`.
+fn default_uuid() -> String {
+    // `2026-12-02T07:35:00.123456Z` → `20261202_073500_123456`
+    let t = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    let digits: String = t.chars().filter(char::is_ascii_digit).collect();
+    format!("{}_{}_{}", &digits[..8], &digits[8..14], &digits[14..])
+}
+
 /// Live output to the terminal (stderr: stdout is for the TAP at the end) and to `minion.log`.
 struct TerminalSink {
     log: File,
@@ -106,16 +120,7 @@ pub fn run(a: RuntaskArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    if !is_identifier(&a.item_type) {
-        return fail(format!(
-            "item type `{}` is not a name (letters, digits, `_`; e.g. koji_build)",
-            a.item_type
-        ));
-    }
-    let uuid = a
-        .uuid
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let uuid = a.uuid.clone().unwrap_or_else(default_uuid);
     let run_dir = a
         .artifactsdir
         .clone()
@@ -152,6 +157,7 @@ pub fn run(a: RuntaskArgs) -> i32 {
             None
         },
         cancel: CancelFlag::new(),
+        debug: a.debug,
     };
     let vars = config.variables(&formula);
     if let Err(e) = formula.check_inputs(|n| vars.contains_key(n)) {
@@ -183,4 +189,20 @@ pub fn run(a: RuntaskArgs) -> i32 {
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_uuid_is_the_utc_time() {
+        let u = super::default_uuid();
+        let parts: Vec<&str> = u.split('_').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 6, 6],
+            "{u}"
+        );
+        assert!(parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())));
+        assert!(u.starts_with("20"));
+    }
 }

@@ -43,7 +43,7 @@ fn shell_example_passes_and_keeps_its_artifact_and_log() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "TAP version 13\n1..0\n");
     let log = std::fs::read_to_string(run.path().join("minion.log")).unwrap();
-    assert!(log.contains("checking foo-1.0-1.fc40 on x86_64"), "{log}");
+    assert!(log.contains("checking foo-1.0-1.fc40 on noarch"), "{log}");
     let artifact = std::fs::read_to_string(run.path().join("task_output/shell-check.log")).unwrap();
     assert_eq!(artifact, "nvr ok: foo-1.0-1.fc40\n");
     assert!(text(&out.stderr).contains(&format!("artifacts in {}", run.path().display())));
@@ -60,7 +60,9 @@ fn python_example_reports_resultyaml_and_prints_tap() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let tap = text(&out.stdout);
     assert!(
-        tap.starts_with("TAP version 13\n1..1\nok - nvr_format for foo-1.0-1.fc40\n  ---\n"),
+        tap.starts_with(
+            "TAP version 13\n1..1\nok - nvr_format for Koji build foo-1.0-1.fc40\n  ---\n"
+        ),
         "{tap}"
     );
     assert_eq!(
@@ -71,7 +73,7 @@ fn python_example_reports_resultyaml_and_prints_tap() {
         &std::fs::read_to_string(run.path().join("results.yaml")).unwrap(),
     )
     .unwrap();
-    assert_eq!(results[0].outcome, minion_formula::Outcome::Passed);
+    assert_eq!(results[0].outcome, Some(minion_formula::Outcome::Passed));
     assert!(run.path().join("task_output/python-check.log").is_file());
 }
 
@@ -81,7 +83,8 @@ fn exitcode_example_exits_100_on_failure_and_0_on_success() {
     let task = examples().join("exitcode-check");
     let bad = runtask("broken-1.0-1.fc40", &task, &run.path().join("bad"));
     assert_eq!(bad.status.code(), Some(100), "{}", text(&bad.stderr));
-    assert!(text(&bad.stdout).contains("not ok - exitcode_demo for broken-1.0-1.fc40"));
+    assert!(text(&bad.stdout)
+        .contains("not ok - exitcode_demo for Koji build broken-1.0-1.fc40 # FAIL\n"));
     let good = runtask("fine-1.0-1.fc40", &task, &run.path().join("good"));
     assert_eq!(good.status.code(), Some(0), "{}", text(&good.stderr));
 }
@@ -147,4 +150,116 @@ fn formula_check_validates_without_running() {
     let bad = minion(&["formula", "check", corpus.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("08-unknown-directive.yml:4:5: actions[0].bash"));
+}
+
+/// libtaskotron's command-line defaults: `-a noarch`, `-j -1`, `--uuid` the UTC time.
+#[test]
+fn command_line_defaults_are_the_originals() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("runtask.yml");
+    std::fs::write(
+        &f,
+        "name: t\nactions:\n  - shell: ['echo \"arch=${arch} jobid=${jobid} uuid=${uuid}\"']\n",
+    )
+    .unwrap();
+    let out = runtask("x-1-1", &f, &dir.path().join("run"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("arch="))
+        .unwrap_or_else(|| panic!("{err}"));
+    let (head, uuid) = line.split_once(" uuid=").unwrap();
+    assert_eq!(head, "arch=noarch jobid=-1");
+    let parts: Vec<usize> = uuid.split('_').map(str::len).collect();
+    assert_eq!(parts, [8, 6, 6], "{uuid}");
+    // -j takes a value that starts with a dash, and --uuid replaces the default.
+    let out = minion(&[
+        "runtask",
+        "-i",
+        "x-1-1",
+        "-t",
+        "koji_build",
+        "-j",
+        "-5",
+        "--uuid",
+        "U1",
+        "-a",
+        "x86_64",
+        "--artifactsdir",
+        dir.path().join("run2").to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out.stderr).contains("arch=x86_64 jobid=-5 uuid=U1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `-t` takes only the known item types (argparse `choices` in the original): exit 2 naming the
+/// value and the list; `git_commit` and `module_build` are among them.
+#[test]
+fn item_types_are_restricted_to_the_known_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("runtask.yml");
+    std::fs::write(&f, "name: t\nactions:\n  - shell: ['true']\n").unwrap();
+    let out = minion(&[
+        "runtask",
+        "-i",
+        "x",
+        "-t",
+        "koji-build",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("'koji-build'"), "{err}");
+    for t in minion_formula::ITEM_TYPES {
+        assert!(err.contains(t), "{t} missing from: {err}");
+    }
+    for t in ["git_commit", "module_build"] {
+        let run = dir.path().join(t);
+        let out = minion(&[
+            "runtask",
+            "-i",
+            "x",
+            "-t",
+            t,
+            "--artifactsdir",
+            run.to_str().unwrap(),
+            f.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{t}: {}", text(&out.stderr));
+    }
+}
+
+/// `-d/--debug` shows each step's substituted parameters and returned value.
+#[test]
+fn debug_shows_substituted_parameters_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("runtask.yml");
+    std::fs::write(
+        &f,
+        "name: t\nactions:\n  - dummy: {result: PASSED, msg: {nvr: '${koji_build}'}}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str], name: &str| {
+        let mut args = vec!["runtask", "-i", "foo-1-1", "-t", "koji_build"];
+        args.extend_from_slice(extra);
+        let d = dir.path().join(name);
+        args.extend_from_slice(&["--artifactsdir", d.to_str().unwrap(), f.to_str().unwrap()]);
+        text(&minion(&args).stderr)
+    };
+    let quiet = run(&[], "quiet");
+    assert!(!quiet.contains("returned"), "{quiet}");
+    let debug = run(&["-d"], "debug");
+    assert!(
+        debug.contains(r#"step 0 dummy: {"msg":{"nvr":"foo-1-1"},"result":"PASSED"}"#),
+        "{debug}"
+    );
+    assert!(
+        debug.contains(r#"step 0 returned: {"nvr":"foo-1-1"}"#),
+        "{debug}"
+    );
 }

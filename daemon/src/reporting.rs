@@ -131,6 +131,13 @@ impl Reporter {
         });
         for (index, r) in results.iter().enumerate() {
             let testcase = minion_formula::report::testcase_name(Some(ns), &r.checkname);
+            // The agent's resultsdb step refuses these; a hostile guest may still send one.
+            if let Some(missing) = r.missing_identity() {
+                let reason = format!("result {index} has no `{missing}`");
+                tracing::warn!(job = %rec.id, %testcase, "result not reported: {reason}");
+                plan.refused.push(Refusal { testcase, reason });
+                continue;
+            }
             if !self.allowed(ns, &rec.request.repo) {
                 let reason = format!(
                     "namespace `{ns}` is not open to tasks from {} (safe_namespaces, or [reporting.namespaces])",

@@ -6,17 +6,6 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-/// Item types the original runner knew (libtaskotron's `-t` choices).
-pub const ITEM_TYPES: &[&str] = &[
-    "koji_build",
-    "bodhi_update",
-    "koji_tag",
-    "compose",
-    "docker_image",
-    "dist_git_commit",
-    "pull_request",
-];
-
 /// How long a clone may take before the repo counts as unreachable.
 const CLONE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -34,7 +23,7 @@ pub enum RepoError {
     FormulaMissing { formula: String, repo: String },
     #[error("{0}")]
     FormulaInvalid(String),
-    #[error("item_type: `{0}` is not one of {list}", list = ITEM_TYPES.join(", "))]
+    #[error("item_type: `{0}` is not one of {list}", list = minion_formula::ITEM_TYPES.join(", "))]
     ItemType(String),
     #[error("item: must not be empty")]
     Item,
@@ -49,7 +38,7 @@ pub fn check_item(item: &str, item_type: &str) -> Result<(), RepoError> {
     if item.trim().is_empty() {
         return Err(RepoError::Item);
     }
-    if !ITEM_TYPES.contains(&item_type) {
+    if !minion_formula::is_item_type(item_type) {
         return Err(RepoError::ItemType(item_type.to_string()));
     }
     Ok(())
@@ -228,11 +217,20 @@ mod tests {
 
     #[test]
     fn item_and_type_are_checked() {
-        assert!(check_item("foo-1.0-1.fc40", "koji_build").is_ok());
+        // The one list `minion runtask -t` uses too.
+        for t in minion_formula::ITEM_TYPES {
+            assert!(check_item("x", t).is_ok(), "{t}");
+        }
+        assert!(check_item("abc123", "git_commit").is_ok());
+        assert!(check_item("mod-1-2", "module_build").is_ok());
         let e = check_item("foo", "kojibuild").expect_err("bad type");
-        assert!(e
-            .to_string()
-            .starts_with("item_type: `kojibuild` is not one of koji_build"));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "item_type: `kojibuild` is not one of {}",
+                minion_formula::ITEM_TYPES.join(", ")
+            )
+        );
         assert!(matches!(
             check_item(" ", "koji_build"),
             Err(RepoError::Item)

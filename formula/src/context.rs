@@ -55,13 +55,15 @@ pub struct RunConfig {
     pub uuid: String,
     /// `--arg K=V`: extra variables; they override built-ins of the same name.
     pub args: BTreeMap<String, String>,
-    /// `${workdir}`: scratch space; shell and python steps run here.
+    /// `${workdir}`: scratch space (shell and python steps run in the task directory).
     pub workdir: PathBuf,
     /// `${artifactsdir}`: kept after the run.
     pub artifactsdir: PathBuf,
     /// `None`: reporting off (the local default).
     pub report: Option<ReportConfig>,
     pub cancel: CancelFlag,
+    /// `-d/--debug`: log each step's substituted parameters and the value it exported.
+    pub debug: bool,
 }
 
 impl RunConfig {
@@ -129,6 +131,12 @@ pub(crate) struct StepContext<'a> {
 }
 
 impl StepContext<'_> {
+    /// A path a step names: absolute as it is, relative to the task directory (the working
+    /// directory of shell and python steps).
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        self.formula.taskdir().join(path)
+    }
+
     pub fn say(&mut self, msg: &str) {
         let line = format!("[minion] {msg}\n");
         self.sink.log(LogStream::Runner, line.as_bytes());

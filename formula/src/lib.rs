@@ -6,6 +6,7 @@ mod context;
 mod directives;
 mod error;
 mod formula;
+mod item_types;
 pub mod report;
 mod results;
 mod runner;
@@ -21,6 +22,7 @@ pub use error::FormulaError;
 pub use formula::{
     load_formula, parse_formula, resolve_formula_path, Action, Formula, FORMULA_NAMES,
 };
+pub use item_types::{is_item_type, item_type_words, ITEM_TYPES};
 pub use results::{
     parse_results, results_to_tap13, results_to_yaml, CheckResult, Outcome, ResultsError, OUTCOMES,
 };

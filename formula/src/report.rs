@@ -40,7 +40,7 @@ pub fn result_body(
     }
     serde_json::json!({
         "testcase": {"name": testcase_name(namespace, &r.checkname)},
-        "outcome": r.outcome.as_str(),
+        "outcome": r.effective_outcome().as_str(),
         "note": r.note.clone().unwrap_or_default(),
         "ref_url": ref_url,
         "data": data,

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::item_types::item_type_words;
 use crate::yaml::{self, Kind, Mark, Node};
 
 /// A check's outcome. `Ord` is "best to worst" for `result_worst`:
@@ -56,9 +57,9 @@ impl Outcome {
         }
     }
 
-    /// What the original runner counted as success (exit code 0).
+    /// What the original runner counted as success: exit code 0 from `exitcode`, `ok` in TAP.
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Passed | Outcome::Info | Outcome::Waived)
+        matches!(self, Outcome::Passed | Outcome::Info)
     }
 }
 
@@ -90,20 +91,42 @@ impl FromStr for Outcome {
     }
 }
 
-/// One result of a check.
+/// One result of a check. ResultYAML is read leniently, as the original runner did: every key
+/// of a result is optional (`item`, `type`, `checkname` are empty when absent; `resultsdb` insists
+/// on them, see [`CheckResult::missing_identity`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckResult {
     pub item: String,
     pub item_type: String,
     /// May be dotted (`rpmlint.subcheck`).
     pub checkname: String,
-    pub outcome: Outcome,
+    /// `None` when the result gives none: it then counts as NEEDS_INSPECTION.
+    pub outcome: Option<Outcome>,
     pub note: Option<String>,
     pub artifact: Option<String>,
     /// `details` as given (usually `{output: ...}`).
     pub details: Option<serde_json::Value>,
     /// Any other keys, kept in order.
     pub extra: Vec<(String, serde_json::Value)>,
+}
+
+impl CheckResult {
+    /// The outcome wherever outcomes are compared or reported: a missing one is NEEDS_INSPECTION.
+    pub fn effective_outcome(&self) -> Outcome {
+        self.outcome.unwrap_or(Outcome::NeedsInspection)
+    }
+
+    /// The first of `item`, `type`, `checkname` this result lacks (ResultsDB needs all three).
+    pub fn missing_identity(&self) -> Option<&'static str> {
+        [
+            ("item", &self.item),
+            ("type", &self.item_type),
+            ("checkname", &self.checkname),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.trim().is_empty())
+        .map(|(k, _)| k)
+    }
 }
 
 /// A ResultYAML problem, with its position in the ResultYAML text.
@@ -127,7 +150,19 @@ impl ResultsError {
     }
 }
 
-/// Parses and validates ResultYAML text.
+/// Keys a result may have besides its extra data.
+const KNOWN_KEYS: &[&str] = &[
+    "item",
+    "type",
+    "checkname",
+    "outcome",
+    "note",
+    "artifact",
+    "details",
+];
+
+/// Parses ResultYAML text. Only a top-level `results` list is required (`results: null` is an
+/// empty list); a present `outcome` must be one of [`OUTCOMES`], written in upper case.
 pub fn parse_results(text: &str) -> Result<Vec<CheckResult>, ResultsError> {
     let root = yaml::parse(text)
         .map_err(|e| ResultsError::new(e.mark, "(yaml)", format!("invalid YAML: {}", e.message)))?;
@@ -165,71 +200,43 @@ fn parse_one(i: usize, n: &Node) -> Result<CheckResult, ResultsError> {
             format!("a result is a mapping, found {}", n.type_name()),
         )
     })?;
-    let text = |key: &str, required: bool| -> Result<Option<String>, ResultsError> {
+    let text = |key: &str| -> Result<Option<String>, ResultsError> {
         match n.get(key) {
             None
             | Some(Node {
                 kind: Kind::Null, ..
-            }) if required => Err(ResultsError::new(
-                n.mark,
-                format!("{field}.{key}"),
-                format!("missing required key `{key}`"),
-            )),
-            None
-            | Some(Node {
-                kind: Kind::Null, ..
             }) => Ok(None),
-            Some(v) => match v.scalar_text() {
-                Some(s) if required && s.trim().is_empty() => Err(ResultsError::new(
-                    v.mark,
-                    format!("{field}.{key}"),
-                    "must not be empty",
-                )),
-                Some(s) => Ok(Some(s)),
-                None => Err(ResultsError::new(
+            Some(v) => v.scalar_text().map(Some).ok_or_else(|| {
+                ResultsError::new(
                     v.mark,
                     format!("{field}.{key}"),
                     format!("must be a string, found {}", v.type_name()),
-                )),
-            },
+                )
+            }),
         }
     };
-    let item = text("item", true)?.unwrap_or_default();
-    let item_type = text("type", true)?.unwrap_or_default();
-    let checkname = text("checkname", true)?.unwrap_or_default();
-    let outcome_text = text("outcome", true)?.unwrap_or_default();
-    let outcome = Outcome::from_str(&outcome_text).map_err(|m| {
-        let mark = n.get("outcome").map(|o| o.mark).unwrap_or(n.mark);
-        ResultsError::new(mark, format!("{field}.outcome"), m)
-    })?;
-    let note = text("note", false)?;
-    let artifact = text("artifact", false)?;
-    let details = n.get("details").map(Node::to_json);
+    let outcome = match text("outcome")? {
+        None => None,
+        Some(word) => Some(Outcome::from_str(&word).map_err(|m| {
+            let mark = n.get("outcome").map(|o| o.mark).unwrap_or(n.mark);
+            ResultsError::new(mark, format!("{field}.outcome"), m)
+        })?),
+    };
     let extra = entries
         .iter()
         .filter_map(|(k, v)| {
             let key = k.scalar_text().unwrap_or_default();
-            (![
-                "item",
-                "type",
-                "checkname",
-                "outcome",
-                "note",
-                "artifact",
-                "details",
-            ]
-            .contains(&key.as_str()))
-            .then(|| (key, v.to_json()))
+            (!KNOWN_KEYS.contains(&key.as_str())).then(|| (key, v.to_json()))
         })
         .collect();
     Ok(CheckResult {
-        item,
-        item_type,
-        checkname,
+        item: text("item")?.unwrap_or_default(),
+        item_type: text("type")?.unwrap_or_default(),
+        checkname: text("checkname")?.unwrap_or_default(),
         outcome,
-        note,
-        artifact,
-        details,
+        note: text("note")?,
+        artifact: text("artifact")?,
+        details: n.get("details").map(Node::to_json),
         extra,
     })
 }
@@ -237,10 +244,18 @@ fn parse_one(i: usize, n: &Node) -> Result<CheckResult, ResultsError> {
 fn result_mapping(r: &CheckResult) -> serde_yaml::Mapping {
     use serde_yaml::Value;
     let mut m = serde_yaml::Mapping::new();
-    m.insert("item".into(), r.item.clone().into());
-    m.insert("type".into(), r.item_type.clone().into());
-    m.insert("checkname".into(), r.checkname.clone().into());
-    m.insert("outcome".into(), r.outcome.as_str().into());
+    for (k, v) in [
+        ("item", &r.item),
+        ("type", &r.item_type),
+        ("checkname", &r.checkname),
+    ] {
+        if !v.is_empty() {
+            m.insert(k.into(), v.clone().into());
+        }
+    }
+    if let Some(o) = r.outcome {
+        m.insert("outcome".into(), o.as_str().into());
+    }
     if let Some(n) = &r.note {
         m.insert("note".into(), n.clone().into());
     }
@@ -273,20 +288,35 @@ pub fn results_to_yaml(results: &[CheckResult]) -> String {
     serde_yaml::to_string(&top).unwrap_or_else(|_| "results: []\n".into())
 }
 
-/// TAP13 as the original runner printed it: one entry per result with a YAML block.
+/// TAP13 as the original runner printed it: `ok - CHECKNAME for Koji build ITEM` (`not ok - …
+/// # FAIL` unless PASSED or INFO), then a YAML block of the result's other keys in sorted order
+/// (the original dumped a dict with sorted keys), indented two spaces between `---` and `...`.
 pub fn results_to_tap13(results: &[CheckResult]) -> String {
     let mut out = format!("TAP version 13\n1..{}\n", results.len());
     for r in results {
-        let status = if r.outcome.is_success() {
-            "ok"
+        let passed = r.effective_outcome().is_success();
+        let mut title = r.checkname.clone();
+        if !r.item.is_empty() {
+            let words = item_type_words(&r.item_type);
+            title = if words.is_empty() {
+                format!("{title} for {}", r.item)
+            } else {
+                format!("{title} for {words} {}", r.item)
+            };
+        }
+        if passed {
+            out.push_str(&format!("ok - {title}\n"));
         } else {
-            "not ok"
-        };
-        out.push_str(&format!("{status} - {} for {}\n", r.checkname, r.item));
-        out.push_str("  ---\n");
+            out.push_str(&format!("not ok - {title} # FAIL\n"));
+        }
         let mut m = result_mapping(r);
         m.shift_remove("checkname");
-        let body = serde_yaml::to_string(&m).unwrap_or_default();
+        m.insert("outcome".into(), r.effective_outcome().as_str().into());
+        let mut entries: Vec<(serde_yaml::Value, serde_yaml::Value)> = m.into_iter().collect();
+        entries.sort_by(|a, b| a.0.as_str().cmp(&b.0.as_str()));
+        let sorted: serde_yaml::Mapping = entries.into_iter().collect();
+        out.push_str("  ---\n");
+        let body = serde_yaml::to_string(&sorted).unwrap_or_default();
         for line in body.lines() {
             out.push_str("  ");
             out.push_str(line);
@@ -307,7 +337,7 @@ mod tests {
     fn parses_every_field_and_keeps_extras() {
         let r = parse_results(SAMPLE).unwrap();
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0].outcome, Outcome::Passed);
+        assert_eq!(r[0].outcome, Some(Outcome::Passed));
         assert_eq!(r[0].note.as_deref(), Some("5 errors"));
         assert_eq!(
             r[0].details,
@@ -336,12 +366,35 @@ mod tests {
             (e.line, e.column, e.field.as_str()),
             (5, 14, "results[0].outcome")
         );
-        let e = parse_results("results:\n  - item: a\n    outcome: PASSED\n").unwrap_err();
-        assert_eq!(e.field, "results[0].type");
+        // Outcome words are upper case, as ResultsDB compares them.
+        assert!(parse_results("results:\n  - outcome: passed\n").is_err());
+        let e = parse_results("results:\n  - item: [a]\n").unwrap_err();
+        assert_eq!(e.field, "results[0].item");
         assert!(parse_results("nothing: here\n")
             .unwrap_err()
             .message
             .contains("results"));
+        assert!(parse_results("results: 3\n").is_err());
+    }
+
+    #[test]
+    fn only_the_results_list_is_required() {
+        let r = parse_results("results:\n  - note: just a note\n    colour: red\n").unwrap();
+        assert_eq!(r[0].item, "");
+        assert_eq!(r[0].outcome, None);
+        assert_eq!(r[0].effective_outcome(), Outcome::NeedsInspection);
+        assert_eq!(r[0].missing_identity(), Some("item"));
+        assert_eq!(
+            r[0].extra,
+            vec![("colour".to_string(), serde_json::json!("red"))]
+        );
+        assert!(parse_results("results:\n").unwrap().is_empty());
+        assert!(parse_results("results: null\n").unwrap().is_empty());
+        assert!(parse_results("results: []\n").unwrap().is_empty());
+        let full = parse_results(SAMPLE).unwrap();
+        assert_eq!(full[0].missing_identity(), None);
+        // No outcome is not invented when written back.
+        assert!(!results_to_yaml(&r).contains("outcome"));
     }
 
     #[test]
@@ -355,13 +408,67 @@ mod tests {
             Outcome::Crashed,
         ];
         assert!(order.windows(2).all(|w| w[0].rank() < w[1].rank()));
+        let ok: Vec<&str> = OUTCOMES
+            .iter()
+            .filter(|o| Outcome::from_str(o).is_ok_and(Outcome::is_success))
+            .copied()
+            .collect();
+        assert_eq!(ok, ["PASSED", "INFO"]);
     }
 
     #[test]
-    fn tap13_has_ok_lines_and_yaml_blocks() {
+    fn tap13_is_printed_as_the_original_did() {
         let tap = results_to_tap13(&parse_results(SAMPLE).unwrap());
-        assert!(tap.starts_with("TAP version 13\n1..2\nok - rpmlint for xchat-0.5-1.fc20\n  ---\n  item: xchat-0.5-1.fc20\n"));
-        assert!(tap.contains("not ok - rpmlint.sub for xchat-0.5-1.fc20\n"));
-        assert!(tap.contains("  outcome: FAILED\n  ...\n"));
+        let expected = "TAP version 13
+1..2
+ok - rpmlint for Koji build xchat-0.5-1.fc20
+  ---
+  arch: x86_64
+  artifact: rpmlint.log
+  details:
+    output:
+    - a
+    - b
+  item: xchat-0.5-1.fc20
+  note: 5 errors
+  outcome: PASSED
+  type: koji_build
+  ...
+not ok - rpmlint.sub for Koji build xchat-0.5-1.fc20 # FAIL
+  ---
+  item: xchat-0.5-1.fc20
+  outcome: FAILED
+  type: koji_build
+  ...
+";
+        assert_eq!(tap, expected);
+    }
+
+    #[test]
+    fn tap13_writes_item_types_in_words() {
+        let one = |t: &str, outcome: &str| {
+            let y = format!("results:\n  - item: X\n    type: {t}\n    checkname: c\n{outcome}");
+            results_to_tap13(&parse_results(&y).unwrap())
+                .lines()
+                .nth(2)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let p = "    outcome: PASSED\n";
+        assert_eq!(one("bodhi_update", p), "ok - c for Bodhi update X");
+        assert_eq!(one("yum_repository", p), "ok - c for Yum repository X");
+        assert_eq!(one("dist_git_commit", p), "ok - c for Dist-git commit X");
+        assert_eq!(one("module_build", p), "ok - c for Module build X");
+        assert_eq!(one("my_thing", p), "ok - c for my_thing X");
+        assert_eq!(
+            one("koji_tag", "    outcome: INFO\n"),
+            "ok - c for Koji tag X"
+        );
+        assert_eq!(
+            one("compose", "    outcome: WAIVED\n"),
+            "not ok - c for Compose X # FAIL"
+        );
+        // No outcome: NEEDS_INSPECTION, which is not ok.
+        assert_eq!(one("koji_build", ""), "not ok - c for Koji build X # FAIL");
     }
 }

@@ -101,6 +101,9 @@ pub fn run(formula: &Formula, config: &RunConfig, sink: &mut dyn EventSink) -> R
         );
         match outcome {
             Ok(value) => {
+                if config.debug {
+                    say(sink, &format!("step {} returned: {value}", action.index));
+                }
                 if let Some(var) = &action.export {
                     vars.insert(var.clone(), value);
                 }
@@ -153,6 +156,15 @@ fn run_step(
     let field = action.field();
     let params = subst::substitute(&action.params, vars, &field)?;
     directives::validate(&action.directive, &params, &field)?;
+    if config.debug {
+        let text = format!(
+            "step {} {}: {}",
+            action.index,
+            action.directive,
+            params.to_json()
+        );
+        say(sink, &text);
+    }
     let mut ctx = StepContext {
         formula,
         config,

@@ -1,76 +1,10 @@
 //! Running formulas end to end in-process: every directive, exports, exit codes, cancel.
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic
 
-use std::collections::BTreeMap;
-use std::path::Path;
+mod common;
 
+use common::Task;
 use minion_formula::*;
-
-#[derive(Default)]
-struct Recorder {
-    out: Vec<u8>,
-    stdout: Vec<u8>,
-    runner: String,
-    actions: Vec<(usize, ActionState)>,
-}
-
-impl EventSink for Recorder {
-    fn log(&mut self, stream: LogStream, data: &[u8]) {
-        match stream {
-            LogStream::Runner => self.runner.push_str(&String::from_utf8_lossy(data)),
-            LogStream::Stdout => {
-                self.stdout.extend_from_slice(data);
-                self.out.extend_from_slice(data);
-            }
-            LogStream::Stderr => self.out.extend_from_slice(data),
-        }
-    }
-    fn action(&mut self, index: usize, _name: &str, state: ActionState) {
-        self.actions.push((index, state));
-    }
-}
-
-struct Task {
-    dir: tempfile::TempDir,
-}
-
-impl Task {
-    fn new(formula: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("runtask.yml"), formula).unwrap();
-        Self { dir }
-    }
-    fn file(self, name: &str, text: &str) -> Self {
-        std::fs::write(self.dir.path().join(name), text).unwrap();
-        self
-    }
-    fn config(&self) -> RunConfig {
-        RunConfig {
-            item: "foo-1.0-1.fc40".into(),
-            item_type: "koji_build".into(),
-            arch: "x86_64".into(),
-            jobid: "job-1".into(),
-            uuid: "uuid-1".into(),
-            args: BTreeMap::new(),
-            workdir: self.dir.path().join("work"),
-            artifactsdir: self.dir.path().join("artifacts"),
-            report: None,
-            cancel: CancelFlag::new(),
-        }
-    }
-    fn run(&self) -> (RunReport, Recorder) {
-        self.run_with(self.config())
-    }
-    fn run_with(&self, config: RunConfig) -> (RunReport, Recorder) {
-        let f = load_formula(&self.dir.path().join("runtask.yml")).unwrap();
-        let mut rec = Recorder::default();
-        let report = run(&f, &config, &mut rec);
-        (report, rec)
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
 
 #[test]
 fn shell_streams_substitutes_and_exports() {
@@ -128,9 +62,11 @@ fn python_returns_resultyaml_which_resultsdb_keeps_and_exitcode_judges() {
     assert_eq!(r.execution_status, ExecutionStatus::Ok, "{}", rec.runner);
     assert_eq!(r.exit_code, EXIT_CHECK_FAILED);
     assert_eq!(r.results.len(), 1);
-    assert_eq!(r.results[0].outcome, Outcome::Failed);
+    assert_eq!(r.results[0].outcome, Some(Outcome::Failed));
     assert!(String::from_utf8_lossy(&rec.stdout).contains("checking foo-1.0-1.fc40 2\n"));
-    assert!(r.tap13().contains("not ok - demo for foo-1.0-1.fc40"));
+    assert!(r
+        .tap13()
+        .contains("not ok - demo for Koji build foo-1.0-1.fc40 # FAIL\n"));
 }
 
 #[test]
@@ -209,7 +145,7 @@ fn dummy_fail_raises() {
 #[test]
 fn xunit_turns_junit_into_results() {
     let t = Task::new(
-        "name: t\nactions:\n  - shell: ['cp ../j.xml .']\n  - xunit: {item: x, type: koji_build, checkname: unit, file: j.xml, aggregation: none}\n    export: res\n  - resultsdb: {results: '$res'}\n",
+        "name: t\nactions:\n  - shell: ['cp j.xml ${workdir}/']\n  - xunit: {item: x, type: koji_build, checkname: unit, file: '${workdir}/j.xml', aggregation: none}\n    export: res\n  - resultsdb: {results: '$res'}\n",
     )
     .file("j.xml", r#"<testsuite><testcase name="a"/><testcase name="b"><failure message="no"/></testcase></testsuite>"#);
     let (r, rec) = t.run();
@@ -221,7 +157,10 @@ fn xunit_turns_junit_into_results() {
         .collect();
     assert_eq!(
         names,
-        [("unit.a", Outcome::Passed), ("unit.b", Outcome::Failed)]
+        [
+            ("unit.a", Some(Outcome::Passed)),
+            ("unit.b", Some(Outcome::Failed))
+        ]
     );
 }
 

@@ -463,10 +463,10 @@ fn task_results(id: &str, yaml: &str) -> Vec<TaskResult> {
             .into_iter()
             .take(10_000)
             .map(|r| TaskResult {
+                outcome: r.effective_outcome().as_str().to_string(),
                 item: r.item,
                 item_type: r.item_type,
                 checkname: r.checkname,
-                outcome: r.outcome.as_str().to_string(),
                 note: r.note.unwrap_or_default(),
             })
             .collect(),

@@ -1,9 +1,10 @@
 //! `exitcode`: `result_last` / `result_worst` over ResultYAML sets the task's exit code:
-//! 0 when the outcome counts as success, 100 otherwise. Several steps: the worst wins.
+//! 0 when the outcome counts as success (PASSED, INFO; no results at all), 100 otherwise; a result
+//! without an outcome counts as NEEDS_INSPECTION. Several steps: the worst wins.
 
 use super::{results_text, Directive, Params, Run, Spec, StepContext, StepError, Ty, NONE};
 use crate::context::EXIT_CHECK_FAILED;
-use crate::results::{parse_results, Outcome};
+use crate::results::{parse_results, CheckResult, Outcome};
 use crate::yaml::Node;
 
 pub(super) const DIRECTIVE: Directive = Directive {
@@ -37,9 +38,12 @@ pub(super) fn run(
         message: e.to_string(),
     })?;
     let outcome = if mode == "result_last" {
-        results.last().map(|r| r.outcome)
+        results.last().map(CheckResult::effective_outcome)
     } else {
-        results.iter().map(|r| r.outcome).max_by_key(|o| o.rank())
+        results
+            .iter()
+            .map(CheckResult::effective_outcome)
+            .max_by_key(|o| o.rank())
     };
     let code = match outcome {
         Some(o) if !o.is_success() => EXIT_CHECK_FAILED,

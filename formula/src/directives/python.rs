@@ -1,5 +1,7 @@
 //! `python`: imports `file` (relative to the task dir) with the system `python3` and calls
-//! `callable` with every other parameter as a keyword argument. Value: what the callable returned.
+//! `callable` with every other parameter as a keyword argument, keeping each value's YAML type
+//! (an exported mapping arrives as a dict). Runs in the task directory. Value: what the callable
+//! returned.
 
 use std::path::Path;
 use std::process::Command;
@@ -85,7 +87,7 @@ pub(super) fn run(
         .arg(&callable)
         .arg(&kwargs_path)
         .arg(&out_path)
-        .current_dir(&ctx.config.workdir)
+        .current_dir(ctx.formula.taskdir())
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1");
     let done = run_streaming(cmd, &ctx.config.cancel, ctx.sink)?;

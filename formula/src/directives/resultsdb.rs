@@ -28,7 +28,7 @@ pub(super) fn run(
     let (key, text) = match (params.get("results"), str_param(params, "file")) {
         (Some(node), None) => ("results", results_text(node)?),
         (None, Some(file)) => {
-            let path = ctx.config.workdir.join(&file);
+            let path = ctx.resolve(&file);
             let text = std::fs::read_to_string(&path).map_err(|e| StepError {
                 mark: params.get("file").map(|n| n.mark),
                 field: Some(format!("{}.file", ctx.action.field())),
@@ -43,6 +43,21 @@ pub(super) fn run(
         field: Some(format!("{}.{key}", ctx.action.field())),
         message: e.to_string(),
     })?;
+    // ResultsDB needs to know what a result is about; the original refused such a result too.
+    if let Some((i, missing)) = results
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.missing_identity().map(|m| (i, m)))
+    {
+        return Err(StepError {
+            mark: params.get(key).map(|n| n.mark),
+            field: Some(format!("{}.{key}", ctx.action.field())),
+            message: format!(
+                "result {i} ({}) has no `{missing}`: every reported result needs item, type and checkname",
+                describe(&results[i])
+            ),
+        });
+    }
     let yaml = results_to_yaml(&results);
     match &ctx.config.report {
         None => {
@@ -67,6 +82,16 @@ pub(super) fn run(
     Ok(serde_json::Value::String(yaml))
 }
 
+/// A result in an error message: what it has of its checkname and item.
+fn describe(r: &CheckResult) -> String {
+    match (r.checkname.as_str(), r.item.as_str()) {
+        ("", "") => "no checkname, no item".to_string(),
+        (c, "") => format!("checkname `{c}`"),
+        ("", i) => format!("item `{i}`"),
+        (c, i) => format!("`{c}` for `{i}`"),
+    }
+}
+
 /// The ResultsDB v2.0 body for one result.
 #[cfg(feature = "report")]
 pub(crate) fn body(
@@ -74,7 +99,8 @@ pub(crate) fn body(
     ctx: &StepContext<'_>,
     report: &ReportConfig,
 ) -> serde_json::Value {
-    let ref_url = r.artifact.clone().or_else(|| report.log_url.clone());
+    // A local run has no published artifacts directory: every result points at the log.
+    let ref_url = report.log_url.clone();
     crate::report::result_body(
         r,
         ctx.formula.namespace.as_deref(),

@@ -1,4 +1,5 @@
-//! `shell`: commands run with `/bin/sh -c` in the workdir, in order. A non-zero exit fails the
+//! `shell`: commands run with `/bin/sh -c` in the task directory (where `runtask.yml` is, so a
+//! task calls its own scripts by relative path), in order. A non-zero exit fails the
 //! step unless the command sits in an `ignorereturn` list. Value: the joined stdout.
 
 use std::process::Command;
@@ -112,7 +113,7 @@ pub(super) fn run(
     for (cmd, ignore, i) in commands(params) {
         ctx.say(&format!("$ {cmd}"));
         let mut c = Command::new("/bin/sh");
-        c.arg("-c").arg(&cmd).current_dir(&ctx.config.workdir);
+        c.arg("-c").arg(&cmd).current_dir(ctx.formula.taskdir());
         let done = run_streaming(c, &ctx.config.cancel, ctx.sink)?;
         stdout.extend_from_slice(&done.stdout);
         if !done.status.success() {
