@@ -109,6 +109,7 @@ pub fn run_job(job: &Job, layout: &Layout, cancel: &CancelFlag, sink: &mut Chann
         report: None,
         cancel: cancel.clone(),
         debug: false,
+        fetcher: None,
     };
     let report = minion_formula::run(&formula, &config, sink);
     Outcome {

@@ -158,6 +158,7 @@ pub fn run(a: RuntaskArgs) -> i32 {
         },
         cancel: CancelFlag::new(),
         debug: a.debug,
+        fetcher: None,
     };
     let vars = config.variables(&formula);
     if let Err(e) = formula.check_inputs(|n| vars.contains_key(n)) {

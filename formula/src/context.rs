@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::fetch::Fetcher;
 use crate::formula::{Action, Formula};
 use crate::results::CheckResult;
 use crate::subst::Vars;
@@ -64,6 +65,9 @@ pub struct RunConfig {
     pub cancel: CancelFlag,
     /// `-d/--debug`: log each step's substituted parameters and the value it exported.
     pub debug: bool,
+    /// Who fetches Koji builds, Bodhi updates and dist-git files; `None`: those steps fail with
+    /// "not available here".
+    pub fetcher: Option<Arc<dyn Fetcher>>,
 }
 
 impl RunConfig {

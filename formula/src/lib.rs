@@ -5,6 +5,7 @@
 mod context;
 mod directives;
 mod error;
+mod fetch;
 mod formula;
 mod item_types;
 pub mod report;
@@ -19,6 +20,10 @@ pub use context::{
 };
 pub use directives::{directive_names, is_directive};
 pub use error::FormulaError;
+pub use fetch::{
+    check_name, check_nvr, split_nvr, FetchRequest, Fetched, FetchedKind, Fetcher, RpmFilter,
+    MAX_LIST, MAX_NAME,
+};
 pub use formula::{
     load_formula, parse_formula, resolve_formula_path, Action, Formula, FORMULA_NAMES,
 };

@@ -15,7 +15,9 @@
 
 use std::path::Path;
 
+pub mod fedora;
 pub mod resultsdb;
+pub mod rpm;
 
 /// One thing a test needs from the machine.
 #[derive(Debug, Clone)]

@@ -1,12 +1,14 @@
 //! The directives a step can use: their parameter shapes (checked at load and again after
 //! substitution) and their implementations, one module each.
 
+mod createrepo;
 mod dummy;
 mod exitcode;
 mod process;
 mod python;
 mod resultsdb;
 mod shell;
+mod sources;
 mod unavailable;
 mod xunit;
 
@@ -118,10 +120,10 @@ static REGISTRY: &[Directive] = &[
     exitcode::DIRECTIVE,
     xunit::DIRECTIVE,
     dummy::DIRECTIVE,
-    unavailable::KOJI,
-    unavailable::BODHI,
-    unavailable::DISTGIT,
-    unavailable::CREATEREPO,
+    sources::KOJI,
+    sources::BODHI,
+    sources::DISTGIT,
+    createrepo::DIRECTIVE,
     unavailable::MASH,
     unavailable::YUMREPOINFO,
     unavailable::CREATE_REPORT,

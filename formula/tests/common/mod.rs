@@ -57,6 +57,7 @@ impl Task {
             report: None,
             cancel: CancelFlag::new(),
             debug: false,
+            fetcher: None,
         }
     }
     pub fn run(&self) -> (RunReport, Recorder) {
