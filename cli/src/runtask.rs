@@ -49,6 +49,23 @@ pub struct RuntaskArgs {
     /// Where the log will be published (ResultsDB ref_url of results without an artifact).
     #[arg(long)]
     log_url: Option<String>,
+    /// Koji hub for koji/bodhi steps (e.g. https://koji.fedoraproject.org/kojihub).
+    #[arg(long, env = "MINION_KOJI_HUB")]
+    koji_hub: Option<String>,
+    /// Koji's package URL (e.g. https://kojipkgs.fedoraproject.org/packages).
+    #[arg(long, env = "MINION_KOJI_PACKAGES", requires = "koji_hub")]
+    koji_packages: Option<String>,
+    /// Bodhi for bodhi steps (e.g. https://bodhi.fedoraproject.org).
+    #[arg(long, env = "MINION_BODHI_URL")]
+    bodhi_url: Option<String>,
+    /// dist-git for distgit steps (e.g. https://src.fedoraproject.org).
+    #[arg(long, env = "MINION_DISTGIT_URL")]
+    distgit_url: Option<String>,
+    /// A TOML file with [koji] hub/packages, [bodhi] url, [distgit] url and [fetch] limits
+    /// (default: ~/.config/minion/sources.toml, then /etc/minion/sources.toml, when present);
+    /// the flags above override it.
+    #[arg(long, env = "MINION_SOURCES")]
+    sources: Option<PathBuf>,
     /// The formula file, or a task directory holding runtask.yml.
     formula: PathBuf,
 }
@@ -87,6 +104,75 @@ fn default_runs_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(std::env::temp_dir);
     state.join("minion/runs")
+}
+
+/// What `[koji]`, `[bodhi]`, `[distgit]` and `[fetch]` of a sources file hold.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SourcesFile {
+    #[serde(flatten)]
+    sources: minion_fetch::Sources,
+    #[serde(default)]
+    fetch: minion_fetch::FetchLimits,
+}
+
+fn sources_file(a: &RuntaskArgs) -> Result<SourcesFile, String> {
+    let path = match &a.sources {
+        Some(p) => p.clone(),
+        None => {
+            let user = std::env::var_os("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+                .map(|d| d.join("minion/sources.toml"));
+            match user
+                .into_iter()
+                .chain([PathBuf::from("/etc/minion/sources.toml")])
+                .find(|p| p.is_file())
+            {
+                Some(p) => p,
+                None => return Ok(SourcesFile::default()),
+            }
+        }
+    };
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The fetcher for koji/bodhi/distgit steps, from the sources file and the flags; none when
+/// nothing is configured (those steps then say so).
+fn host_fetcher(
+    a: &RuntaskArgs,
+) -> Result<Option<std::sync::Arc<dyn minion_formula::Fetcher>>, String> {
+    use minion_fetch::{KojiEndpoint, UrlEndpoint};
+    let mut file = sources_file(a)?;
+    if let Some(hub) = &a.koji_hub {
+        let packages = a.koji_packages.clone().ok_or(
+            "--koji-hub needs --koji-packages too (Koji's package URL, e.g. https://kojipkgs.fedoraproject.org/packages)",
+        )?;
+        file.sources.koji = Some(KojiEndpoint {
+            hub: hub.clone(),
+            packages,
+        });
+    }
+    if let Some(url) = &a.bodhi_url {
+        file.sources.bodhi = Some(UrlEndpoint { url: url.clone() });
+    }
+    if let Some(url) = &a.distgit_url {
+        file.sources.distgit = Some(UrlEndpoint { url: url.clone() });
+    }
+    if file.sources == minion_fetch::Sources::default() {
+        return Ok(None);
+    }
+    let cache = default_runs_dir()
+        .parent()
+        .map(|p| p.join("cache/fetch"))
+        .unwrap_or_else(|| PathBuf::from("cache/fetch"));
+    let fetch =
+        minion_fetch::Fetch::new(file.sources, &cache, &file.fetch).map_err(|e| e.to_string())?;
+    Ok(Some(minion_fetch::HostFetcher::new(
+        fetch,
+        file.fetch.budget(),
+    )))
 }
 
 /// The original's default run id: the current UTC time as `YYYYMMDD_HHMMSS_micro`.
@@ -138,6 +224,10 @@ pub fn run(a: RuntaskArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(format!("cannot create {}: {e}", log_path.display())),
     };
+    let fetcher = match host_fetcher(&a) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
     let config = RunConfig {
         item: a.item,
         item_type: a.item_type,
@@ -158,7 +248,7 @@ pub fn run(a: RuntaskArgs) -> i32 {
         },
         cancel: CancelFlag::new(),
         debug: a.debug,
-        fetcher: None,
+        fetcher,
     };
     let vars = config.variables(&formula);
     if let Err(e) = formula.check_inputs(|n| vars.contains_key(n)) {

@@ -469,3 +469,57 @@ fn route(st: &State, method: &str, path: &str, body: &[u8]) -> (u16, &'static st
         _ => not_found("no such endpoint"),
     }
 }
+
+/// The builds the python-versions example checks, built with rpmbuild under `work` and
+/// registered in `koji`: `foo-1.0-1.fc40` (`python3-foo`, noarch, Python 3 only: passes) and
+/// `mixed-1.0-1.fc40` (`mixed`, x86_64, Python 2 and 3: fails). `pad` bytes of incompressible
+/// data go into `python3-foo` (for transfer benchmarks; 0 for tests).
+pub fn python_versions_builds(koji: &FedoraStandIn, work: &Path, pad: usize) -> Result<(), String> {
+    use crate::rpm::{build, Package};
+    let mut files = vec![(
+        "/usr/lib/python3/site-packages/foo.py",
+        b"print('foo')\n".to_vec(),
+    )];
+    if pad > 0 {
+        files.push(("/usr/share/foo/blob", pseudo_random(pad)));
+    }
+    let py3 = build(
+        work,
+        &Package {
+            name: "python3-foo",
+            version: "1.0",
+            release: "1.fc40",
+            arch: "noarch",
+            files,
+            requires: vec!["python(abi) = 3.11"],
+        },
+    )?;
+    koji.add_build("foo-1.0-1.fc40", &[&py3]);
+    let mixed = build(
+        work,
+        &Package {
+            name: "mixed",
+            version: "1.0",
+            release: "1.fc40",
+            arch: "x86_64",
+            files: vec![("/usr/bin/mixed", b"#!/bin/sh\n".to_vec())],
+            requires: vec!["python(abi) = 2.7", "/usr/bin/python3"],
+        },
+    )?;
+    koji.add_build("mixed-1.0-1.fc40", &[&mixed]);
+    Ok(())
+}
+
+/// Bytes that do not compress (xorshift), so a payload's size is what goes over the wire.
+fn pseudo_random(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}

@@ -80,7 +80,7 @@ pub(super) fn run(
         .map_err(|e| StepError::msg(format!("cannot write {}: {e}", kwargs_path.display())))?;
 
     ctx.say(&format!("python {file}:{callable}()"));
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(interpreter());
     cmd.arg("-c")
         .arg(WRAPPER)
         .arg(&path)
@@ -104,6 +104,20 @@ pub(super) fn run(
     })?;
     serde_json::from_str(&text)
         .map_err(|e| StepError::msg(format!("python {file}:{callable}: bad return value: {e}")))
+}
+
+/// The system interpreter, as libtaskotron ran callables in its own (system) Python, where the
+/// distribution's modules (`rpm`, `dnf`, `koji`) are; `MINION_PYTHON` overrides, and a host
+/// without `/usr/bin/python3` uses `python3` from `PATH`.
+fn interpreter() -> std::ffi::OsString {
+    if let Some(p) = std::env::var_os("MINION_PYTHON") {
+        return p;
+    }
+    let system = Path::new("/usr/bin/python3");
+    if system.is_file() {
+        return system.into();
+    }
+    "python3".into()
 }
 
 fn param_error(params: &Node, key: &str, ctx: &StepContext<'_>, msg: &str) -> StepError {

@@ -131,8 +131,8 @@ fn fetch(
     let Some(fetcher) = ctx.config.fetcher.clone() else {
         return Err(StepError::msg(format!(
             "directive `{directive}` is not available here: nothing is configured to fetch {} \
-             (miniond: the [koji]/[bodhi]/[distgit] sections of its config; minion runtask: \
-             --koji-hub, --bodhi-url, --distgit-url or ~/.config/minion/sources.toml)",
+             (miniond: [koji], [bodhi], [distgit] in its config; minion runtask: --koji-hub and \
+             --koji-packages, --bodhi-url, --distgit-url, or a --sources file)",
             request.describe()
         )));
     };
