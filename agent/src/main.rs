@@ -3,6 +3,7 @@
 
 mod args;
 mod artifacts;
+mod fetch;
 mod init;
 mod outbox;
 mod port;

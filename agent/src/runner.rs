@@ -5,9 +5,10 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use minion_formula::{CancelFlag, ExecutionStatus, RunConfig};
+use minion_formula::{CancelFlag, ExecutionStatus, Fetcher, RunConfig};
 use minion_proto::guest::Job;
 
 use crate::sink::ChannelSink;
@@ -78,7 +79,13 @@ pub fn formula_in_task(task: &Path, formula_path: &str) -> Result<PathBuf, Strin
     Ok(task.join(rel))
 }
 
-pub fn run_job(job: &Job, layout: &Layout, cancel: &CancelFlag, sink: &mut ChannelSink) -> Outcome {
+pub fn run_job(
+    job: &Job,
+    layout: &Layout,
+    cancel: &CancelFlag,
+    fetcher: Arc<dyn Fetcher>,
+    sink: &mut ChannelSink,
+) -> Outcome {
     let path = match formula_in_task(&layout.task, &job.formula_path) {
         Ok(p) => p,
         Err(e) => return bad_input(sink, e),
@@ -109,7 +116,7 @@ pub fn run_job(job: &Job, layout: &Layout, cancel: &CancelFlag, sink: &mut Chann
         report: None,
         cancel: cancel.clone(),
         debug: false,
-        fetcher: None,
+        fetcher: Some(fetcher),
     };
     let report = minion_formula::run(&formula, &config, sink);
     Outcome {

@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{self, Write},
-    sync::mpsc,
+    sync::{mpsc, Arc},
     thread,
     time::Duration,
 };
@@ -22,6 +22,7 @@ use minion_proto::guest::{
 
 use crate::{
     artifacts::send_artifacts,
+    fetch::ChannelFetcher,
     outbox::Outbox,
     port::ReadHalf,
     runner::{run_job, Layout, Outcome},
@@ -88,12 +89,18 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
     let mut sink = ChannelSink::new(outbox.clone());
     let outcome = match receive_task(&mut frames, &layout) {
         Ok(TaskReceipt::Complete) => {
-            spawn_cancel_listener(frames, cancel.clone());
+            let (fetch_tx, fetch_rx) = mpsc::channel();
+            spawn_host_listener(frames, cancel.clone(), fetch_tx);
+            let fetcher = Arc::new(ChannelFetcher::new(
+                outbox.clone(),
+                fetch_rx,
+                cancel.clone(),
+            ));
             let (_watchdog_stop, watchdog_rx) = mpsc::channel::<()>();
             if job.timeout_ms > 0 {
                 spawn_watchdog(&job, cancel.clone(), outbox.clone(), watchdog_rx);
             }
-            run_job(&job, &layout, &cancel, &mut sink)
+            run_job(&job, &layout, &cancel, fetcher, &mut sink)
         }
         Ok(TaskReceipt::Cancelled) => Outcome::failed("cancelled before start".into(), 1, true),
         Err(e) => {
@@ -198,7 +205,9 @@ fn receive_task(frames: &mut Frames, layout: &Layout) -> Result<TaskReceipt> {
     Ok(TaskReceipt::Complete)
 }
 
-fn spawn_cancel_listener(mut frames: Frames, cancel: CancelFlag) {
+/// Reads the host's frames while the formula runs: Cancel sets the flag, fetch answers go to the
+/// step waiting for them.
+fn spawn_host_listener(mut frames: Frames, cancel: CancelFlag, fetches: mpsc::Sender<H>) {
     thread::spawn(move || loop {
         match frames.read_frame::<HostFrame>() {
             Ok(Some(HostFrame {
@@ -206,6 +215,12 @@ fn spawn_cancel_listener(mut frames: Frames, cancel: CancelFlag) {
             })) => {
                 tracing::info!(reason = %c.reason, "cancel requested by the host");
                 cancel.cancel();
+            }
+            Ok(Some(HostFrame {
+                kind: Some(k @ (H::FetchFile(_) | H::FetchChunk(_) | H::FetchEnd(_))),
+            })) => {
+                // Nobody waiting (the step gave up): the answer is dropped.
+                let _ = fetches.send(k);
             }
             Ok(Some(other)) => tracing::warn!(?other, "ignoring unexpected frame from the host"),
             Ok(None) | Err(_) => {

@@ -1,6 +1,8 @@
 //! What the host asks the guest to run.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use crate::fetch::FetchHandler;
 
 #[derive(Debug, Clone, Default)]
 pub struct JobSpec {
@@ -16,4 +18,6 @@ pub struct JobSpec {
     pub variables: BTreeMap<String, String>,
     /// Wall-clock limit of the formula run; zero = none.
     pub timeout: Duration,
+    /// Answers the guest's fetch requests (koji/bodhi/distgit steps); `None`: they are refused.
+    pub fetch: Option<Arc<dyn FetchHandler>>,
 }

@@ -5,6 +5,7 @@
 //! artifacts have byte and entry budgets, artifact tar entries are confined to the job's directory,
 //! and every wait has a timeout.
 
+pub mod fetch_wire;
 pub mod frame;
 
 #[cfg(feature = "host")]
@@ -17,6 +18,8 @@ mod connect;
 mod error;
 #[cfg(feature = "host")]
 mod event;
+#[cfg(feature = "host")]
+mod fetch;
 #[cfg(feature = "host")]
 mod job;
 #[cfg(feature = "host")]
@@ -36,6 +39,7 @@ pub use {
     connect::connect_unix,
     error::ChannelError,
     event::{ActionState, LogStream, SessionEvent, SessionOutcome},
+    fetch::{FetchHandler, HostFile},
     job::JobSpec,
     limits::Limits,
     session::{handshake, run_session, ReadySession},

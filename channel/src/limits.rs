@@ -23,8 +23,10 @@ pub struct Limits {
     pub heartbeat_interval: Duration,
     /// After sending Cancel (cancellation or job timeout): how long the guest gets to wrap up.
     pub cancel_grace: Duration,
-    /// Size of the task tar chunks sent to the guest.
+    /// Size of the task tar chunks (and fetched files' chunks) sent to the guest.
     pub task_chunk: usize,
+    /// Fetch requests one job may make.
+    pub max_fetch_requests: u32,
 }
 
 impl Default for Limits {
@@ -39,6 +41,7 @@ impl Default for Limits {
             heartbeat_interval: Duration::from_secs(5),
             cancel_grace: Duration::from_secs(20),
             task_chunk: 256 * 1024,
+            max_fetch_requests: 256,
         }
     }
 }

@@ -235,7 +235,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ReadySession<S> {
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(None);
-        let writer = write_side(wr, job, task_dir, limits, stop_rx);
+        // One request served and one waiting at most: a guest that sends more breaks the protocol.
+        let (fetch_tx, fetch_rx) = mpsc::channel(1);
+        let writer = write_side(wr, job, task_dir, limits, stop_rx, fetch_rx);
         let reader = Reader {
             frames,
             job,
@@ -253,6 +255,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ReadySession<S> {
             artifact_transfer: Duration::ZERO,
             stopping: None,
             job_deadline: None,
+            fetch_tx,
+            fetch_requests: 0,
         }
         .run();
         tokio::pin!(reader, writer);
@@ -275,6 +279,7 @@ async fn write_side<W: AsyncWrite>(
     task_dir: &Path,
     limits: &Limits,
     mut stop: watch::Receiver<Option<String>>,
+    mut fetches: mpsc::Receiver<FetchAsk>,
 ) -> Result<(), ChannelError> {
     let mut wr = wr;
     let max = limits.max_frame;
@@ -315,9 +320,26 @@ async fn write_side<W: AsyncWrite>(
         write_frame_async(&mut wr, &end, max).await?;
     }
 
-    // Only a Cancel may follow. A closed watch means the session is over.
-    let Ok(reason) = stop.wait_for(Option::is_some).await.map(|r| r.clone()) else {
-        return Ok(());
+    // Fetch answers while the formula runs, until a Cancel. A closed watch means the session is
+    // over. A fetch being served when Cancel comes is dropped: the guest stops its step on Cancel.
+    let handler = job.fetch.clone();
+    let reason = loop {
+        let ask = tokio::select! {
+            stopped = stop.wait_for(Option::is_some) => match stopped {
+                Ok(r) => break r.clone(),
+                Err(_) => return Ok(()),
+            },
+            ask = fetches.recv(), if !fetches.is_closed() => ask,
+        };
+        let Some((id, request)) = ask else { continue };
+        let served = crate::fetch::serve(&mut wr, id, request, handler.as_deref(), chunk, max);
+        tokio::select! {
+            stopped = stop.wait_for(Option::is_some) => match stopped {
+                Ok(r) => break r.clone(),
+                Err(_) => return Ok(()),
+            },
+            done = served => done?,
+        }
     };
     let cancel = host(host_frame::Kind::Cancel(Cancel {
         reason: reason.unwrap_or_default(),
@@ -325,6 +347,9 @@ async fn write_side<W: AsyncWrite>(
     write_frame_async(&mut wr, &cancel, max).await?;
     Ok(())
 }
+
+/// A guest's fetch request as the writer gets it: its id, and the checked request or why not.
+type FetchAsk = (u32, Result<minion_formula::FetchRequest, String>);
 
 struct Reader<'a, R> {
     frames: AsyncFrameReader<R>,
@@ -344,6 +369,8 @@ struct Reader<'a, R> {
     /// Set once Cancel was sent: when the grace ends, and what the session then returns.
     stopping: Option<(Instant, StopError)>,
     job_deadline: Option<Instant>,
+    fetch_tx: mpsc::Sender<FetchAsk>,
+    fetch_requests: u32,
 }
 
 impl<R: AsyncRead + Unpin> Reader<'_, R> {
@@ -507,7 +534,45 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
                     artifact_transfer: self.artifact_transfer,
                 }))
             }
+            Kind::FetchRequest(r) => {
+                self.fetch_request(r)?;
+                Ok(None)
+            }
             Kind::Error(e) => Err(agent_error(e)),
+        }
+    }
+
+    /// Hands a guest's fetch request to the writer, which answers it. Only while the formula runs,
+    /// one waiting at most, and at most `max_fetch_requests` per job.
+    fn fetch_request(&mut self, r: minion_proto::guest::FetchRequest) -> Result<(), ChannelError> {
+        if self.phase != Phase::Running {
+            return Err(ChannelError::Protocol(format!(
+                "FetchRequest while {}",
+                self.phase.during()
+            )));
+        }
+        self.fetch_requests += 1;
+        if self.fetch_requests > self.limits.max_fetch_requests {
+            return Err(ChannelError::LimitExceeded {
+                what: "fetch requests",
+                limit: u64::from(self.limits.max_fetch_requests),
+            });
+        }
+        let id = r.id;
+        let request = crate::fetch_wire::request_from_wire(r);
+        match &request {
+            Ok(req) => {
+                tracing::info!(job = %self.job.id, id, what = %req.describe(), "guest asks to fetch")
+            }
+            Err(e) => tracing::warn!(job = %self.job.id, id, "guest's fetch request refused: {e}"),
+        }
+        match self.fetch_tx.try_send((id, request)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ChannelError::Protocol(
+                "a FetchRequest while two are unanswered".into(),
+            )),
+            // The writer has sent Cancel and finished: the guest is stopping, no answer comes.
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
         }
     }
 
@@ -609,6 +674,7 @@ fn kind_name(kind: &guest_frame::Kind) -> &'static str {
         Kind::ArtifactEnd(_) => "ArtifactEnd",
         Kind::Result(_) => "Result",
         Kind::Error(_) => "Error",
+        Kind::FetchRequest(_) => "FetchRequest",
     }
 }
 

@@ -778,3 +778,219 @@ async fn guest_cannot_overwrite_the_hosts_own_files_beside_the_artifacts() {
         b"host log\n"
     );
 }
+
+/// A handler that records what it was asked and answers with files it wrote.
+struct FakeSources {
+    asked: std::sync::Mutex<Vec<minion_formula::FetchRequest>>,
+    dir: tempfile::TempDir,
+}
+
+impl minion_channel::FetchHandler for FakeSources {
+    fn fetch(
+        &self,
+        request: minion_formula::FetchRequest,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Vec<minion_channel::HostFile>, String>>
+                + Send
+                + '_,
+        >,
+    > {
+        self.asked.lock().expect("lock").push(request);
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (name, size) in [
+                ("a-1-1.noarch.rpm", 300 * 1024usize),
+                ("b-1-1.x86_64.rpm", 5),
+            ] {
+                let path = self.dir.path().join(name);
+                std::fs::write(&path, vec![b'x'; size]).map_err(|e| e.to_string())?;
+                out.push(minion_channel::HostFile {
+                    name: name.into(),
+                    kind: minion_formula::FetchedKind::Rpm,
+                    path,
+                    size: size as u64,
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn fake_sources() -> std::sync::Arc<FakeSources> {
+    std::sync::Arc::new(FakeSources {
+        asked: std::sync::Mutex::new(Vec::new()),
+        dir: tempfile::tempdir().expect("tempdir"),
+    })
+}
+
+fn koji_request(id: u32, nvr: &str) -> G {
+    G::FetchRequest(minion_proto::guest::FetchRequest {
+        id,
+        what: Some(minion_proto::guest::fetch_request::What::KojiBuild(
+            minion_proto::guest::KojiBuildFetch {
+                nvr: nvr.into(),
+                rpms: None,
+            },
+        )),
+    })
+}
+
+impl FakeGuest {
+    /// Reads one fetch answer: the files (name → bytes) and FetchEnd's error.
+    async fn fetch_answer(&mut self) -> (Vec<(String, Vec<u8>)>, String) {
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        loop {
+            match self.recv().await.and_then(|f| f.kind) {
+                Some(H::FetchFile(f)) => files.push((f.name, Vec::with_capacity(f.size as usize))),
+                Some(H::FetchChunk(c)) => files.last_mut().expect("a file").1.extend(c.data),
+                Some(H::FetchEnd(e)) => return (files, e.error),
+                other => panic!("expected a fetch answer, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn fetch_requests_are_answered_and_streamed_into_the_guest() {
+    let mut host = Host::new();
+    let sources = fake_sources();
+    host.job.fetch = Some(sources.clone());
+    let (result, _, _) = host
+        .run(CancellationToken::new(), |mut g| async move {
+            g.handshake().await;
+            g.receive_job().await;
+            g.send(koji_request(7, "foo-1.0-1.fc40")).await;
+            let (files, error) = g.fetch_answer().await;
+            assert_eq!(error, "");
+            assert_eq!(files.len(), 2);
+            assert_eq!(files[0].0, "a-1-1.noarch.rpm");
+            assert_eq!(files[0].1.len(), 300 * 1024, "chunked, nothing lost");
+            assert_eq!(files[1].1, b"xxxxx");
+            g.send_artifacts(&artifact_tar(&[("results.yaml", b"results: []\n")]))
+                .await;
+            g.send_result().await;
+        })
+        .await;
+    result.expect("session succeeds");
+    let asked = sources.asked.lock().expect("lock");
+    assert!(
+        matches!(&asked[..], [minion_formula::FetchRequest::KojiBuild { nvr, .. }] if nvr == "foo-1.0-1.fc40")
+    );
+}
+
+/// The guest names things; it cannot make the host fetch a URL or a path of its choosing.
+#[tokio::test]
+async fn a_guest_cannot_make_the_host_fetch_anything_but_what_the_sources_answer() {
+    let mut host = Host::new();
+    let sources = fake_sources();
+    host.job.fetch = Some(sources.clone());
+    let (result, _, _) = host
+        .run(CancellationToken::new(), |mut g| async move {
+            g.handshake().await;
+            g.receive_job().await;
+            let dist_git = |paths: &[&str]| {
+                G::FetchRequest(minion_proto::guest::FetchRequest {
+                    id: 9,
+                    what: Some(minion_proto::guest::fetch_request::What::DistGit(
+                        minion_proto::guest::DistGitFetch {
+                            namespace: "rpms".into(),
+                            package: "foo".into(),
+                            gitref: "rawhide".into(),
+                            paths: paths.iter().map(|s| s.to_string()).collect(),
+                            ignore_missing: false,
+                        },
+                    )),
+                })
+            };
+            for bad in [
+                koji_request(1, "http://169.254.169.254/latest-1-1"),
+                koji_request(2, "../../../../etc/shadow-1-1"),
+                koji_request(3, "foo-1-1@evil.example"),
+                dist_git(&["../../../etc/passwd"]),
+                dist_git(&["/etc/passwd"]),
+                G::FetchRequest(minion_proto::guest::FetchRequest { id: 4, what: None }),
+            ] {
+                g.send(bad).await;
+                let (files, error) = g.fetch_answer().await;
+                assert!(files.is_empty());
+                assert!(error.starts_with("refused: "), "{error}");
+            }
+            g.send_artifacts(&artifact_tar(&[("results.yaml", b"results: []\n")]))
+                .await;
+            g.send_result().await;
+        })
+        .await;
+    result.expect("refusals do not end the session");
+    assert!(
+        sources.asked.lock().expect("lock").is_empty(),
+        "the sources were never asked"
+    );
+}
+
+#[tokio::test]
+async fn fetch_requests_are_bounded_and_need_sources() {
+    // No handler: answered with an error naming the config, the session goes on.
+    let host = Host::new();
+    let (result, _, _) = host
+        .run(CancellationToken::new(), |mut g| async move {
+            g.handshake().await;
+            g.receive_job().await;
+            g.send(koji_request(1, "foo-1.0-1.fc40")).await;
+            let (_, error) = g.fetch_answer().await;
+            assert!(
+                error.contains("no sources to fetch Koji build foo-1.0-1.fc40"),
+                "{error}"
+            );
+            g.send_artifacts(&artifact_tar(&[("results.yaml", b"results: []\n")]))
+                .await;
+            g.send_result().await;
+        })
+        .await;
+    result.expect("session succeeds");
+
+    // More requests than allowed.
+    let mut host = Host::new();
+    host.limits.max_fetch_requests = 2;
+    host.job.fetch = Some(fake_sources());
+    let (result, _, _) = host
+        .run(CancellationToken::new(), |mut g| async move {
+            g.handshake().await;
+            g.receive_job().await;
+            for id in 1..=3 {
+                g.send(koji_request(id, "foo-1.0-1.fc40")).await;
+                if id < 3 {
+                    g.fetch_answer().await;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+    assert!(
+        matches!(
+            result,
+            Err(ChannelError::LimitExceeded {
+                what: "fetch requests",
+                limit: 2
+            })
+        ),
+        "{result:?}"
+    );
+
+    // A request once the artifacts are coming is a protocol violation.
+    let host = Host::new();
+    let (result, _, _) = host
+        .run(CancellationToken::new(), |mut g| async move {
+            g.handshake().await;
+            g.receive_job().await;
+            g.send(G::ArtifactChunk(ArtifactChunk { data: vec![0; 512] }))
+                .await;
+            g.send(koji_request(1, "foo-1.0-1.fc40")).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+    assert!(
+        matches!(&result, Err(ChannelError::Protocol(m)) if m.contains("FetchRequest while receiving artifacts")),
+        "{result:?}"
+    );
+}

@@ -71,6 +71,29 @@ pub struct Config {
     /// Job events and posted results on the message bus. Default: off.
     #[serde(default)]
     pub bus: Option<BusConfig>,
+    /// Koji (`hub`, `packages`) for the guests' koji and bodhi steps. Default: none.
+    #[serde(default)]
+    pub koji: Option<minion_fetch::KojiEndpoint>,
+    /// Bodhi (`url`) for bodhi steps. Default: none.
+    #[serde(default)]
+    pub bodhi: Option<minion_fetch::UrlEndpoint>,
+    /// dist-git (`url`) for distgit steps. Default: none.
+    #[serde(default)]
+    pub distgit: Option<minion_fetch::UrlEndpoint>,
+    /// Per-job fetch budget and the host's fetch cache bound.
+    #[serde(default)]
+    pub fetch: minion_fetch::FetchLimits,
+}
+
+impl Config {
+    /// The services guests may have the host fetch from: only these.
+    pub fn sources(&self) -> minion_fetch::Sources {
+        minion_fetch::Sources {
+            koji: self.koji.clone(),
+            bodhi: self.bodhi.clone(),
+            distgit: self.distgit.clone(),
+        }
+    }
 }
 
 /// Publishing `job.finished` and `result.new` to an AMQP broker (`amq.topic`).

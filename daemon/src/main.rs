@@ -5,6 +5,7 @@ mod api;
 mod artifacts;
 mod bus;
 mod config;
+mod fetching;
 mod guestvm;
 mod jobs;
 mod lifecycle;
@@ -85,7 +86,8 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
-    let (svc, rxs) = service::Service::open(cfg, accel).context("opening the jobs database")?;
+    let (svc, rxs) = service::Service::open(cfg, accel)
+        .context("opening the jobs database and the fetch cache")?;
     svc.start(rxs).await.context("reconciling at start")?;
 
     let web_stop = tokio_util::sync::CancellationToken::new();

@@ -89,6 +89,9 @@ pub struct RunContext {
     pub vms: VmContext,
     /// Reporting to ResultsDB, when configured.
     pub reporter: Option<Arc<Reporter>>,
+    /// Answering guests' fetch requests, when any source is configured.
+    pub fetch: Option<Arc<minion_fetch::Fetch>>,
+    pub fetch_limits: minion_fetch::FetchLimits,
 }
 
 /// Runs job `id` (already PROVISIONING) on `vm`. Holds the VM's pool slot until the VM is torn
@@ -131,6 +134,10 @@ pub async fn run_job(
         formula_path: rec.request.formula.clone(),
         variables: rec.request.args.clone(),
         timeout,
+        fetch: rc.fetch.clone().map(|f| {
+            Arc::new(crate::fetching::JobFetch::new(id, f, &rc.fetch_limits))
+                as Arc<dyn minion_channel::FetchHandler>
+        }),
     };
     let limits = guestvm::session_limits();
     let (tx, rx) = mpsc::channel(1024);

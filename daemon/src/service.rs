@@ -58,6 +58,14 @@ pub enum CancelError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
+    #[error("the fetch cache: {0}")]
+    Fetch(#[from] minion_fetch::FetchError),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Jobs(#[from] JobsError),
@@ -95,7 +103,7 @@ pub struct Service {
 impl Service {
     /// Opens the jobs database and builds the pools; the returned receivers feed
     /// [`Service::start`].
-    pub fn open(cfg: Config, accel: Accel) -> Result<(Arc<Service>, PoolQueues), JobsError> {
+    pub fn open(cfg: Config, accel: Accel) -> Result<(Arc<Service>, PoolQueues), OpenError> {
         let jobs = Arc::new(Jobs::open(&cfg.state_dir, cfg.retry_budget)?);
         let vms = VmContext::new(&cfg, accel);
         let mut pools = BTreeMap::new();
@@ -123,10 +131,13 @@ impl Service {
             .reporting
             .as_ref()
             .map(|r| Reporter::new(&jobs, r, bus.clone()));
+        let fetch = crate::fetching::open(cfg.sources(), &cfg.state_dir, &cfg.fetch)?;
         let run = Arc::new(RunContext {
             jobs: jobs.clone(),
             vms,
             reporter,
+            fetch,
+            fetch_limits: cfg.fetch.clone(),
         });
         Ok((
             Arc::new(Service {
