@@ -332,7 +332,9 @@ async fn write_side<W: AsyncWrite>(
             ask = fetches.recv(), if !fetches.is_closed() => ask,
         };
         let Some((id, request)) = ask else { continue };
-        let served = crate::fetch::serve(&mut wr, id, request, handler.as_deref(), chunk, max);
+        // Files go in the largest frames allowed: fewer frames, fewer copies per byte.
+        let file_chunk = max.saturating_sub(64).max(512);
+        let served = crate::fetch::serve(&mut wr, id, request, handler.as_deref(), file_chunk, max);
         tokio::select! {
             stopped = stop.wait_for(Option::is_some) => match stopped {
                 Ok(r) => break r.clone(),

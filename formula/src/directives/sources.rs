@@ -166,7 +166,7 @@ fn fetch(
         value.insert(kind.key().into(), paths.into());
     }
     ctx.say(&format!(
-        "{directive}: {} file(s) in {} ({:.1}s)",
+        "{directive}: {} file(s) in {} ({:.2}s)",
         files.len(),
         target.display(),
         started.elapsed().as_secs_f64()
