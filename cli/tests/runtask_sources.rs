@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use minion_testenv::fedora::{python_versions_builds, FedoraStandIn};
 use minion_testenv::{require, Need};
@@ -12,8 +12,15 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-versions")
 }
 
-fn runtask(koji: &FedoraStandIn, item: &str, run: &Path, state: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_minion"))
+/// `minion runtask` of the example for `item` with Koji at the stand-in; `env` adds variables.
+/// Returns the exit code, stdout (TAP) and stderr (the log).
+fn runtask(
+    koji: &FedoraStandIn,
+    item: &str,
+    run: &Path,
+    env: &[(&str, &Path)],
+) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_minion"))
         .args(["runtask", "-i", item, "-t", "koji_build", "--koji-hub"])
         .arg(koji.koji_hub())
         .arg("--koji-packages")
@@ -21,10 +28,14 @@ fn runtask(koji: &FedoraStandIn, item: &str, run: &Path, state: &Path) -> Output
         .arg("--artifactsdir")
         .arg(run)
         .arg(example())
-        .env("MINION_STATE_DIR", state)
-        .env("MINION_SOURCES", "/nonexistent/sources.toml")
+        .envs(env.iter().copied())
         .output()
-        .unwrap()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -46,29 +57,28 @@ fn python_versions_runs_on_the_host_with_rpms_from_koji() {
     python_versions_builds(&koji, dir.path(), 0).unwrap();
     let state = dir.path().join("state");
 
-    let out = runtask(&koji, "foo-1.0-1.fc40", &dir.path().join("good"), &state);
-    let err = String::from_utf8_lossy(&out.stderr);
     // A sources file named but absent is an error…
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, _, err) = runtask(
+        &koji,
+        "foo-1.0-1.fc40",
+        &dir.path().join("named"),
+        &[
+            ("MINION_STATE_DIR", &state),
+            ("MINION_SOURCES", Path::new("/nonexistent/sources.toml")),
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("/nonexistent/sources.toml"), "{err}");
 
     let run = |item: &str, name: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_minion"))
-            .args(["runtask", "-i", item, "-t", "koji_build", "--koji-hub"])
-            .arg(koji.koji_hub())
-            .arg("--koji-packages")
-            .arg(koji.koji_packages())
-            .arg("--artifactsdir")
-            .arg(dir.path().join(name))
-            .arg(example())
-            .env("MINION_STATE_DIR", &state)
-            .env("XDG_CONFIG_HOME", dir.path())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        runtask(
+            &koji,
+            item,
+            &dir.path().join(name),
+            &[
+                ("MINION_STATE_DIR", &state),
+                ("XDG_CONFIG_HOME", dir.path()),
+            ],
         )
     };
     // …while no sources file at all is fine (the flags say everything).

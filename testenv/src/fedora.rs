@@ -16,8 +16,8 @@
 //! every answer wait (a hub that times out).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,17 +70,10 @@ pub struct FedoraStandIn {
 
 impl FedoraStandIn {
     pub fn start() -> FedoraStandIn {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the Fedora stand-in");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let st = st.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(&st, stream);
-                });
-            }
+        let url = crate::http::serve("Fedora stand-in", move |req, stream| {
+            serve(&st, req, stream)
         });
         FedoraStandIn { url, state }
     }
@@ -347,33 +340,16 @@ enum Body {
     File(PathBuf),
 }
 
-fn serve(st: &Mutex<State>, stream: TcpStream) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("").to_string();
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; len.min(16 * 1024 * 1024)];
-    reader.read_exact(&mut body)?;
+fn serve(st: &Mutex<State>, req: crate::http::Request, stream: TcpStream) -> std::io::Result<()> {
+    let (method, body) = (req.method.as_str(), &req.body);
+    let path = req.path_and_query().0.to_string();
     let delay = st.lock().unwrap_or_else(|p| p.into_inner()).delay;
     if !delay.is_zero() {
         std::thread::sleep(delay);
     }
-    let path = target.split('?').next().unwrap_or("").to_string();
     let (status, ctype, reply, logged) = {
         let state = st.lock().unwrap_or_else(|p| p.into_inner());
-        route(&state, &method, &path, &body)
+        route(&state, method, &path, body)
     };
     st.lock()
         .unwrap_or_else(|p| p.into_inner())

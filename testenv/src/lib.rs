@@ -16,6 +16,7 @@
 use std::path::Path;
 
 pub mod fedora;
+pub mod http;
 pub mod resultsdb;
 pub mod rpm;
 

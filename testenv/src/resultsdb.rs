@@ -11,8 +11,7 @@
 //! - `set_down(true)`: every request is answered `503` (ResultsDB unavailable).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -145,17 +144,10 @@ fn unescape(s: &str) -> String {
 
 impl ResultsDbStandIn {
     pub fn start() -> ResultsDbStandIn {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the ResultsDB stand-in");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state = Arc::new(State::default());
         let st = state.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let st = st.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(&st, stream);
-                });
-            }
+        let url = crate::http::serve("ResultsDB stand-in", move |req, stream| {
+            serve(&st, req, stream)
         });
         ResultsDbStandIn { url, state }
     }
@@ -193,39 +185,21 @@ impl ResultsDbStandIn {
     }
 }
 
-fn serve(st: &State, stream: std::net::TcpStream) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("").to_string();
-    let mut len = 0usize;
-    let mut auth = None;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-        let lower = h.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        if lower.starts_with("authorization:") {
-            auth = Some(h["authorization:".len()..].trim().to_string());
-        }
-    }
-    let mut body = vec![0; len.min(16 * 1024 * 1024)];
-    reader.read_exact(&mut body)?;
-    let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
+fn serve(
+    st: &State,
+    req: crate::http::Request,
+    stream: std::net::TcpStream,
+) -> std::io::Result<()> {
+    let (path, query) = req.path_and_query();
+    let (method, body, auth) = (req.method.as_str(), &req.body, req.authorization.clone());
     let (status, reply) = if st.down.load(Ordering::SeqCst) {
         (
             503,
             json!({"message": "ResultsDB is unavailable (stand-in set down)"}),
         )
     } else {
-        match (method.as_str(), path) {
-            ("POST", "/api/v2.0/results") => match serde_json::from_slice::<Value>(&body) {
+        match (method, path) {
+            ("POST", "/api/v2.0/results") => match serde_json::from_slice::<Value>(body) {
                 Err(e) => (400, json!({"message": format!("Malformed JSON: {e}")})),
                 Ok(v) => match validate(&v) {
                     Err(m) => (400, json!({"message": m})),
@@ -257,10 +231,11 @@ fn serve(st: &State, stream: std::net::TcpStream) -> std::io::Result<()> {
             ),
         }
     };
-    st.requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((method, path.to_string(), status));
+    st.requests.lock().unwrap_or_else(|p| p.into_inner()).push((
+        method.to_string(),
+        path.to_string(),
+        status,
+    ));
     st.auth.lock().unwrap_or_else(|p| p.into_inner()).push(auth);
     let text = reply.to_string();
     let reason = match status {
