@@ -212,31 +212,21 @@ pub fn run(a: RuntaskArgs) -> i32 {
         .clone()
         .unwrap_or_else(|| default_runs_dir().join(&uuid));
     let task_output = run_dir.join("task_output");
-    if let Err(e) = fs::create_dir_all(&task_output) {
-        return fail(format!("cannot create {}: {e}", task_output.display()));
-    }
-    let workdir = match tempfile::Builder::new().prefix("minion-work-").tempdir() {
-        Ok(d) => d,
-        Err(e) => return fail(format!("cannot create a work directory: {e}")),
-    };
-    let log_path = run_dir.join("minion.log");
-    let log = match File::create(&log_path) {
-        Ok(f) => f,
-        Err(e) => return fail(format!("cannot create {}: {e}", log_path.display())),
-    };
+    // Bad input (a bad sources file, a missing `input.args` variable) is refused before anything
+    // is created: no empty run directory is left behind.
     let fetcher = match host_fetcher(&a) {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let config = RunConfig {
+    let mut config = RunConfig {
         item: a.item,
         item_type: a.item_type,
         arch: a.arch,
         jobid: a.jobid,
         uuid,
         args: a.args.into_iter().collect::<BTreeMap<_, _>>(),
-        workdir: workdir.path().to_path_buf(),
-        artifactsdir: task_output,
+        workdir: PathBuf::new(),
+        artifactsdir: task_output.clone(),
         report: if a.report {
             a.resultsdb_url.map(|url| ReportConfig {
                 resultsdb_url: url,
@@ -254,6 +244,19 @@ pub fn run(a: RuntaskArgs) -> i32 {
     if let Err(e) = formula.check_inputs(|n| vars.contains_key(n)) {
         return fail(e);
     }
+    if let Err(e) = fs::create_dir_all(&task_output) {
+        return fail(format!("cannot create {}: {e}", task_output.display()));
+    }
+    let workdir = match tempfile::Builder::new().prefix("minion-work-").tempdir() {
+        Ok(d) => d,
+        Err(e) => return fail(format!("cannot create a work directory: {e}")),
+    };
+    config.workdir = workdir.path().to_path_buf();
+    let log_path = run_dir.join("minion.log");
+    let log = match File::create(&log_path) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot create {}: {e}", log_path.display())),
+    };
     let mut sink = TerminalSink { log };
     let report = minion_formula::run(&formula, &config, &mut sink);
     let tap = report.tap13();

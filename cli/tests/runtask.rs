@@ -106,16 +106,17 @@ fn execution_failure_exits_1_and_bad_input_exits_2() {
         text(&out.stderr)
     );
 
-    // The formula needs koji_build; -t compose does not supply it.
-    let out = minion(&[
-        "runtask",
-        "-i",
-        "Fedora-40",
-        "-t",
-        "compose",
-        f.to_str().unwrap(),
-    ]);
+    // The formula needs koji_build; -t compose does not supply it. Refused before anything is
+    // created: the default runs dir stays empty.
+    let state = dir.path().join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_minion"))
+        .args(["runtask", "-i", "Fedora-40", "-t", "compose"])
+        .arg(&f)
+        .env("MINION_STATE_DIR", &state)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    assert!(!state.exists(), "bad input left {}", state.display());
     assert!(
         text(&out.stderr).contains("runtask.yml:2:16: input.args[0]"),
         "{}",
