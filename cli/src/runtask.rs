@@ -89,21 +89,22 @@ fn is_identifier(s: &str) -> bool {
         && c.all(|x| x == '_' || x.is_ascii_alphanumeric())
 }
 
-/// The default place for runs: `$MINION_STATE_DIR/runs`, else `/var/lib/minion/runs` for root,
-/// else `$XDG_STATE_HOME/minion/runs` (or `~/.local/state/minion/runs`).
-fn default_runs_dir() -> PathBuf {
+/// Where local runs keep their state (`runs/`, the fetch cache `cache/fetch/`):
+/// `$MINION_STATE_DIR`, else `/var/lib/minion` for root, else `$XDG_STATE_HOME/minion` (or
+/// `~/.local/state/minion`).
+fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("MINION_STATE_DIR") {
-        return PathBuf::from(d).join("runs");
+        return PathBuf::from(d);
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/var/lib/minion/runs");
+        return PathBuf::from("/var/lib/minion");
     }
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(std::env::temp_dir);
-    state.join("minion/runs")
+    state.join("minion")
 }
 
 /// What `[koji]`, `[bodhi]`, `[distgit]` and `[fetch]` of a sources file hold.
@@ -163,16 +164,10 @@ fn host_fetcher(
     if file.sources == minion_fetch::Sources::default() {
         return Ok(None);
     }
-    let cache = default_runs_dir()
-        .parent()
-        .map(|p| p.join("cache/fetch"))
-        .unwrap_or_else(|| PathBuf::from("cache/fetch"));
+    let cache = default_state_dir().join("cache/fetch");
     let fetch =
         minion_fetch::Fetch::new(file.sources, &cache, &file.fetch).map_err(|e| e.to_string())?;
-    Ok(Some(minion_fetch::HostFetcher::new(
-        fetch,
-        file.fetch.budget(),
-    )))
+    Ok(Some(minion_fetch::HostFetcher::new(fetch)))
 }
 
 /// The original's default run id: the current UTC time as `YYYYMMDD_HHMMSS_micro`.
@@ -210,7 +205,7 @@ pub fn run(a: RuntaskArgs) -> i32 {
     let run_dir = a
         .artifactsdir
         .clone()
-        .unwrap_or_else(|| default_runs_dir().join(&uuid));
+        .unwrap_or_else(|| default_state_dir().join("runs").join(&uuid));
     let task_output = run_dir.join("task_output");
     // Bad input (a bad sources file, a missing `input.args` variable) is refused before anything
     // is created: no empty run directory is left behind.

@@ -32,11 +32,11 @@ pub struct JobFetch {
 }
 
 impl JobFetch {
-    pub fn new(job: &str, fetch: Arc<Fetch>, limits: &FetchLimits) -> Self {
+    pub fn new(job: &str, fetch: Arc<Fetch>) -> Self {
         Self {
             job: job.to_string(),
+            budget: Arc::new(Mutex::new(fetch.job_budget())),
             fetch,
-            budget: Arc::new(Mutex::new(limits.budget())),
         }
     }
 }

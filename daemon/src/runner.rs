@@ -91,7 +91,6 @@ pub struct RunContext {
     pub reporter: Option<Arc<Reporter>>,
     /// Answering guests' fetch requests, when any source is configured.
     pub fetch: Option<Arc<minion_fetch::Fetch>>,
-    pub fetch_limits: minion_fetch::FetchLimits,
 }
 
 /// Runs job `id` (already PROVISIONING) on `vm`. Holds the VM's pool slot until the VM is torn
@@ -135,8 +134,7 @@ pub async fn run_job(
         variables: rec.request.args.clone(),
         timeout,
         fetch: rc.fetch.clone().map(|f| {
-            Arc::new(crate::fetching::JobFetch::new(id, f, &rc.fetch_limits))
-                as Arc<dyn minion_channel::FetchHandler>
+            Arc::new(crate::fetching::JobFetch::new(id, f)) as Arc<dyn minion_channel::FetchHandler>
         }),
     };
     let limits = guestvm::session_limits();

@@ -137,7 +137,6 @@ impl Service {
             vms,
             reporter,
             fetch,
-            fetch_limits: cfg.fetch.clone(),
         });
         Ok((
             Arc::new(Service {

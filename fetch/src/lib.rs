@@ -132,12 +132,13 @@ impl FetchLimits {
     }
 }
 
-/// The fetching service: sources, cache, HTTP client.
+/// The fetching service: sources, cache, HTTP client, and the limits each job's budget starts from.
 #[derive(Debug)]
 pub struct Fetch {
     sources: Sources,
     cache: Cache,
     http: Http,
+    limits: FetchLimits,
 }
 
 impl Fetch {
@@ -150,7 +151,13 @@ impl Fetch {
             sources,
             cache: Cache::open(cache_dir, limits.cache_max_mib.saturating_mul(1024 * 1024))?,
             http: Http::new(),
+            limits: limits.clone(),
         })
+    }
+
+    /// A fresh budget for one job (or one `minion runtask`), from the configured limits.
+    pub fn job_budget(&self) -> Budget {
+        self.limits.budget()
     }
 
     pub fn sources(&self) -> &Sources {
@@ -377,11 +384,9 @@ pub struct HostFetcher {
 }
 
 impl HostFetcher {
-    pub fn new(fetch: Fetch, budget: Budget) -> Arc<Self> {
-        Arc::new(Self {
-            fetch,
-            budget: Mutex::new(budget),
-        })
+    pub fn new(fetch: Fetch) -> Arc<Self> {
+        let budget = Mutex::new(fetch.job_budget());
+        Arc::new(Self { fetch, budget })
     }
 }
 
