@@ -23,7 +23,7 @@ pub struct Limits {
     pub heartbeat_interval: Duration,
     /// After sending Cancel (cancellation or job timeout): how long the guest gets to wrap up.
     pub cancel_grace: Duration,
-    /// Size of the task tar chunks (and fetched files' chunks) sent to the guest.
+    /// Size of the task tar chunks sent to the guest (fetched files go in full-size frames).
     pub task_chunk: usize,
     /// Fetch requests one job may make.
     pub max_fetch_requests: u32,

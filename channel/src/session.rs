@@ -323,24 +323,25 @@ async fn write_side<W: AsyncWrite>(
     // Fetch answers while the formula runs, until a Cancel. A closed watch means the session is
     // over. A fetch being served when Cancel comes is dropped: the guest stops its step on Cancel.
     let handler = job.fetch.clone();
+    // Files go in the largest frames allowed: fewer frames, fewer copies per byte.
+    let file_chunk = max.saturating_sub(64).max(512);
     let reason = loop {
-        let ask = tokio::select! {
-            stopped = stop.wait_for(Option::is_some) => match stopped {
-                Ok(r) => break r.clone(),
-                Err(_) => return Ok(()),
-            },
-            ask = fetches.recv(), if !fetches.is_closed() => ask,
+        // The next request, answered; once the reader is gone, nothing more comes.
+        let serve_next = async {
+            match fetches.recv().await {
+                Some((id, request)) => {
+                    let h = handler.as_deref();
+                    crate::fetch::serve(&mut wr, id, request, h, file_chunk, max).await
+                }
+                None => std::future::pending().await,
+            }
         };
-        let Some((id, request)) = ask else { continue };
-        // Files go in the largest frames allowed: fewer frames, fewer copies per byte.
-        let file_chunk = max.saturating_sub(64).max(512);
-        let served = crate::fetch::serve(&mut wr, id, request, handler.as_deref(), file_chunk, max);
         tokio::select! {
             stopped = stop.wait_for(Option::is_some) => match stopped {
                 Ok(r) => break r.clone(),
                 Err(_) => return Ok(()),
             },
-            done = served => done?,
+            done = serve_next => done?,
         }
     };
     let cancel = host(host_frame::Kind::Cancel(Cancel {

@@ -120,6 +120,17 @@ impl fmt::Debug for dyn Fetcher {
 }
 
 impl FetchRequest {
+    /// The RPM filter of a request for RPMs (every kind but dist-git files).
+    pub fn rpm_filter(&self) -> Option<&RpmFilter> {
+        match self {
+            FetchRequest::KojiBuild { rpms, .. }
+            | FetchRequest::KojiTag { rpms, .. }
+            | FetchRequest::KojiLatestStable { rpms, .. }
+            | FetchRequest::BodhiUpdate { rpms, .. } => Some(rpms),
+            FetchRequest::DistGit { .. } => None,
+        }
+    }
+
     /// What is asked, in words (error messages and logs).
     pub fn describe(&self) -> String {
         match self {

@@ -145,17 +145,10 @@ fn fetch(
         .fetch(request, &target)
         .map_err(|e| StepError::msg(format!("{directive}: {}: {e}", request.describe())))?;
     let mut value = serde_json::Map::new();
-    let keys: &[FetchedKind] = match request {
-        FetchRequest::DistGit { .. } => &[FetchedKind::File],
-        FetchRequest::KojiBuild { rpms, .. }
-        | FetchRequest::KojiTag { rpms, .. }
-        | FetchRequest::KojiLatestStable { rpms, .. }
-        | FetchRequest::BodhiUpdate { rpms, .. }
-            if rpms.build_log =>
-        {
-            &[FetchedKind::Rpm, FetchedKind::Log]
-        }
-        _ => &[FetchedKind::Rpm],
+    let keys: &[FetchedKind] = match request.rpm_filter() {
+        None => &[FetchedKind::File],
+        Some(rpms) if rpms.build_log => &[FetchedKind::Rpm, FetchedKind::Log],
+        Some(_) => &[FetchedKind::Rpm],
     };
     for kind in keys {
         let paths: Vec<serde_json::Value> = files
