@@ -107,6 +107,12 @@ impl FakeGuest {
         .await;
     }
 
+    /// The end of an honest job: the artifacts tar, then the Result.
+    async fn finish(&mut self, tar: &[u8]) {
+        self.send_artifacts(tar).await;
+        self.send_result().await;
+    }
+
     async fn send_result(&mut self) {
         self.send(G::Result(GuestResult {
             execution_ok: true,
@@ -249,12 +255,11 @@ async fn honest_guest_full_exchange() {
             }))
             .await;
             g.send(G::Heartbeat(Heartbeat { seq: 1 })).await;
-            g.send_artifacts(&artifact_tar(&[
+            g.finish(&artifact_tar(&[
                 ("task_output/out.txt", b"artifact!"),
                 ("results.yaml", b"results: []\n"),
             ]))
             .await;
-            g.send_result().await;
         })
         .await;
     let outcome = result.expect("session succeeds");
@@ -369,8 +374,7 @@ async fn path_escaping_tar_entries_are_refused_and_nothing_lands_outside() {
                 let mut tar = h.as_bytes().to_vec();
                 tar.extend(b"evil");
                 tar.resize(tar.len() + 508 + 1024, 0);
-                g.send_artifacts(&tar).await;
-                g.send_result().await;
+                g.finish(&tar).await;
             })
             .await;
         match result {
@@ -400,8 +404,7 @@ async fn symlink_artifact_is_refused() {
             h.set_size(0);
             b.append_link(&mut h, "task_output/passwd", "/etc/passwd")
                 .expect("link");
-            g.send_artifacts(&b.into_inner().expect("tar")).await;
-            g.send_result().await;
+            g.finish(&b.into_inner().expect("tar")).await;
         })
         .await;
     assert!(
@@ -504,8 +507,7 @@ async fn too_many_artifact_entries() {
                 .iter()
                 .map(|(n, d)| (n.as_str(), d.as_slice()))
                 .collect();
-            g.send_artifacts(&artifact_tar(&refs)).await;
-            g.send_result().await;
+            g.finish(&artifact_tar(&refs)).await;
         })
         .await;
     assert!(
@@ -606,9 +608,8 @@ async fn cancel_sends_cancel_and_waits_for_the_guest_to_wrap_up() {
                 }
                 other => panic!("expected Cancel, got {other:?}"),
             }
-            g.send_artifacts(&artifact_tar(&[("task_output/partial.txt", b"p")]))
+            g.finish(&artifact_tar(&[("task_output/partial.txt", b"p")]))
                 .await;
-            g.send_result().await;
         })
         .await;
     assert!(matches!(result, Err(ChannelError::Cancelled)), "{result:?}");
@@ -758,9 +759,8 @@ async fn guest_cannot_overwrite_the_hosts_own_files_beside_the_artifacts() {
         .run(CancellationToken::new(), |mut g| async move {
             g.handshake().await;
             g.receive_job().await;
-            g.send_artifacts(&artifact_tar(&[("minion.log", b"forged\n")]))
+            g.finish(&artifact_tar(&[("minion.log", b"forged\n")]))
                 .await;
-            g.send_result().await;
         })
         .await;
     assert!(
@@ -867,9 +867,8 @@ async fn fetch_requests_are_answered_and_streamed_into_the_guest() {
             assert_eq!(files[0].0, "a-1-1.noarch.rpm");
             assert_eq!(files[0].1.len(), 300 * 1024, "chunked, nothing lost");
             assert_eq!(files[1].1, b"xxxxx");
-            g.send_artifacts(&artifact_tar(&[("results.yaml", b"results: []\n")]))
+            g.finish(&artifact_tar(&[("results.yaml", b"results: []\n")]))
                 .await;
-            g.send_result().await;
         })
         .await;
     result.expect("session succeeds");
@@ -916,9 +915,8 @@ async fn a_guest_cannot_make_the_host_fetch_anything_but_what_the_sources_answer
                 assert!(files.is_empty());
                 assert!(error.starts_with("refused: "), "{error}");
             }
-            g.send_artifacts(&artifact_tar(&[("results.yaml", b"results: []\n")]))
+            g.finish(&artifact_tar(&[("results.yaml", b"results: []\n")]))
                 .await;
-            g.send_result().await;
         })
         .await;
     result.expect("refusals do not end the session");
@@ -942,9 +940,8 @@ async fn fetch_requests_are_bounded_and_need_sources() {
                 error.contains("no sources to fetch Koji build foo-1.0-1.fc40"),
                 "{error}"
             );
-            g.send_artifacts(&artifact_tar(&[("results.yaml", b"results: []\n")]))
+            g.finish(&artifact_tar(&[("results.yaml", b"results: []\n")]))
                 .await;
-            g.send_result().await;
         })
         .await;
     result.expect("session succeeds");
