@@ -3,8 +3,10 @@
 
 mod args;
 mod artifacts;
+mod environment;
 mod fetch;
 mod init;
+mod network;
 mod outbox;
 mod port;
 mod runner;

@@ -8,9 +8,10 @@ use std::{
     sync::Arc,
 };
 
-use minion_formula::{CancelFlag, ExecutionStatus, Fetcher, RunConfig};
+use minion_formula::{CancelFlag, ExecutionStatus, Fetcher, RunConfig, EXIT_EXECUTION_FAILED};
 use minion_proto::guest::Job;
 
+use crate::environment::{GuestPackages, Source};
 use crate::sink::ChannelSink;
 
 /// Exit code for a job that could not start (bad formula path or formula): "bad input".
@@ -96,6 +97,24 @@ pub fn run_job(
         Ok(f) => f,
         Err(e) => return bad_input(sink, e.to_string()),
     };
+    if job.network {
+        match crate::network::bring_up() {
+            Ok(nic) => sink.runner(&format!(
+                "network: {nic} up on qemu's user network (NAT out only)"
+            )),
+            Err(e) => {
+                let msg = format!("network: {e}");
+                sink.runner(&msg);
+                return Outcome::failed(msg, EXIT_EXECUTION_FAILED, false);
+            }
+        }
+    }
+    let source = match (job.package_source, job.network) {
+        (true, _) => Source::Host,
+        (false, true) => Source::Network,
+        (false, false) => Source::None,
+    };
+    let environment = Arc::new(GuestPackages::new(fetcher.clone(), source));
     let config = RunConfig {
         item: job.item.clone(),
         item_type: job.item_type.clone(),
@@ -117,6 +136,7 @@ pub fn run_job(
         cancel: cancel.clone(),
         debug: false,
         fetcher: Some(fetcher),
+        environment: Some(environment),
     };
     let report = minion_formula::run(&formula, &config, sink);
     Outcome {

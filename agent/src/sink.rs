@@ -19,7 +19,8 @@ impl ChannelSink {
 
     /// A runner message (the agent's own, not the formula's).
     pub fn runner(&mut self, message: &str) {
-        let mut line = message.to_owned();
+        // Marked as the formula runner marks its own lines.
+        let mut line = format!("[minion] {message}");
         if !line.ends_with('\n') {
             line.push('\n');
         }

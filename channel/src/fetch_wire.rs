@@ -59,6 +59,10 @@ pub fn request_to_wire(id: u32, r: &FetchRequest) -> guest::FetchRequest {
             paths: paths.clone(),
             ignore_missing: *ignore_missing,
         }),
+        FetchRequest::PackageIndex => What::PackageIndex(guest::PackageIndexFetch {}),
+        FetchRequest::Packages { files } => What::Packages(guest::PackagesFetch {
+            files: files.clone(),
+        }),
     };
     guest::FetchRequest {
         id,
@@ -92,6 +96,8 @@ pub fn request_from_wire(r: guest::FetchRequest) -> Result<FetchRequest, String>
             paths: d.paths,
             ignore_missing: d.ignore_missing,
         },
+        What::PackageIndex(_) => FetchRequest::PackageIndex,
+        What::Packages(p) => FetchRequest::Packages { files: p.files },
     };
     req.check()?;
     Ok(req)
@@ -121,6 +127,10 @@ mod tests {
                 paths: vec!["foo.spec".into()],
                 ignore_missing: true,
             },
+            FetchRequest::PackageIndex,
+            FetchRequest::Packages {
+                files: vec!["rpmlint_2.4.0-1_all.deb".into()],
+            },
         ];
         for r in reqs {
             assert_eq!(request_from_wire(request_to_wire(3, &r)), Ok(r));
@@ -133,6 +143,13 @@ mod tests {
             })),
         };
         assert!(request_from_wire(bad).is_err());
+        let escape = guest::FetchRequest {
+            id: 2,
+            what: Some(What::Packages(guest::PackagesFetch {
+                files: vec!["../../etc/shadow".into()],
+            })),
+        };
+        assert!(request_from_wire(escape).is_err());
         assert!(request_from_wire(guest::FetchRequest { id: 1, what: None }).is_err());
     }
 }

@@ -20,4 +20,8 @@ pub struct JobSpec {
     pub timeout: Duration,
     /// Answers the guest's fetch requests (koji/bodhi/distgit steps); `None`: they are refused.
     pub fetch: Option<Arc<dyn FetchHandler>>,
+    /// The pool has a package source for the formula's `environment` (answered through `fetch`).
+    pub package_source: bool,
+    /// The VM has a NIC on qemu's user network, for the agent to bring up.
+    pub network: bool,
 }

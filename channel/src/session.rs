@@ -291,6 +291,8 @@ async fn write_side<W: AsyncWrite>(
         formula_path: job.formula_path.clone(),
         variables: job.variables.clone().into_iter().collect(),
         timeout_ms: millis(job.timeout),
+        package_source: job.package_source,
+        network: job.network,
         uuid: if job.uuid.is_empty() {
             job.id.clone()
         } else {

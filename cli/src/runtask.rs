@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Args;
 use minion_formula::{
@@ -234,6 +235,7 @@ pub fn run(a: RuntaskArgs) -> i32 {
         cancel: CancelFlag::new(),
         debug: a.debug,
         fetcher,
+        environment: Some(Arc::new(minion_formula::HostPackages)),
     };
     let vars = config.variables(&formula);
     if let Err(e) = formula.check_inputs(|n| vars.contains_key(n)) {

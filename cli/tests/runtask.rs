@@ -264,3 +264,35 @@ fn debug_shows_substituted_parameters_and_values() {
         "{debug}"
     );
 }
+
+#[test]
+fn environment_is_checked_on_the_host_and_nothing_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("runtask.yml");
+    // dpkg is installed wherever this suite runs (Debian); the other package is nowhere.
+    std::fs::write(
+        &f,
+        "name: t\nenvironment:\n  rpm: [dpkg]\nactions:\n  - shell: ['echo ran']\n",
+    )
+    .unwrap();
+    let out = runtask("x-1-1", &f, &dir.path().join("run"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("environment: dpkg installed on this host"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(
+        &f,
+        "name: t\nenvironment:\n  rpm: [dpkg, minion-no-such-package]\nactions:\n  - shell: ['echo ran']\n",
+    )
+    .unwrap();
+    let out = runtask("x-1-1", &f, &dir.path().join("run2"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("environment: not installed on this host: minion-no-such-package (minion runtask checks the environment and installs nothing"),
+        "{err}"
+    );
+    assert!(!err.contains("ran\n"), "no step ran: {err}");
+}

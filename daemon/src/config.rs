@@ -178,6 +178,26 @@ pub struct PoolConfig {
     /// into). Default false.
     #[serde(default)]
     pub drained: bool,
+    /// A directory of `.deb` files the guests' apt installs a formula's `environment` from (the
+    /// host indexes it; the guest gets the index and the files it needs over its channel, without
+    /// network). Must be absolute. Default: none (a formula naming packages the image lacks fails).
+    #[serde(default)]
+    pub packages: Option<PathBuf>,
+    /// `none` (default): the guest has no NIC at all. `user`: a NAT-out-only NIC (qemu's user
+    /// networking): the guest can reach out, nothing can reach in; less isolated, for tasks that
+    /// need the network. With no `packages`, apt then installs `environment` from the image's own
+    /// sources.
+    #[serde(default)]
+    pub network: GuestNetwork,
+}
+
+/// A pool's guest networking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestNetwork {
+    #[default]
+    None,
+    User,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -267,6 +287,12 @@ impl Config {
                     "must be ≥ 64".into(),
                 ));
             }
+            if p.packages.as_ref().is_some_and(|d| !d.is_absolute()) {
+                return Err(invalid(
+                    &format!("pools.{name}.packages"),
+                    "must be an absolute path".into(),
+                ));
+            }
             if p.default_timeout_seconds == 0 {
                 return Err(invalid(
                     &format!("pools.{name}.default_timeout_seconds"),
@@ -318,7 +344,19 @@ mod tests {
         assert_eq!((p.max_vms, p.vcpus, p.memory_mib), (2, 1, 512));
         assert_eq!(p.min_ready, 0, "no pre-booted VMs unless asked");
         assert_eq!(p.libvirt_uri, "qemu:///system");
+        assert_eq!(
+            (p.network, p.packages.as_ref()),
+            (GuestNetwork::None, None),
+            "isolated by default"
+        );
         assert_eq!(c.default_pool_name(), Some("p"));
+        let c = Config::parse(
+            Path::new("m.toml"),
+            "[pools.p]\nimage = \"minimal\"\nnetwork = \"user\"\npackages = \"/srv/debs\"\n",
+        )
+        .expect("ok");
+        assert_eq!(c.pools["p"].network, GuestNetwork::User);
+        assert_eq!(c.pools["p"].packages, Some(PathBuf::from("/srv/debs")));
     }
 
     #[test]
@@ -362,5 +400,20 @@ mod tests {
         )
         .expect_err("relative");
         assert!(e.to_string().contains("state_dir"), "{e}");
+        let e = Config::parse(
+            Path::new("m.toml"),
+            "[pools.p]\nimage='x'\npackages = \"debs\"\n",
+        )
+        .expect_err("relative");
+        assert_eq!(
+            e.to_string(),
+            "m.toml: pools.p.packages: must be an absolute path"
+        );
+        let e = Config::parse(
+            Path::new("m.toml"),
+            "[pools.p]\nimage='x'\nnetwork = \"bridge\"\n",
+        )
+        .expect_err("unknown mode");
+        assert!(e.to_string().contains("unknown variant `bridge`"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
-//! Guests' fetch requests (koji/bodhi/distgit steps), answered on the host from the configured
-//! sources only ([`minion_fetch`]), each job with its own byte and time budget; the files come
-//! from the host's cache under `STATE/cache/fetch` and are streamed into the guest.
+//! Guests' fetch requests, answered on the host: koji/bodhi/distgit steps from the configured
+//! sources only ([`minion_fetch::Fetch`]), the formula's `environment` packages from the pool's
+//! package source ([`PackageSource`]); each job with one byte and time budget for both. The files
+//! come from the host's cache under `STATE/cache/fetch` (or the pool's package directory) and are
+//! streamed into the guest.
 
 use std::future::Future;
 use std::path::Path;
@@ -8,35 +10,55 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use minion_channel::{FetchHandler, HostFile};
-use minion_fetch::{Budget, Fetch, FetchError, FetchLimits, Sources};
+use minion_fetch::{Budget, Fetch, FetchError, FetchLimits, PackageSource, Sources};
 use minion_formula::FetchRequest;
 
-/// The daemon's fetching service, shared by its jobs; `None` when no source is configured.
+/// The daemon's fetching service, shared by its jobs. With no source configured it answers every
+/// koji/bodhi/distgit request with the setting that is missing.
 pub fn open(
     sources: Sources,
     state_dir: &Path,
     limits: &FetchLimits,
-) -> Result<Option<Arc<Fetch>>, FetchError> {
-    if sources == Sources::default() {
-        return Ok(None);
-    }
+) -> Result<Arc<Fetch>, FetchError> {
     let cache = state_dir.join("cache").join("fetch");
-    Ok(Some(Arc::new(Fetch::new(sources, &cache, limits)?)))
+    Ok(Arc::new(Fetch::new(sources, &cache, limits)?))
+}
+
+/// Pool `pool`'s package source (`packages = DIR`), indexed now; its generated indexes go under
+/// `STATE/cache/packages/<pool>`.
+pub fn open_packages(
+    pool: &str,
+    dir: &Path,
+    state_dir: &Path,
+) -> Result<Arc<PackageSource>, FetchError> {
+    let out = state_dir.join("cache").join("packages").join(pool);
+    let source = PackageSource::open(dir, &out)?;
+    tracing::info!(pool, dir = %dir.display(), packages = source.len(), "package source indexed");
+    Ok(Arc::new(source))
 }
 
 /// One job's fetch handler: every request of the job draws on one budget.
 pub struct JobFetch {
     job: String,
+    pool: String,
     fetch: Arc<Fetch>,
+    packages: Option<Arc<PackageSource>>,
     budget: Arc<Mutex<Budget>>,
 }
 
 impl JobFetch {
-    pub fn new(job: &str, fetch: Arc<Fetch>) -> Self {
+    pub fn new(
+        job: &str,
+        pool: &str,
+        fetch: Arc<Fetch>,
+        packages: Option<Arc<PackageSource>>,
+    ) -> Self {
         Self {
             job: job.to_string(),
+            pool: pool.to_string(),
             budget: Arc::new(Mutex::new(fetch.job_budget())),
             fetch,
+            packages,
         }
     }
 }
@@ -47,6 +69,8 @@ impl FetchHandler for JobFetch {
         request: FetchRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<HostFile>, String>> + Send + '_>> {
         let fetch = self.fetch.clone();
+        let packages = self.packages.clone();
+        let pool = self.pool.clone();
         let budget = self.budget.clone();
         let job = self.job.clone();
         Box::pin(async move {
@@ -58,7 +82,15 @@ impl FetchHandler for JobFetch {
                 let mut b = budget
                     .lock()
                     .map_err(|_| "fetch budget poisoned".to_string())?;
-                fetch.fetch(&request, &mut b).map_err(|e| e.to_string())
+                if !request.is_package_request() {
+                    return fetch.fetch(&request, &mut b).map_err(|e| e.to_string());
+                }
+                match packages {
+                    Some(p) => p.fetch(&request, &mut b).map_err(|e| e.to_string()),
+                    None => Err(format!(
+                        "pool {pool} has no package source (pools.{pool}.packages in miniond.toml)"
+                    )),
+                }
             })
             .await
             .map_err(|e| format!("fetch task: {e}"))?;

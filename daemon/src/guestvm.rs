@@ -21,7 +21,7 @@ use minion_provisioning::{accel::Accel, image, vm, Hypervisor, HypervisorError, 
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, GuestNetwork};
 use crate::pool::Pool;
 
 /// How long the channel socket may take to appear after the domain starts.
@@ -212,7 +212,10 @@ async fn provision(
             vcpus: pool.cfg.vcpus,
             memory_mib: pool.cfg.memory_mib,
             hostname: hostname(&vm_id),
-            network: None,
+            network: match pool.cfg.network {
+                GuestNetwork::None => None,
+                GuestNetwork::User => Some(minion_provisioning::Nic::User),
+            },
         };
         let prepared = vm::prepare(&req).map_err(BootError::Provision)?;
         Ok((hv, prepared))

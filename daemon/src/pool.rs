@@ -1,9 +1,10 @@
 //! One pool at run time: its configuration, its VM slots (`max_vms`), how many jobs run on it,
-//! and its libvirt connection. Knows nothing of jobs or of how VMs are booted.
+//! its libvirt connection and its package source. Knows nothing of jobs or of how VMs are booted.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use minion_fetch::PackageSource;
 use minion_provisioning::{Hypervisor, HypervisorError};
 use tokio::sync::Semaphore;
 
@@ -17,16 +18,19 @@ pub struct Pool {
     pub slots: Arc<Semaphore>,
     running: AtomicU32,
     hv: Mutex<Option<Arc<Hypervisor>>>,
+    /// Where the guests' `environment` packages come from (`packages = DIR`).
+    pub packages: Option<Arc<PackageSource>>,
 }
 
 impl Pool {
-    pub fn new(name: &str, cfg: &PoolConfig) -> Pool {
+    pub fn new(name: &str, cfg: &PoolConfig, packages: Option<Arc<PackageSource>>) -> Pool {
         Pool {
             name: name.to_string(),
             cfg: cfg.clone(),
             slots: Arc::new(Semaphore::new(cfg.max_vms as usize)),
             running: AtomicU32::new(0),
             hv: Mutex::new(None),
+            packages,
         }
     }
 

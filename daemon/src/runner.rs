@@ -89,8 +89,8 @@ pub struct RunContext {
     pub vms: VmContext,
     /// Reporting to ResultsDB, when configured.
     pub reporter: Option<Arc<Reporter>>,
-    /// Answering guests' fetch requests, when any source is configured.
-    pub fetch: Option<Arc<minion_fetch::Fetch>>,
+    /// Answering guests' koji/bodhi/distgit requests from the configured sources.
+    pub fetch: Arc<minion_fetch::Fetch>,
 }
 
 /// Runs job `id` (already PROVISIONING) on `vm`. Holds the VM's pool slot until the VM is torn
@@ -133,9 +133,14 @@ pub async fn run_job(
         formula_path: rec.request.formula.clone(),
         variables: rec.request.args.clone(),
         timeout,
-        fetch: rc.fetch.clone().map(|f| {
-            Arc::new(crate::fetching::JobFetch::new(id, f)) as Arc<dyn minion_channel::FetchHandler>
-        }),
+        fetch: Some(Arc::new(crate::fetching::JobFetch::new(
+            id,
+            &pool.name,
+            rc.fetch.clone(),
+            pool.packages.clone(),
+        ))),
+        package_source: pool.packages.is_some(),
+        network: pool.cfg.network == crate::config::GuestNetwork::User,
     };
     let limits = guestvm::session_limits();
     let (tx, rx) = mpsc::channel(1024);

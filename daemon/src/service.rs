@@ -63,6 +63,11 @@ pub enum OpenError {
     Jobs(#[from] JobsError),
     #[error("the fetch cache: {0}")]
     Fetch(#[from] minion_fetch::FetchError),
+    #[error("pools.{pool}.packages: {source}")]
+    Packages {
+        pool: String,
+        source: minion_fetch::FetchError,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +115,16 @@ impl Service {
         let mut rxs = Vec::new();
         for (name, pc) in &cfg.pools {
             let (tx, rx) = mpsc::unbounded_channel();
-            let pool = Arc::new(Pool::new(name, pc));
+            let packages = pc
+                .packages
+                .as_deref()
+                .map(|dir| crate::fetching::open_packages(name, dir, &cfg.state_dir))
+                .transpose()
+                .map_err(|source| OpenError::Packages {
+                    pool: name.clone(),
+                    source,
+                })?;
+            let pool = Arc::new(Pool::new(name, pc, packages));
             let prebooted = Prebooted::new(&pool, &vms);
             pools.insert(
                 name.clone(),

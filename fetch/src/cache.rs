@@ -33,7 +33,7 @@ pub struct Cache {
     prune: Mutex<()>,
 }
 
-fn hex(d: &[u8]) -> String {
+pub(crate) fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 

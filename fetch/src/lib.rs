@@ -11,6 +11,7 @@ mod budget;
 mod cache;
 mod http;
 mod koji;
+mod packages;
 pub mod xmlrpc;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ pub use budget::Budget;
 pub use cache::{Blob, Cache};
 pub use http::Http;
 pub use koji::KojiEndpoint;
+pub use packages::PackageSource;
 
 const BODHI: &str = "Bodhi";
 const DISTGIT: &str = "dist-git";
@@ -233,6 +235,12 @@ impl Fetch {
                         }
                     })
                     .collect())
+            }
+            FetchRequest::PackageIndex | FetchRequest::Packages { .. } => {
+                Err(FetchError::NotConfigured {
+                    service: "package source",
+                    hint: "a pool's package source answers these, not the fetcher",
+                })
             }
         }
     }

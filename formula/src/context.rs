@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::environment::Environment;
 use crate::fetch::Fetcher;
 use crate::formula::{Action, Formula};
 use crate::results::CheckResult;
@@ -68,6 +69,9 @@ pub struct RunConfig {
     /// Who fetches Koji builds, Bodhi updates and dist-git files; `None`: those steps fail with
     /// "not available here".
     pub fetcher: Option<Arc<dyn Fetcher>>,
+    /// Who makes the formula's `environment` packages present; `None`: a formula naming any
+    /// fails before its first step.
+    pub environment: Option<Arc<dyn Environment>>,
 }
 
 impl RunConfig {

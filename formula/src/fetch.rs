@@ -12,6 +12,9 @@ pub const MAX_NAME: usize = 255;
 /// Most arches or dist-git paths in one request.
 pub const MAX_LIST: usize = 64;
 
+/// The file name of a pool's package index, as the host sends it (apt's name in a flat repo).
+pub const PACKAGE_INDEX: &str = "Packages";
+
 /// One fetch a step asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchRequest {
@@ -32,6 +35,10 @@ pub enum FetchRequest {
         paths: Vec<String>,
         ignore_missing: bool,
     },
+    /// The pool's package index (a Debian `Packages` file), for the formula's `environment`.
+    PackageIndex,
+    /// Files of the pool's package source, by the names its index gives (`Filename`).
+    Packages { files: Vec<String> },
 }
 
 /// Which RPMs of a build are wanted.
@@ -127,8 +134,18 @@ impl FetchRequest {
             | FetchRequest::KojiTag { rpms, .. }
             | FetchRequest::KojiLatestStable { rpms, .. }
             | FetchRequest::BodhiUpdate { rpms, .. } => Some(rpms),
-            FetchRequest::DistGit { .. } => None,
+            FetchRequest::DistGit { .. }
+            | FetchRequest::PackageIndex
+            | FetchRequest::Packages { .. } => None,
         }
+    }
+
+    /// Whether a pool's package source answers this (not Koji, Bodhi or dist-git).
+    pub fn is_package_request(&self) -> bool {
+        matches!(
+            self,
+            FetchRequest::PackageIndex | FetchRequest::Packages { .. }
+        )
     }
 
     /// What is asked, in words (error messages and logs).
@@ -146,6 +163,11 @@ impl FetchRequest {
                 gitref,
                 ..
             } => format!("dist-git {namespace}/{package} at {gitref}"),
+            FetchRequest::PackageIndex => "the pool's package index".into(),
+            FetchRequest::Packages { files } => match files.as_slice() {
+                [one] => format!("package file {one}"),
+                _ => format!("{} package files", files.len()),
+            },
         }
     }
 
@@ -184,6 +206,13 @@ impl FetchRequest {
                     check_repo_path(p)?;
                 }
                 Ok(())
+            }
+            FetchRequest::PackageIndex => Ok(()),
+            FetchRequest::Packages { files } => {
+                if files.is_empty() || files.len() > MAX_LIST {
+                    return Err(format!("files: between 1 and {MAX_LIST} package files"));
+                }
+                files.iter().try_for_each(|f| check_name("file", f))
             }
         }
     }
@@ -306,6 +335,14 @@ mod tests {
         for bad in [&["../x"][..], &["/etc/passwd"], &["a//b"], &["a/../b"], &[]] {
             assert!(git(bad).check().is_err(), "{bad:?}");
         }
+        let pkgs = |files: &[&str]| FetchRequest::Packages {
+            files: files.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(pkgs(&["rpmlint_2.4.0-1_all.deb"]).check().is_ok());
+        for bad in [&["../x.deb"][..], &["a/b.deb"], &["/etc/shadow"], &[]] {
+            assert!(pkgs(bad).check().is_err(), "{bad:?}");
+        }
+        assert!(pkgs(&vec!["a.deb"; MAX_LIST + 1]).check().is_err());
         assert_eq!(
             split_nvr("foo-bar-1.2-3.fc40"),
             Some(("foo-bar", "1.2", "3.fc40"))

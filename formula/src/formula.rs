@@ -224,7 +224,26 @@ pub fn parse_formula(path: &Path, text: &str) -> Result<Formula, FormulaError> {
                 | Some(Node {
                     kind: Kind::Null, ..
                 }) => Vec::new(),
-                Some(r) => string_list(path, r, "environment.rpm")?,
+                Some(r) => {
+                    let names = string_list(path, r, "environment.rpm")?;
+                    // Package names go to a package manager's command line in the guest.
+                    for (i, (name, item)) in
+                        names.iter().zip(r.as_seq().unwrap_or_default()).enumerate()
+                    {
+                        crate::environment::check_package_name(name).map_err(|m| {
+                            FormulaError::new(path, item.mark, format!("environment.rpm[{i}]"), m)
+                        })?;
+                    }
+                    if names.len() > crate::environment::MAX_PACKAGES {
+                        return Err(FormulaError::new(
+                            path,
+                            r.mark,
+                            "environment.rpm",
+                            format!("at most {} packages", crate::environment::MAX_PACKAGES),
+                        ));
+                    }
+                    names
+                }
             }
         }
     };

@@ -4,6 +4,7 @@
 
 mod context;
 mod directives;
+mod environment;
 mod error;
 mod fetch;
 mod formula;
@@ -19,10 +20,13 @@ pub use context::{
     EXIT_CHECK_FAILED, EXIT_EXECUTION_FAILED,
 };
 pub use directives::{directive_names, is_directive};
+pub use environment::{
+    check_package_name, on_path, Environment, HostPackages, PackageDb, MAX_PACKAGES,
+};
 pub use error::FormulaError;
 pub use fetch::{
     check_name, check_nvr, split_nvr, FetchRequest, Fetched, FetchedKind, Fetcher, RpmFilter,
-    MAX_LIST, MAX_NAME,
+    MAX_LIST, MAX_NAME, PACKAGE_INDEX,
 };
 pub use formula::{
     load_formula, parse_formula, resolve_formula_path, Action, Formula, FORMULA_NAMES,

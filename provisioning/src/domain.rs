@@ -40,17 +40,31 @@ pub struct DomainSpec {
     pub seed: PathBuf,
     pub console_log: PathBuf,
     pub channel_socket: PathBuf,
-    /// A libvirt network to attach a virtio NIC to; `None` (the default for jobs) means no NIC.
-    pub network: Option<String>,
+    /// A virtio NIC; `None` (the default for jobs) means no NIC at all.
+    pub network: Option<Nic>,
+}
+
+/// What a VM's one NIC is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nic {
+    /// qemu's user networking: NAT out only (nothing outside can connect in), no host setup.
+    User,
+    /// A libvirt network by name (e.g. `default`, which needs its dnsmasq).
+    Network(String),
 }
 
 /// Renders the domain XML for `spec`, validating every value that goes into it.
 pub fn render_xml(spec: &DomainSpec) -> Result<String, ProvisionError> {
     check_token("name", &spec.name, 200)?;
     check_token("job_id", &spec.job_id, 128)?;
-    if let Some(net) = &spec.network {
-        check_token("network", net, 200)?;
-    }
+    let (nic_user, nic_network) = match &spec.network {
+        None => (false, None),
+        Some(Nic::User) => (true, None),
+        Some(Nic::Network(net)) => {
+            check_token("network", net, 200)?;
+            (false, Some(net.as_str()))
+        }
+    };
     if !(1..=256).contains(&spec.vcpus) {
         return Err(ProvisionError::invalid(
             "vcpus",
@@ -112,7 +126,8 @@ pub fn render_xml(spec: &DomainSpec) -> Result<String, ProvisionError> {
             console_log => console_log,
             channel_socket => channel_socket,
             channel_name => AGENT_CHANNEL,
-            network => &spec.network,
+            nic_user => nic_user,
+            network => nic_network,
         },
     )
 }
@@ -293,7 +308,8 @@ pub(crate) mod tests {
     fn image_without_kernel_boots_from_disk_and_network_only_when_asked() {
         let mut spec = test_spec("/v", tcg());
         spec.image = test_image(None, None);
-        spec.network = Some("default".into());
+        assert!(!render_xml(&spec).expect("renders").contains("<interface"));
+        spec.network = Some(Nic::Network("default".into()));
         let xml = render_xml(&spec).expect("renders");
         assert!(xml.contains("<boot dev='hd'/>"), "{xml}");
         assert!(
@@ -301,6 +317,10 @@ pub(crate) mod tests {
             "{xml}"
         );
         assert!(xml.contains("<source network='default'/>"), "{xml}");
+        spec.network = Some(Nic::User);
+        let xml = render_xml(&spec).expect("renders");
+        assert!(xml.contains("<interface type='user'>"), "{xml}");
+        assert!(!xml.contains("<source network="), "{xml}");
     }
 
     #[test]
@@ -333,7 +353,10 @@ pub(crate) mod tests {
             ("name", Box::new(|s| s.name = "minion-x</name>".into())),
             ("job_id", Box::new(|s| s.job_id = "a b".into())),
             ("job_id", Box::new(|s| s.job_id = String::new())),
-            ("network", Box::new(|s| s.network = Some("x'y".into()))),
+            (
+                "network",
+                Box::new(|s| s.network = Some(Nic::Network("x'y".into()))),
+            ),
             ("vcpus", Box::new(|s| s.vcpus = 0)),
             ("memory_mib", Box::new(|s| s.memory_mib = 16)),
             ("overlay", Box::new(|s| s.overlay = "relative.qcow2".into())),

@@ -23,7 +23,7 @@ pub mod vm;
 pub mod vmfiles;
 
 pub use accel::Accel;
-pub use domain::DomainSpec;
+pub use domain::{DomainSpec, Nic};
 pub use error::ProvisionError;
 pub use hypervisor::{Hypervisor, HypervisorError, MarkedDomain};
 pub use image::{Image, Manifest};

@@ -27,8 +27,8 @@ pub struct VmRequest {
     pub memory_mib: u64,
     /// The guest's host name (NoCloud `local-hostname`).
     pub hostname: String,
-    /// A libvirt network for a NIC; `None` = no NIC.
-    pub network: Option<String>,
+    /// The VM's NIC; `None` = no NIC.
+    pub network: Option<crate::domain::Nic>,
 }
 
 /// Where the time of [`prepare`] went.

@@ -15,6 +15,7 @@
 
 use std::path::Path;
 
+pub mod deb;
 pub mod fedora;
 pub mod http;
 pub mod resultsdb;
@@ -112,9 +113,12 @@ fn check(need: &Need<'_>) -> Option<String> {
             (!path.is_file()).then(|| format!("{} (missing: {make})", path.display()))
         }
         Need::Tcp { addr, what, start } => {
+            // A host name resolves here (Debian's mirror), an address parses as itself.
+            use std::net::ToSocketAddrs;
             let reachable = addr
-                .parse::<std::net::SocketAddr>()
+                .to_socket_addrs()
                 .ok()
+                .and_then(|mut a| a.next())
                 .and_then(|a| {
                     std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2)).ok()
                 })

@@ -58,6 +58,7 @@ impl Task {
             cancel: CancelFlag::new(),
             debug: false,
             fetcher: None,
+            environment: None,
         }
     }
     pub fn run(&self) -> (RunReport, Recorder) {
