@@ -42,7 +42,11 @@ impl GuestPackages {
         }
     }
 
-    fn install_from_host(&self, missing: &[String], log: &mut dyn FnMut(&str)) -> Result<(), String> {
+    fn install_from_host(
+        &self,
+        missing: &[String],
+        log: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
         std::fs::create_dir_all(&self.repo).map_err(|e| format!("{}: {e}", self.repo.display()))?;
         self.fetcher
             .fetch(&FetchRequest::PackageIndex, &self.repo)

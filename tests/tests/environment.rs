@@ -115,6 +115,9 @@ fn environment_packages_come_from_the_pool_into_vms_without_network() {
     );
     let log = d.cli(&["job", "logs", &ok_id]);
     let log = String::from_utf8_lossy(&log.stdout);
+    for line in log.lines().filter(|l| l.contains("environment:")) {
+        eprintln!("{line}");
+    }
     assert!(
         log.contains("environment: installing minion-test-tool\n"),
         "{log}"
