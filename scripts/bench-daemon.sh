@@ -47,6 +47,8 @@ state_dir = "$WORK/state"
 agent_binary = "$AGENT"
 listen = "$SOCK"
 log_format = "json"
+[submissions]
+local_repo_roots = ["$WORK"]
 [pools.minimal]
 image = "minimal"
 max_vms = 2

@@ -35,6 +35,8 @@ cat > "$WORK/miniond.toml" <<TOML
 state_dir = "$WORK/state"
 listen = "$WORK/miniond.sock"
 log_format = "json"
+[submissions]
+local_repo_roots = ["$WORK"]
 [pools.bench]
 image = "minimal"
 drained = true

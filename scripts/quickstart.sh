@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS"; }
+die() { echo "quickstart: $*" >&2; exit 1; }
 
 STATE_DIR=${MINION_STATE_DIR:-/var/lib/minion}
 export MINION_SOCKET=${MINION_SOCKET:-/run/minion/miniond.sock}
@@ -28,8 +29,17 @@ cp -a examples /usr/local/share/minion/examples
 if [ ! -f "$CONFIG" ]; then
     step "config $CONFIG"
     install -d "$(dirname "$CONFIG")"
-    # The example's defaults are the installed paths.
-    install -m 0644 daemon/miniond.example.toml "$CONFIG"
+    # The example's defaults are the installed paths; the installed examples are the one place
+    # local task repos may come from.
+    sed 's|^local_repo_roots = \[\]$|local_repo_roots = ["/usr/local/share/minion/examples"]|' \
+        daemon/miniond.example.toml > "$CONFIG.new"
+    grep -q '^local_repo_roots = \["/usr/local/share/minion/examples"\]$' "$CONFIG.new" \
+        || die "daemon/miniond.example.toml has no 'local_repo_roots = []' line to fill in"
+    install -m 0644 "$CONFIG.new" "$CONFIG" && rm -f "$CONFIG.new"
+elif ! grep -q '^\[submissions\]' "$CONFIG"; then
+    # A config from before submissions were bounded: it would refuse the example's local repo.
+    step "config $CONFIG: local task repos from the installed examples"
+    printf '\n[submissions]\nlocal_repo_roots = ["/usr/local/share/minion/examples"]\n' >> "$CONFIG"
 fi
 
 if ! minion pool list >/dev/null 2>&1; then
@@ -44,7 +54,7 @@ fi
 minion pool list
 
 step "example task in a fresh VM"
-minion submit "$PWD/examples/python-check" -i xchat-0.5-1.fc20 -t koji_build --pool minimal --follow
+minion submit /usr/local/share/minion/examples/python-check -i xchat-0.5-1.fc20 -t koji_build --pool minimal --follow
 
 step "the pipeline: RabbitMQ, minion-trigger, a koji build message → a job"
 scripts/rabbitmq-start.sh

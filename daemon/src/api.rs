@@ -34,6 +34,8 @@ fn submit_status(e: SubmitError) -> Status {
             Status::not_found(msg)
         }
         SubmitError::Repo(RepoError::Fetch { .. }) => Status::failed_precondition(msg),
+        SubmitError::Repo(RepoError::NotUnderRoots { .. }) => Status::permission_denied(msg),
+        SubmitError::Repo(RepoError::TooLarge { .. }) => Status::resource_exhausted(msg),
         SubmitError::Repo(RepoError::Io { .. }) | SubmitError::Jobs(_) => Status::internal(msg),
         _ => Status::invalid_argument(msg),
     }

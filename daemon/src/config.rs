@@ -83,6 +83,9 @@ pub struct Config {
     /// Per-job fetch budget and the host's fetch cache bound.
     #[serde(default)]
     pub fetch: minion_fetch::FetchLimits,
+    /// What a submission's task repo may be: local roots, size, files, time.
+    #[serde(default)]
+    pub submissions: crate::taskrepo::RepoLimits,
 }
 
 impl Config {
@@ -309,6 +312,17 @@ impl Config {
                     return Err(invalid(field, format!("`{url}` is not an http(s) URL")));
                 }
             }
+        }
+        if let Some(r) = cfg
+            .submissions
+            .local_repo_roots
+            .iter()
+            .find(|r| !r.is_absolute())
+        {
+            return Err(invalid(
+                "submissions.local_repo_roots",
+                format!("`{}` must be an absolute path", r.display()),
+            ));
         }
         if let Some(d) = &cfg.default_pool {
             if !cfg.pools.contains_key(d) {

@@ -4,6 +4,7 @@
 mod api;
 mod artifacts;
 mod bus;
+mod children;
 mod config;
 mod fetching;
 mod guestvm;

@@ -376,7 +376,14 @@ impl Service {
                 source,
             })?;
         }
-        taskrepo::fetch(&req.repo, &req.git_ref, &tree).await?;
+        taskrepo::fetch(
+            &req.repo,
+            &req.git_ref,
+            &req.formula,
+            &tree,
+            &self.cfg.submissions,
+        )
+        .await?;
         let formula = {
             let tree = tree.clone();
             let (f, r) = (req.formula.clone(), req.repo.clone());
@@ -527,8 +534,10 @@ mod tests {
         Config::parse(
             Path::new("test.toml"),
             &format!(
-                "state_dir = {:?}\n[pools.p]\nimage = \"minimal\"\nlibvirt_uri = \"test:///default\"\nmax_vms = 1\n",
-                state
+                "state_dir = {:?}\n[submissions]\nlocal_repo_roots = [{:?}]\n\
+                 [pools.p]\nimage = \"minimal\"\nlibvirt_uri = \"test:///default\"\nmax_vms = 1\n",
+                state,
+                std::env::temp_dir()
             ),
         )
         .expect("config")

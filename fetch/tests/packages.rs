@@ -3,7 +3,7 @@
 //! the files it lists.
 #![allow(clippy::unwrap_used)] // test setup: a failure should panic
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -36,6 +36,17 @@ fn deb(
     .unwrap();
 }
 
+/// A scratch dir with the pool's package directory, the .deb staging area and the index output.
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let (dir, work, out) = (
+        t.path().join("pool"),
+        t.path().join("work"),
+        t.path().join("out"),
+    );
+    (t, dir, work, out)
+}
+
 fn budget() -> Budget {
     Budget::new(1 << 30, Duration::from_secs(60))
 }
@@ -54,12 +65,7 @@ fn the_index_is_one_apt_resolves_and_it_follows_the_directory() {
     ) {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let (dir, work, out) = (
-        t.path().join("pool"),
-        t.path().join("work"),
-        t.path().join("out"),
-    );
+    let (t, dir, work, out) = dirs();
     deb(&dir, &work, "minion-test-lib", "1.0", vec![]);
     deb(
         &dir,
@@ -178,12 +184,7 @@ fn only_listed_files_are_served_and_they_count_against_the_budget() {
     if !require("package_source_serves_listed", &[Need::Program("dpkg-deb")]) {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let (dir, work, out) = (
-        t.path().join("pool"),
-        t.path().join("work"),
-        t.path().join("out"),
-    );
+    let (t, dir, work, out) = dirs();
     deb(&dir, &work, "minion-test-lib", "1.0", vec![]);
     std::fs::write(t.path().join("secret.deb"), "outside the pool").unwrap();
     let src = PackageSource::open(&dir, &out).unwrap();

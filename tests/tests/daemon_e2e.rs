@@ -234,7 +234,7 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
     let d = Daemon::start(2, 0);
     let repo = task_repo(PASSING);
     let r = repo.path().to_str().expect("utf8");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["submit", r, "-i", "x", "-t", "koji_build", "--pool", "nope"],
             "no pool named `nope` (pools: minimal)",
@@ -261,7 +261,11 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
                 "-t",
                 "koji_build",
             ],
-            "cannot fetch",
+            "no such directory on the daemon's host",
+        ),
+        (
+            &["submit", "/usr", "-i", "x", "-t", "koji_build"],
+            "refused: repo /usr: local task repos are accepted only under the configured roots",
         ),
         (
             &["submit", r, "-i", "x", "-t", "kojibuild"],

@@ -24,6 +24,14 @@ fn ended(d: &Daemon, id: &str) -> serde_json::Value {
     j
 }
 
+/// Submits `repo`, waits for the end (and the VM gone): the job and its log.
+fn run(d: &Daemon, repo: &Path) -> (serde_json::Value, String) {
+    let id = d.submit(repo, &[]);
+    let j = ended(d, &id);
+    let log = d.cli(&["job", "logs", &id]);
+    (j, String::from_utf8_lossy(&log.stdout).into_owned())
+}
+
 /// The pool's package directory: a tool, the library it depends on, and a package whose
 /// dependency is nowhere.
 fn package_dir(base: &Path) -> std::path::PathBuf {
@@ -213,11 +221,8 @@ fn a_network_user_pool_reaches_out_through_nat() {
              print('nics:', ' '.join(sorted(os.listdir('/sys/class/net'))))\n",
     )
     .expect("get.py");
-    let id = d.submit(repo.path(), &[]);
-    let j = ended(&d, &id);
+    let (j, log) = run(&d, repo.path());
     assert_eq!(j["execution_status"], "OK", "{j:#}\n{}", d.log());
-    let log = d.cli(&["job", "logs", &id]);
-    let log = String::from_utf8_lossy(&log.stdout);
     assert!(
         log.contains("network: eth0 up on qemu's user network"),
         "{log}"
@@ -249,11 +254,8 @@ fn a_network_user_pool_without_a_package_source_installs_from_the_images_sources
     let d = Daemon::start_with(1, 0, "network = \"user\"\n");
     let repo =
         task_repo("name: hello\nenvironment:\n  rpm: [hello]\nactions:\n  - shell: [hello]\n");
-    let id = d.submit(repo.path(), &[]);
-    let j = ended(&d, &id);
+    let (j, log) = run(&d, repo.path());
     assert_eq!(j["execution_status"], "OK", "{j:#}\n{}", d.log());
-    let log = d.cli(&["job", "logs", &id]);
-    let log = String::from_utf8_lossy(&log.stdout);
     assert!(
         log.contains("[minion] environment: installing hello\n"),
         "{log}"

@@ -23,7 +23,8 @@ fn status_text(s: &tonic::Status) -> String {
     let what = match s.code() {
         Code::InvalidArgument => "invalid input",
         Code::NotFound => "not found",
-        Code::FailedPrecondition => "refused",
+        Code::FailedPrecondition | Code::PermissionDenied => "refused",
+        Code::ResourceExhausted => "over a limit",
         Code::Unavailable => "miniond unavailable",
         Code::Internal => "miniond internal error",
         _ => "error",
@@ -39,7 +40,9 @@ impl ClientError {
             ClientError::Status(s) => match s.code() {
                 tonic::Code::InvalidArgument
                 | tonic::Code::NotFound
-                | tonic::Code::FailedPrecondition => 2,
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::PermissionDenied
+                | tonic::Code::ResourceExhausted => 2,
                 tonic::Code::Unavailable => 3,
                 _ => 1,
             },

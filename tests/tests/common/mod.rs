@@ -177,6 +177,7 @@ impl Daemon {
             format!(
                 "state_dir = {state:?}\nimages_dir = {images:?}\nagent_binary = {agent:?}\n{top}\
                  listen = {socket:?}\nlog_format = \"json\"\nretry_budget = 1\n\n\
+                 [submissions]\nlocal_repo_roots = [{tmp:?}, {workspace:?}]\n\n\
                  [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
                  min_ready = {min_ready}\n\
                  vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n{extra}",
@@ -193,6 +194,9 @@ impl Daemon {
                     .collect::<String>(),
                 agent = agent_binary(),
                 uri = libvirt_uri(),
+                // Tests submit task repos from temp dirs and the workspace's examples.
+                tmp = std::env::temp_dir(),
+                workspace = workspace_root(),
             ),
         )
         .expect("config");
