@@ -603,11 +603,26 @@ mod tests {
                 "arch: `s390x` is not supported",
             ),
             (
+                // Under the roots, but not a git repository.
+                pb::SubmitJobRequest {
+                    repo: format!("file://{}", r.path().display()),
+                    ..request(r.path())
+                },
+                "cannot fetch",
+            ),
+            (
                 pb::SubmitJobRequest {
                     repo: "file:///nonexistent/x.git".into(),
                     ..request(r.path())
                 },
-                "cannot fetch",
+                "no such directory on the daemon's host",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    repo: "/usr".into(),
+                    ..request(r.path())
+                },
+                "local task repos are accepted only under the configured roots",
             ),
         ];
         for (req, want) in cases {
