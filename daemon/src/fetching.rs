@@ -33,7 +33,7 @@ pub fn open_packages(
 ) -> Result<Arc<PackageSource>, FetchError> {
     let out = state_dir.join("cache").join("packages").join(pool);
     let source = PackageSource::open(dir, &out)?;
-    tracing::info!(pool, dir = %dir.display(), packages = source.len(), "package source indexed");
+    tracing::info!(pool, dir = %dir.display(), packages = source.package_count(), "package source indexed");
     Ok(Arc::new(source))
 }
 

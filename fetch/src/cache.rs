@@ -37,7 +37,7 @@ pub(crate) fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn io(path: &Path, e: std::io::Error) -> FetchError {
+pub(crate) fn io(path: &Path, e: std::io::Error) -> FetchError {
     FetchError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),

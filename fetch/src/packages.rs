@@ -6,22 +6,20 @@
 //!
 //! The index follows the directory: each request re-reads the listing (names, sizes, mtimes) and
 //! indexes only files that are new or changed (`dpkg-deb -f` for the control fields, SHA-256 of
-//! the bytes). A file that is not a readable `.deb` is left out with a warning.
+//! the bytes). A file that is not a readable `.deb` is left out with a warning, once: it is tried
+//! again only when it changes.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use minion_formula::{FetchRequest, FetchedKind};
+use minion_formula::{FetchRequest, FetchedKind, PACKAGE_INDEX};
 use sha2::{Digest, Sha256};
 
-use crate::cache::hex;
+use crate::cache::{hex, io};
 use crate::{Blob, Budget, CachedFile, FetchError};
-
-use minion_formula::PACKAGE_INDEX;
 
 #[derive(Debug)]
 pub struct PackageSource {
@@ -34,27 +32,25 @@ pub struct PackageSource {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Every `.deb` of the directory as last seen, the ones left out of the index included.
     entries: BTreeMap<String, Entry>,
     index: Option<Blob>,
     /// The index written before the current one (still kept on disk).
     previous: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     size: u64,
     mtime: Option<SystemTime>,
-    /// The package's control fields, then `Filename`, `Size`, `SHA256`.
-    stanza: String,
+    /// The package's control fields, then `Filename`, `Size`, `SHA256`; `None`: not a readable
+    /// `.deb`, left out of the index (and not served).
+    stanza: Option<String>,
 }
 
 impl PackageSource {
     /// Opens `dir` (which must be a directory) and indexes it; generated indexes go to `out`.
     pub fn open(dir: &Path, out: &Path) -> Result<Self, FetchError> {
-        let io = |path: &Path, e: std::io::Error| FetchError::Io {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
         let meta = std::fs::metadata(dir).map_err(|e| io(dir, e))?;
         if !meta.is_dir() {
             return Err(FetchError::Io {
@@ -72,17 +68,9 @@ impl PackageSource {
         Ok(source)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// How many packages the index lists now.
-    pub fn len(&self) -> usize {
-        self.lock().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn package_count(&self) -> usize {
+        listed(&self.lock().entries)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -113,6 +101,7 @@ impl PackageSource {
                         let e = state
                             .entries
                             .get(name)
+                            .filter(|e| e.stanza.is_some())
                             .ok_or_else(|| FetchError::NotFound {
                                 what: format!("the pool's package source has no file {name}"),
                             })?;
@@ -145,10 +134,7 @@ impl PackageSource {
     /// Re-reads the directory, indexes what is new or changed, and writes the index if it
     /// changed. Returns the current index.
     fn refresh(&self) -> Result<Blob, FetchError> {
-        let listing = std::fs::read_dir(&self.dir).map_err(|e| FetchError::Io {
-            path: self.dir.clone(),
-            message: e.to_string(),
-        })?;
+        let listing = std::fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))?;
         let mut seen = BTreeMap::new();
         for entry in listing.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -164,43 +150,41 @@ impl PackageSource {
             }
         }
         let mut state = self.lock();
-        let mut changed = state.index.is_none() || state.entries.len() != seen.len();
         let mut entries = BTreeMap::new();
         for (name, (size, mtime)) in seen {
-            match state.entries.get(&name) {
-                Some(e) if e.size == size && e.mtime == mtime => {
-                    entries.insert(name, e.clone());
-                }
-                _ => {
-                    changed = true;
-                    match index_deb(&self.dir.join(&name), &name, size) {
-                        Ok(stanza) => {
-                            entries.insert(
-                                name,
-                                Entry {
-                                    size,
-                                    mtime,
-                                    stanza,
-                                },
-                            );
-                        }
-                        Err(e) => tracing::warn!(
-                            dir = %self.dir.display(),
-                            file = %name,
-                            "left out of the package index: {e}"
-                        ),
+            let known = state
+                .entries
+                .get(&name)
+                .filter(|e| e.size == size && e.mtime == mtime);
+            let entry = match known {
+                Some(e) => e.clone(),
+                None => {
+                    let stanza = index_deb(&self.dir.join(&name), &name, size)
+                        .map_err(|e| {
+                            tracing::warn!(
+                                dir = %self.dir.display(),
+                                file = %name,
+                                "left out of the package index: {e}"
+                            )
+                        })
+                        .ok();
+                    Entry {
+                        size,
+                        mtime,
+                        stanza,
                     }
                 }
-            }
+            };
+            entries.insert(name, entry);
         }
-        if !changed {
+        if entries == state.entries {
             if let Some(b) = &state.index {
                 return Ok(b.clone());
             }
         }
         let mut text = String::new();
-        for e in entries.values() {
-            text.push_str(&e.stanza);
+        for stanza in entries.values().filter_map(|e| e.stanza.as_deref()) {
+            text.push_str(stanza);
             text.push('\n');
         }
         let sha256 = hex(&Sha256::digest(text.as_bytes()));
@@ -208,10 +192,7 @@ impl PackageSource {
         let tmp = self.out.join(format!(".{PACKAGE_INDEX}.tmp"));
         std::fs::write(&tmp, &text)
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| FetchError::Io {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| io(&path, e))?;
         let blob = Blob {
             path: path.clone(),
             size: text.len() as u64,
@@ -232,11 +213,16 @@ impl PackageSource {
         state.index = Some(blob.clone());
         tracing::info!(
             dir = %self.dir.display(),
-            packages = state.entries.len(),
+            packages = listed(&state.entries),
             "package index written"
         );
         Ok(blob)
     }
+}
+
+/// How many of `entries` the index lists.
+fn listed(entries: &BTreeMap<String, Entry>) -> usize {
+    entries.values().filter(|e| e.stanza.is_some()).count()
 }
 
 /// The index stanza of one `.deb`: its control fields (from `dpkg-deb -f`) and where and what it
@@ -261,15 +247,9 @@ fn index_deb(path: &Path, name: &str, size: u64) -> Result<String, String> {
         .ok_or("no Package field")?;
     minion_formula::check_package_name(package)?;
     let mut sha = Sha256::new();
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        sha.update(&buf[..n]);
-    }
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::copy(&mut f, &mut sha))
+        .map_err(|e| e.to_string())?;
     let mut stanza = String::new();
     for line in control.lines().filter(|l| !l.trim().is_empty()) {
         stanza.push_str(line);

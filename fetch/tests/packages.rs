@@ -77,13 +77,34 @@ fn the_index_is_one_apt_resolves_and_it_follows_the_directory() {
     std::fs::write(dir.join("README"), "not a package").unwrap();
     std::fs::write(dir.join("broken.deb"), "not a package either").unwrap();
     let src = PackageSource::open(&dir, &out).unwrap();
-    assert_eq!(src.len(), 2, "the broken .deb and the README are left out");
+    assert_eq!(
+        src.package_count(),
+        2,
+        "the broken .deb and the README are left out"
+    );
 
     let index = src
         .fetch(&FetchRequest::PackageIndex, &mut budget())
         .unwrap();
     assert_eq!(index.len(), 1);
     assert_eq!(index[0].name, PACKAGE_INDEX);
+    // Asked again with nothing changed (the broken .deb included): the same index, not rewritten.
+    let written = std::fs::metadata(&index[0].blob.path)
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let again = src
+        .fetch(&FetchRequest::PackageIndex, &mut budget())
+        .unwrap();
+    assert_eq!(again[0].blob.path, index[0].blob.path);
+    assert_eq!(
+        std::fs::metadata(&again[0].blob.path)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        written
+    );
     let text = std::fs::read_to_string(&index[0].blob.path).unwrap();
     assert!(text.contains("Package: minion-test-tool\n"), "{text}");
     assert!(
