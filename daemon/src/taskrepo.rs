@@ -209,6 +209,15 @@ async fn clone(
         message,
     };
     let mut child = cmd.spawn().map_err(|e| fetch_err(format!("git: {e}")))?;
+    // Read while git runs: a full pipe would stall it until the deadline.
+    let stderr = child.stderr.take().map(|mut e| {
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = Vec::new();
+            let _ = e.read_to_end(&mut buf).await;
+            buf
+        })
+    });
     let deadline = Instant::now() + limits.max_time();
     let status = loop {
         tokio::select! {
@@ -220,31 +229,26 @@ async fn clone(
                         limits.max_fetch_secs
                     )));
                 }
-                let d = dest.to_path_buf();
-                let used = tokio::task::spawn_blocking(move || tree_usage(&d)).await.unwrap_or_default();
-                check_usage(repo, used, limits)?;
+                check_usage(repo, usage_of(dest).await, limits)?;
             }
         }
     };
-    let stderr = match child.stderr.take() {
-        Some(mut e) => {
-            use tokio::io::AsyncReadExt;
-            let mut buf = Vec::new();
-            let _ = e.read_to_end(&mut buf).await;
-            buf
-        }
-        None => Vec::new(),
-    };
     if !status.success() {
-        return Err(fetch_err(
-            String::from_utf8_lossy(&stderr).trim().to_string(),
-        ));
+        let said = match stderr {
+            Some(t) => t.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        return Err(fetch_err(String::from_utf8_lossy(&said).trim().to_string()));
     }
-    let d = dest.to_path_buf();
-    let used = tokio::task::spawn_blocking(move || tree_usage(&d))
+    check_usage(repo, usage_of(dest).await, limits)
+}
+
+/// [`tree_usage`] off the runtime.
+async fn usage_of(dir: &Path) -> Usage {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || tree_usage(&d))
         .await
-        .unwrap_or_default();
-    check_usage(repo, used, limits)
+        .unwrap_or_default()
 }
 
 /// Bytes and entries under `dir` (symlinks not followed); what cannot be read counts as nothing.
