@@ -5,11 +5,13 @@
 //! installs them from a local flat repository. A pool with `network = "user"` and no package
 //! source installs from the image's own apt sources instead.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use minion_formula::{Environment, FetchRequest, Fetcher, PackageDb, MAX_LIST, PACKAGE_INDEX};
+use minion_formula::{
+    package_base, Environment, FetchRequest, Fetcher, PackageDb, MAX_LIST, PACKAGE_INDEX,
+};
 
 /// Where the flat repository is assembled (the root disk: the VM is thrown away afterwards).
 const REPO: &str = "/var/lib/minion/packages";
@@ -30,16 +32,11 @@ pub enum Source {
 pub struct GuestPackages {
     fetcher: Arc<dyn Fetcher>,
     source: Source,
-    repo: PathBuf,
 }
 
 impl GuestPackages {
     pub fn new(fetcher: Arc<dyn Fetcher>, source: Source) -> Self {
-        Self {
-            fetcher,
-            source,
-            repo: PathBuf::from(REPO),
-        }
+        Self { fetcher, source }
     }
 
     fn install_from_host(
@@ -47,16 +44,17 @@ impl GuestPackages {
         missing: &[String],
         log: &mut dyn FnMut(&str),
     ) -> Result<(), String> {
-        std::fs::create_dir_all(&self.repo).map_err(|e| format!("{}: {e}", self.repo.display()))?;
+        let repo = Path::new(REPO);
+        std::fs::create_dir_all(repo).map_err(|e| format!("{REPO}: {e}"))?;
         self.fetcher
-            .fetch(&FetchRequest::PackageIndex, &self.repo)
+            .fetch(&FetchRequest::PackageIndex, repo)
             .map_err(|e| format!("the pool's package index: {e}"))?;
-        let index = std::fs::read_to_string(self.repo.join(PACKAGE_INDEX))
+        let index = std::fs::read_to_string(repo.join(PACKAGE_INDEX))
             .map_err(|e| format!("the pool's package index: {e}"))?;
         let listed = index_names(&index);
         let absent: Vec<&str> = missing
             .iter()
-            .map(|p| p.split(':').next().unwrap_or(p))
+            .map(|p| package_base(p))
             .filter(|p| !listed.contains(p))
             .collect();
         if !absent.is_empty() {
@@ -65,12 +63,9 @@ impl GuestPackages {
                 absent.join(", ")
             ));
         }
-        let list = self.repo.join("sources.list");
-        std::fs::write(
-            &list,
-            format!("deb [trusted=yes] file:{} ./\n", self.repo.display()),
-        )
-        .map_err(|e| format!("{}: {e}", list.display()))?;
+        let list = repo.join("sources.list");
+        std::fs::write(&list, format!("deb [trusted=yes] file:{REPO} ./\n"))
+            .map_err(|e| format!("{}: {e}", list.display()))?;
         let apt = Apt {
             sources: Some(list),
         };
@@ -87,7 +82,7 @@ impl GuestPackages {
                     &FetchRequest::Packages {
                         files: batch.to_vec(),
                     },
-                    &self.repo,
+                    repo,
                 )
                 .map_err(|e| format!("package files from the host: {e}"))?;
             bytes += placed
@@ -113,14 +108,12 @@ impl GuestPackages {
 
 impl Environment for GuestPackages {
     fn prepare(&self, packages: &[String], log: &mut dyn FnMut(&str)) -> Result<(), String> {
-        let db =
-            match PackageDb::detect() {
-                Some(PackageDb::Dpkg) => PackageDb::Dpkg,
-                _ => return Err(
-                    "this image has no dpkg/apt: environment packages need a Debian-based image"
-                        .into(),
-                ),
-            };
+        let db = PackageDb::Dpkg;
+        if PackageDb::detect() != Some(db) {
+            return Err(
+                "this image has no dpkg/apt: environment packages need a Debian-based image".into(),
+            );
+        }
         let missing = db.missing(packages)?;
         if missing.is_empty() {
             log(&format!(

@@ -39,6 +39,11 @@ pub fn check_package_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A package name without its `:arch` qualifier (what package databases and indexes list).
+pub fn package_base(name: &str) -> &str {
+    name.split(':').next().unwrap_or(name)
+}
+
 /// Whether a program of this name is on `PATH`.
 pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
@@ -95,10 +100,7 @@ impl PackageDb {
             .collect();
         Ok(packages
             .iter()
-            .filter(|p| {
-                let bare = p.split(':').next().unwrap_or(p);
-                !installed.contains(bare)
-            })
+            .filter(|p| !installed.contains(package_base(p)))
             .cloned()
             .collect())
     }

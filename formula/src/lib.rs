@@ -21,7 +21,7 @@ pub use context::{
 };
 pub use directives::{directive_names, is_directive};
 pub use environment::{
-    check_package_name, on_path, Environment, HostPackages, PackageDb, MAX_PACKAGES,
+    check_package_name, on_path, package_base, Environment, HostPackages, PackageDb, MAX_PACKAGES,
 };
 pub use error::FormulaError;
 pub use fetch::{

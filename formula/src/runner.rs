@@ -51,27 +51,16 @@ pub fn run(formula: &Formula, config: &RunConfig, sink: &mut dyn EventSink) -> R
         results: Vec::new(),
     };
     if let Err(e) = formula.check_inputs(|n| vars.contains_key(n)) {
-        say(sink, &e.to_string());
-        report.execution_status = ExecutionStatus::NotOk;
-        report.status_message = e.to_string();
-        report.exit_code = EXIT_BAD_INPUT;
-        return report;
+        return not_started(report, sink, e.to_string(), EXIT_BAD_INPUT);
     }
     for dir in [&config.workdir, &config.artifactsdir] {
         if let Err(e) = std::fs::create_dir_all(dir) {
             let msg = format!("cannot create {}: {e}", dir.display());
-            say(sink, &msg);
-            report.execution_status = ExecutionStatus::NotOk;
-            report.status_message = msg;
-            report.exit_code = EXIT_EXECUTION_FAILED;
-            return report;
+            return not_started(report, sink, msg, EXIT_EXECUTION_FAILED);
         }
     }
     if let Err(msg) = prepare_environment(formula, config, sink) {
-        say(sink, &msg);
-        report.execution_status = ExecutionStatus::NotOk;
-        report.status_message = msg;
-        report.exit_code = EXIT_EXECUTION_FAILED;
+        let report = not_started(report, sink, msg, EXIT_EXECUTION_FAILED);
         for a in &formula.actions {
             sink.action(a.index, &a.display_name(), ActionState::Skipped);
         }
@@ -151,6 +140,20 @@ pub fn run(formula: &Formula, config: &RunConfig, sink: &mut dyn EventSink) -> R
             report.exit_code
         ),
     );
+    report
+}
+
+/// A run that ends before its first step: NOT_OK with `msg`, said in the log.
+fn not_started(
+    mut report: RunReport,
+    sink: &mut dyn EventSink,
+    msg: String,
+    exit_code: i32,
+) -> RunReport {
+    say(sink, &msg);
+    report.execution_status = ExecutionStatus::NotOk;
+    report.status_message = msg;
+    report.exit_code = exit_code;
     report
 }
 
