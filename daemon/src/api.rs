@@ -44,9 +44,22 @@ fn submit_status(e: SubmitError) -> Status {
 fn jobs_status(e: JobsError) -> Status {
     match e {
         JobsError::Store(StoreError::NotFound(id)) => Status::not_found(format!("no job {id}")),
+        JobsError::Store(e @ StoreError::Pruned(_)) => Status::not_found(e.to_string()),
+        JobsError::Store(e @ StoreError::Corrupt { .. }) => Status::data_loss(e.to_string()),
         JobsError::Store(StoreError::Illegal(i)) => Status::failed_precondition(i.to_string()),
         JobsError::ShuttingDown { .. } => Status::unavailable(e.to_string()),
         e => Status::internal(e.to_string()),
+    }
+}
+
+/// A job whose artifacts the retention policy removed says so instead of "no such file".
+fn artifacts_kept(r: &crate::jobs::JobRecord) -> Result<(), Status> {
+    match &r.artifacts_pruned {
+        Some(p) => Err(Status::not_found(format!(
+            "job {}: its artifacts and log were pruned {p}",
+            r.id
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -119,15 +132,17 @@ impl Controller for Api {
             pool: (!r.pool.is_empty()).then_some(r.pool),
             item: (!r.item.is_empty()).then_some(r.item),
             after_seq,
+            newest_first: r.newest_first,
             limit: match r.page_size {
                 0 => 100,
                 n => n.min(1000) as usize,
             },
         };
-        let (jobs, next) = self.svc.list(&q).map_err(jobs_status)?;
+        let page = self.svc.list(&q).map_err(jobs_status)?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.iter().map(job_to_pb).collect(),
-            next_page_token: next.map(|s| s.to_string()).unwrap_or_default(),
+            jobs: page.jobs.iter().map(job_to_pb).collect(),
+            next_page_token: page.next.map(|s| s.to_string()).unwrap_or_default(),
+            quarantined: self.svc.quarantined() as u32,
         }))
     }
 
@@ -167,7 +182,7 @@ impl Controller for Api {
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
         let id = req.into_inner().id;
         check_id(&id)?;
-        self.svc.get(&id).map_err(jobs_status)?;
+        artifacts_kept(&self.svc.get(&id).map_err(jobs_status)?)?;
         let root = self.svc.jobs().artifacts_dir(&id);
         let listed = tokio::task::spawn_blocking(move || artifacts::list(&root))
             .await
@@ -191,7 +206,7 @@ impl Controller for Api {
     ) -> Result<Response<Self::GetArtifactStream>, Status> {
         let r = req.into_inner();
         check_id(&r.id)?;
-        self.svc.get(&r.id).map_err(jobs_status)?;
+        artifacts_kept(&self.svc.get(&r.id).map_err(jobs_status)?)?;
         let path = artifacts::confined(&self.svc.jobs().artifacts_dir(&r.id), &r.path)
             .map_err(artifact_status)?;
         let mut f = tokio::fs::File::open(&path)

@@ -86,6 +86,9 @@ pub struct Config {
     /// What a submission's task repo may be: local roots, size, files, time.
     #[serde(default)]
     pub submissions: crate::taskrepo::RepoLimits,
+    /// How long job records and artifacts are kept, and how much artifact space they may take.
+    #[serde(default)]
+    pub retention: crate::retention::Retention,
 }
 
 impl Config {

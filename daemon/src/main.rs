@@ -13,6 +13,7 @@ mod lifecycle;
 mod pool;
 mod prebooted;
 mod reporting;
+mod retention;
 mod runner;
 mod service;
 mod taskrepo;

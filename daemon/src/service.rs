@@ -20,11 +20,12 @@ use crate::bus::Bus;
 use crate::config::{Config, PoolConfig};
 use crate::guestvm::VmContext;
 use crate::jobs::convert::provenance_from_pb;
-use crate::jobs::{Created, JobEvent, JobRecord, JobRequest, Jobs, JobsError, ListQuery};
+use crate::jobs::{Created, JobEvent, JobRecord, JobRequest, Jobs, JobsError, ListQuery, Page};
 use crate::lifecycle::State;
 use crate::pool::Pool;
 use crate::prebooted::{ParkedVm, Prebooted};
 use crate::reporting::Reporter;
+use crate::retention::Pruner;
 use crate::runner::{self, Assigned, RunContext};
 use crate::taskrepo::{self, RepoError};
 
@@ -194,6 +195,11 @@ impl Service {
             // Results an earlier run could not post are posted from here on.
             tokio::spawn(r.clone().run());
         }
+        let pruner = Pruner {
+            jobs: self.jobs.clone(),
+            policy: self.cfg.retention.clone(),
+        };
+        tokio::spawn(Arc::new(pruner).run());
         Ok(())
     }
 
@@ -471,8 +477,13 @@ impl Service {
         self.jobs.get(id)
     }
 
-    pub fn list(&self, q: &ListQuery) -> Result<(Vec<JobRecord>, Option<u64>), JobsError> {
+    pub fn list(&self, q: &ListQuery) -> Result<Page, JobsError> {
         self.jobs.list(q)
+    }
+
+    /// Job records moved aside because they did not decode.
+    pub fn quarantined(&self) -> usize {
+        self.jobs.quarantined()
     }
 
     pub fn pools(&self) -> Vec<PoolStatus> {
@@ -629,13 +640,13 @@ mod tests {
             let e = s.submit(req).await.expect_err(want);
             assert!(e.to_string().contains(want), "{e}");
         }
-        let (all, _) = s
+        let all = s
             .list(&ListQuery {
                 limit: 100,
                 ..ListQuery::default()
             })
             .expect("list");
-        assert!(all.is_empty());
+        assert!(all.jobs.is_empty());
         let leftovers: Vec<_> = std::fs::read_dir(state.path().join("tasks"))
             .map(|r| r.flatten().collect())
             .unwrap_or_default();

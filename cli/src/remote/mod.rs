@@ -374,28 +374,37 @@ async fn job(conn: &Connection, cmd: JobCommand) -> Result<i32, ClientError> {
             limit,
         } => {
             let state = state.as_deref().map(parse_state).transpose()?.unwrap_or(0);
+            // The newest `limit`, asked for newest first: it costs what it shows.
             let mut jobs = Vec::new();
             let mut token = String::new();
-            loop {
+            let mut quarantined = 0;
+            while jobs.len() < limit as usize {
                 let page = c
                     .list_jobs(pb::ListJobsRequest {
                         state,
                         pool: pool.clone().unwrap_or_default(),
                         item: item.clone().unwrap_or_default(),
-                        page_size: 500,
+                        page_size: (limit as usize - jobs.len()).min(1000) as u32,
                         page_token: token,
+                        newest_first: true,
                     })
                     .await?
                     .into_inner();
                 jobs.extend(page.jobs);
+                quarantined = page.quarantined;
                 token = page.next_page_token;
                 if token.is_empty() {
                     break;
                 }
             }
-            // Newest last, at most `limit` of them.
-            let skip = jobs.len().saturating_sub(limit as usize);
-            let jobs = &jobs[skip..];
+            if quarantined > 0 {
+                eprintln!(
+                    "warning: {quarantined} job record(s) could not be read and were moved aside (see the daemon's log)"
+                );
+            }
+            // Shown newest last.
+            jobs.reverse();
+            let jobs = &jobs[..];
             if conn.json {
                 print_json(&serde_json::Value::Array(
                     jobs.iter().map(json::job).collect(),

@@ -190,6 +190,11 @@ pub fn job_details(j: &pb::Job, now_ms: i64) -> String {
     if let Some(r) = &j.reporting {
         row("reporting", reporting_text(r));
     }
+    if !j.artifacts_pruned.is_empty() {
+        row("artifacts", format!("pruned {}", j.artifacts_pruned));
+    } else if j.artifact_bytes > 0 {
+        row("artifacts", format!("{} bytes", j.artifact_bytes));
+    }
     if !j.idempotency_key.is_empty() {
         row("idempotency key", j.idempotency_key.clone());
     }

@@ -96,6 +96,12 @@ pub fn job_to_pb(r: &JobRecord) -> pb::Job {
                 })
                 .collect(),
         }),
+        artifact_bytes: r.artifact_bytes,
+        artifacts_pruned: r
+            .artifacts_pruned
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod convert;
 mod hub;
+mod record;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -25,8 +26,8 @@ use tokio::sync::broadcast;
 use crate::lifecycle::State;
 
 pub use store::{
-    now_ms, Created, ExecStatus, JobRecord, JobRequest, ListQuery, OutboxEntry, Provenance,
-    Refusal, ReportingStatus, Resolution, StoreError, TaskResult,
+    now_ms, Created, ExecStatus, JobRecord, JobRequest, ListQuery, OutboxEntry, Page, Provenance,
+    Pruned, Refusal, ReportingStatus, Resolution, StoreError, TaskResult,
 };
 
 /// What a finished session's results become when reporting is on: outbox entries to post, and
@@ -144,7 +145,55 @@ impl Jobs {
     }
 
     pub fn artifacts_dir(&self, id: &str) -> PathBuf {
-        self.state_dir.join("artifacts").join(id)
+        self.artifacts_root().join(id)
+    }
+
+    fn artifacts_root(&self) -> PathBuf {
+        self.state_dir.join("artifacts")
+    }
+
+    /// Bytes of every job's artifacts together.
+    pub fn artifacts_bytes(&self) -> u64 {
+        dir_bytes(&self.artifacts_root())
+    }
+
+    /// Removes a final job with nothing left to post, artifacts first, then its record
+    /// (leaving a tombstone that says `why`). `None`: the job is kept (not final, results to
+    /// post, or gone); else the artifact bytes freed.
+    pub fn prune(&self, id: &str, why: Pruned) -> Result<Option<u64>, JobsError> {
+        if !self.store.prunable(id)? {
+            return Ok(None);
+        }
+        let bytes = self.remove_artifacts(id);
+        self.store.prune(id, why)?;
+        Ok(Some(bytes))
+    }
+
+    /// Removes the artifacts (and log) of a final job with nothing left to post and marks its
+    /// record with `why`. `None`: kept, or there were none.
+    pub fn prune_artifacts(&self, id: &str, why: Pruned) -> Result<Option<u64>, JobsError> {
+        if !self.store.prunable(id)? || !self.artifacts_dir(id).exists() {
+            return Ok(None);
+        }
+        let bytes = self.remove_artifacts(id);
+        self.store.update(id, |r| r.artifacts_pruned = Some(why))?;
+        Ok(Some(bytes))
+    }
+
+    fn remove_artifacts(&self, id: &str) -> u64 {
+        let dir = self.artifacts_dir(id);
+        let bytes = dir_bytes(&dir);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!(job = %id, "removing {}: {e}", dir.display());
+            }
+        }
+        bytes
+    }
+
+    /// Drops the tombstones of jobs pruned before `before_ms`.
+    pub fn forget_pruned(&self, before_ms: i64) -> Result<usize, JobsError> {
+        Ok(self.store.forget_pruned(before_ms)?)
     }
 
     /// From now on no event changes a job (the next start requeues what was in flight).
@@ -177,15 +226,20 @@ impl Jobs {
         Ok(self.store.get(id)?)
     }
 
-    pub fn list(&self, q: &ListQuery) -> Result<(Vec<JobRecord>, Option<u64>), JobsError> {
+    pub fn list(&self, q: &ListQuery) -> Result<Page, JobsError> {
         Ok(self.store.list(q)?)
+    }
+
+    /// How many records were moved aside because they did not decode.
+    pub fn quarantined(&self) -> usize {
+        self.store.quarantined()
     }
 
     /// Queued jobs of `pool`, in submission order.
     pub fn queued_in(&self, pool: &str) -> Result<Vec<String>, JobsError> {
         Ok(self
             .store
-            .all()?
+            .active()?
             .into_iter()
             .filter(|r| r.state == State::Queued && r.request.pool == pool)
             .map(|r| r.id)
@@ -245,6 +299,7 @@ impl Jobs {
                     r.results = results;
                     r.results_yaml = o.results_yaml.clone();
                     r.tap = o.tap.clone();
+                    r.artifact_bytes = o.artifact_bytes;
                 };
                 match report {
                     None => self
@@ -336,7 +391,7 @@ impl Jobs {
     /// next attempt's). A job that was REPORTING has its results: it ends FINISHED, and its
     /// outbox is posted by the reporter.
     pub fn interrupt_in_flight(&self) -> Result<(), JobsError> {
-        for rec in self.store.all()? {
+        for rec in self.store.active()? {
             let mut requeued = rec.state == State::Queued;
             if rec.state == State::Reporting {
                 self.apply(&rec.id, JobEvent::Reported)?;
@@ -416,6 +471,53 @@ impl Jobs {
         self.hub.release(id);
     }
 
+    /// Test helper: takes a QUEUED job to FINISHED with one result still in the outbox.
+    #[cfg(test)]
+    pub fn hold_for_reporting(&self, id: &str) {
+        for ev in [
+            JobEvent::PickedUp { vm_id: None },
+            JobEvent::VmPrepared {
+                vm_id: id.into(),
+                detail: String::new(),
+            },
+            JobEvent::AgentReady {
+                agent_version: "1".into(),
+            },
+            JobEvent::Collecting,
+        ] {
+            self.apply(id, ev).expect("step");
+        }
+        let plan = ReportPlan {
+            entries: vec![OutboxEntry {
+                job: id.into(),
+                index: 0,
+                testcase: "qa.c".into(),
+                body: serde_json::json!({}),
+                sent: false,
+            }],
+            refused: Vec::new(),
+        };
+        let outcome = SessionOutcome {
+            agent_version: "1".into(),
+            execution_status_ok: true,
+            status_message: String::new(),
+            exit_code: 0,
+            cancelled: false,
+            results_yaml: String::new(),
+            tap: String::new(),
+            artifact_bytes: 0,
+            artifact_entries: 0,
+            log_bytes: 0,
+            artifact_transfer: std::time::Duration::ZERO,
+        };
+        let ev = JobEvent::SessionEnded {
+            outcome: Box::new(outcome),
+            report: Some(plan),
+        };
+        self.apply(id, ev).expect("ended");
+        self.apply(id, JobEvent::Reported).expect("reported");
+    }
+
     #[cfg(test)]
     fn watched(&self) -> usize {
         self.hub.len()
@@ -445,6 +547,19 @@ impl Jobs {
             let _ = std::fs::remove_dir_all(self.task_dir(&rec.id));
         }
     }
+}
+
+/// Bytes of the files under `path` (0 when it is not there). Symlinks are not followed.
+pub fn dir_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| dir_bytes(&e.path())).sum())
+        .unwrap_or(0)
 }
 
 /// The detail a job's PROVISIONING and BOOTING events carry when it runs on a pre-booted VM.
