@@ -51,7 +51,7 @@ pub(crate) struct Unpacker {
     pub(crate) handle: JoinHandle<Result<u64, ChannelError>>,
 }
 
-pub(crate) fn spawn_unpacker(dest: &Path, max_entries: u64) -> Unpacker {
+pub(crate) fn spawn_unpacker(dest: &Path, max_entries: u64, keep_free: u64) -> Unpacker {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let dest = dest.to_path_buf();
     let handle = tokio::task::spawn_blocking(move || {
@@ -60,7 +60,7 @@ pub(crate) fn spawn_unpacker(dest: &Path, max_entries: u64) -> Unpacker {
             cur: Vec::new(),
             pos: 0,
         };
-        unpack(reader, &dest, max_entries)
+        unpack(reader, &dest, max_entries, keep_free)
     });
     Unpacker { tx, handle }
 }
@@ -69,15 +69,66 @@ pub(crate) fn spawn_unpacker(dest: &Path, max_entries: u64) -> Unpacker {
 /// write syscall per 8 KiB of a 200 MB artifact.
 const COPY_BUF: usize = 1024 * 1024;
 
-fn copy_entry<R: Read>(from: &mut R, to: &mut fs::File, buf: &mut [u8]) -> io::Result<()> {
+/// How often (bytes written) the filesystem's free space is looked at.
+const FREE_CHECK_EVERY: u64 = 8 * 1024 * 1024;
+
+/// Copies one entry's bytes; stops with [`ChannelError::HostDiskFull`] when the filesystem under
+/// `path` has less than `keep_free` bytes left, or is full.
+fn copy_entry<R: Read>(
+    from: &mut R,
+    to: &mut fs::File,
+    buf: &mut [u8],
+    path: &Path,
+    keep_free: u64,
+) -> Result<(), ChannelError> {
+    let mut since_check = FREE_CHECK_EVERY;
     loop {
         let n = match from.read(buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(ChannelError::ArtifactTar(e)),
         };
-        io::Write::write_all(to, &buf[..n])?;
+        if keep_free > 0 && since_check >= FREE_CHECK_EVERY {
+            since_check = 0;
+            let free = free_bytes(path);
+            if free.is_some_and(|f| f < keep_free.saturating_add(n as u64)) {
+                return Err(disk_full(path, keep_free));
+            }
+        }
+        since_check += n as u64;
+        io::Write::write_all(to, &buf[..n]).map_err(|e| io_error(path, e, keep_free))?;
+    }
+}
+
+/// Free bytes (for unprivileged writers) on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+fn disk_full(path: &Path, keep_free: u64) -> ChannelError {
+    ChannelError::HostDiskFull {
+        path: path.to_path_buf(),
+        free: free_bytes(path).unwrap_or(0),
+        keep_free,
+    }
+}
+
+/// An io error writing `path`; a full filesystem (or quota) is [`ChannelError::HostDiskFull`].
+fn io_error(path: &Path, source: io::Error, keep_free: u64) -> ChannelError {
+    match source.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => disk_full(path, keep_free),
+        _ => ChannelError::ArtifactIo {
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 
@@ -102,16 +153,15 @@ pub(crate) fn confine(path: &Path) -> Result<PathBuf, &'static str> {
     })
 }
 
-/// Unpacks a tar stream into `dest`; returns the number of entries written.
+/// Unpacks a tar stream into `dest`, leaving at least `keep_free` bytes free on its filesystem
+/// (0: no such check); returns the number of entries written.
 pub(crate) fn unpack<R: Read>(
     reader: R,
     dest: &Path,
     max_entries: u64,
+    keep_free: u64,
 ) -> Result<u64, ChannelError> {
-    let io_err = |path: &Path, source| ChannelError::ArtifactIo {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |path: &Path, source| io_error(path, source, keep_free);
     fs::create_dir_all(dest).map_err(|e| io_err(dest, e))?;
     let mut archive = tar::Archive::new(reader);
     let mut count = 0u64;
@@ -170,7 +220,7 @@ pub(crate) fn unpack<R: Read>(
                     .mode(0o644)
                     .open(&target)
                     .map_err(|e| io_err(&target, e))?;
-                copy_entry(&mut entry, &mut file, &mut copy_buf).map_err(|e| io_err(&target, e))?;
+                copy_entry(&mut entry, &mut file, &mut copy_buf, &target, keep_free)?;
             }
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 return Err(ChannelError::UnsafeArtifact {
@@ -240,7 +290,7 @@ mod tests {
                 .expect("append");
         });
         let dir = tempfile::tempdir().expect("tempdir");
-        let n = unpack(&data[..], dir.path(), 10).expect("unpack");
+        let n = unpack(&data[..], dir.path(), 10, 0).expect("unpack");
         assert_eq!(n, 2);
         assert_eq!(
             fs::read(dir.path().join("task_output/a/b.txt")).expect("read"),
@@ -253,7 +303,7 @@ mod tests {
         let data = tar_with(|b| raw_entry(b, b"../escape", tar::EntryType::Regular, b""));
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("art");
-        let err = unpack(&data[..], &dest, 10).expect_err("escape");
+        let err = unpack(&data[..], &dest, 10, 0).expect_err("escape");
         assert!(
             matches!(
                 err,
@@ -271,7 +321,7 @@ mod tests {
     fn rejects_absolute_paths() {
         let data = tar_with(|b| raw_entry(b, b"/tmp/minion-abs", tar::EntryType::Regular, b""));
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = unpack(&data[..], dir.path(), 10).expect_err("absolute");
+        let err = unpack(&data[..], dir.path(), 10, 0).expect_err("absolute");
         assert!(
             matches!(
                 err,
@@ -295,7 +345,7 @@ mod tests {
         ] {
             let data = tar_with(|b| raw_entry(b, b"evil", kind, b"/etc/passwd"));
             let dir = tempfile::tempdir().expect("tempdir");
-            let err = unpack(&data[..], dir.path(), 10).expect_err("refused");
+            let err = unpack(&data[..], dir.path(), 10, 0).expect_err("refused");
             assert!(
                 matches!(&err, ChannelError::UnsafeArtifact { reason: r, .. } if *r == reason),
                 "{kind:?}: {err}"
@@ -313,7 +363,7 @@ mod tests {
             }
         });
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = unpack(&data[..], dir.path(), 3).expect_err("too many");
+        let err = unpack(&data[..], dir.path(), 3, 0).expect_err("too many");
         assert!(
             matches!(
                 err,
@@ -337,7 +387,7 @@ mod tests {
             b.append_data(&mut file_header(1), "task_output/f", &b"x"[..])
                 .expect("append");
         });
-        let err = unpack(&data[..], &dest, 10).expect_err("nofollow");
+        let err = unpack(&data[..], &dest, 10, 0).expect_err("nofollow");
         assert!(matches!(err, ChannelError::ArtifactIo { .. }), "{err}");
         assert!(!outside.exists());
     }
@@ -350,7 +400,7 @@ mod tests {
                     .expect("append");
             });
             let dir = tempfile::tempdir().expect("tempdir");
-            let err = unpack(&data[..], dir.path(), 10).expect_err(name);
+            let err = unpack(&data[..], dir.path(), 10, 0).expect_err(name);
             assert!(
                 matches!(
                     err,

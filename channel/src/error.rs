@@ -29,6 +29,15 @@ pub enum ChannelError {
     ArtifactTar(io::Error),
     #[error("writing artifact {path}: {source}")]
     ArtifactIo { path: PathBuf, source: io::Error },
+    #[error(
+        "the host's state dir is full: writing artifact {path} stopped with {free} bytes free \
+         (at least {keep_free} are kept free); the job's artifacts were not kept"
+    )]
+    HostDiskFull {
+        path: PathBuf,
+        free: u64,
+        keep_free: u64,
+    },
     #[error("packing the task tree {path}: {source}")]
     TaskTree { path: PathBuf, source: io::Error },
     #[error("the guest agent failed: {0}")]

@@ -15,6 +15,9 @@ pub struct Limits {
     pub max_artifact_bytes: u64,
     /// Tar entries (files and directories) in the artifact stream.
     pub max_artifact_entries: u64,
+    /// Writing artifacts stops when the host's filesystem under the artifacts dir has fewer
+    /// free bytes than this (so the host's own database always has room). 0: no check.
+    pub keep_free_bytes: u64,
     /// From the start of the session to the guest's Ready.
     pub ready_timeout: Duration,
     /// Longest silence accepted from the guest after Ready.
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_log_bytes: 64 * 1024 * 1024,
             max_artifact_bytes: 4 * 1024 * 1024 * 1024,
             max_artifact_entries: 100_000,
+            keep_free_bytes: 0,
             ready_timeout: Duration::from_secs(120),
             heartbeat_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),

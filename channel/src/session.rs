@@ -603,6 +603,7 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
             self.unpack = Unpack::Running(spawn_unpacker(
                 self.artifacts_dir,
                 self.limits.max_artifact_entries,
+                self.limits.keep_free_bytes,
             ));
         }
         if let Unpack::Running(u) = &self.unpack {

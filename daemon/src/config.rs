@@ -86,6 +86,10 @@ pub struct Config {
     /// What a submission's task repo may be: local roots, size, files, time.
     #[serde(default)]
     pub submissions: crate::taskrepo::RepoLimits,
+    /// Free space (MiB) kept on the state dir's filesystem: a job whose artifacts would take
+    /// more fails (FAILED, with that reason), so the jobs database always has room. Default 512.
+    #[serde(default = "default_keep_free_mib")]
+    pub keep_free_mib: u64,
     /// How long job records and artifacts are kept, and how much artifact space they may take.
     #[serde(default)]
     pub retention: crate::retention::Retention,
@@ -204,6 +208,10 @@ pub enum GuestNetwork {
     #[default]
     None,
     User,
+}
+
+fn default_keep_free_mib() -> u64 {
+    512
 }
 
 fn default_state_dir() -> PathBuf {

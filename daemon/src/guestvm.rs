@@ -39,6 +39,8 @@ pub struct VmContext {
     pub images_dir: PathBuf,
     pub agent_binary: PathBuf,
     pub accel: Accel,
+    /// Free space kept on the state dir's filesystem while artifacts are written.
+    pub keep_free_bytes: u64,
 }
 
 impl VmContext {
@@ -48,6 +50,15 @@ impl VmContext {
             images_dir: cfg.images_dir.clone(),
             agent_binary: cfg.agent_binary.clone(),
             accel,
+            keep_free_bytes: cfg.keep_free_mib.saturating_mul(1024 * 1024),
+        }
+    }
+
+    /// The limits of a job's session (the handshake's are [`session_limits`]).
+    pub fn job_limits(&self) -> Limits {
+        Limits {
+            keep_free_bytes: self.keep_free_bytes,
+            ..session_limits()
         }
     }
 }

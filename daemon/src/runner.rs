@@ -142,7 +142,7 @@ pub async fn run_job(
         package_source: pool.packages.is_some(),
         network: pool.cfg.network == crate::config::GuestNetwork::User,
     };
-    let limits = guestvm::session_limits();
+    let limits = rc.vms.job_limits();
     let (tx, rx) = mpsc::channel(1024);
     let task_dir = jobs.task_dir(id);
     let session = session.run_job(&job, &task_dir, &artifacts, &limits, tx, cancel.clone());
@@ -155,6 +155,16 @@ pub async fn run_job(
         Ok(Err(ChannelError::Cancelled)) => End::Cancelled("cancelled while running".into()),
         Ok(Err(ChannelError::JobTimeout(t))) => {
             End::TimedOut(format!("exceeded its timeout of {}s", t.as_secs()))
+        }
+        Ok(Err(e @ ChannelError::HostDiskFull { .. })) => {
+            // What was written of the artifacts goes now, so that the state dir has room for
+            // the job's final state and the jobs that follow.
+            for part in ["task_output", "results.yaml", "results.tap"] {
+                let p = artifacts.join(part);
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+            tracing::error!(job = %id, "{e}");
+            End::Failed(RunError::Session(e))
         }
         Ok(Err(e)) => End::Failed(RunError::Session(e)),
     };

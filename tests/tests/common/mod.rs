@@ -145,6 +145,9 @@ pub fn task_repo(formula: &str) -> tempfile::TempDir {
     d
 }
 
+/// Keys of `extra` that go at the config's top level (the rest goes into the pool's table).
+const TOP_LEVEL: &[&str] = &["listen_http", "keep_free_mib"];
+
 /// One miniond process with its own state dir, socket and config.
 pub struct Daemon {
     pub child: Option<Child>,
@@ -162,6 +165,13 @@ impl Daemon {
 
     /// [`Daemon::start`] with `extra` appended to the config (e.g. a `[reporting]` table).
     pub fn start_with(max_vms: u32, min_ready: u32, extra: &str) -> Daemon {
+        let mut d = Daemon::prepare(max_vms, min_ready, extra);
+        d.spawn();
+        d
+    }
+
+    /// [`Daemon::start_with`] without starting the process ([`Daemon::spawn`] does).
+    pub fn prepare(max_vms: u32, min_ready: u32, extra: &str) -> Daemon {
         let (miniond, minion) = binaries();
         // qemu runs as its own user: the state dir must be traversable; short for the socket limit.
         std::fs::create_dir_all("/var/lib/minion").expect("/var/lib/minion");
@@ -184,12 +194,12 @@ impl Daemon {
                 state = state.path().join("state"),
                 top = extra
                     .lines()
-                    .filter(|l| l.starts_with("listen_http"))
+                    .filter(|l| TOP_LEVEL.iter().any(|k| l.starts_with(k)))
                     .map(|l| format!("{l}\n"))
                     .collect::<String>(),
                 extra = extra
                     .lines()
-                    .filter(|l| !l.starts_with("listen_http"))
+                    .filter(|l| !TOP_LEVEL.iter().any(|k| l.starts_with(k)))
                     .map(|l| format!("{l}\n"))
                     .collect::<String>(),
                 agent = agent_binary(),
@@ -200,16 +210,14 @@ impl Daemon {
             ),
         )
         .expect("config");
-        let mut d = Daemon {
+        Daemon {
             child: None,
             state,
             config,
             socket,
             minion,
             miniond,
-        };
-        d.spawn();
-        d
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
