@@ -90,6 +90,10 @@ pub struct Config {
     /// more fails (FAILED, with that reason), so the jobs database always has room. Default 512.
     #[serde(default = "default_keep_free_mib")]
     pub keep_free_mib: u64,
+    /// Seconds between the reaper's passes over this daemon's domains and VM directories
+    /// (each leftover is destroyed on the second pass that finds it unowned). Default 60.
+    #[serde(default = "default_reap_interval_secs")]
+    pub reap_interval_secs: u64,
     /// How long job records and artifacts are kept, and how much artifact space they may take.
     #[serde(default)]
     pub retention: crate::retention::Retention,
@@ -208,6 +212,10 @@ pub enum GuestNetwork {
     #[default]
     None,
     User,
+}
+
+fn default_reap_interval_secs() -> u64 {
+    60
 }
 
 fn default_keep_free_mib() -> u64 {

@@ -10,8 +10,9 @@
 //!
 //! It takes a narrow context (paths, accelerator, the pool) and knows nothing of jobs.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use minion_channel::{connect_unix, handshake, ChannelError, Limits, ReadySession};
@@ -41,6 +42,44 @@ pub struct VmContext {
     pub accel: Accel,
     /// Free space kept on the state dir's filesystem while artifacts are written.
     pub keep_free_bytes: u64,
+    /// Every VM this daemon owns right now (the reaper leaves these alone).
+    pub live: LiveVms,
+}
+
+/// The VMs this daemon owns right now, by VM id: claimed before a VM's first file is made,
+/// released once its teardown has removed everything (or it was abandoned at shutdown).
+#[derive(Debug, Clone, Default)]
+pub struct LiveVms(Arc<Mutex<HashSet<String>>>);
+
+impl LiveVms {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn claim(&self, id: &str) -> Claim {
+        self.lock().insert(id.to_string());
+        Claim {
+            live: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().contains(id)
+    }
+}
+
+/// A VM id held in [`LiveVms`] until dropped.
+#[derive(Debug)]
+struct Claim {
+    live: LiveVms,
+    id: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.live.lock().remove(&self.id);
+    }
 }
 
 impl VmContext {
@@ -51,6 +90,7 @@ impl VmContext {
             agent_binary: cfg.agent_binary.clone(),
             accel,
             keep_free_bytes: cfg.keep_free_mib.saturating_mul(1024 * 1024),
+            live: LiveVms::default(),
         }
     }
 
@@ -137,16 +177,24 @@ pub struct VmGuard {
     files: VmFiles,
     keep_console: Option<PathBuf>,
     done: bool,
+    /// Released when the teardown has removed everything.
+    claim: Option<Claim>,
 }
 
 impl VmGuard {
-    fn new(hv: &Arc<Hypervisor>, prepared: &PreparedVm, keep_console: Option<PathBuf>) -> VmGuard {
+    fn new(
+        hv: &Arc<Hypervisor>,
+        prepared: &PreparedVm,
+        keep_console: Option<PathBuf>,
+        claim: Claim,
+    ) -> VmGuard {
         VmGuard {
             hv: hv.clone(),
             name: prepared.name.clone(),
             files: prepared.files.clone(),
             keep_console,
             done: false,
+            claim: Some(claim),
         }
     }
 
@@ -180,11 +228,13 @@ impl Drop for VmGuard {
     fn drop(&mut self) {
         if !self.done {
             let (hv, name, files) = (self.hv.clone(), self.name.clone(), self.files.clone());
+            let claim = self.claim.take();
             tracing::warn!(domain = %name, "VM dropped without teardown: tearing down now");
             let _ = std::thread::spawn(move || {
                 if let Err(e) = vm::teardown(&hv, &name, &files, None) {
                     tracing::error!(domain = %name, "backstop teardown: {e}");
                 }
+                drop(claim);
             });
         }
     }
@@ -250,6 +300,7 @@ pub async fn boot_to_ready(
     cancel: &CancellationToken,
     progress: &mut (dyn FnMut(BootStep) + Send),
 ) -> Result<ReadyVm, BootError> {
+    let claim = ctx.live.claim(vm_id);
     let (hv, prepared) = provision(ctx, pool, vm_id).await?;
     let t = &prepared.timings;
     tracing::info!(
@@ -259,7 +310,7 @@ pub async fn boot_to_ready(
         render_ms = t.render.as_secs_f64() * 1000.0,
         "provisioned"
     );
-    let guard = VmGuard::new(&hv, &prepared, keep_console);
+    let guard = VmGuard::new(&hv, &prepared, keep_console, claim);
     progress(BootStep::Prepared);
     let started = async {
         if cancel.is_cancelled() {

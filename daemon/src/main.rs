@@ -12,6 +12,7 @@ mod jobs;
 mod lifecycle;
 mod pool;
 mod prebooted;
+mod reaper;
 mod reporting;
 mod retention;
 mod runner;

@@ -24,6 +24,7 @@ use crate::jobs::{Created, JobEvent, JobRecord, JobRequest, Jobs, JobsError, Lis
 use crate::lifecycle::State;
 use crate::pool::Pool;
 use crate::prebooted::{ParkedVm, Prebooted};
+use crate::reaper::Reaper;
 use crate::reporting::Reporter;
 use crate::retention::Pruner;
 use crate::runner::{self, Assigned, RunContext};
@@ -104,6 +105,7 @@ pub struct Service {
     /// The cancel switch of every job a dispatcher has taken and whose runner has not ended.
     cancels: Mutex<HashMap<String, CancellationToken>>,
     bus: Option<Arc<Bus>>,
+    reaper: Arc<Reaper>,
 }
 
 impl Service {
@@ -147,6 +149,13 @@ impl Service {
             .as_ref()
             .map(|r| Reporter::new(&jobs, r, bus.clone()));
         let fetch = crate::fetching::open(cfg.sources(), &cfg.state_dir, &cfg.fetch)?;
+        let all: Vec<Arc<Pool>> = pools.values().map(|e: &PoolEntry| e.pool.clone()).collect();
+        let reaper = Arc::new(Reaper::new(
+            vms.live.clone(),
+            cfg.state_dir.clone(),
+            &all,
+            std::time::Duration::from_secs(cfg.reap_interval_secs.max(1)),
+        ));
         let run = Arc::new(RunContext {
             jobs: jobs.clone(),
             vms,
@@ -160,6 +169,7 @@ impl Service {
                 pools,
                 run,
                 bus,
+                reaper,
                 cancels: Mutex::new(HashMap::new()),
             }),
             rxs,
@@ -200,6 +210,7 @@ impl Service {
             policy: self.cfg.retention.clone(),
         };
         tokio::spawn(Arc::new(pruner).run());
+        tokio::spawn(self.reaper.clone().run());
         Ok(())
     }
 

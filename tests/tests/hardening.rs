@@ -131,3 +131,126 @@ fn a_full_state_dir_fails_the_job_with_that_reason_and_the_daemon_goes_on() {
     d.terminate();
     drop(mount);
 }
+
+fn virsh(args: &[&str]) -> std::process::Output {
+    Command::new("virsh")
+        .arg("-c")
+        .arg(libvirt_uri())
+        .args(args)
+        .output()
+        .expect("virsh")
+}
+
+/// `xml` of a running job's domain made into a leftover of the same daemon: another name, UUID
+/// and VM id in its mark, and none of the job's files (no disk, channel or console).
+fn leftover_of(xml: &str, leak_id: &str, job_id: &str) -> String {
+    let mut out = xml
+        .replace(&format!("minion-{job_id}"), &format!("minion-{leak_id}"))
+        .replace(&format!("id=\"{job_id}\""), &format!("id=\"{leak_id}\""));
+    // No kernel either: the firmware then waits for a boot device, alive, until destroyed.
+    for tag in [
+        "uuid",
+        "disk",
+        "channel",
+        "serial",
+        "console",
+        "interface",
+        "kernel",
+        "initrd",
+        "cmdline",
+    ] {
+        while let Some(a) = out.find(&format!("<{tag}")) {
+            let close = format!("</{tag}>");
+            let end = match (out[a..].find(&close), out[a..].find("/>")) {
+                (Some(c), Some(s)) if s < c && !out[a..a + s].contains('>') => a + s + 2,
+                (Some(c), _) => a + c + close.len(),
+                (None, Some(s)) => a + s + 2,
+                (None, None) => break,
+            };
+            out.replace_range(a..end, "");
+        }
+    }
+    out
+}
+
+#[test]
+fn the_periodic_reaper_destroys_leftovers_and_leaves_live_vms_alone() {
+    if !vm_env("the_periodic_reaper_destroys_leftovers_and_leaves_live_vms_alone") {
+        return;
+    }
+    let d = Daemon::start_with(2, 0, "reap_interval_secs = 2\n");
+    let slow = task_repo(
+        "name: slow\nnamespace: qa\ndesc: d\nmaintainer: m\ninput:\n  args: [koji_build]\n\
+         actions:\n  - name: wait\n    shell:\n      - sleep 25\n",
+    );
+    let id = d.submit(slow.path(), &[]);
+    d.wait_state(&id, &["RUNNING"], Duration::from_secs(120));
+    let xml = virsh(&["dumpxml", &format!("minion-{id}")]);
+    assert!(
+        xml.status.success(),
+        "{}",
+        String::from_utf8_lossy(&xml.stderr)
+    );
+    let leak = uuid_like(&id);
+    // Gone whatever happens (the reaper should be first).
+    struct Planted(String);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            let _ = virsh(&["destroy", &self.0]);
+        }
+    }
+    let _planted = Planted(format!("minion-{leak}"));
+    let leaked = leftover_of(&String::from_utf8_lossy(&xml.stdout), &leak, &id);
+    let file = d.state.path().join("leak.xml");
+    std::fs::write(&file, leaked).expect("xml");
+    let made = virsh(&["create", &file.to_string_lossy()]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        running_domains().contains(&format!("minion-{leak}")),
+        "the planted leftover runs"
+    );
+    let dir = d.state_dir().join("vms").join(format!("leftover-{leak}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("overlay.qcow2"), b"x").expect("file");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while (running_domains().contains(&format!("minion-{leak}")) || dir.exists())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        !running_domains().contains(&format!("minion-{leak}")),
+        "the leftover domain is still there: {}",
+        d.log()
+    );
+    assert!(!dir.exists(), "the leftover dir is still there");
+    let log = d.log();
+    assert!(
+        log.contains("reaper: destroyed a domain no live VM owns"),
+        "{log}"
+    );
+    assert!(
+        log.contains("reaper: removed a VM directory no live VM owns"),
+        "{log}"
+    );
+    // The live job's VM was never touched: it finishes as usual.
+    let j = d.wait_state(&id, &["FINISHED", "FAILED"], Duration::from_secs(120));
+    assert_eq!(j["state"], "FINISHED", "{j}");
+    assert_eq!(j["execution_status"], "OK", "{j}");
+    d.assert_no_vm(&id);
+}
+
+/// A fresh id shaped like the daemon's (a UUID), derived from `id` so that it differs.
+fn uuid_like(id: &str) -> String {
+    let mut s: Vec<char> = id.chars().collect();
+    for c in s.iter_mut().take(8) {
+        *c = if *c == 'a' { 'b' } else { 'a' };
+    }
+    s.into_iter().collect()
+}

@@ -146,7 +146,7 @@ pub fn task_repo(formula: &str) -> tempfile::TempDir {
 }
 
 /// Keys of `extra` that go at the config's top level (the rest goes into the pool's table).
-const TOP_LEVEL: &[&str] = &["listen_http", "keep_free_mib"];
+const TOP_LEVEL: &[&str] = &["listen_http", "keep_free_mib", "reap_interval_secs"];
 
 /// One miniond process with its own state dir, socket and config.
 pub struct Daemon {

@@ -1,0 +1,161 @@
+//! The periodic reaper (as Nodepool has): every `reap_interval_secs`, a domain or VM directory
+//! carrying this daemon's mark that no live VM owns (a job's, a pre-booted one; see
+//! [`LiveVms`]) is destroyed, but only once it has been seen unowned in two consecutive passes,
+//! so a VM being made or torn down at the moment of a pass is never touched. The start of the
+//! daemon reconciles everything at once; this catches what leaks while it runs (a teardown that
+//! failed, a task that died).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use minion_provisioning::vm;
+
+use crate::guestvm::LiveVms;
+use crate::pool::Pool;
+
+/// Two-pass judgement over VM ids, the reaper's memory between passes.
+#[derive(Debug, Default)]
+pub struct TwoPass {
+    /// Ids seen unowned in the previous pass.
+    previous: HashSet<String>,
+    /// Ids seen unowned in the pass under way.
+    current: HashSet<String>,
+}
+
+impl TwoPass {
+    /// Whether `id`, met in this pass, is to be destroyed now: unowned now and in the previous
+    /// pass too.
+    pub fn doomed(&mut self, id: &str, owned: bool) -> bool {
+        if owned {
+            return false;
+        }
+        self.current.insert(id.to_string());
+        self.previous.contains(id)
+    }
+
+    /// Ends a pass: what it saw unowned is what the next one compares with.
+    pub fn end_pass(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
+}
+
+/// What the reaper has removed since the daemon started.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    pub domains: AtomicU64,
+    pub dirs: AtomicU64,
+}
+
+pub struct Reaper {
+    live: LiveVms,
+    state_dir: PathBuf,
+    /// One pool per libvirt host (their connections).
+    hosts: Vec<Arc<Pool>>,
+    interval: Duration,
+    pub reaped: Reaped,
+    judge: Mutex<TwoPass>,
+}
+
+impl Reaper {
+    pub fn new(
+        live: LiveVms,
+        state_dir: PathBuf,
+        pools: &[Arc<Pool>],
+        interval: Duration,
+    ) -> Reaper {
+        let mut hosts: Vec<Arc<Pool>> = Vec::new();
+        for p in pools {
+            if !hosts.iter().any(|h| h.cfg.libvirt_uri == p.cfg.libvirt_uri) {
+                hosts.push(p.clone());
+            }
+        }
+        Reaper {
+            live,
+            state_dir,
+            hosts,
+            interval,
+            reaped: Reaped::default(),
+            judge: Mutex::default(),
+        }
+    }
+
+    /// Passes every `interval`, the first one `interval` after the start (the start has
+    /// reconciled already).
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.interval).await;
+            let r = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || r.pass()).await {
+                tracing::error!("reaper pass: {e}");
+            }
+        }
+    }
+
+    /// One pass over every host's marked domains, then the VM directories. Blocks.
+    pub fn pass(&self) {
+        let mut guard = self.judge.lock().unwrap_or_else(|p| p.into_inner());
+        let judge = std::cell::RefCell::new(&mut *guard);
+        let kept = |id: &str| !judge.borrow_mut().doomed(id, self.live.contains(id));
+        for host in &self.hosts {
+            match host.hypervisor() {
+                Ok(hv) => {
+                    let report = vm::destroy_marked(&hv, &self.state_dir, &kept);
+                    for d in &report.destroyed {
+                        tracing::warn!(domain = %d, "reaper: destroyed a domain no live VM owns (seen unowned twice)");
+                    }
+                    self.reaped
+                        .domains
+                        .fetch_add(report.destroyed.len() as u64, Ordering::Relaxed);
+                    for e in report.errors {
+                        tracing::error!("reaper on {}: {e}", hv.uri());
+                    }
+                }
+                Err(e) => tracing::error!("reaper: libvirt {}: {e}", host.cfg.libvirt_uri),
+            }
+        }
+        let report = vm::sweep_dirs(&self.state_dir, &kept);
+        for d in &report.removed_dirs {
+            tracing::warn!(dir = %d.display(), "reaper: removed a VM directory no live VM owns (seen unowned twice)");
+        }
+        self.reaped
+            .dirs
+            .fetch_add(report.removed_dirs.len() as u64, Ordering::Relaxed);
+        for e in report.errors {
+            tracing::error!("reaper: {e}");
+        }
+        judge.borrow_mut().end_pass();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_doomed_only_when_seen_unowned_in_two_passes_in_a_row() {
+        let mut j = TwoPass::default();
+        // Pass 1: a and b unowned, c owned: nothing is destroyed on first sight.
+        assert!(!j.doomed("a", false));
+        assert!(!j.doomed("b", false));
+        assert!(!j.doomed("c", true));
+        j.end_pass();
+        // Pass 2: a still unowned → doomed; b is owned now (it was being made) → kept; c is
+        // unowned for the first time → kept.
+        assert!(j.doomed("a", false));
+        assert!(!j.doomed("b", true));
+        assert!(!j.doomed("c", false));
+        j.end_pass();
+        // Pass 3: b unowned again, but not in the previous pass → kept; c → doomed.
+        assert!(!j.doomed("b", false));
+        assert!(j.doomed("c", false));
+        // The same id met twice in one pass (domain, then directory) is judged alike.
+        assert!(j.doomed("c", false));
+        j.end_pass();
+        // Pass 4: b gone from the host (never met) is forgotten.
+        j.end_pass();
+        assert!(!j.doomed("b", false));
+    }
+}
