@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup image agent build test bench run quickstart fmt lint
+.PHONY: setup image agent build test bench fuzz run quickstart fmt lint
 setup:        ## install Debian packages, start libvirtd/virtlogd (idempotent)
 	scripts/setup-host.sh
 image:        ## build (or reuse from /var/cache/minion/images) the guest images
@@ -15,6 +15,8 @@ test:         ## the whole suite: unit, integration, end-to-end with real VMs (w
 	scripts/test.sh
 bench:        ## the benchmarks the issues name
 	scripts/bench.sh
+fuzz:         ## every fuzz target for FUZZ_SECS (300) seconds (make test runs 10 s each)
+	FUZZ_SECS=$${FUZZ_SECS:-300} scripts/fuzz.sh
 run quickstart: ## set up, build, start miniond, run the example task in a fresh VM
 	scripts/quickstart.sh
 fmt:

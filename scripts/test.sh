@@ -28,6 +28,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+step "fuzz (short run of every target)"
+FUZZ_SECS="${FUZZ_SECS:-10}" scripts/fuzz.sh
 step "leak check"
 scripts/leak-check.sh
 step "done"
