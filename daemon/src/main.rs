@@ -4,7 +4,6 @@
 mod api;
 mod artifacts;
 mod bus;
-mod children;
 mod config;
 mod fetching;
 mod guestvm;

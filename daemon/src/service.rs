@@ -552,6 +552,58 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    #[tokio::test]
+    async fn many_jobs_that_end_leave_no_entry_in_any_map_keyed_by_job_id() {
+        let state = tempfile::tempdir().expect("state");
+        let images = tempfile::tempdir().expect("no images: every job fails at provisioning");
+        let mut cfg = config(state.path());
+        cfg.images_dir = images.path().to_path_buf();
+        let (s, rxs) = Service::open(cfg, tcg()).expect("open");
+        s.start(rxs).await.expect("start");
+        let r = repo();
+        let mut ids = Vec::new();
+        for _ in 0..60 {
+            match s.submit(request(r.path())).await.expect("submit") {
+                Created::New(j) => ids.push(j.id),
+                Created::Existing(_) => panic!("no key was given"),
+            }
+        }
+        // Half of them are watched (and the watchers stay until the end).
+        let mut watchers = Vec::new();
+        for id in ids.iter().step_by(2) {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+            let (jobs, rec) = (s.jobs.clone(), s.get(id).expect("job"));
+            watchers.push(tokio::spawn(async move {
+                crate::watch::watch(&jobs, rec, true, tx).await;
+            }));
+            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        }
+        for id in &ids {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !s.get(id).expect("job").state.is_final() {
+                assert!(std::time::Instant::now() < deadline, "job {id} never ended");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_eq!(s.get(id).expect("job").state, State::Failed);
+        }
+        for w in watchers {
+            w.await.expect("watcher ends with its job");
+        }
+        // Runners remove their entries just after the final state: give them a moment.
+        for _ in 0..100 {
+            if s.cancels_lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(s.cancels_lock().len(), 0, "cancel switches");
+        assert_eq!(s.jobs.watched(), 0, "watch channels");
+        assert!(
+            ids.iter().all(|id| !s.run.vms.live.contains(id)),
+            "live VM claims"
+        );
+    }
+
     fn config(state: &Path) -> Config {
         Config::parse(
             Path::new("test.toml"),

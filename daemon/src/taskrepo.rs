@@ -183,7 +183,9 @@ async fn clone(
     dest: &Path,
     limits: &RepoLimits,
 ) -> Result<(), RepoError> {
-    let mut cmd = Command::new("git");
+    // In a process group that dies with the daemon: git's transport helpers
+    // (git-remote-https) go with it.
+    let mut cmd = Command::from(minion_children::group_dying_with_parent("git"));
     // No hooks (not the repo's, not a template's), no submodules, no credential prompts.
     cmd.args([
         "-c",
@@ -203,12 +205,13 @@ async fn clone(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    crate::children::die_with_parent(&mut cmd);
     let fetch_err = |message: String| RepoError::Fetch {
         repo: repo.to_string(),
         message,
     };
     let mut child = cmd.spawn().map_err(|e| fetch_err(format!("git: {e}")))?;
+    // The request ends (done, refused, cancelled): nothing of the clone lives on.
+    let _group = child.id().map(minion_children::KillGroup);
     // Read while git runs: a full pipe would stall it until the deadline.
     let stderr = child.stderr.take().map(|mut e| {
         tokio::spawn(async move {

@@ -228,7 +228,7 @@ fn listed(entries: &BTreeMap<String, Entry>) -> usize {
 /// The index stanza of one `.deb`: its control fields (from `dpkg-deb -f`) and where and what it
 /// is.
 fn index_deb(path: &Path, name: &str, size: u64) -> Result<String, String> {
-    let out = Command::new("dpkg-deb")
+    let out = minion_children::die_with_parent(&mut Command::new("dpkg-deb"))
         .arg("-f")
         .arg(path)
         .output()

@@ -21,7 +21,7 @@ where
         .map(|a| a.as_ref().to_os_string())
         .collect();
     let started = Instant::now();
-    let output = Command::new(program)
+    let output = minion_children::die_with_parent(&mut Command::new(program))
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

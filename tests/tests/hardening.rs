@@ -254,3 +254,102 @@ fn uuid_like(id: &str) -> String {
     }
     s.into_iter().collect()
 }
+
+/// Processes whose command line contains `needle`.
+fn pids_with(needle: &str) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .args(["-f", needle])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_clone_in_progress_dies_with_a_killed_daemon() {
+    use minion_testenv::Need;
+    let (miniond, minion) = binaries();
+    let build = "cargo build -p miniond -p minion-cli";
+    if !minion_testenv::require(
+        "a_clone_in_progress_dies_with_a_killed_daemon",
+        &[
+            Need::Root,
+            Need::Program("git"),
+            Need::Program("pgrep"),
+            Need::File {
+                path: &miniond,
+                make: build,
+            },
+            Need::File {
+                path: &minion,
+                make: build,
+            },
+        ],
+    ) {
+        return;
+    }
+    // An HTTP "server" that accepts and never answers: git (and its git-remote-http helper)
+    // wait on it until killed.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = server.local_addr().expect("addr").port();
+    let _held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in server.incoming().flatten() {
+            conns.push(c);
+        }
+    });
+    let mut d = Daemon::prepare(1, 0, "");
+    d.spawn();
+    for (round, daemon_killed) in [(1, true), (2, false)] {
+        let url = format!(
+            "http://127.0.0.1:{port}/stalled-{}-{round}.git",
+            std::process::id()
+        );
+        let mut submit = Command::new(&d.minion)
+            .env("MINION_SOCKET", &d.socket)
+            .args(["submit", &url, "-i", "x-1-1", "-t", "koji_build"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("submit");
+        // git clone, and the helper it starts for http (`git remote-http origin URL`).
+        let (clone, helper) = (format!("clone.*{url}"), format!("remote-http.*{url}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while pids_with(&clone).is_empty() || pids_with(&helper).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git and its helper never started: {:?} {:?}\n{}",
+                pids_with(&clone),
+                pids_with(&helper),
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if daemon_killed {
+            // Round 1: the daemon dies mid-clone.
+            d.kill9();
+        }
+        // Round 2: the request ends (its client went away); the daemon lives on.
+        let _ = submit.kill();
+        let _ = submit.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pids_with(&url).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            pids_with(&url),
+            Vec::<String>::new(),
+            "round {round}: git (or its transport helper) outlived {}",
+            if daemon_killed {
+                "the daemon's kill -9"
+            } else {
+                "its request"
+            }
+        );
+        if daemon_killed {
+            d.spawn();
+        }
+    }
+}

@@ -519,7 +519,7 @@ impl Jobs {
     }
 
     #[cfg(test)]
-    fn watched(&self) -> usize {
+    pub fn watched(&self) -> usize {
         self.hub.len()
     }
 
