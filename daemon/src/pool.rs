@@ -1,8 +1,9 @@
 //! One pool at run time: its configuration, its VM slots (`max_vms`), how many jobs run on it,
 //! its libvirt connection and its package source. Knows nothing of jobs or of how VMs are booted.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use minion_fetch::PackageSource;
 use minion_provisioning::{Hypervisor, HypervisorError};
@@ -20,7 +21,13 @@ pub struct Pool {
     hv: Mutex<Option<Arc<Hypervisor>>>,
     /// Where the guests' `environment` packages come from (`packages = DIR`).
     pub packages: Option<Arc<PackageSource>>,
+    /// A job found the libvirt host unreachable: no job is started until it answers again.
+    host_down: AtomicBool,
 }
+
+/// Waits between tries of a host that does not answer.
+const HOST_RETRY_FIRST: Duration = Duration::from_millis(500);
+const HOST_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Pool {
     pub fn new(name: &str, cfg: &PoolConfig, packages: Option<Arc<PackageSource>>) -> Pool {
@@ -31,7 +38,41 @@ impl Pool {
             running: AtomicU32::new(0),
             hv: Mutex::new(None),
             packages,
+            host_down: AtomicBool::new(false),
         }
+    }
+
+    /// A job found the host unreachable (libvirtd restarting, a link down): the dispatcher
+    /// waits for it in [`Pool::host_answering`] instead of failing the jobs behind it.
+    pub fn mark_host_down(&self) {
+        if !self.host_down.swap(true, Ordering::SeqCst) {
+            tracing::warn!(pool = %self.name, uri = %self.cfg.libvirt_uri, "libvirt host unreachable: no job starts until it answers");
+        }
+    }
+
+    /// Returns at once when the host is not known to be down; else once it answers again,
+    /// trying with a backoff (0.5 s doubling to 30 s).
+    pub async fn host_answering(self: &Arc<Self>) {
+        let mut wait = HOST_RETRY_FIRST;
+        while self.host_down.load(Ordering::SeqCst) {
+            tokio::time::sleep(wait).await;
+            let p = self.clone();
+            let answered = tokio::task::spawn_blocking(move || p.hypervisor()?.ping())
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false);
+            if answered {
+                self.host_down.store(false, Ordering::SeqCst);
+                tracing::info!(pool = %self.name, uri = %self.cfg.libvirt_uri, "libvirt host answers again");
+                return;
+            }
+            wait = (wait * 2).min(HOST_RETRY_MAX);
+        }
+    }
+
+    /// Whether the host answers now (a libvirt call: blocks).
+    pub fn host_reachable(&self) -> bool {
+        self.hypervisor().and_then(|h| h.ping()).is_ok()
     }
 
     /// The pool's libvirt connection, opened on first use. `Hypervisor` itself reconnects when

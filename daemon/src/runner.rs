@@ -119,7 +119,12 @@ pub async fn run_job(
         match ready_vm(rc, pool, &rec, &artifacts, &cancel, hard_deadline, vm).await {
             Ok(v) => v,
             // Nothing of a VM is left at this point: the final state can be written.
-            Err(end) => return finish(jobs, id, started, end),
+            Err(end) => {
+                if matches!(end, End::HostLost { .. }) {
+                    pool.mark_host_down();
+                }
+                return finish(jobs, id, started, end);
+            }
         };
     let ReadyVm { guard, session, .. } = ready;
 
@@ -314,10 +319,25 @@ async fn ready_vm(
                     uri,
                     error: source.to_string(),
                 }),
+                // libvirt refused the domain because it went away under us (restarting): the
+                // host is lost, not the job's own fault.
+                (Err(e @ BootError::Start(_)), _) if !host_reachable(pool).await => {
+                    Err(End::HostLost {
+                        uri: pool.cfg.libvirt_uri.clone(),
+                        error: e.to_string(),
+                    })
+                }
                 (Err(e), _) => Err(End::Failed(e.into())),
             }
         }
     }
+}
+
+async fn host_reachable(pool: &Arc<Pool>) -> bool {
+    let p = pool.clone();
+    tokio::task::spawn_blocking(move || p.host_reachable())
+        .await
+        .unwrap_or(false)
 }
 
 /// Tears a VM down and then ends the job with `end` (a teardown error replaces nothing: the VM

@@ -298,6 +298,8 @@ impl Service {
             if !self.jobs.is_queued(&id) {
                 continue;
             }
+            // A host that stopped answering is waited for: the jobs behind are not failed on it.
+            entry.pool.host_answering().await;
             let Some(vm) = obtain_vm(entry).await else {
                 return;
             };
@@ -331,11 +333,16 @@ impl Service {
             }
             let running = entry.pool.run_one();
             let (s, pool, prebooted) = (self.clone(), entry.pool.clone(), entry.prebooted.clone());
+            let queue = entry.queue.clone();
             tokio::spawn(async move {
                 runner::run_job(&s.run, &pool, &id, token, vm).await;
                 s.cancels_lock().remove(&id);
                 drop(running);
                 prebooted.slot_freed();
+                // Requeued (its host was lost before it ran): back in line.
+                if s.jobs.is_queued(&id) {
+                    let _ = queue.send(id);
+                }
             });
         }
     }

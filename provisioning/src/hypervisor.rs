@@ -245,6 +245,14 @@ impl Hypervisor {
         self.current().is_alive().unwrap_or(false)
     }
 
+    /// Whether libvirtd answers now: one cheap call, connecting again if the connection died
+    /// (a restarted libvirtd is only noticed when the connection is used).
+    pub fn ping(&self) -> Result<(), HypervisorError> {
+        self.retrying(|c| c.lib_version())?
+            .map(|_| ())
+            .map_err(|e| self.call_error("virConnectGetLibVersion", &self.uri, &e))
+    }
+
     /// Whether a domain of that name exists and runs; gone = `false`.
     pub fn is_active(&self, name: &str) -> Result<bool, HypervisorError> {
         match self.lookup(name)? {

@@ -270,23 +270,9 @@ fn pids_with(needle: &str) -> Vec<String> {
 #[test]
 fn a_clone_in_progress_dies_with_a_killed_daemon() {
     use minion_testenv::Need;
-    let (miniond, minion) = binaries();
-    let build = "cargo build -p miniond -p minion-cli";
-    if !minion_testenv::require(
+    if !daemon_env(
         "a_clone_in_progress_dies_with_a_killed_daemon",
-        &[
-            Need::Root,
-            Need::Program("git"),
-            Need::Program("pgrep"),
-            Need::File {
-                path: &miniond,
-                make: build,
-            },
-            Need::File {
-                path: &minion,
-                make: build,
-            },
-        ],
+        &[Need::Program("git"), Need::Program("pgrep")],
     ) {
         return;
     }
@@ -352,4 +338,207 @@ fn a_clone_in_progress_dies_with_a_killed_daemon() {
             d.spawn();
         }
     }
+}
+
+/// xorshift64*: the chaos schedule, reproducible from the printed seed (`MINION_CHAOS_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..hi` (seconds, as a Duration).
+    fn between(&mut self, lo: f64, hi: f64) -> Duration {
+        let f = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        Duration::from_secs_f64(lo + f * (hi - lo))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    KillDaemon,
+    RestartLibvirtd,
+    KillQemu,
+}
+
+fn restart_libvirtd() {
+    if let Ok(pid) = std::fs::read_to_string("/run/libvirtd.pid") {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while Command::new("kill")
+            .args(["-0", pid.trim()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let st = Command::new(workspace_root().join("scripts/libvirt-start.sh"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("libvirt-start.sh");
+    assert!(st.success(), "libvirtd did not come back");
+}
+
+/// Kills -9 the qemu of one of the daemon's running domains; its name, if there was one.
+fn kill_one_qemu(d: &Daemon) -> Option<String> {
+    let name = d.domains().into_iter().next()?;
+    let pids = pids_with(&format!("guest={name}"));
+    for p in &pids {
+        let _ = Command::new("kill").args(["-9", p]).status();
+    }
+    (!pids.is_empty()).then_some(name)
+}
+
+const QUICK: &str =
+    "name: quick\nnamespace: qa\ndesc: d\nmaintainer: m\ninput:\n  args: [koji_build]\n\
+     actions:\n  - name: work\n    shell:\n      - echo working\n      - sleep 1\n";
+
+/// 110 jobs on a pool of 2 while the daemon is killed -9 five times at random moments, libvirtd
+/// is restarted once and one qemu is killed. Afterwards every job is final, none is lost, no
+/// two VMs ran at once beyond the pool's 2, and nothing of any VM is left.
+#[test]
+fn chaos_nothing_lost_doubled_or_leaked() {
+    if !vm_env("chaos_nothing_lost_doubled_or_leaked") {
+        return;
+    }
+    let seed = std::env::var("MINION_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 | 1)
+                .unwrap_or(1)
+        });
+    eprintln!("chaos: seed {seed} (MINION_CHAOS_SEED={seed} replays this schedule)");
+    let mut rng = Rng(seed);
+    let started = std::time::Instant::now();
+    let mut d = Daemon::start(2, 0);
+    let repo = task_repo(QUICK);
+    let jobs = 110;
+    let ids: Vec<String> = (0..jobs).map(|_| d.submit(repo.path(), &[])).collect();
+    let sampler = AliveSampler::start(&d.state_dir());
+
+    let mut faults: Vec<(Duration, Fault)> = (0..5)
+        .map(|_| (rng.between(5.0, 150.0), Fault::KillDaemon))
+        .collect();
+    faults.push((rng.between(20.0, 120.0), Fault::RestartLibvirtd));
+    faults.push((rng.between(10.0, 120.0), Fault::KillQemu));
+    faults.sort_by_key(|f| f.0);
+    let t0 = std::time::Instant::now();
+    let mut done = Vec::new();
+    for (at, fault) in &faults {
+        if let Some(wait) = at.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        match fault {
+            Fault::KillDaemon => {
+                d.kill9();
+                std::thread::sleep(rng.between(0.0, 2.0));
+                d.spawn();
+                done.push(format!("{:.0}s kill -9 miniond", at.as_secs_f64()));
+            }
+            Fault::RestartLibvirtd => {
+                restart_libvirtd();
+                done.push(format!("{:.0}s libvirtd restarted", at.as_secs_f64()));
+            }
+            Fault::KillQemu => {
+                let hit = kill_one_qemu(&d).unwrap_or_else(|| "none running".into());
+                done.push(format!("{:.0}s qemu killed ({hit})", at.as_secs_f64()));
+            }
+        }
+    }
+    eprintln!("chaos: faults {done:?}");
+
+    // Every job reaches a final state.
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let listed = loop {
+        let list = d.json(&["job", "list", "--limit", "1000"]);
+        let all = list.as_array().cloned().unwrap_or_default();
+        let open = all
+            .iter()
+            .filter(|j| {
+                !matches!(
+                    j["state"].as_str(),
+                    Some("FINISHED" | "FAILED" | "CANCELLED" | "TIMED_OUT")
+                )
+            })
+            .count();
+        if open == 0 {
+            break all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} jobs never ended:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let max_alive = sampler.finish();
+
+    let seen: std::collections::HashSet<&str> =
+        listed.iter().filter_map(|j| j["id"].as_str()).collect();
+    let lost: Vec<&String> = ids.iter().filter(|i| !seen.contains(i.as_str())).collect();
+    // A job ran twice at once if it has more RUNNING entries than attempts.
+    let doubled: Vec<&str> = listed
+        .iter()
+        .filter(|j| {
+            let running = states(j).iter().filter(|s| *s == "RUNNING").count() as u64;
+            running > j["attempt"].as_u64().unwrap_or(0) + 1
+        })
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    let mut by_state = std::collections::BTreeMap::new();
+    let mut reasons = std::collections::BTreeMap::new();
+    for j in &listed {
+        *by_state
+            .entry(j["state"].as_str().unwrap_or("?").to_string())
+            .or_insert(0) += 1;
+        if let Some(r) = j["failure_reason"].as_str().filter(|r| !r.is_empty()) {
+            // Ids and names vary; the first words say what happened.
+            let short: String = r.split_whitespace().take(6).collect::<Vec<_>>().join(" ");
+            *reasons.entry(short).or_insert(0) += 1;
+        }
+    }
+    eprintln!("chaos: failure reasons {reasons:?}");
+    d.terminate();
+    let leaked_domains = d.domains();
+    let leaked_dirs = d.vm_ids();
+    let leaked_qemu = pids_with(&d.state_dir().to_string_lossy());
+    eprintln!(
+        "chaos: {} jobs, {} faults ({} kill -9), lost {}, doubled {}, max VMs alive {max_alive}, \
+         leaked domains {}, dirs {}, qemu {}; states {by_state:?}; {:.0} s",
+        ids.len(),
+        faults.len(),
+        faults.iter().filter(|f| f.1 == Fault::KillDaemon).count(),
+        lost.len(),
+        doubled.len(),
+        leaked_domains.len(),
+        leaked_dirs.len(),
+        leaked_qemu.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(doubled.is_empty(), "ran twice: {doubled:?}");
+    assert!(
+        max_alive <= 2,
+        "{max_alive} VMs alive at once on a pool of 2"
+    );
+    assert!(
+        leaked_domains.is_empty(),
+        "domains left: {leaked_domains:?}"
+    );
+    assert!(leaked_dirs.is_empty(), "VM dirs left: {leaked_dirs:?}");
+    assert!(leaked_qemu.is_empty(), "qemu left: {leaked_qemu:?}");
+    assert!(
+        by_state.get("FINISHED").copied().unwrap_or(0) >= jobs * 3 / 4,
+        "most jobs should still finish: {by_state:?}"
+    );
 }

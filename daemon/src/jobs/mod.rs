@@ -7,8 +7,9 @@
 //! ```text
 //! QUEUED --PickedUp--> PROVISIONING --VmPrepared--> BOOTING --AgentReady--> RUNNING
 //!        --Collecting--> COLLECTING --SessionEnded--> FINISHED   (REPORTING: when results are reported)
-//! any in flight --Failed / HostLost / Cancelled / TimedOut--> final;  QUEUED --Cancelled--> CANCELLED
+//! any in flight --Failed / Cancelled / TimedOut--> final;  QUEUED --Cancelled--> CANCELLED
 //! in flight at a restart --Interrupted--> FAILED (daemon restart) --> QUEUED while the retry budget lasts
+//! booting on a host that stopped answering --HostLost--> FAILED (host lost) --> QUEUED likewise
 //! ```
 
 pub mod convert;
@@ -78,7 +79,8 @@ pub enum JobEvent {
     Failed {
         reason: String,
     },
-    /// The libvirt host for the job could not be reached (or stopped answering).
+    /// The libvirt host could not be reached (or stopped answering) before the job's guest ran
+    /// anything: FAILED, then requeued while its retry budget lasts.
     HostLost {
         uri: String,
         error: String,
@@ -349,25 +351,29 @@ impl Jobs {
                 self.store
                     .transition_with(id, State::Failed, &reason, not_ok)?
             }
-            JobEvent::HostLost { uri, error } => self.store.transition_with(
-                id,
-                State::Failed,
-                &format!("host lost: {uri}: {error}"),
-                not_ok,
-            )?,
-            JobEvent::Interrupted => return self.interrupted(id),
+            JobEvent::HostLost { uri, error } => {
+                let reason = format!("host lost: {uri}: {error}");
+                return self.fail_then_requeue(id, &reason, "host lost");
+            }
+            JobEvent::Interrupted => {
+                return self.fail_then_requeue(id, "daemon restart", "daemon restart")
+            }
         };
         self.publish(&rec);
         Ok(rec)
     }
 
-    /// FAILED (daemon restart), then QUEUED again while the retry budget lasts.
-    fn interrupted(&self, id: &str) -> Result<JobRecord, JobsError> {
-        let failed = self
-            .store
-            .transition_with(id, State::Failed, "daemon restart", |r| {
-                r.execution_status = Some(ExecStatus::NotOk)
-            })?;
+    /// FAILED with `reason` (the daemon restarted, or the host was lost before the job ran),
+    /// then QUEUED again while the retry budget lasts.
+    fn fail_then_requeue(
+        &self,
+        id: &str,
+        reason: &str,
+        cause: &str,
+    ) -> Result<JobRecord, JobsError> {
+        let failed = self.store.transition_with(id, State::Failed, reason, |r| {
+            r.execution_status = Some(ExecStatus::NotOk)
+        })?;
         if failed.attempt >= self.retry_budget {
             self.publish(&failed);
             return Ok(failed);
@@ -376,7 +382,7 @@ impl Jobs {
         let rec = self.store.transition_with(
             id,
             State::Queued,
-            &format!("requeued after daemon restart (retry {attempt})"),
+            &format!("requeued after {cause} (retry {attempt})"),
             |r| {
                 r.attempt = attempt;
                 r.execution_status = None;
@@ -471,9 +477,9 @@ impl Jobs {
         self.hub.release(id);
     }
 
-    /// Test helper: takes a QUEUED job to FINISHED with one result still in the outbox.
+    /// Test helper: takes a QUEUED job to COLLECTING.
     #[cfg(test)]
-    pub fn hold_for_reporting(&self, id: &str) {
+    pub fn run_to_collecting(&self, id: &str) {
         for ev in [
             JobEvent::PickedUp { vm_id: None },
             JobEvent::VmPrepared {
@@ -487,6 +493,12 @@ impl Jobs {
         ] {
             self.apply(id, ev).expect("step");
         }
+    }
+
+    /// Test helper: takes a QUEUED job to FINISHED with one result still in the outbox.
+    #[cfg(test)]
+    pub fn hold_for_reporting(&self, id: &str) {
+        self.run_to_collecting(id);
         let plan = ReportPlan {
             entries: vec![OutboxEntry {
                 job: id.into(),
@@ -497,21 +509,8 @@ impl Jobs {
             }],
             refused: Vec::new(),
         };
-        let outcome = SessionOutcome {
-            agent_version: "1".into(),
-            execution_status_ok: true,
-            status_message: String::new(),
-            exit_code: 0,
-            cancelled: false,
-            results_yaml: String::new(),
-            tap: String::new(),
-            artifact_bytes: 0,
-            artifact_entries: 0,
-            log_bytes: 0,
-            artifact_transfer: std::time::Duration::ZERO,
-        };
         let ev = JobEvent::SessionEnded {
-            outcome: Box::new(outcome),
+            outcome: test_outcome(""),
             report: Some(plan),
         };
         self.apply(id, ev).expect("ended");
@@ -562,6 +561,24 @@ pub fn dir_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Test helper: a session that ended OK with `yaml` as its ResultYAML.
+#[cfg(test)]
+pub fn test_outcome(yaml: &str) -> Box<SessionOutcome> {
+    Box::new(SessionOutcome {
+        agent_version: "a".into(),
+        execution_status_ok: true,
+        status_message: String::new(),
+        exit_code: 0,
+        cancelled: false,
+        results_yaml: yaml.into(),
+        tap: String::new(),
+        artifact_bytes: 0,
+        artifact_entries: 0,
+        log_bytes: 0,
+        artifact_transfer: std::time::Duration::ZERO,
+    })
+}
+
 /// The detail a job's PROVISIONING and BOOTING events carry when it runs on a pre-booted VM.
 pub fn prebooted_detail(vm_id: &str) -> String {
     format!("pre-booted VM {vm_id}")
@@ -609,22 +626,6 @@ mod tests {
         }
     }
 
-    fn outcome(yaml: &str) -> Box<SessionOutcome> {
-        Box::new(SessionOutcome {
-            agent_version: "a".into(),
-            execution_status_ok: true,
-            status_message: String::new(),
-            exit_code: 0,
-            cancelled: false,
-            results_yaml: yaml.into(),
-            tap: String::new(),
-            artifact_bytes: 0,
-            artifact_entries: 0,
-            log_bytes: 0,
-            artifact_transfer: std::time::Duration::ZERO,
-        })
-    }
-
     fn states(r: &JobRecord) -> Vec<State> {
         r.events.iter().map(|e| e.state).collect()
     }
@@ -662,7 +663,7 @@ mod tests {
             .apply(
                 "a",
                 JobEvent::SessionEnded {
-                    outcome: outcome(yaml),
+                    outcome: test_outcome(yaml),
                     report: None,
                 },
             )
@@ -708,19 +709,7 @@ mod tests {
         {
             let j = jobs(t.path());
             j.create("a", request(), "", None).expect("create");
-            for ev in [
-                JobEvent::PickedUp { vm_id: None },
-                JobEvent::VmPrepared {
-                    vm_id: "a".into(),
-                    detail: String::new(),
-                },
-                JobEvent::AgentReady {
-                    agent_version: "1".into(),
-                },
-                JobEvent::Collecting,
-            ] {
-                j.apply("a", ev).expect("step");
-            }
+            j.run_to_collecting("a");
             let entry = |index: u32| OutboxEntry {
                 job: "a".into(),
                 index,
@@ -739,7 +728,7 @@ mod tests {
                 .apply(
                     "a",
                     JobEvent::SessionEnded {
-                        outcome: outcome(""),
+                        outcome: test_outcome(""),
                         report: Some(plan),
                     },
                 )
@@ -778,24 +767,12 @@ mod tests {
         let j = jobs(t.path());
         for (id, yaml) in [("g1", ":::"), ("g2", "results: 3"), ("g3", "")] {
             j.create(id, request(), "", None).expect("create");
-            for ev in [
-                JobEvent::PickedUp { vm_id: None },
-                JobEvent::VmPrepared {
-                    vm_id: id.into(),
-                    detail: String::new(),
-                },
-                JobEvent::AgentReady {
-                    agent_version: "1".into(),
-                },
-                JobEvent::Collecting,
-            ] {
-                j.apply(id, ev).expect("step");
-            }
+            j.run_to_collecting(id);
             let r = j
                 .apply(
                     id,
                     JobEvent::SessionEnded {
-                        outcome: outcome(yaml),
+                        outcome: test_outcome(yaml),
                         report: None,
                     },
                 )
@@ -837,10 +814,14 @@ mod tests {
     }
 
     #[test]
-    fn host_lost_and_failures_keep_their_reason() {
+    fn a_lost_host_requeues_the_job_within_its_budget_and_keeps_the_reason() {
         let t = tempfile::tempdir().expect("tmp");
         let j = jobs(t.path());
         j.create("a", request(), "", None).expect("create");
+        let lost = || JobEvent::HostLost {
+            uri: "qemu+tcp://h1/system".into(),
+            error: "connection refused".into(),
+        };
         j.apply(
             "a",
             JobEvent::PickedUp {
@@ -848,17 +829,20 @@ mod tests {
             },
         )
         .expect("picked up");
-        let r = j
-            .apply(
-                "a",
-                JobEvent::HostLost {
-                    uri: "qemu+tcp://h1/system".into(),
-                    error: "connection refused".into(),
-                },
-            )
-            .expect("lost");
+        let r = j.apply("a", lost()).expect("lost");
         assert_eq!(r.events[1].message, "pre-booted VM prebooted-1");
-        assert_eq!(r.vm_id, "prebooted-1");
+        assert_eq!(r.state, State::Queued, "nothing ran: it goes again");
+        assert_eq!(r.attempt, 1);
+        assert_eq!(
+            r.events[2].message,
+            "host lost: qemu+tcp://h1/system: connection refused"
+        );
+        assert_eq!(r.events[3].message, "requeued after host lost (retry 1)");
+        // The budget (1) is spent: the second loss is final.
+        j.apply("a", JobEvent::PickedUp { vm_id: None })
+            .expect("picked up");
+        let r = j.apply("a", lost()).expect("lost");
+        assert_eq!(r.state, State::Failed);
         assert_eq!(
             r.failure_reason,
             "host lost: qemu+tcp://h1/system: connection refused"
