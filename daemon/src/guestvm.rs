@@ -67,6 +67,10 @@ impl LiveVms {
     pub fn contains(&self, id: &str) -> bool {
         self.lock().contains(id)
     }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 /// A VM id held in [`LiveVms`] until dropped.

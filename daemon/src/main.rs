@@ -9,6 +9,7 @@ mod fetching;
 mod guestvm;
 mod jobs;
 mod lifecycle;
+mod metrics;
 mod pool;
 mod prebooted;
 mod reaper;
@@ -95,7 +96,12 @@ async fn main() -> anyhow::Result<()> {
     let web_stop = tokio_util::sync::CancellationToken::new();
     if let Some(addr) = listen_http {
         let listener = web::bind(addr).await?;
-        tokio::spawn(web::serve(listener, svc.jobs().clone(), web_stop.clone()));
+        tokio::spawn(web::serve(
+            listener,
+            svc.jobs().clone(),
+            svc.metrics().clone(),
+            web_stop.clone(),
+        ));
     }
 
     let (health, health_svc) = tonic_health::server::health_reporter();

@@ -3,17 +3,17 @@
 //! [`LiveVms`]) is destroyed, but only once it has been seen unowned in two consecutive passes,
 //! so a VM being made or torn down at the moment of a pass is never touched. The start of the
 //! daemon reconciles everything at once; this catches what leaks while it runs (a teardown that
-//! failed, a task that died).
+//! failed, a task that died). Each one is logged and counted (`minion_reaped_leftovers_total`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use minion_provisioning::vm;
 
 use crate::guestvm::LiveVms;
+use crate::metrics::{Leftover, Metrics};
 use crate::pool::Pool;
 
 /// Two-pass judgement over VM ids, the reaper's memory between passes.
@@ -42,20 +42,13 @@ impl TwoPass {
     }
 }
 
-/// What the reaper has removed since the daemon started.
-#[derive(Debug, Default)]
-pub struct Reaped {
-    pub domains: AtomicU64,
-    pub dirs: AtomicU64,
-}
-
 pub struct Reaper {
     live: LiveVms,
     state_dir: PathBuf,
     /// One pool per libvirt host (their connections).
     hosts: Vec<Arc<Pool>>,
     interval: Duration,
-    pub reaped: Reaped,
+    metrics: Arc<Metrics>,
     judge: Mutex<TwoPass>,
 }
 
@@ -65,6 +58,7 @@ impl Reaper {
         state_dir: PathBuf,
         pools: &[Arc<Pool>],
         interval: Duration,
+        metrics: Arc<Metrics>,
     ) -> Reaper {
         let mut hosts: Vec<Arc<Pool>> = Vec::new();
         for p in pools {
@@ -77,7 +71,7 @@ impl Reaper {
             state_dir,
             hosts,
             interval,
-            reaped: Reaped::default(),
+            metrics,
             judge: Mutex::default(),
         }
     }
@@ -106,9 +100,8 @@ impl Reaper {
                     for d in &report.destroyed {
                         tracing::warn!(domain = %d, "reaper: destroyed a domain no live VM owns (seen unowned twice)");
                     }
-                    self.reaped
-                        .domains
-                        .fetch_add(report.destroyed.len() as u64, Ordering::Relaxed);
+                    self.metrics
+                        .reaped(Leftover::Domain, report.destroyed.len() as u64);
                     for e in report.errors {
                         tracing::error!("reaper on {}: {e}", hv.uri());
                     }
@@ -120,9 +113,8 @@ impl Reaper {
         for d in &report.removed_dirs {
             tracing::warn!(dir = %d.display(), "reaper: removed a VM directory no live VM owns (seen unowned twice)");
         }
-        self.reaped
-            .dirs
-            .fetch_add(report.removed_dirs.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .reaped(Leftover::VmDir, report.removed_dirs.len() as u64);
         for e in report.errors {
             tracing::error!("reaper: {e}");
         }

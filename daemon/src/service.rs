@@ -22,6 +22,7 @@ use crate::guestvm::VmContext;
 use crate::jobs::convert::provenance_from_pb;
 use crate::jobs::{Created, JobEvent, JobRecord, JobRequest, Jobs, JobsError, ListQuery, Page};
 use crate::lifecycle::State;
+use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::prebooted::{ParkedVm, Prebooted};
 use crate::reaper::Reaper;
@@ -106,6 +107,7 @@ pub struct Service {
     cancels: Mutex<HashMap<String, CancellationToken>>,
     bus: Option<Arc<Bus>>,
     reaper: Arc<Reaper>,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -139,6 +141,8 @@ impl Service {
             );
             rxs.push((name.clone(), rx));
         }
+        let metrics = Metrics::new(jobs.clone(), vms.live.clone());
+        jobs.on_final(metrics.job_ended());
         let bus = cfg.bus.as_ref().map(Bus::new);
         if let Some(b) = &bus {
             let b = b.clone();
@@ -155,6 +159,7 @@ impl Service {
             cfg.state_dir.clone(),
             &all,
             std::time::Duration::from_secs(cfg.reap_interval_secs.max(1)),
+            metrics.clone(),
         ));
         let run = Arc::new(RunContext {
             jobs: jobs.clone(),
@@ -170,6 +175,7 @@ impl Service {
                 run,
                 bus,
                 reaper,
+                metrics,
                 cancels: Mutex::new(HashMap::new()),
             }),
             rxs,
@@ -178,6 +184,10 @@ impl Service {
 
     pub fn jobs(&self) -> &Arc<Jobs> {
         &self.jobs
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn images_dir(&self) -> &Path {

@@ -2,6 +2,7 @@
 //! results' `ref_url`s in ResultsDB point to, and a plain page per job.
 //!
 //! ```text
+//! GET /metrics                         Prometheus metrics (OpenMetrics text, metrics.rs)
 //! GET /jobs/<uuid>                     the job: state, steps, results (text/plain)
 //! GET /jobs/<uuid>/artifacts/          the listing (HTML, links only)
 //! GET /jobs/<uuid>/artifacts/<path>    one artifact, streamed
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{self, ArtifactError};
 use crate::jobs::Jobs;
+use crate::metrics::{self, Metrics};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -232,13 +234,23 @@ fn job_page(jobs: &Jobs, id: &str) -> Response<Body> {
     text(StatusCode::OK, t)
 }
 
-async fn route(jobs: Arc<Jobs>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(
+    jobs: Arc<Jobs>,
+    metrics: Arc<Metrics>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only"));
     }
     let Some(path) = percent_decode(req.uri().path()) else {
         return Ok(text(StatusCode::NOT_FOUND, "not found"));
     };
+    if path == "/metrics" {
+        let text = tokio::task::spawn_blocking(move || metrics.render())
+            .await
+            .unwrap_or_default();
+        return Ok(reply(StatusCode::OK, metrics::CONTENT_TYPE, full(text)));
+    }
     let Some(rest) = path.strip_prefix("/jobs/") else {
         return Ok(text(
             StatusCode::NOT_FOUND,
@@ -280,7 +292,12 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, WebError>
 }
 
 /// Serves on `listener` until `stop`.
-pub async fn serve(listener: tokio::net::TcpListener, jobs: Arc<Jobs>, stop: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    jobs: Arc<Jobs>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("serving artifacts on http://{addr}/jobs/<uuid>/artifacts/");
     }
@@ -295,9 +312,10 @@ pub async fn serve(listener: tokio::net::TcpListener, jobs: Arc<Jobs>, stop: Can
             },
             _ = stop.cancelled() => return,
         };
-        let jobs = jobs.clone();
+        let (jobs, metrics) = (jobs.clone(), metrics.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| route(jobs.clone(), req));
+            let svc =
+                hyper::service::service_fn(move |req| route(jobs.clone(), metrics.clone(), req));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
@@ -354,9 +372,21 @@ mod tests {
             .expect("port");
         let stop = CancellationToken::new();
         let listener = bind(port).await.expect("bind");
-        tokio::spawn(serve(listener, jobs.clone(), stop.clone()));
+        let metrics = Metrics::new(jobs.clone(), crate::guestvm::LiveVms::default());
+        tokio::spawn(serve(listener, jobs.clone(), metrics, stop.clone()));
         let id2 = id.to_string();
         let checks = tokio::task::spawn_blocking(move || {
+            // The metrics sit beside the artifacts, as OpenMetrics text.
+            let (st, head, body) = get(port, "/metrics");
+            assert_eq!(st, 200);
+            assert!(
+                head.contains("content-type: application/openmetrics-text"),
+                "{head}"
+            );
+            assert!(
+                body.contains("minion_jobs{state=\"QUEUED\",pool=\"\"} 1"),
+                "{body}"
+            );
             let a = |p: &str| get(port, &format!("/jobs/{id2}/artifacts/{p}"));
             let (st, head, body) = a("task_output/log.txt");
             assert_eq!(st, 200);

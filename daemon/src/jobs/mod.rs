@@ -117,7 +117,7 @@ pub type FinalHook = Box<dyn Fn(&JobRecord) + Send + Sync>;
 
 pub struct Jobs {
     store: store::Store,
-    on_final: std::sync::OnceLock<FinalHook>,
+    on_final: std::sync::RwLock<Vec<FinalHook>>,
     hub: hub::Hub,
     state_dir: PathBuf,
     retry_budget: u32,
@@ -128,7 +128,7 @@ impl Jobs {
     pub fn open(state_dir: &Path, retry_budget: u32) -> Result<Jobs, JobsError> {
         Ok(Jobs {
             store: store::Store::open(&state_dir.join("jobs.db"))?,
-            on_final: std::sync::OnceLock::new(),
+            on_final: std::sync::RwLock::new(Vec::new()),
             hub: hub::Hub::default(),
             state_dir: state_dir.to_path_buf(),
             retry_budget,
@@ -136,9 +136,12 @@ impl Jobs {
         })
     }
 
-    /// Sets what is told of every final state (once; later calls are ignored).
+    /// Adds a hook told of every final state (after the record is written), in the order added.
     pub fn on_final(&self, hook: FinalHook) {
-        let _ = self.on_final.set(hook);
+        self.on_final
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
     }
 
     /// The job's private copy of its task tree.
@@ -230,6 +233,11 @@ impl Jobs {
 
     pub fn list(&self, q: &ListQuery) -> Result<Page, JobsError> {
         Ok(self.store.list(q)?)
+    }
+
+    /// Every job not final (queued, in flight, reporting), in submission order.
+    pub fn active(&self) -> Result<Vec<JobRecord>, JobsError> {
+        Ok(self.store.active()?)
     }
 
     /// How many records were moved aside because they did not decode.
@@ -539,7 +547,12 @@ impl Jobs {
                 },
             );
             self.hub.close(&rec.id);
-            if let Some(hook) = self.on_final.get() {
+            for hook in self
+                .on_final
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
                 hook(rec);
             }
             // The private copy of the task tree is not needed once the job is final.
