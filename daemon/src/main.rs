@@ -106,11 +106,18 @@ async fn main() -> anyhow::Result<()> {
 
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ControllerServer<api::Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(minion_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl speaks v1, Python's grpcio-reflection v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(minion_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
         .context("reflection service")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("reflection service (v1alpha)")?;
     let grpc = ControllerServer::new(api::Api { svc: svc.clone() });
 
     if let Some(parent) = listen.parent() {
@@ -138,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
     let unix_server = tonic::transport::Server::builder()
         .add_service(health_svc.clone())
         .add_service(reflection.clone())
+        .add_service(reflection_v1alpha.clone())
         .add_service(grpc.clone())
         .serve_with_incoming_shutdown(UnixListenerStream::new(uds), shutdown);
 
@@ -150,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
             let tcp_server = tonic::transport::Server::builder()
                 .add_service(health_svc)
                 .add_service(reflection)
+                .add_service(reflection_v1alpha)
                 .add_service(grpc)
                 .serve(addr);
             tokio::select! {

@@ -378,6 +378,35 @@ fn health_and_reflection_answer_as_grpcurl_needs() {
             names.contains(&"grpc.health.v1.Health".to_string()),
             "{names:?}"
         );
+
+        // v1alpha too: what Python's grpcio-reflection asks.
+        use tonic_reflection::pb::v1alpha as alpha;
+        let req = alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let ch = grpc_channel(&d.socket).await;
+        let first = alpha::server_reflection_client::ServerReflectionClient::new(ch)
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .expect("reflection v1alpha")
+            .into_inner()
+            .message()
+            .await
+            .expect("reflection v1alpha answer")
+            .expect("one message");
+        let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            first.message_response
+        else {
+            panic!("unexpected v1alpha answer: {first:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(
+            names.contains(&"minion.v1.controller.Controller".to_string()),
+            "{names:?}"
+        );
     });
 }
 
