@@ -56,6 +56,8 @@ fi
 # so both names must exist even though qemu.conf picks the kvm group.
 getent group kvm >/dev/null || groupadd --system kvm
 getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+# miniond's socket belongs to this group (socket_group): its members may use the API.
+getent group minion >/dev/null || groupadd --system minion
 getent passwd libvirt-qemu >/dev/null || \
     useradd --system --gid kvm --home-dir /var/lib/libvirt --no-create-home \
         --shell /usr/sbin/nologin --comment "Libvirt Qemu" libvirt-qemu

@@ -47,6 +47,13 @@ pub struct Config {
     /// gRPC unix socket. Default `/run/minion/miniond.sock`.
     #[serde(default = "default_listen")]
     pub listen: PathBuf,
+    /// Group that owns the unix socket: its members may use the API (the Docker-group
+    /// convention). Default `minion`.
+    #[serde(default = "default_socket_group")]
+    pub socket_group: String,
+    /// Mode of the unix socket, in octal. Default `0660`.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
     /// Optional gRPC TCP address (`127.0.0.1:7700`). Default: none.
     #[serde(default)]
     pub listen_tcp: Option<String>,
@@ -100,6 +107,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// `socket_mode` as permission bits, if it is an octal mode up to 0777.
+    pub fn socket_mode_bits(&self) -> Option<u32> {
+        let m = self.socket_mode.trim();
+        let digits = m.strip_prefix("0o").unwrap_or(m);
+        u32::from_str_radix(digits, 8).ok().filter(|b| *b <= 0o777)
+    }
+
     /// The services guests may have the host fetch from: only these.
     pub fn sources(&self) -> minion_fetch::Sources {
         minion_fetch::Sources {
@@ -214,6 +228,14 @@ pub enum GuestNetwork {
     User,
 }
 
+fn default_socket_group() -> String {
+    "minion".into()
+}
+
+fn default_socket_mode() -> String {
+    "0660".into()
+}
+
 fn default_reap_interval_secs() -> u64 {
     60
 }
@@ -272,6 +294,12 @@ impl Config {
             field: field.to_string(),
             message,
         };
+        if cfg.socket_mode_bits().is_none() {
+            return Err(invalid(
+                "socket_mode",
+                format!("`{}` is not an octal mode up to 0777", cfg.socket_mode),
+            ));
+        }
         if !cfg.state_dir.is_absolute() {
             return Err(invalid("state_dir", "must be an absolute path".into()));
         }
@@ -373,6 +401,10 @@ mod tests {
         assert_eq!(c.listen, PathBuf::from("/run/minion/miniond.sock"));
         assert_eq!(c.retry_budget, 1);
         assert_eq!(c.log_format, LogFormat::Human);
+        assert_eq!(
+            (c.socket_group.as_str(), c.socket_mode_bits()),
+            ("minion", Some(0o660))
+        );
         let p = &c.pools["p"];
         assert_eq!((p.max_vms, p.vcpus, p.memory_mib), (2, 1, 512));
         assert_eq!(p.min_ready, 0, "no pre-booted VMs unless asked");
@@ -407,6 +439,17 @@ mod tests {
         )
         .expect_err("bad");
         assert_eq!(e.to_string(), "m.toml: pools.p.max_vms: must be ≥ 1");
+        for bad in ["0999", "1777", "rw", ""] {
+            let e = Config::parse(
+                Path::new("m.toml"),
+                &format!("socket_mode = \"{bad}\"\n[pools.p]\nimage = \"x\"\n"),
+            )
+            .expect_err(bad);
+            assert_eq!(
+                e.to_string(),
+                format!("m.toml: socket_mode: `{bad}` is not an octal mode up to 0777")
+            );
+        }
         let e = Config::parse(
             Path::new("m.toml"),
             "[pools.p]\nimage = \"x\"\nmax_vms = 2\nmin_ready = 3\n",

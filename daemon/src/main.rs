@@ -47,6 +47,29 @@ struct Args {
     config: PathBuf,
 }
 
+/// The socket belongs to `group` with `mode`: only root and the group's members may connect.
+fn restrict_socket(path: &std::path::Path, group: &str, mode: u32) -> anyhow::Result<()> {
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| anyhow::anyhow!("socket_group `{group}`: not a group name"))?;
+    // SAFETY: `name` is a valid C string; getgrnam's result is read at once, before any other
+    // call that could reuse its static buffer.
+    let gid = unsafe {
+        let g = libc::getgrnam(name.as_ptr());
+        if g.is_null() {
+            anyhow::bail!(
+                "socket_group `{group}`: no such group (create it: groupadd --system {group}; or set socket_group)"
+            );
+        }
+        (*g).gr_gid
+    };
+    std::os::unix::fs::chown(path, None, Some(gid))
+        .with_context(|| format!("{}: chown to group {group}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("{}: chmod {mode:o}", path.display()))?;
+    tracing::info!("socket {} is group {group}, mode {mode:o}", path.display());
+    Ok(())
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -80,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let accel = minion_provisioning::accel::detect();
     let listen = cfg.listen.clone();
+    let (socket_group, socket_mode) = (cfg.socket_group.clone(), cfg.socket_mode_bits());
     let listen_tcp = cfg.listen_tcp.clone();
     let listen_http = match &cfg.listen_http {
         Some(a) => Some(
@@ -130,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e).with_context(|| listen.display().to_string()),
     }
     let uds = UnixListener::bind(&listen).with_context(|| listen.display().to_string())?;
+    restrict_socket(&listen, &socket_group, socket_mode.unwrap_or(0o660))?;
     tracing::info!("listening on {}", listen.display());
 
     let shutdown = async {

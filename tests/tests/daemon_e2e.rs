@@ -337,6 +337,22 @@ fn health_and_reflection_answer_as_grpcurl_needs() {
         ServerReflectionRequest,
     };
     let d = Daemon::start(1, 0);
+    // The socket is the `minion` group's, 0660 (the defaults): root and the group may connect.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&d.socket).expect("socket");
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        let group = Command::new("getent")
+            .args(["group", "minion"])
+            .output()
+            .expect("getent");
+        let gid: u32 = String::from_utf8_lossy(&group.stdout)
+            .split(':')
+            .nth(2)
+            .and_then(|g| g.trim().parse().ok())
+            .expect("the minion group (scripts/setup-host.sh makes it)");
+        assert_eq!(meta.gid(), gid);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
