@@ -170,6 +170,23 @@ fn record_ops(rec: &JobRecord, bytes: Vec<u8>) -> Vec<Op> {
     vec![Op::Put(T::Jobs, rec.id.as_bytes().to_vec(), bytes), active]
 }
 
+/// [`record_ops`] for a record not in the store yet: also its entries in the indexes that never
+/// change for a job (creation order, item).
+fn new_record_ops(rec: &JobRecord, bytes: Vec<u8>) -> Vec<Op> {
+    let mut ops = record_ops(rec, bytes);
+    ops.push(Op::Put(
+        T::BySeq,
+        seq_key(rec.seq).to_vec(),
+        rec.id.as_bytes().to_vec(),
+    ));
+    ops.push(Op::Put(
+        T::ByItem,
+        item_key(&rec.request.item, rec.seq),
+        rec.id.as_bytes().to_vec(),
+    ));
+    ops
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // A store just closed (a restart in the same process, a test) may still be locked for
@@ -358,17 +375,7 @@ impl Store {
             artifact_bytes: 0,
             artifacts_pruned: None,
         };
-        let mut ops = record_ops(&rec, encode(&rec)?);
-        ops.push(Op::Put(
-            T::BySeq,
-            seq_key(rec.seq).to_vec(),
-            id.as_bytes().to_vec(),
-        ));
-        ops.push(Op::Put(
-            T::ByItem,
-            item_key(&rec.request.item, rec.seq),
-            id.as_bytes().to_vec(),
-        ));
+        let mut ops = new_record_ops(&rec, encode(&rec)?);
         if !key.is_empty() {
             ops.push(Op::Put(
                 T::Keys,
@@ -628,9 +635,14 @@ impl Store {
 
     /// Whether retention may remove the job: final, and nothing of it left in the outbox.
     pub(super) fn prunable(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.prunable_record(id)?.is_some())
+    }
+
+    /// The job's record if retention may remove it (see [`Store::prunable`]).
+    fn prunable_record(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         match self.load(id) {
-            Ok(Some(r)) => Ok(r.state.is_final() && !self.has_outbox(id)?),
-            Ok(None) | Err(StoreError::Corrupt { .. }) => Ok(false),
+            Ok(Some(r)) if r.state.is_final() && !self.has_outbox(id)? => Ok(Some(r)),
+            Ok(_) | Err(StoreError::Corrupt { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -639,14 +651,9 @@ impl Store {
     /// tombstone; a job not final, or with results still to post, is kept (false).
     pub(super) fn prune(&self, id: &str, pruned: Pruned) -> Result<bool, StoreError> {
         let g = self.lock();
-        let rec = match self.load(id) {
-            Ok(Some(r)) => r,
-            Ok(None) | Err(StoreError::Corrupt { .. }) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        if !rec.state.is_final() || self.has_outbox(id)? {
+        let Some(rec) = self.prunable_record(id)? else {
             return Ok(false);
-        }
+        };
         let tomb = Tombstone {
             id: rec.id.clone(),
             created_ms: rec.created_ms,

@@ -7,7 +7,7 @@
 //! 1. before the version key: `jobs`, `keys`, `outbox`.
 //! 2. + `by_seq`, `active`, `by_item` (built from the records), `quarantine`, `pruned`, `meta`.
 
-use super::{item_key, record_ops, seq_key, Op, Store, StoreError, T};
+use super::{new_record_ops, Store, StoreError};
 
 pub const SCHEMA_VERSION: u32 = 2;
 
@@ -80,14 +80,7 @@ fn build_indexes(s: &Store) -> Result<(), StoreError> {
                 continue;
             }
         };
-        let mut ops = record_ops(&rec, v.to_vec());
-        ops.push(Op::Put(T::BySeq, seq_key(rec.seq).to_vec(), k.to_vec()));
-        ops.push(Op::Put(
-            T::ByItem,
-            item_key(&rec.request.item, rec.seq),
-            k.to_vec(),
-        ));
-        s.commit(&ops)?;
+        s.commit(&new_record_ops(&rec, v.to_vec()))?;
         indexed += 1;
     }
     s.db.flush()?;
