@@ -137,9 +137,22 @@ fn io_error(path: &Path, source: io::Error, keep_free: u64) -> ChannelError {
 fn allowed_location(rel: &Path, kind: tar::EntryType) -> bool {
     let mut parts = rel.components();
     match parts.next().and_then(|c| c.as_os_str().to_str()) {
-        Some("task_output") => true,
-        Some("results.yaml" | "results.tap") => parts.next().is_none() && !kind.is_dir(),
+        Some(TASK_OUTPUT) => true,
+        Some(f) if RESULT_FILES.contains(&f) => parts.next().is_none() && !kind.is_dir(),
         _ => false,
+    }
+}
+
+/// The run layout: the one directory and the two files the guest may send.
+const TASK_OUTPUT: &str = "task_output";
+const RESULT_FILES: [&str; 2] = ["results.yaml", "results.tap"];
+
+/// Removes whatever of the run layout is under `dest` (what an unpack that could not finish
+/// wrote), leaving the host's own files beside it.
+fn remove_unpacked(dest: &Path) {
+    let _ = fs::remove_dir_all(dest.join(TASK_OUTPUT));
+    for f in RESULT_FILES {
+        let _ = fs::remove_file(dest.join(f));
     }
 }
 
@@ -156,6 +169,21 @@ pub(crate) fn confine(path: &Path) -> Result<PathBuf, &'static str> {
 /// Unpacks a tar stream into `dest`, leaving at least `keep_free` bytes free on its filesystem
 /// (0: no such check); returns the number of entries written.
 pub(crate) fn unpack<R: Read>(
+    reader: R,
+    dest: &Path,
+    max_entries: u64,
+    keep_free: u64,
+) -> Result<u64, ChannelError> {
+    let unpacked = unpack_all(reader, dest, max_entries, keep_free);
+    if matches!(unpacked, Err(ChannelError::HostDiskFull { .. })) {
+        // What was written goes at once, so the host's filesystem has room again for the
+        // job's final state and the jobs that follow.
+        remove_unpacked(dest);
+    }
+    unpacked
+}
+
+fn unpack_all<R: Read>(
     reader: R,
     dest: &Path,
     max_entries: u64,
@@ -295,6 +323,33 @@ mod tests {
         assert_eq!(
             fs::read(dir.path().join("task_output/a/b.txt")).expect("read"),
             b"hello"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_stops_the_unpack_and_leaves_nothing_of_it() {
+        let data = tar_with(|b| {
+            let mut dir = tar::Header::new_gnu();
+            dir.set_entry_type(tar::EntryType::Directory);
+            dir.set_mode(0o755);
+            dir.set_size(0);
+            b.append_data(&mut dir, "task_output/logs", &[][..])
+                .expect("append");
+            b.append_data(&mut file_header(5), "task_output/logs/a.txt", &b"hello"[..])
+                .expect("append");
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("minion.log"), b"host's own").expect("log");
+        // No filesystem has this much free: the first file's bytes are refused.
+        let err = unpack(&data[..], dir.path(), 10, u64::MAX).expect_err("full");
+        assert!(matches!(err, ChannelError::HostDiskFull { .. }), "{err}");
+        assert!(
+            !dir.path().join("task_output").exists(),
+            "the partial unpack is gone"
+        );
+        assert_eq!(
+            fs::read(dir.path().join("minion.log")).expect("log"),
+            b"host's own"
         );
     }
 

@@ -56,12 +56,7 @@ impl Pool {
         let mut wait = HOST_RETRY_FIRST;
         while self.host_down.load(Ordering::SeqCst) {
             tokio::time::sleep(wait).await;
-            let p = self.clone();
-            let answered = tokio::task::spawn_blocking(move || p.hypervisor()?.ping())
-                .await
-                .map(|r| r.is_ok())
-                .unwrap_or(false);
-            if answered {
+            if self.reachable().await {
                 self.host_down.store(false, Ordering::SeqCst);
                 tracing::info!(pool = %self.name, uri = %self.cfg.libvirt_uri, "libvirt host answers again");
                 return;
@@ -70,9 +65,12 @@ impl Pool {
         }
     }
 
-    /// Whether the host answers now (a libvirt call: blocks).
-    pub fn host_reachable(&self) -> bool {
-        self.hypervisor().and_then(|h| h.ping()).is_ok()
+    /// Whether the host answers now (a libvirt call, off the runtime).
+    pub async fn reachable(self: &Arc<Self>) -> bool {
+        let p = self.clone();
+        tokio::task::spawn_blocking(move || p.hypervisor().and_then(|h| h.ping()).is_ok())
+            .await
+            .unwrap_or(false)
     }
 
     /// The pool's libvirt connection, opened on first use. `Hypervisor` itself reconnects when

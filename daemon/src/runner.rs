@@ -161,16 +161,6 @@ pub async fn run_job(
         Ok(Err(ChannelError::JobTimeout(t))) => {
             End::TimedOut(format!("exceeded its timeout of {}s", t.as_secs()))
         }
-        Ok(Err(e @ ChannelError::HostDiskFull { .. })) => {
-            // What was written of the artifacts goes now, so that the state dir has room for
-            // the job's final state and the jobs that follow.
-            for part in ["task_output", "results.yaml", "results.tap"] {
-                let p = artifacts.join(part);
-                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-            }
-            tracing::error!(job = %id, "{e}");
-            End::Failed(RunError::Session(e))
-        }
         Ok(Err(e)) => End::Failed(RunError::Session(e)),
     };
 
@@ -321,7 +311,7 @@ async fn ready_vm(
                 }),
                 // libvirt refused the domain because it went away under us (restarting): the
                 // host is lost, not the job's own fault.
-                (Err(e @ BootError::Start(_)), _) if !host_reachable(pool).await => {
+                (Err(e @ BootError::Start(_)), _) if !pool.reachable().await => {
                     Err(End::HostLost {
                         uri: pool.cfg.libvirt_uri.clone(),
                         error: e.to_string(),
@@ -331,13 +321,6 @@ async fn ready_vm(
             }
         }
     }
-}
-
-async fn host_reachable(pool: &Arc<Pool>) -> bool {
-    let p = pool.clone();
-    tokio::task::spawn_blocking(move || p.host_reachable())
-        .await
-        .unwrap_or(false)
 }
 
 /// Tears a VM down and then ends the job with `end` (a teardown error replaces nothing: the VM
