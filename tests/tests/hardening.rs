@@ -178,10 +178,7 @@ fn the_periodic_reaper_destroys_leftovers_and_leaves_live_vms_alone() {
     if !vm_env("the_periodic_reaper_destroys_leftovers_and_leaves_live_vms_alone") {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let d = Daemon::start_with(
         2,
         0,
@@ -247,7 +244,8 @@ fn the_periodic_reaper_destroys_leftovers_and_leaves_live_vms_alone() {
         log.contains("reaper: removed a VM directory no live VM owns"),
         "{log}"
     );
-    let metrics = http_get(port, "/metrics");
+    let (status, metrics) = http_get(&format!("http://127.0.0.1:{port}/metrics"));
+    assert_eq!(status, 200);
     for want in [
         "minion_reaped_leftovers_total{kind=\"domain\"} 1",
         "minion_reaped_leftovers_total{kind=\"vm_dir\"} 1",
@@ -260,18 +258,6 @@ fn the_periodic_reaper_destroys_leftovers_and_leaves_live_vms_alone() {
     assert_eq!(j["state"], "FINISHED", "{j}");
     assert_eq!(j["execution_status"], "OK", "{j}");
     d.assert_no_vm(&id);
-}
-
-/// The body of `GET path` from 127.0.0.1:`port` (HTTP/1.0: the server closes when done).
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
 }
 
 /// A fresh id shaped like the daemon's (a UUID), derived from `id` so that it differs.

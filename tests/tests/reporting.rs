@@ -9,14 +9,6 @@ mod common;
 use common::*;
 use minion_testenv::resultsdb::ResultsDbStandIn;
 
-/// A free loopback port for the daemon's `listen_http`.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The `[reporting]` config, and `listen_http` on `port` (prepended: top-level keys come before
 /// the tables).
 fn reporting(rdb: &ResultsDbStandIn, port: u16) -> String {
@@ -26,29 +18,6 @@ fn reporting(rdb: &ResultsDbStandIn, port: u16) -> String {
          [reporting.namespaces]\nqa = [\"/\"]\n",
         rdb.url
     )
-}
-
-/// GET `url` (plain http on loopback): status and body.
-fn http_get(url: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').expect("a path");
-    let mut s = std::net::TcpStream::connect(host).expect("connect");
-    write!(
-        s,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
 }
 
 /// A task whose results are written as given, in namespace `ns`.
