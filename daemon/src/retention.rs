@@ -133,8 +133,7 @@ impl Pruner {
         Ok(report)
     }
 
-    /// Calls `f` on every record, oldest first, until it answers false. Records `f` removes
-    /// do not shift the walk (it continues after the last seq seen).
+    /// Calls `f` on every record, oldest first, until it answers false.
     fn walk_oldest(
         &self,
         mut f: impl FnMut(&crate::jobs::JobRecord) -> Result<bool, JobsError>,
@@ -151,9 +150,10 @@ impl Pruner {
                     return Ok(());
                 }
             }
-            match (page.next, page.jobs.last()) {
-                (Some(_), Some(last)) => after = Some(last.seq),
-                _ => return Ok(()),
+            // `next` is the last seq of this page: records `f` removed do not shift it.
+            match page.next {
+                Some(seq) => after = Some(seq),
+                None => return Ok(()),
             }
         }
     }
