@@ -23,6 +23,8 @@ PACKAGES=(
     # Taskotron tasks on the host (`minion runtask`): createrepo, rpm's python bindings; the test
     # suite builds real RPMs with rpmbuild for the Koji stand-in
     rpm createrepo-c python3-rpm
+    # the tests' stock Python gRPC client (grpcio from PyPI, in a venv)
+    python3-venv
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -90,6 +92,19 @@ fi
 # --- Minion's directories ----------------------------------------------------------------------
 install -d -m 0755 /var/lib/minion /var/cache/minion /var/cache/minion/images \
     /var/cache/minion/kernel /var/cache/minion/debs
+
+# --- the tests' Python gRPC client ----------------------------------------------------------------
+# A stock grpcio (PyPI, pinned in tests/python/requirements.txt) in its own venv, rebuilt when the
+# pins change.
+PYENV=/var/cache/minion/pyenv
+want_pins=$(sha256sum tests/python/requirements.txt | cut -c1-16)
+if [ "$(cat "$PYENV/.pins" 2>/dev/null)" != "$want_pins" ]; then
+    say "installing the Python gRPC client into $PYENV"
+    rm -rf "$PYENV"
+    python3 -m venv "$PYENV"
+    "$PYENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+    echo "$want_pins" > "$PYENV/.pins"
+fi
 
 # --- libvirtd ------------------------------------------------------------------------------------
 if [ "$conf_changed" = 1 ] && [ -s /run/libvirtd.pid ] && kill -0 "$(cat /run/libvirtd.pid)" 2>/dev/null; then

@@ -28,9 +28,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use minion_h2authority::AuthorityFixed;
 use minion_proto::controller::controller_server::ControllerServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::config::{Config, LogFormat};
 
@@ -172,7 +174,11 @@ async fn main() -> anyhow::Result<()> {
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
         .add_service(grpc.clone())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(uds), shutdown);
+        .serve_with_incoming_shutdown(
+            // gRPC core clients send the socket's path as :authority, which h2 refuses.
+            UnixListenerStream::new(uds).map(|conn| conn.map(AuthorityFixed::new)),
+            shutdown,
+        );
 
     match listen_tcp {
         Some(addr) => {

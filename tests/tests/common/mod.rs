@@ -49,8 +49,42 @@ pub fn images_dir() -> PathBuf {
 /// (see minion-testenv). The binaries are whatever `cargo build` last made: `make test` builds
 /// them first; by hand, `cargo build -p miniond -p minion-cli` before `cargo test -p minion-e2e`.
 pub fn vm_env(test: &str) -> bool {
+    vm_env_with(test, &[])
+}
+
+/// [`vm_env`], and `more`.
+pub fn vm_env_with(test: &str, more: &[minion_testenv::Need<'_>]) -> bool {
     let (miniond, minion) = binaries();
-    image_env(test, "minimal", &binary_needs(&miniond, &minion))
+    let mut needs = binary_needs(&miniond, &minion).to_vec();
+    needs.extend_from_slice(more);
+    image_env(test, "minimal", &needs)
+}
+
+/// The Python with the tests' stock grpcio client (scripts/setup-host.sh makes it).
+pub fn grpc_python() -> PathBuf {
+    std::env::var_os("MINION_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/minion/pyenv/bin/python"))
+}
+
+/// Runs tests/python/grpc_client.py against `target`: its exit status and its JSON lines.
+pub fn grpc_python_client(target: &str, repo: &Path, extra: &[&str]) -> (bool, Vec<Value>) {
+    let out = Command::new(grpc_python())
+        .arg(workspace_root().join("tests/python/grpc_client.py"))
+        .arg(target)
+        .arg(repo)
+        .args(extra)
+        .output()
+        .expect("the Python client runs");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    eprintln!(
+        "grpc_client.py stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), lines)
 }
 
 /// The daemon's and the CLI's binaries, built.
