@@ -3,6 +3,7 @@
 mod formula_check;
 mod remote;
 mod runtask;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,11 @@ enum Command {
         #[command(subcommand)]
         cmd: formula_check::FormulaCommand,
     },
+    /// Bearer tokens for miniond's TCP listener: new.
+    Token {
+        #[command(subcommand)]
+        cmd: token::TokenCommand,
+    },
     /// miniond client commands (submit, job, pool, image).
     #[command(flatten)]
     Remote(remote::RemoteCommand),
@@ -32,6 +38,7 @@ fn main() {
     let code = match cli.cmd {
         Command::Runtask(a) => runtask::run(a),
         Command::Formula { cmd } => formula_check::run(cmd),
+        Command::Token { cmd } => token::run(cmd),
         Command::Remote(c) => remote::run(c),
     };
     std::process::exit(code);

@@ -1,5 +1,6 @@
 //! The gRPC service (`minion.v1.controller.Controller`): a thin mapping from requests to the
-//! [`Service`] facade and from its errors to gRPC statuses.
+//! [`Service`] facade and from its errors to gRPC statuses. Each call first checks the caller's
+//! role (the access gate in front of the service found the caller).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::access::{refused, require, Role};
 use crate::artifacts::{self, ArtifactError};
 use crate::jobs::convert::{job_to_pb, state_from_pb};
 use crate::jobs::{Created, JobsError, ListQuery, StoreError};
@@ -86,9 +88,10 @@ impl Controller for Api {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let caller = require(&req, Role::Submit, "submit jobs")?;
         let (rec, existing) = match self
             .svc
-            .submit(req.into_inner())
+            .submit(req.into_inner(), caller.id)
             .await
             .map_err(submit_status)?
         {
@@ -102,6 +105,7 @@ impl Controller for Api {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        require(&req, Role::Read, "read jobs")?;
         let id = req.into_inner().id;
         check_id(&id)?;
         let rec = self.svc.get(&id).map_err(jobs_status)?;
@@ -112,6 +116,7 @@ impl Controller for Api {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        require(&req, Role::Read, "list jobs")?;
         let r = req.into_inner();
         let after_seq = if r.page_token.is_empty() {
             None
@@ -152,6 +157,7 @@ impl Controller for Api {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        require(&req, Role::Read, "watch jobs")?;
         let r = req.into_inner();
         check_id(&r.id)?;
         let rec = self.svc.get(&r.id).map_err(jobs_status)?;
@@ -165,8 +171,24 @@ impl Controller for Api {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = require(&req, Role::Submit, "cancel jobs")?;
         let id = req.into_inner().id;
         check_id(&id)?;
+        // Own jobs with the submit role; anyone's with admin.
+        let owner = self.svc.get(&id).map_err(jobs_status)?.request.submitter;
+        if owner != caller.id && caller.role < Role::Admin {
+            let whose = if owner.is_empty() {
+                "an unknown submitter".to_string()
+            } else {
+                owner
+            };
+            return Err(refused(
+                &caller,
+                Role::Admin,
+                &format!("cancel job {id}, submitted by {whose}"),
+            ));
+        }
+        tracing::info!(job = %id, caller = %caller.id, "cancel asked");
         match self.svc.cancel(&id) {
             Ok(r) => Ok(Response::new(job_to_pb(&r))),
             Err(e @ CancelError::AlreadyFinal { .. }) => {
@@ -180,6 +202,7 @@ impl Controller for Api {
         &self,
         req: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        require(&req, Role::Read, "list artifacts")?;
         let id = req.into_inner().id;
         check_id(&id)?;
         artifacts_kept(&self.svc.get(&id).map_err(jobs_status)?)?;
@@ -204,6 +227,7 @@ impl Controller for Api {
         &self,
         req: Request<pb::GetArtifactRequest>,
     ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        require(&req, Role::Read, "read artifacts")?;
         let r = req.into_inner();
         check_id(&r.id)?;
         artifacts_kept(&self.svc.get(&r.id).map_err(jobs_status)?)?;
@@ -238,8 +262,9 @@ impl Controller for Api {
 
     async fn list_pools(
         &self,
-        _req: Request<pb::ListPoolsRequest>,
+        req: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        require(&req, Role::Read, "list pools")?;
         let pools = self
             .svc
             .pools()
@@ -264,8 +289,9 @@ impl Controller for Api {
 
     async fn list_images(
         &self,
-        _req: Request<pb::ListImagesRequest>,
+        req: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        require(&req, Role::Read, "list images")?;
         let dir = self.svc.images_dir().to_path_buf();
         let images = tokio::task::spawn_blocking(move || minion_provisioning::image::list(&dir))
             .await

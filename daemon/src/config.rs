@@ -104,6 +104,35 @@ pub struct Config {
     /// How long job records and artifacts are kept, and how much artifact space they may take.
     #[serde(default)]
     pub retention: crate::retention::Retention,
+    /// Who may do what (see daemon/README.md, "Access").
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// The certificate and key `listen_tcp` serves TLS with. Required with `listen_tcp`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[access]`.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Socket callers with the admin role besides root (user names or uids); every other socket
+    /// caller has the submit role. Default: none.
+    #[serde(default)]
+    pub socket_admins: Vec<String>,
+    /// The bearer tokens TCP callers must send (`[[token]]` name, role, sha256). Required with
+    /// `listen_tcp`.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+}
+
+/// `[tls]`: PEM files.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -300,6 +329,20 @@ impl Config {
                 format!("`{}` is not an octal mode up to 0777", cfg.socket_mode),
             ));
         }
+        if cfg.listen_tcp.is_some() {
+            if cfg.tls.is_none() {
+                return Err(invalid(
+                    "listen_tcp",
+                    "needs [tls] cert and key: TCP is served only over TLS".into(),
+                ));
+            }
+            if cfg.access.tokens_file.is_none() {
+                return Err(invalid(
+                    "listen_tcp",
+                    "needs access.tokens_file: TCP callers are known only by their tokens".into(),
+                ));
+            }
+        }
         if !cfg.state_dir.is_absolute() {
             return Err(invalid("state_dir", "must be an absolute path".into()));
         }
@@ -491,5 +534,26 @@ mod tests {
         )
         .expect_err("unknown mode");
         assert!(e.to_string().contains("unknown variant `bridge`"), "{e}");
+    }
+
+    #[test]
+    fn tcp_needs_tls_and_tokens() {
+        let base = "listen_tcp = \"127.0.0.1:7700\"\n";
+        let pools = "[pools.p]\nimage='x'\n";
+        let e = Config::parse(Path::new("m.toml"), &format!("{base}{pools}")).expect_err("no tls");
+        assert_eq!(
+            e.to_string(),
+            "m.toml: listen_tcp: needs [tls] cert and key: TCP is served only over TLS"
+        );
+        let tls = "[tls]\ncert = \"/etc/minion/tls/cert.pem\"\nkey = \"/etc/minion/tls/key.pem\"\n";
+        let e = Config::parse(Path::new("m.toml"), &format!("{base}{pools}{tls}"))
+            .expect_err("no tokens");
+        assert!(e.to_string().contains("access.tokens_file"), "{e}");
+        let access =
+            "[access]\ntokens_file = \"/etc/minion/tokens.toml\"\nsocket_admins = [\"alice\"]\n";
+        let c = Config::parse(Path::new("m.toml"), &format!("{base}{pools}{tls}{access}"))
+            .expect("complete");
+        assert_eq!(c.access.socket_admins, ["alice"]);
+        assert_eq!(c.tls.map(|t| t.key), Some("/etc/minion/tls/key.pem".into()));
     }
 }

@@ -1,6 +1,7 @@
 //! miniond: the controller daemon. Loads the config, reconciles what a previous run left, then
 //! serves gRPC (with health and reflection) on a unix socket and optionally TCP.
 
+mod access;
 mod api;
 mod artifacts;
 mod bus;
@@ -33,6 +34,7 @@ use minion_proto::controller::controller_server::ControllerServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::{Config, LogFormat};
 
@@ -107,6 +109,25 @@ async fn main() -> anyhow::Result<()> {
     let listen = cfg.listen.clone();
     let (socket_group, socket_mode) = (cfg.socket_group.clone(), cfg.socket_mode_bits());
     let listen_tcp = cfg.listen_tcp.clone();
+    let socket_gate = access::Gate::Socket {
+        admins: std::sync::Arc::new(access::socket_admins(&cfg.access.socket_admins)?),
+    };
+    // Config::parse made sure TCP comes with TLS and tokens.
+    let tcp_access = match (&cfg.listen_tcp, &cfg.tls, &cfg.access.tokens_file) {
+        (Some(_), Some(tls), Some(tokens)) => {
+            let tokens = access::Tokens::load(tokens)?;
+            tracing::info!("{} TCP tokens", tokens.len());
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).with_context(|| format!("tls: {}", p.display()))
+            };
+            let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+            Some((
+                access::Gate::Tokens(std::sync::Arc::new(tokens)),
+                tonic::transport::ServerTlsConfig::new().identity(identity),
+            ))
+        }
+        _ => None,
+    };
     let listen_http = match &cfg.listen_http {
         Some(a) => Some(
             a.parse::<std::net::SocketAddr>()
@@ -144,7 +165,8 @@ async fn main() -> anyhow::Result<()> {
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .context("reflection service (v1alpha)")?;
-    let grpc = ControllerServer::new(api::Api { svc: svc.clone() });
+    let grpc = ControllerServer::from_arc(std::sync::Arc::new(api::Api { svc: svc.clone() }));
+    let gated = |gate: access::Gate| InterceptedService::new(grpc.clone(), gate);
 
     if let Some(parent) = listen.parent() {
         std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
@@ -173,24 +195,26 @@ async fn main() -> anyhow::Result<()> {
         .add_service(health_svc.clone())
         .add_service(reflection.clone())
         .add_service(reflection_v1alpha.clone())
-        .add_service(grpc.clone())
+        .add_service(gated(socket_gate))
         .serve_with_incoming_shutdown(
             // gRPC core clients send the socket's path as :authority, which h2 refuses.
             UnixListenerStream::new(uds).map(|conn| conn.map(AuthorityFixed::new)),
             shutdown,
         );
 
-    match listen_tcp {
-        Some(addr) => {
+    match listen_tcp.zip(tcp_access) {
+        Some((addr, (gate, tls))) => {
             let addr: std::net::SocketAddr = addr
                 .parse()
                 .with_context(|| format!("listen_tcp `{addr}`"))?;
-            tracing::info!("listening on tcp {addr}");
+            tracing::info!("listening on tcp {addr} (TLS, bearer tokens)");
             let tcp_server = tonic::transport::Server::builder()
+                .tls_config(tls)
+                .context("tls: the certificate and key")?
                 .add_service(health_svc)
                 .add_service(reflection)
                 .add_service(reflection_v1alpha)
-                .add_service(grpc)
+                .add_service(gated(gate))
                 .serve(addr);
             tokio::select! {
                 r = unix_server => r?,

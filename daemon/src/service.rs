@@ -360,7 +360,12 @@ impl Service {
     /// Validates, fetches the task tree and queues the job. On any error nothing is left. A
     /// taken idempotency key returns the job that took it (`Created::Existing`), and nothing is
     /// fetched or queued.
-    pub async fn submit(&self, req: pb::SubmitJobRequest) -> Result<Created, SubmitError> {
+    /// `submitter` is the caller's id (`uid:N`, `token:NAME`), kept on the job.
+    pub async fn submit(
+        &self,
+        req: pb::SubmitJobRequest,
+        submitter: String,
+    ) -> Result<Created, SubmitError> {
         let t0 = std::time::Instant::now();
         if req.idempotency_key.len() > 512 {
             return Err(SubmitError::KeyTooLong(req.idempotency_key.len()));
@@ -443,6 +448,7 @@ impl Service {
             arch,
             timeout_seconds,
             args: req.args.into_iter().collect(),
+            submitter,
         };
         let provenance = req.provenance.as_ref().map(provenance_from_pb);
         let rec = match self
@@ -580,7 +586,11 @@ mod tests {
         let r = repo();
         let mut ids = Vec::new();
         for _ in 0..60 {
-            match s.submit(request(r.path())).await.expect("submit") {
+            match s
+                .submit(request(r.path()), "uid:0".into())
+                .await
+                .expect("submit")
+            {
                 Created::New(j) => ids.push(j.id),
                 Created::Existing(_) => panic!("no key was given"),
             }
@@ -717,7 +727,7 @@ mod tests {
             ),
         ];
         for (req, want) in cases {
-            let e = s.submit(req).await.expect_err(want);
+            let e = s.submit(req, "uid:0".into()).await.expect_err(want);
             assert!(e.to_string().contains(want), "{e}");
         }
         let all = s
@@ -738,7 +748,11 @@ mod tests {
         let state = tempfile::tempdir().expect("state");
         let (s, _rxs) = Service::open(config(state.path()), tcg()).expect("open");
         let r = repo();
-        let Created::New(rec) = s.submit(request(r.path())).await.expect("submit") else {
+        let Created::New(rec) = s
+            .submit(request(r.path()), "uid:0".into())
+            .await
+            .expect("submit")
+        else {
             panic!("new job");
         };
         assert_eq!(rec.state, State::Queued);
@@ -772,11 +786,11 @@ mod tests {
             }),
             ..request(r.path())
         };
-        let Created::New(first) = s.submit(keyed()).await.expect("first") else {
+        let Created::New(first) = s.submit(keyed(), "uid:0".into()).await.expect("first") else {
             panic!("new job");
         };
         assert_eq!(first.provenance.as_ref().map(|p| p.rule_index), Some(0));
-        match s.submit(keyed()).await.expect("again") {
+        match s.submit(keyed(), "uid:0".into()).await.expect("again") {
             Created::Existing(j) => assert_eq!(j.id, first.id),
             Created::New(j) => panic!("second job {}", j.id),
         }
@@ -789,7 +803,7 @@ mod tests {
             idempotency_key: "k".repeat(513),
             ..request(r.path())
         };
-        let e = s.submit(long).await.expect_err("too long");
+        let e = s.submit(long, "uid:0".into()).await.expect_err("too long");
         assert_eq!(e.to_string(), "idempotency_key: 513 bytes; at most 512");
     }
 
@@ -799,7 +813,11 @@ mod tests {
         let r = repo();
         let id = {
             let (s, _rxs) = Service::open(config(state.path()), tcg()).expect("open");
-            let Created::New(rec) = s.submit(request(r.path())).await.expect("submit") else {
+            let Created::New(rec) = s
+                .submit(request(r.path()), "uid:0".into())
+                .await
+                .expect("submit")
+            else {
                 panic!("new job");
             };
             s.jobs()

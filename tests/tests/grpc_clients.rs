@@ -55,3 +55,39 @@ fn a_stock_python_grpcio_client_works_on_the_unix_socket() {
         d.log()
     );
 }
+
+#[test]
+fn a_stock_python_grpcio_client_works_over_tls_with_a_token() {
+    let py = grpc_python();
+    let need = [
+        minion_testenv::Need::File {
+            path: &py,
+            make: "scripts/setup-host.sh",
+        },
+        minion_testenv::Need::Program("openssl"),
+    ];
+    if !vm_env_with(
+        "a_stock_python_grpcio_client_works_over_tls_with_a_token",
+        &need,
+    ) {
+        return;
+    }
+    let t = TlsDaemon::start(1);
+    let repo = task_repo(PASSING);
+    let (ok, lines) = grpc_python_client(
+        &format!("localhost:{}", t.port),
+        repo.path(),
+        &[
+            "--ca",
+            t.pki.ca.to_str().expect("utf8"),
+            "--token",
+            &t.tokens["submit"],
+        ],
+    );
+    assert_full_session(ok, &lines);
+    let id = step(&lines, "submit")["id"]
+        .as_str()
+        .expect("job id")
+        .to_string();
+    assert_eq!(t.d.job(&id)["submitter"], "token:submit-bot");
+}

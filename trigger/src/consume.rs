@@ -75,7 +75,7 @@ struct Consumer {
     client: tokio::sync::Mutex<Option<Client>>,
 }
 
-type Client = pb::controller_client::ControllerClient<tonic::transport::Channel>;
+type Client = minion_proto::client::Client;
 
 /// AMQP header values as JSON (Fedora Messaging headers are strings and numbers).
 fn to_json(v: &AMQPValue) -> Value {

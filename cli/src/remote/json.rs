@@ -25,6 +25,7 @@ pub fn job(j: &pb::Job) -> Value {
         "attempt": j.attempt,
         "created_unix_ms": j.created_unix_ms,
         "idempotency_key": j.idempotency_key,
+        "submitter": j.submitter,
         "artifact_bytes": j.artifact_bytes,
         "artifacts_pruned": (!j.artifacts_pruned.is_empty()).then_some(&j.artifacts_pruned),
         "reporting": j.reporting.as_ref().map(|r| json!({

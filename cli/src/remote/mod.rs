@@ -25,6 +25,16 @@ pub struct Connection {
         default_value = "/run/minion/miniond.sock"
     )]
     pub socket: PathBuf,
+    /// miniond over TCP instead: `https://HOST:PORT` (TLS; a token is needed).
+    #[arg(long, global = true, env = "MINION_CONNECT")]
+    pub connect: Option<String>,
+    /// The CA certificate (PEM) the server's certificate must chain to, with --connect. Default:
+    /// the system's roots.
+    #[arg(long, global = true, env = "MINION_CA")]
+    pub ca: Option<PathBuf>,
+    /// A file holding the bearer token for --connect. Default: $MINION_TOKEN.
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
     /// Machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -178,7 +188,7 @@ async fn dispatch(cmd: RemoteCommand) -> Result<i32, ClientError> {
         RemoteCommand::Submit(a) => submit(a).await,
         RemoteCommand::Job { conn, cmd } => job(&conn, cmd).await,
         RemoteCommand::Pool { conn, .. } => {
-            let mut c = client::connect(&conn.socket).await?;
+            let mut c = client::connect(&conn).await?;
             let pools = c
                 .list_pools(pb::ListPoolsRequest {})
                 .await?
@@ -194,7 +204,7 @@ async fn dispatch(cmd: RemoteCommand) -> Result<i32, ClientError> {
             Ok(0)
         }
         RemoteCommand::Image { conn, .. } => {
-            let mut c = client::connect(&conn.socket).await?;
+            let mut c = client::connect(&conn).await?;
             let images = c
                 .list_images(pb::ListImagesRequest {})
                 .await?
@@ -238,7 +248,7 @@ fn repo_arg(repo: &str) -> String {
 
 async fn submit(a: SubmitArgs) -> Result<i32, ClientError> {
     let args = parse_args(&a.args)?;
-    let mut c = client::connect(&a.conn.socket).await?;
+    let mut c = client::connect(&a.conn).await?;
     let req = pb::SubmitJobRequest {
         repo: repo_arg(&a.repo),
         git_ref: a.git_ref.unwrap_or_default(),
@@ -310,9 +320,7 @@ fn job_exit_code(j: &pb::Job) -> i32 {
 
 /// Streams a job's events until it ends; log data to stdout, lifecycle to stderr.
 async fn follow(
-    c: &mut minion_proto::controller::controller_client::ControllerClient<
-        tonic::transport::Channel,
-    >,
+    c: &mut minion_proto::client::Client,
     id: &str,
     from_start: bool,
     human: bool,
@@ -365,7 +373,7 @@ fn parse_state(s: &str) -> Result<i32, ClientError> {
 }
 
 async fn job(conn: &Connection, cmd: JobCommand) -> Result<i32, ClientError> {
-    let mut c = client::connect(&conn.socket).await?;
+    let mut c = client::connect(conn).await?;
     match cmd {
         JobCommand::List {
             state,
@@ -481,9 +489,7 @@ async fn job(conn: &Connection, cmd: JobCommand) -> Result<i32, ClientError> {
 }
 
 async fn fetch(
-    c: &mut minion_proto::controller::controller_client::ControllerClient<
-        tonic::transport::Channel,
-    >,
+    c: &mut minion_proto::client::Client,
     id: &str,
     path: &str,
     out: &mut dyn Write,

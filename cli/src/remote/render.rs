@@ -195,6 +195,9 @@ pub fn job_details(j: &pb::Job, now_ms: i64) -> String {
     } else if j.artifact_bytes > 0 {
         row("artifacts", format!("{} bytes", j.artifact_bytes));
     }
+    if !j.submitter.is_empty() {
+        row("submitter", j.submitter.clone());
+    }
     if !j.idempotency_key.is_empty() {
         row("idempotency key", j.idempotency_key.clone());
     }

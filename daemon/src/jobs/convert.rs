@@ -83,6 +83,7 @@ pub fn job_to_pb(r: &JobRecord) -> pb::Job {
         tap: r.tap.clone(),
         created_unix_ms: r.created_ms,
         idempotency_key: r.idempotency_key.clone(),
+        submitter: r.request.submitter.clone(),
         provenance: r.provenance.as_ref().map(provenance_to_pb),
         reporting: r.reporting.as_ref().map(|s| pb::Reporting {
             posted: s.posted,

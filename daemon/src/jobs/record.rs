@@ -55,6 +55,10 @@ pub struct JobRequest {
     pub arch: String,
     pub timeout_seconds: u64,
     pub args: BTreeMap<String, String>,
+    /// Who submitted it: `uid:N` (the socket's peer) or `token:NAME`; empty for jobs from before
+    /// miniond knew (only an admin may cancel those).
+    #[serde(default)]
+    pub submitter: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -193,7 +193,12 @@ pub fn task_repo(formula: &str) -> tempfile::TempDir {
 }
 
 /// Keys of `extra` that go at the config's top level (the rest goes into the pool's table).
-const TOP_LEVEL: &[&str] = &["listen_http", "keep_free_mib", "reap_interval_secs"];
+const TOP_LEVEL: &[&str] = &[
+    "listen_http",
+    "listen_tcp",
+    "keep_free_mib",
+    "reap_interval_secs",
+];
 
 /// One miniond process with its own state dir, socket and config.
 pub struct Daemon {
@@ -336,6 +341,29 @@ impl Daemon {
             .env("MINION_SOCKET", &self.socket)
             .output()
             .expect("minion runs")
+    }
+
+    /// `minion ARGS` as uid `uid` with only `groups` (setpriv), on this daemon's socket.
+    pub fn cli_as(&self, uid: u32, groups: &[u32], args: &[&str]) -> Output {
+        let groups = if groups.is_empty() {
+            "--clear-groups".to_string()
+        } else {
+            format!(
+                "--groups={}",
+                groups
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
+        Command::new("setpriv")
+            .args([format!("--reuid={uid}"), format!("--regid={uid}"), groups])
+            .arg(&self.minion)
+            .args(args)
+            .env("MINION_SOCKET", &self.socket)
+            .output()
+            .expect("setpriv runs")
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
@@ -533,13 +561,23 @@ pub fn free_port() -> u16 {
 
 /// GET `url` (plain http on loopback): status and body.
 pub fn http_get(url: &str) -> (u16, String) {
+    let (status, _, body) = http_get_with(url, &[]);
+    (status, body)
+}
+
+/// GET `url` with extra request headers: status, response head, body.
+pub fn http_get_with(url: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_once('/').expect("a path");
     let mut s = std::net::TcpStream::connect(host).expect("connect");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
     )
     .expect("write");
     let mut raw = Vec::new();
@@ -551,5 +589,155 @@ pub fn http_get(url: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, body.to_string())
+    (status, head.to_string(), body.to_string())
+}
+
+/// A CA and a server certificate for `localhost` / 127.0.0.1 it signed (openssl, P-256).
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn make_pki(dir: &Path, name: &str) -> Pki {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |p: &PathBuf| p.to_str().expect("utf8 path").to_string();
+    let (ca, ca_key, csr, cert, key, ext) = (
+        p("ca.pem"),
+        p("ca.key"),
+        p("server.csr"),
+        p("server.pem"),
+        p("server.key"),
+        p("ext.cnf"),
+    );
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
+    let subj = format!("/CN=minion test CA {name}");
+    a.push(&subj);
+    a.extend(ec);
+    let (ca_s, ca_key_s) = (s(&ca), s(&ca_key));
+    a.extend(["-keyout", &ca_key_s, "-out", &ca_s]);
+    run(&a);
+    let (csr_s, key_s, cert_s, ext_s) = (s(&csr), s(&key), s(&cert), s(&ext));
+    let mut a = vec!["req", "-subj", "/CN=localhost"];
+    a.extend(ec);
+    a.extend(["-keyout", &key_s, "-out", &csr_s]);
+    run(&a);
+    std::fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext file");
+    run(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &csr_s,
+        "-CA",
+        &ca_s,
+        "-CAkey",
+        &ca_key_s,
+        "-CAcreateserial",
+        "-extfile",
+        &ext_s,
+        "-out",
+        &cert_s,
+    ]);
+    Pki { ca, cert, key }
+}
+
+/// A daemon serving TLS on TCP too, with one token per role (made by `minion token new`).
+pub struct TlsDaemon {
+    pub d: Daemon,
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    /// A CA that did not sign the server's certificate.
+    pub other_ca: PathBuf,
+    pub url: String,
+    pub port: u16,
+    /// `read`, `submit`, `admin`.
+    pub tokens: std::collections::HashMap<&'static str, String>,
+}
+
+impl TlsDaemon {
+    pub fn start(max_vms: u32) -> TlsDaemon {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pki = make_pki(dir.path(), "good");
+        let other_ca = make_pki(dir.path(), "other").ca;
+        let (_, minion) = binaries();
+        let mut tokens = std::collections::HashMap::new();
+        let mut entries = String::new();
+        for role in ["read", "submit", "admin"] {
+            let out = Command::new(&minion)
+                .args([
+                    "token",
+                    "new",
+                    &format!("{role}-bot"),
+                    "--role",
+                    role,
+                    "--json",
+                ])
+                .output()
+                .expect("minion token new");
+            assert!(out.status.success(), "{out:?}");
+            let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            tokens.insert(role, v["token"].as_str().expect("token").to_string());
+            entries.push_str(v["entry"].as_str().expect("entry"));
+        }
+        let tokens_file = dir.path().join("tokens.toml");
+        std::fs::write(&tokens_file, entries).expect("tokens file");
+        let port = free_port();
+        let d = Daemon::start_with(
+            max_vms,
+            0,
+            &format!(
+                "listen_tcp = \"127.0.0.1:{port}\"\n[access]\ntokens_file = {tokens_file:?}\n\
+                 [tls]\ncert = {:?}\nkey = {:?}\n",
+                pki.cert, pki.key
+            ),
+        );
+        TlsDaemon {
+            d,
+            dir,
+            pki,
+            other_ca,
+            url: format!("https://localhost:{port}"),
+            port,
+            tokens,
+        }
+    }
+
+    /// `minion ARGS --connect URL --ca CA` with `token` in MINION_TOKEN (none: unset).
+    pub fn cli(&self, token: Option<&str>, ca: &Path, args: &[&str]) -> Output {
+        let mut c = Command::new(&self.d.minion);
+        c.args(args)
+            .args(["--connect", &self.url, "--ca"])
+            .arg(ca)
+            .env_remove("MINION_SOCKET")
+            .env_remove("MINION_TOKEN");
+        if let Some(t) = token {
+            c.env("MINION_TOKEN", t);
+        }
+        c.output().expect("minion runs")
+    }
 }

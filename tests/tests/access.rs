@@ -1,0 +1,210 @@
+//! Who may do what: the unix socket (its group and mode; the kernel's peer uid) and TLS with
+//! bearer tokens on TCP, one token per role against each verb.
+
+mod common;
+use common::*;
+use minion_testenv::Need;
+
+const NOBODY: u32 = 65534;
+
+fn minion_gid() -> u32 {
+    let out = Command::new("getent")
+        .args(["group", "minion"])
+        .output()
+        .expect("getent");
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .nth(2)
+        .and_then(|g| g.trim().parse().ok())
+        .expect("the minion group exists (scripts/setup-host.sh)")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn id_of(o: &Output) -> String {
+    assert!(o.status.success(), "{}", text(o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    v["id"].as_str().expect("id").to_string()
+}
+
+#[test]
+fn the_socket_refuses_non_members_and_a_member_cancels_only_its_own_jobs() {
+    let test = "the_socket_refuses_non_members_and_a_member_cancels_only_its_own_jobs";
+    if !vm_env_with(test, &[Need::Program("setpriv"), Need::Program("getent")]) {
+        return;
+    }
+    let gid = minion_gid();
+    let d = Daemon::start(1, 0);
+    // The test's state dir is 0700; the socket's own group and mode are what must decide.
+    std::fs::set_permissions(
+        d.state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let repo = task_repo(SLEEPING);
+    std::fs::set_permissions(
+        repo.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let repo_s = repo.path().to_str().expect("utf8");
+
+    // Not in the group: the socket's mode refuses the connection itself.
+    let out = d.cli_as(NOBODY, &[], &["job", "list"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+
+    let root_job = d.submit(repo.path(), &[]);
+    let submit = [
+        "submit",
+        repo_s,
+        "-i",
+        "foo-1.0-1.fc40",
+        "-t",
+        "koji_build",
+        "--json",
+    ];
+    let member_job = id_of(&d.cli_as(NOBODY, &[gid], &submit));
+    assert_eq!(d.job(&root_job)["submitter"], "uid:0");
+    assert_eq!(d.job(&member_job)["submitter"], format!("uid:{NOBODY}"));
+
+    // A member reads everything, cancels its own job, not root's.
+    let out = d.cli_as(NOBODY, &[gid], &["job", "show", &root_job]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli_as(NOBODY, &[gid], &["job", "cancel", &root_job]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let want = format!(
+        "refused: uid:{NOBODY} (role submit) may not cancel job {root_job}, submitted by uid:0: that needs role admin"
+    );
+    assert!(text(&out).contains(&want), "{}", text(&out));
+    assert!(d.log().contains("refused"), "the refusal is logged");
+    let out = d.cli_as(NOBODY, &[gid], &["job", "cancel", &member_job]);
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_state(&member_job, &["CANCELLED"], Duration::from_secs(60));
+    assert_ne!(d.job(&root_job)["state"], "CANCELLED");
+
+    // Root is admin: it may cancel anyone's, and its own.
+    let out = d.cli(&["job", "cancel", &root_job]);
+    assert!(out.status.success(), "{}", text(&out));
+    d.wait_state(&root_job, &["CANCELLED"], Duration::from_secs(120));
+    d.assert_no_vm(&root_job);
+}
+
+/// What each verb needs; the table the test runs every role's token against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    Read,
+    Submit,
+    Admin,
+}
+
+#[test]
+fn over_tls_each_tokens_role_allows_exactly_its_verbs() {
+    let test = "over_tls_each_tokens_role_allows_exactly_its_verbs";
+    let py = grpc_python();
+    let python = Need::File {
+        path: &py,
+        make: "scripts/setup-host.sh",
+    };
+    if !vm_env_with(test, &[Need::Program("openssl"), python]) {
+        return;
+    }
+    let t = TlsDaemon::start(1);
+    let repo = task_repo(SLEEPING);
+    let repo_s = repo.path().to_str().expect("utf8");
+    // Someone else's job (root's, on the socket), running for the whole table.
+    let others = t.d.submit(repo.path(), &[]);
+    t.d.wait_state(&others, &["RUNNING"], Duration::from_secs(120));
+
+    let ca = t.pki.ca.clone();
+    for (role, name) in [
+        (Role::Read, "read"),
+        (Role::Submit, "submit"),
+        (Role::Admin, "admin"),
+    ] {
+        let token = t.tokens[name].as_str();
+        let run = |args: &[&str]| t.cli(Some(token), &ca, args);
+        // (verb, its arguments, the role it needs)
+        let reads: [(&str, Vec<&str>); 5] = [
+            ("pool list", vec!["pool", "list"]),
+            ("image list", vec!["image", "list"]),
+            ("job list", vec!["job", "list"]),
+            ("job show", vec!["job", "show", &others]),
+            ("job artifacts", vec!["job", "artifacts", &others]),
+        ];
+        for (verb, args) in &reads {
+            let out = run(args);
+            assert!(out.status.success(), "{name} {verb}: {}", text(&out));
+        }
+        let submit = run(&[
+            "submit",
+            repo_s,
+            "-i",
+            "foo-1.0-1.fc40",
+            "-t",
+            "koji_build",
+            "--json",
+        ]);
+        if role >= Role::Submit {
+            let own = id_of(&submit);
+            assert_eq!(t.d.job(&own)["submitter"], format!("token:{name}-bot"));
+            let out = run(&["job", "cancel", &own]);
+            assert!(
+                out.status.success(),
+                "{name} cancels its own: {}",
+                text(&out)
+            );
+        } else {
+            assert_eq!(submit.status.code(), Some(2), "{}", text(&submit));
+            assert!(
+                text(&submit).contains(
+                    "token:read-bot (role read) may not submit jobs: that needs role submit"
+                ),
+                "{}",
+                text(&submit)
+            );
+        }
+        let cancel = run(&["job", "cancel", &others]);
+        if role >= Role::Admin {
+            assert!(cancel.status.success(), "{}", text(&cancel));
+        } else {
+            assert_eq!(cancel.status.code(), Some(2), "{name}: {}", text(&cancel));
+            assert!(text(&cancel).contains("needs role"), "{}", text(&cancel));
+        }
+    }
+    t.d.wait_state(&others, &["CANCELLED"], Duration::from_secs(120));
+
+    // Refused before any verb: a wrong token, no token, a server the client does not trust.
+    let out = t.cli(Some("minion_0000"), &ca, &["job", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not authenticated: the token is not known to this miniond"),
+        "{}",
+        text(&out)
+    );
+    let out = t.cli(None, &ca, &["job", "list"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("needs a token"), "{}", text(&out));
+    let (ok, lines) = grpc_python_client(
+        &format!("localhost:{}", t.port),
+        repo.path(),
+        &["--ca", t.pki.ca.to_str().expect("utf8")],
+    );
+    assert!(!ok);
+    let last = lines.last().expect("a line");
+    assert_eq!(last["code"], "UNAUTHENTICATED", "{lines:?}");
+    assert!(
+        last["details"].as_str().unwrap_or("").contains("no token"),
+        "{lines:?}"
+    );
+    let out = t.cli(Some(&t.tokens["admin"]), &t.other_ca, &["job", "list"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("certificate"), "{}", text(&out));
+    assert!(t.d.log().contains("refused a call"), "refusals are logged");
+}
