@@ -23,8 +23,9 @@ PACKAGES=(
     # Taskotron tasks on the host (`minion runtask`): createrepo, rpm's python bindings; the test
     # suite builds real RPMs with rpmbuild for the Koji stand-in
     rpm createrepo-c python3-rpm
-    # the tests' stock Python gRPC client (grpcio from PyPI, in a venv)
-    python3-venv
+    # the tests' stock Python gRPC client (grpcio from PyPI, in a venv); promtool (a real
+    # Prometheus parser) checks /metrics
+    python3-venv prometheus
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -39,6 +40,10 @@ fi
 if [ ${#missing[@]} -gt 0 ] || [ "$qemu_mismatch" = 1 ]; then
     say "installing: ${missing[*]:-} (qemu pinned to bookworm)"
     export DEBIAN_FRONTEND=noninteractive
+    # Packages must not start their services (prometheus, rabbitmq-server): Minion starts what
+    # it needs itself. policy-rc.d says no to every start while apt runs.
+    [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; }
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
     apt-get install -y -q --no-install-recommends --allow-downgrades \

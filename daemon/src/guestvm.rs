@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, GuestNetwork};
 use crate::pool::Pool;
+use crate::recorder::Recorder;
 
 /// How long the channel socket may take to appear after the domain starts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +45,8 @@ pub struct VmContext {
     pub keep_free_bytes: u64,
     /// Every VM this daemon owns right now (the reaper leaves these alone).
     pub live: LiveVms,
+    /// Boot failures and teardown times.
+    pub recorder: Recorder,
 }
 
 /// The VMs this daemon owns right now, by VM id: claimed before a VM's first file is made,
@@ -95,6 +98,7 @@ impl VmContext {
             accel,
             keep_free_bytes: cfg.keep_free_mib.saturating_mul(1024 * 1024),
             live: LiveVms::default(),
+            recorder: Recorder::default(),
         }
     }
 
@@ -183,6 +187,7 @@ pub struct VmGuard {
     done: bool,
     /// Released when the teardown has removed everything.
     claim: Option<Claim>,
+    recorder: Recorder,
 }
 
 impl VmGuard {
@@ -191,6 +196,7 @@ impl VmGuard {
         prepared: &PreparedVm,
         keep_console: Option<PathBuf>,
         claim: Claim,
+        recorder: Recorder,
     ) -> VmGuard {
         VmGuard {
             hv: hv.clone(),
@@ -199,6 +205,7 @@ impl VmGuard {
             keep_console,
             done: false,
             claim: Some(claim),
+            recorder,
         }
     }
 
@@ -221,10 +228,13 @@ impl VmGuard {
             self.files.clone(),
             self.keep_console.clone(),
         );
+        let t0 = std::time::Instant::now();
         tokio::task::spawn_blocking(move || vm::teardown(&hv, &name, &files, keep.as_deref()))
             .await
             .map_err(TeardownError::Task)?
-            .map_err(TeardownError::Provision)
+            .map_err(TeardownError::Provision)?;
+        self.recorder.teardown(t0.elapsed());
+        Ok(())
     }
 }
 
@@ -314,7 +324,7 @@ pub async fn boot_to_ready(
         render_ms = t.render.as_secs_f64() * 1000.0,
         "provisioned"
     );
-    let guard = VmGuard::new(&hv, &prepared, keep_console, claim);
+    let guard = VmGuard::new(&hv, &prepared, keep_console, claim, ctx.recorder.clone());
     progress(BootStep::Prepared);
     let started = async {
         if cancel.is_cancelled() {
@@ -362,6 +372,9 @@ pub async fn boot_to_ready(
             boot,
         }),
         Err(e) => {
+            if !matches!(e, BootError::Cancelled { .. }) {
+                ctx.recorder.boot_failed(&pool.name);
+            }
             if let Err(te) = guard.teardown().await {
                 tracing::error!(vm = %vm_id, "teardown after a failed boot: {te}");
             }

@@ -14,6 +14,7 @@ mod metrics;
 mod pool;
 mod prebooted;
 mod reaper;
+mod recorder;
 mod reporting;
 mod retention;
 mod runner;

@@ -1,31 +1,54 @@
-//! Prometheus metrics, served as OpenMetrics text at `GET /metrics` on `listen_http`.
+//! Prometheus metrics at `GET /metrics` on `listen_http`: OpenMetrics text when the scraper asks
+//! for it, the classic text format otherwise.
 //!
 //! ```text
-//! minion_jobs{state,pool}                    jobs not final now (QUEUED … REPORTING)
-//! minion_jobs_ended_total{state,pool}        jobs that reached a final state since the start
-//! minion_reaped_leftovers_total{kind}        leftovers the periodic reaper destroyed (domain, vm_dir)
-//! minion_vms_alive                           VMs this daemon owns now (jobs' and pre-booted)
-//! minion_build_info{version}                 1
+//! minion_jobs{state,pool}                          jobs not final now (QUEUED … REPORTING)
+//! minion_jobs_ended_total{state,pool}              jobs that reached a final state since the start
+//! minion_job_phase_duration_seconds{phase,pool}    histogram: queue_wait, provisioning, boot, run,
+//!                                                  collect, report (observed when a job ends)
+//! minion_vm_teardown_duration_seconds              histogram: destroying a VM and its files
+//! minion_boot_failures_total{pool}                 VMs that did not reach the agent's Ready
+//! minion_resultsdb_posts_total{result}             posted, refused, retry
+//! minion_reaped_leftovers_total{kind}              leftovers the periodic reaper destroyed (domain, vm_dir)
+//! minion_vms_alive                                 VMs this daemon owns now (jobs' and pre-booted)
+//! minion_vms_ready{pool}                           pre-booted VMs parked, ready for a job
+//! minion_build_info{version}                       1
 //! ```
 //!
-//! Gauges of what is (jobs not final, VMs alive) are read when scraped; counters count events
-//! as they happen.
+//! Gauges of what is (jobs not final, VMs alive and parked) are read when scraped; the
+//! [`Recorder`]'s counters and histograms count events as they happen, from wherever they happen.
+
+mod text_format;
 
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::guestvm::LiveVms;
-use crate::jobs::{JobRecord, Jobs};
+use crate::jobs::Jobs;
+use crate::prebooted::Prebooted;
+use crate::recorder::Recorder;
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What a scrape gets: OpenMetrics when its `Accept` asks for it (Prometheus does), the classic
+/// text format otherwise. Returns the content type and the text.
+pub fn negotiate(accept: Option<&str>, openmetrics: String) -> (&'static str, String) {
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        (CONTENT_TYPE, openmetrics)
+    } else {
+        (
+            text_format::CONTENT_TYPE,
+            text_format::from_openmetrics(&openmetrics),
+        )
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
@@ -34,90 +57,61 @@ struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
-    kind: String,
-}
-
-/// What the reaper destroyed.
-#[derive(Debug, Clone, Copy)]
-pub enum Leftover {
-    Domain,
-    VmDir,
+struct PoolLabel {
+    pool: String,
 }
 
 pub struct Metrics {
     registry: Registry,
     jobs: Family<JobLabels, Gauge>,
-    ended: Family<JobLabels, Counter>,
-    reaped: Family<KindLabel, Counter>,
     vms_alive: Gauge,
+    vms_ready: Family<PoolLabel, Gauge>,
     source: Arc<Jobs>,
     live: LiveVms,
+    prebooted: Vec<(String, Arc<Prebooted>)>,
 }
 
 impl Metrics {
-    pub fn new(jobs: Arc<Jobs>, live: LiveVms) -> Arc<Metrics> {
+    /// `prebooted`: each pool's parked VMs, read when scraped.
+    pub fn new(
+        jobs: Arc<Jobs>,
+        live: LiveVms,
+        recorder: Recorder,
+        prebooted: Vec<(String, Arc<Prebooted>)>,
+    ) -> Arc<Metrics> {
         let mut registry = Registry::default();
-        let m = Metrics {
-            jobs: Family::default(),
-            ended: Family::default(),
-            reaped: Family::default(),
-            vms_alive: Gauge::default(),
-            source: jobs,
-            live,
-            registry: Registry::default(),
-        };
+        let (jobs_g, vms_alive, vms_ready) =
+            (Family::default(), Gauge::default(), Family::default());
         registry.register(
             "minion_jobs",
             "Jobs not final, by state and pool",
-            m.jobs.clone(),
+            jobs_g.clone(),
         );
-        registry.register(
-            "minion_jobs_ended",
-            "Jobs that reached a final state since the daemon started, by state and pool",
-            m.ended.clone(),
-        );
-        registry.register(
-            "minion_reaped_leftovers",
-            "Leftovers of this daemon no live VM owned, destroyed by the periodic reaper",
-            m.reaped.clone(),
-        );
+        recorder.register(&mut registry);
         registry.register(
             "minion_vms_alive",
             "VMs this daemon owns now (jobs' and pre-booted)",
-            m.vms_alive.clone(),
+            vms_alive.clone(),
+        );
+        registry.register(
+            "minion_vms_ready",
+            "Pre-booted VMs parked and ready for a job, by pool",
+            vms_ready.clone(),
         );
         registry.register(
             "minion_build",
             "The running miniond",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        Arc::new(Metrics { registry, ..m })
-    }
-
-    /// What counts a job that reached its final state, for [`Jobs::on_final`]. It holds the
-    /// counter only (not the metrics, which hold the jobs: no cycle).
-    pub fn job_ended(&self) -> crate::jobs::FinalHook {
-        let ended = self.ended.clone();
-        Box::new(move |r: &JobRecord| {
-            ended
-                .get_or_create(&JobLabels {
-                    state: r.state.to_string(),
-                    pool: r.request.pool.clone(),
-                })
-                .inc();
+        Arc::new(Metrics {
+            registry,
+            jobs: jobs_g,
+            vms_alive,
+            vms_ready,
+            source: jobs,
+            live,
+            prebooted,
         })
-    }
-
-    /// The reaper destroyed `n` leftovers of `kind`.
-    pub fn reaped(&self, kind: Leftover, n: u64) {
-        let kind = match kind {
-            Leftover::Domain => "domain",
-            Leftover::VmDir => "vm_dir",
-        };
-        self.reaped
-            .get_or_create(&KindLabel { kind: kind.into() })
-            .inc_by(n);
     }
 
     /// The metrics now, as OpenMetrics text. Reads the jobs not final (an index scan).
@@ -137,6 +131,11 @@ impl Metrics {
             Err(e) => tracing::error!("metrics: jobs not final: {e}"),
         }
         self.vms_alive.set(self.live.len() as i64);
+        for (pool, p) in &self.prebooted {
+            self.vms_ready
+                .get_or_create(&PoolLabel { pool: pool.clone() })
+                .set(i64::from(p.ready()));
+        }
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             tracing::error!("metrics: encoding: {e}");
@@ -149,13 +148,16 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::jobs::{JobEvent, JobRequest};
+    use crate::recorder::{Leftover, Post};
 
     #[test]
     fn jobs_by_state_ended_jobs_reaped_leftovers_and_the_build_are_exported() {
         let t = tempfile::tempdir().expect("tmp");
         let jobs = Arc::new(Jobs::open(t.path(), 1).expect("jobs"));
-        let m = Metrics::new(jobs.clone(), LiveVms::default());
-        jobs.on_final(m.job_ended());
+        let rec = Recorder::default();
+        let m = Metrics::new(jobs.clone(), LiveVms::default(), rec.clone(), Vec::new());
+        let hook = rec.clone();
+        jobs.on_final(Box::new(move |r| hook.job_ended(r)));
         let req = JobRequest {
             pool: "fedora".into(),
             ..JobRequest::default()
@@ -165,8 +167,13 @@ mod tests {
         }
         jobs.apply("c", JobEvent::Cancelled { reason: "x".into() })
             .expect("cancel");
-        m.reaped(Leftover::Domain, 2);
-        m.reaped(Leftover::VmDir, 1);
+        rec.reaped(Leftover::Domain, 2);
+        rec.reaped(Leftover::VmDir, 1);
+        rec.boot_failed("fedora");
+        rec.resultsdb_post(Post::Posted);
+        rec.resultsdb_post(Post::Posted);
+        rec.resultsdb_post(Post::Refused);
+        rec.teardown(std::time::Duration::from_millis(300));
         let text = m.render();
         for want in [
             "minion_jobs{state=\"QUEUED\",pool=\"fedora\"} 2",
@@ -174,6 +181,14 @@ mod tests {
             "minion_reaped_leftovers_total{kind=\"domain\"} 2",
             "minion_reaped_leftovers_total{kind=\"vm_dir\"} 1",
             "minion_vms_alive 0",
+            "minion_boot_failures_total{pool=\"fedora\"} 1",
+            "minion_resultsdb_posts_total{result=\"posted\"} 2",
+            "minion_resultsdb_posts_total{result=\"refused\"} 1",
+            "minion_vm_teardown_duration_seconds_bucket{le=\"0.5\"} 1",
+            "minion_vm_teardown_duration_seconds_bucket{le=\"0.25\"} 0",
+            "# UNIT minion_job_phase_duration_seconds seconds",
+            // c went QUEUED → CANCELLED: one queue wait.
+            "minion_job_phase_duration_seconds_count{phase=\"queue_wait\",pool=\"fedora\"} 1",
             "minion_build_info{version=\"",
             "# EOF",
         ] {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use minion_provisioning::vm;
 
 use crate::guestvm::LiveVms;
-use crate::metrics::{Leftover, Metrics};
 use crate::pool::Pool;
+use crate::recorder::{Leftover, Recorder};
 
 /// Two-pass judgement over VM ids, the reaper's memory between passes.
 #[derive(Debug, Default)]
@@ -48,7 +48,7 @@ pub struct Reaper {
     /// One pool per libvirt host (their connections).
     hosts: Vec<Arc<Pool>>,
     interval: Duration,
-    metrics: Arc<Metrics>,
+    metrics: Recorder,
     judge: Mutex<TwoPass>,
 }
 
@@ -58,7 +58,7 @@ impl Reaper {
         state_dir: PathBuf,
         pools: &[Arc<Pool>],
         interval: Duration,
-        metrics: Arc<Metrics>,
+        metrics: Recorder,
     ) -> Reaper {
         let mut hosts: Vec<Arc<Pool>> = Vec::new();
         for p in pools {

@@ -23,6 +23,7 @@ use tokio::sync::{Mutex, Notify};
 use crate::bus::Bus;
 use crate::config::ReportingConfig;
 use crate::jobs::{JobRecord, Jobs, OutboxEntry, Refusal, ReportPlan, Resolution};
+use crate::recorder::{Post, Recorder};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -50,6 +51,7 @@ enum Attempt {
 
 pub struct Reporter {
     jobs: Arc<Jobs>,
+    recorder: Recorder,
     cfg: ReportingConfig,
     api: String,
     /// One poster at a time (the runner's first attempt and the background retries), so an
@@ -61,8 +63,14 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(jobs: &Arc<Jobs>, cfg: &ReportingConfig, bus: Option<Arc<Bus>>) -> Arc<Reporter> {
+    pub fn new(
+        jobs: &Arc<Jobs>,
+        cfg: &ReportingConfig,
+        bus: Option<Arc<Bus>>,
+        recorder: Recorder,
+    ) -> Arc<Reporter> {
         Arc::new(Reporter {
+            recorder,
             jobs: jobs.clone(),
             api: minion_formula::report::resultsdb_api(&cfg.resultsdb_url),
             cfg: cfg.clone(),
@@ -240,6 +248,11 @@ impl Reporter {
             }
             self.post(e).await
         };
+        self.recorder.resultsdb_post(match &attempt {
+            Attempt::Posted => Post::Posted,
+            Attempt::Refused(_) => Post::Refused,
+            Attempt::Retry(_) => Post::Retry,
+        });
         let how = match &attempt {
             Attempt::Posted => {
                 if let Some(bus) = &self.bus {

@@ -141,8 +141,17 @@ impl Service {
             );
             rxs.push((name.clone(), rx));
         }
-        let metrics = Metrics::new(jobs.clone(), vms.live.clone());
-        jobs.on_final(metrics.job_ended());
+        let metrics = Metrics::new(
+            jobs.clone(),
+            vms.live.clone(),
+            vms.recorder.clone(),
+            pools
+                .iter()
+                .map(|(n, e): (&String, &PoolEntry)| (n.clone(), e.prebooted.clone()))
+                .collect(),
+        );
+        let recorder = vms.recorder.clone();
+        jobs.on_final(Box::new(move |r| recorder.job_ended(r)));
         let bus = cfg.bus.as_ref().map(Bus::new);
         if let Some(b) = &bus {
             let b = b.clone();
@@ -151,7 +160,7 @@ impl Service {
         let reporter = cfg
             .reporting
             .as_ref()
-            .map(|r| Reporter::new(&jobs, r, bus.clone()));
+            .map(|r| Reporter::new(&jobs, r, bus.clone(), vms.recorder.clone()));
         let fetch = crate::fetching::open(cfg.sources(), &cfg.state_dir, &cfg.fetch)?;
         let all: Vec<Arc<Pool>> = pools.values().map(|e: &PoolEntry| e.pool.clone()).collect();
         let reaper = Arc::new(Reaper::new(
@@ -159,7 +168,7 @@ impl Service {
             cfg.state_dir.clone(),
             &all,
             std::time::Duration::from_secs(cfg.reap_interval_secs.max(1)),
-            metrics.clone(),
+            vms.recorder.clone(),
         ));
         let run = Arc::new(RunContext {
             jobs: jobs.clone(),
