@@ -26,6 +26,8 @@ PACKAGES=(
     # the tests' stock Python gRPC client (grpcio from PyPI, in a venv); promtool (a real
     # Prometheus parser) checks /metrics
     python3-venv prometheus
+    # a real browser for the dashboard's end-to-end test (WebDriver through chromedriver)
+    chromium chromium-driver
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -124,6 +124,10 @@ pub struct AccessConfig {
     /// `listen_tcp`.
     #[serde(default)]
     pub tokens_file: Option<PathBuf>,
+    /// With `tokens_file`, let callers without a token read the HTTP side (dashboard,
+    /// artifacts, metrics): the results' links in ResultsDB open for everyone. Default false.
+    #[serde(default)]
+    pub http_anonymous_read: bool,
 }
 
 /// `[tls]`: PEM files.
@@ -342,6 +346,13 @@ impl Config {
                     "needs access.tokens_file: TCP callers are known only by their tokens".into(),
                 ));
             }
+        }
+        if cfg.listen_http.is_some() && cfg.access.tokens_file.is_some() && cfg.tls.is_none() {
+            return Err(invalid(
+                "listen_http",
+                "needs [tls] when access.tokens_file is set: tokens are not sent in the clear"
+                    .into(),
+            ));
         }
         if !cfg.state_dir.is_absolute() {
             return Err(invalid("state_dir", "must be an absolute path".into()));

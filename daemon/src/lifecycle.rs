@@ -39,6 +39,25 @@ impl State {
         )
     }
 
+    /// Every state, in lifecycle order.
+    pub const ALL: [State; 10] = [
+        State::Queued,
+        State::Provisioning,
+        State::Booting,
+        State::Running,
+        State::Collecting,
+        State::Reporting,
+        State::Finished,
+        State::Failed,
+        State::Cancelled,
+        State::TimedOut,
+    ];
+
+    /// The state named `s` (`QUEUED` … `TIMED_OUT`).
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Queued => "QUEUED",

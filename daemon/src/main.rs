@@ -6,6 +6,7 @@ mod api;
 mod artifacts;
 mod bus;
 mod config;
+mod dashboard;
 mod fetching;
 mod guestvm;
 mod jobs;
@@ -22,6 +23,7 @@ mod service;
 mod taskrepo;
 #[cfg(test)]
 mod tests;
+mod urlpath;
 mod watch;
 mod web;
 
@@ -75,6 +77,13 @@ fn restrict_socket(path: &std::path::Path, group: &str, mode: u32) -> anyhow::Re
     Ok(())
 }
 
+/// What the HTTP side needs from the access config.
+struct HttpAccess {
+    tls: Option<config::TlsConfig>,
+    tokens: Option<std::sync::Arc<access::Tokens>>,
+    anonymous_read: bool,
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -113,17 +122,23 @@ async fn main() -> anyhow::Result<()> {
     let socket_gate = access::Gate::Socket {
         admins: std::sync::Arc::new(access::socket_admins(&cfg.access.socket_admins)?),
     };
+    let tokens = match &cfg.access.tokens_file {
+        Some(path) => {
+            let t = access::Tokens::load(path)?;
+            tracing::info!("{} tokens from {}", t.len(), path.display());
+            Some(std::sync::Arc::new(t))
+        }
+        None => None,
+    };
     // Config::parse made sure TCP comes with TLS and tokens.
-    let tcp_access = match (&cfg.listen_tcp, &cfg.tls, &cfg.access.tokens_file) {
+    let tcp_access = match (&cfg.listen_tcp, &cfg.tls, &tokens) {
         (Some(_), Some(tls), Some(tokens)) => {
-            let tokens = access::Tokens::load(tokens)?;
-            tracing::info!("{} TCP tokens", tokens.len());
             let read = |p: &std::path::Path| {
                 std::fs::read(p).with_context(|| format!("tls: {}", p.display()))
             };
             let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
             Some((
-                access::Gate::Tokens(std::sync::Arc::new(tokens)),
+                access::Gate::Tokens(tokens.clone()),
                 tonic::transport::ServerTlsConfig::new().identity(identity),
             ))
         }
@@ -136,6 +151,11 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let http = HttpAccess {
+        tls: cfg.tls.clone(),
+        tokens,
+        anonymous_read: cfg.access.http_anonymous_read,
+    };
 
     let (svc, rxs) = service::Service::open(cfg, accel)
         .context("opening the jobs database and the fetch cache")?;
@@ -144,12 +164,28 @@ async fn main() -> anyhow::Result<()> {
     let web_stop = tokio_util::sync::CancellationToken::new();
     if let Some(addr) = listen_http {
         let listener = web::bind(addr).await?;
-        tokio::spawn(web::serve(
-            listener,
-            svc.jobs().clone(),
-            svc.metrics().clone(),
-            web_stop.clone(),
-        ));
+        let tls = match &http.tls {
+            Some(t) => Some(web::tls_acceptor(&t.cert, &t.key)?),
+            None => None,
+        };
+        let gate = match &http.tokens {
+            Some(tokens) => web::HttpGate::Tokens {
+                tokens: tokens.clone(),
+                anonymous_read: http.anonymous_read,
+            },
+            None => web::HttpGate::Open,
+        };
+        let pools_of = svc.clone();
+        let site = std::sync::Arc::new(web::Site {
+            jobs: svc.jobs().clone(),
+            metrics: svc.metrics().clone(),
+            pools: Box::new(move || pools_of.pools()),
+            images_dir: svc.images_dir().to_path_buf(),
+            dashboard: dashboard::Dashboard::new().context("dashboard templates")?,
+            gate,
+            tls: tls.is_some(),
+        });
+        tokio::spawn(web::serve(listener, site, tls, web_stop.clone()));
     }
 
     let (health, health_svc) = tonic_health::server::health_reporter();

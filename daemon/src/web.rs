@@ -1,17 +1,25 @@
-//! miniond's read-only HTTP side (`listen_http`): each job's artifacts by URL, which is what the
-//! results' `ref_url`s in ResultsDB point to, and a plain page per job.
+//! miniond's HTTP side (`listen_http`; TLS when `[tls]` is set): the dashboard, each job's
+//! artifacts by URL (what the results' `ref_url`s in ResultsDB point to), metrics.
 //!
 //! ```text
-//! GET /metrics                         Prometheus metrics (OpenMetrics text, metrics.rs)
-//! GET /jobs/<uuid>                     the job: state, steps, results (text/plain)
-//! GET /jobs/<uuid>/artifacts/          the listing (HTML, links only)
-//! GET /jobs/<uuid>/artifacts/<path>    one artifact, streamed
+//! GET  /                                 jobs, newest first (?state= &pool= &item= &task= &submitter= &after=)
+//! GET  /jobs/<uuid>                      a job: timeline, live log, results, artifacts, provenance, reporting
+//! GET  /jobs/<uuid>/events               its lifecycle and log as server-sent events (live)
+//! GET  /jobs/<uuid>/artifacts/           the listing
+//! GET  /jobs/<uuid>/artifacts/<path>     one artifact, streamed
+//! GET  /items/<item>                     every job and result on one item
+//! GET  /pools                            pools and images
+//! GET  /metrics                          Prometheus metrics (metrics.rs)
+//! GET  /login, POST /login, POST /logout the sign-in cookie (when tokens are configured)
 //! ```
 //!
-//! Artifacts come from a hostile guest: every response is `Content-Security-Policy: sandbox`
-//! and `X-Content-Type-Options: nosniff`, text is served as `text/plain`, anything else as
+//! With `access.tokens_file`, every request but sign-in and the static files needs a token
+//! (`Authorization: Bearer`, or the cookie `POST /login` sets), unless `http_anonymous_read`.
+//! Artifacts come from a hostile guest: every artifact response is `Content-Security-Policy:
+//! sandbox` (an opaque origin: no script, no access to the dashboard or its cookie) and
+//! `X-Content-Type-Options: nosniff`, text is served as `text/plain`, anything else as
 //! `application/octet-stream`, and a path that leaves the job's artifacts or passes through a
-//! symlink is not found.
+//! symlink is not found. Only the dashboard's own pages run script, its own only.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,9 +35,13 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::Tokens;
 use crate::artifacts::{self, ArtifactError};
+use crate::dashboard::{self, Dashboard, DashboardError, Filters};
 use crate::jobs::Jobs;
 use crate::metrics::{self, Metrics};
+use crate::service::PoolStatus;
+use crate::urlpath;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -41,6 +53,8 @@ pub enum WebError {
         #[source]
         source: std::io::Error,
     },
+    #[error("tls: {path}: {message}")]
+    Tls { path: PathBuf, message: String },
 }
 
 fn full(text: impl Into<Bytes>) -> Body {
@@ -76,37 +90,6 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
-}
-
-/// `%XX` decoding of a URL path (a path with a bad escape is not found).
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// A path for a URL: each component percent-encoded as needed.
-fn percent_encode(path: &str) -> String {
-    let mut out = String::new();
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Whether any component of `rel` under `root` is a symlink (artifacts are served only as the
@@ -194,7 +177,7 @@ async fn listing(id: &str, root: &Path) -> Response<Body> {
     for a in listed {
         page.push_str(&format!(
             "<li><a href=\"{}\">{}</a> ({} bytes)</li>\n",
-            html_escape(&percent_encode(&a.path)),
+            html_escape(&urlpath::encode(&a.path)),
             html_escape(&a.path),
             a.size
         ));
@@ -203,65 +186,265 @@ async fn listing(id: &str, root: &Path) -> Response<Body> {
     reply(StatusCode::OK, "text/html; charset=utf-8", full(page))
 }
 
-fn job_page(jobs: &Jobs, id: &str) -> Response<Body> {
-    let Ok(r) = jobs.get(id) else {
-        return text(StatusCode::NOT_FOUND, format!("no job {id}"));
-    };
-    let mut t = format!(
-        "job {}\nstate {}\nitem {} ({}) arch {}\nrepo {} {}\nformula {}\n\nsteps:\n",
-        r.id,
-        r.state,
-        r.request.item,
-        r.request.item_type,
-        r.request.arch,
-        r.request.repo,
-        r.request.git_ref,
-        r.request.formula
-    );
-    for e in &r.events {
-        t.push_str(&format!("  {} at {} ms {}\n", e.state, e.at_ms, e.message));
-    }
-    if !r.results.is_empty() {
-        t.push_str("\nresults:\n");
-        for res in &r.results {
-            t.push_str(&format!(
-                "  {} {} {}\n",
-                res.checkname, res.outcome, res.note
-            ));
-        }
-    }
-    t.push_str(&format!("\nartifacts: /jobs/{}/artifacts/\n", r.id));
-    text(StatusCode::OK, t)
+/// What the HTTP side serves from, shared by every connection.
+pub struct Site {
+    pub jobs: Arc<Jobs>,
+    pub metrics: Arc<Metrics>,
+    /// Each pool's status now (the service's view).
+    pub pools: Box<dyn Fn() -> Vec<PoolStatus> + Send + Sync>,
+    pub images_dir: PathBuf,
+    pub dashboard: Dashboard,
+    pub gate: HttpGate,
+    /// Served over TLS: the sign-in cookie is `Secure`.
+    pub tls: bool,
 }
 
-async fn route(
-    jobs: Arc<Jobs>,
-    metrics: Arc<Metrics>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only"));
+/// Who may read over HTTP.
+pub enum HttpGate {
+    /// No tokens configured: anyone who reaches the listener (bind it to loopback).
+    Open,
+    /// A read token (or more) as `Authorization: Bearer` or the sign-in cookie; with
+    /// `anonymous_read`, callers without one read too (results' links for everyone).
+    Tokens {
+        tokens: Arc<Tokens>,
+        anonymous_read: bool,
+    },
+}
+
+const COOKIE: &str = "minion_token";
+/// A sign-in form is small; anything bigger is refused unread.
+const MAX_FORM: usize = 4096;
+/// The dashboard's own pages: its script and style only, no framing, no other origins.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                        connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+fn set(h: &mut hyper::HeaderMap, k: &'static str, v: &str) {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(v) {
+        h.insert(k, v);
     }
-    let Some(path) = percent_decode(req.uri().path()) else {
+}
+
+/// A dashboard page (the only responses that run script).
+fn page(status: StatusCode, html: String) -> Response<Body> {
+    let mut r = Response::new(full(html));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    set(h, "content-type", "text/html; charset=utf-8");
+    set(h, "content-security-policy", PAGE_CSP);
+    set(h, "x-content-type-options", "nosniff");
+    set(h, "x-frame-options", "DENY");
+    set(h, "referrer-policy", "same-origin");
+    set(h, "cache-control", "no-store");
+    r
+}
+
+fn redirect(to: &str) -> Response<Body> {
+    let mut r = text(StatusCode::SEE_OTHER, format!("see {to}"));
+    set(r.headers_mut(), "location", to);
+    r
+}
+
+fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The sign-in cookie's token, if the request carries one.
+fn cookie_token(req: &Request<Incoming>) -> Option<String> {
+    header(req, hyper::header::COOKIE)?
+        .split(';')
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Only a path on this site: no scheme, no `//host`, no backslash tricks.
+fn local_next(next: &str) -> &str {
+    let ok = next.starts_with('/') && !next.starts_with("//") && !next.contains('\\');
+    if ok {
+        next
+    } else {
+        "/"
+    }
+}
+
+/// Who is reading: `Ok(name)` ("" when the site is open), or the response that refuses.
+fn reader(site: &Site, req: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
+    let HttpGate::Tokens {
+        tokens,
+        anonymous_read,
+    } = &site.gate
+    else {
+        return Ok(String::new());
+    };
+    let bearer = header(req, hyper::header::AUTHORIZATION)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let token = bearer.or_else(|| cookie_token(req));
+    if let Some(c) = token.as_deref().and_then(|t| tokens.check(t)) {
+        return Ok(c.id.clone());
+    }
+    if *anonymous_read {
+        return Ok("anonymous".into());
+    }
+    let peer = "http";
+    if token.is_some() {
+        tracing::warn!(%peer, path = %req.uri().path(), "refused a request: unknown token");
+    }
+    let browser = header(req, hyper::header::ACCEPT).is_some_and(|a| a.contains("text/html"));
+    if browser {
+        let next = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("next", &next);
+        return Err(Box::new(redirect(&format!("/login?{}", q.finish()))));
+    }
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "a token is needed: Authorization: Bearer TOKEN (minion token new)",
+    );
+    set(
+        r.headers_mut(),
+        "www-authenticate",
+        "Bearer realm=\"minion\"",
+    );
+    Err(Box::new(r))
+}
+
+async fn login(site: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
+    let HttpGate::Tokens { tokens, .. } = &site.gate else {
+        return redirect("/");
+    };
+    let tokens = tokens.clone();
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_FORM)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large"),
+    };
+    let form = dashboard::form(&body);
+    let next = local_next(form.get("next").map_or("/", String::as_str)).to_string();
+    let token = form
+        .get("token")
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
+    match tokens.check(&token) {
+        Some(c) => {
+            tracing::info!(caller = %c.id, "signed in to the dashboard");
+            let mut r = redirect(&next);
+            let secure = if site.tls { "; Secure" } else { "" };
+            set(
+                r.headers_mut(),
+                "set-cookie",
+                &format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{secure}"),
+            );
+            r
+        }
+        None => {
+            tracing::warn!("refused a dashboard sign-in: unknown token");
+            match site
+                .dashboard
+                .login(&next, Some("That token is not known to this miniond."))
+            {
+                Ok(html) => page(StatusCode::UNAUTHORIZED, html),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+    }
+}
+
+/// Renders off the runtime (pages read the store).
+async fn render(
+    f: impl FnOnce() -> Result<Option<String>, DashboardError> + Send + 'static,
+) -> Response<Body> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(Some(html))) => page(StatusCode::OK, html),
+        Ok(Ok(None)) => text(StatusCode::NOT_FOUND, "not found"),
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn route(site: Arc<Site>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let Some(path) = urlpath::decode(req.uri().path()) else {
         return Ok(text(StatusCode::NOT_FOUND, "not found"));
     };
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    match (path.as_str(), get) {
+        ("/static/dashboard.css", true) => {
+            return Ok(reply(
+                StatusCode::OK,
+                "text/css; charset=utf-8",
+                full(dashboard::CSS),
+            ))
+        }
+        ("/static/dashboard.js", true) => {
+            return Ok(reply(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                full(dashboard::JS),
+            ))
+        }
+        ("/login", true) => {
+            let q = dashboard::form(req.uri().query().unwrap_or("").as_bytes());
+            let next = local_next(q.get("next").map_or("/", String::as_str)).to_string();
+            let s = site.clone();
+            return Ok(render(move || s.dashboard.login(&next, None).map(Some)).await);
+        }
+        ("/login", false) if req.method() == Method::POST => return Ok(login(site, req).await),
+        ("/logout", false) if req.method() == Method::POST => {
+            let mut r = redirect("/login");
+            set(
+                r.headers_mut(),
+                "set-cookie",
+                &format!("{COOKIE}=; Path=/; Max-Age=0"),
+            );
+            return Ok(r);
+        }
+        (_, false) => return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only")),
+        _ => {}
+    }
+    let who = match reader(&site, &req) {
+        Ok(who) => who,
+        Err(refusal) => return Ok(*refusal),
+    };
     if path == "/metrics" {
-        let accept = req
-            .headers()
-            .get(hyper::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let text = tokio::task::spawn_blocking(move || metrics.render())
+        let accept = header(&req, hyper::header::ACCEPT).map(str::to_string);
+        let m = site.metrics.clone();
+        let text = tokio::task::spawn_blocking(move || m.render())
             .await
             .unwrap_or_default();
         let (content_type, text) = metrics::negotiate(accept.as_deref(), text);
         return Ok(reply(StatusCode::OK, content_type, full(text)));
     }
+    if path == "/" {
+        let f = Filters::from_query(req.uri().query());
+        let s = site.clone();
+        return Ok(render(move || {
+            let pools: Vec<String> = (s.pools)().into_iter().map(|p| p.name).collect();
+            s.dashboard.jobs(&s.jobs, &pools, &f, &who).map(Some)
+        })
+        .await);
+    }
+    if path == "/pools" {
+        let s = site.clone();
+        return Ok(render(move || {
+            s.dashboard
+                .pools((s.pools)(), &s.images_dir, &who)
+                .map(Some)
+        })
+        .await);
+    }
+    if let Some(item) = path.strip_prefix("/items/") {
+        let (s, item) = (site.clone(), item.to_string());
+        return Ok(render(move || s.dashboard.item(&s.jobs, &item, &who).map(Some)).await);
+    }
     let Some(rest) = path.strip_prefix("/jobs/") else {
-        return Ok(text(
-            StatusCode::NOT_FOUND,
-            "not found (/jobs/<uuid>/artifacts/…)",
-        ));
+        return Ok(text(StatusCode::NOT_FOUND, "not found"));
     };
     let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
     if uuid::Uuid::parse_str(id).is_err() {
@@ -270,20 +453,35 @@ async fn route(
             format!("`{id}` is not a job UUID"),
         ));
     }
-    if jobs.get(id).is_err() {
+    let Ok(rec) = site.jobs.get(id) else {
         return Ok(text(StatusCode::NOT_FOUND, format!("no job {id}")));
-    }
+    };
     let resp = match tail {
-        "" => job_page(&jobs, id),
+        "" => {
+            let (s, id) = (site.clone(), id.to_string());
+            render(move || s.dashboard.job(&s.jobs, &id, &who)).await
+        }
+        "events" => {
+            let stream = dashboard::events(site.jobs.clone(), rec).map_ok(Frame::data);
+            let mut r = reply(
+                StatusCode::OK,
+                "text/event-stream; charset=utf-8",
+                StreamBody::new(stream).boxed(),
+            );
+            set(r.headers_mut(), "cache-control", "no-store");
+            r
+        }
         "artifacts" => {
             let mut r = text(StatusCode::MOVED_PERMANENTLY, "see artifacts/");
-            if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/jobs/{id}/artifacts/")) {
-                r.headers_mut().insert("location", v);
-            }
+            set(
+                r.headers_mut(),
+                "location",
+                &format!("/jobs/{id}/artifacts/"),
+            );
             r
         }
         t => match t.strip_prefix("artifacts/") {
-            Some(rel) => artifact(&jobs, id, rel).await,
+            Some(rel) => artifact(&site.jobs, id, rel).await,
             None => text(StatusCode::NOT_FOUND, "not found"),
         },
     };
@@ -297,18 +495,43 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, WebError>
         .map_err(|source| WebError::Bind { addr, source })
 }
 
-/// Serves on `listener` until `stop`.
+/// The TLS acceptor for `cert` and `key` (PEM).
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, WebError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &Path, message: String| WebError::Tls {
+        path: path.to_path_buf(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(cert, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .map_err(|e| bad(cert, e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves on `listener` (TLS when `tls` is given) until `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    jobs: Arc<Jobs>,
-    metrics: Arc<Metrics>,
+    site: Arc<Site>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!("serving artifacts on http://{addr}/jobs/<uuid>/artifacts/");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("dashboard, artifacts and metrics on {scheme}://{addr}/");
     }
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -318,17 +541,35 @@ pub async fn serve(
             },
             _ = stop.cancelled() => return,
         };
-        let (jobs, metrics) = (jobs.clone(), metrics.clone());
+        let (site, tls, stop) = (site.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| route(jobs.clone(), metrics.clone(), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!("http connection: {e}");
+            let svc = hyper::service::service_fn(move |req| route(site.clone(), req));
+            let http = hyper::server::conn::http1::Builder::new();
+            let done = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(s) => serve_until(http.serve_connection(TokioIo::new(s), svc), &stop).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, "TLS handshake: {e}");
+                        return;
+                    }
+                },
+                None => serve_until(http.serve_connection(TokioIo::new(stream), svc), &stop).await,
+            };
+            if let Err(e) = done {
+                tracing::debug!(%peer, "http connection: {e}");
             }
         });
+    }
+}
+
+/// A connection until it ends or the daemon stops (a live log stream would hold it open).
+async fn serve_until<F: std::future::Future<Output = Result<(), hyper::Error>>>(
+    conn: F,
+    stop: &CancellationToken,
+) -> Result<(), hyper::Error> {
+    tokio::select! {
+        r = conn => r,
+        _ = stop.cancelled() => Ok(()),
     }
 }
 
@@ -384,7 +625,16 @@ mod tests {
             crate::recorder::Recorder::default(),
             Vec::new(),
         );
-        tokio::spawn(serve(listener, jobs.clone(), metrics, stop.clone()));
+        let site = Arc::new(Site {
+            jobs: jobs.clone(),
+            metrics,
+            pools: Box::new(Vec::new),
+            images_dir: t.path().join("images"),
+            dashboard: Dashboard::new().expect("templates"),
+            gate: HttpGate::Open,
+            tls: false,
+        });
+        tokio::spawn(serve(listener, site, None, stop.clone()));
         let id2 = id.to_string();
         let checks = tokio::task::spawn_blocking(move || {
             // The metrics sit beside the artifacts, in the classic text format unless the
@@ -439,7 +689,8 @@ mod tests {
                 404
             );
             assert_eq!(get(port, "/jobs/not-a-uuid/artifacts/").0, 404);
-            assert_eq!(get(port, "/").0, 404);
+            assert_eq!(get(port, "/").0, 200, "the jobs list");
+            assert_eq!(get(port, "/nope").0, 404);
         })
         .await;
         stop.cancel();

@@ -208,3 +208,144 @@ fn over_tls_each_tokens_role_allows_exactly_its_verbs() {
     assert!(text(&out).contains("certificate"), "{}", text(&out));
     assert!(t.d.log().contains("refused a call"), "refusals are logged");
 }
+
+/// An HTTPS client that trusts `ca` and follows no redirects.
+fn https(ca: &Path) -> ureq::Agent {
+    let pem = std::fs::read(ca).expect("CA file");
+    let cert = ureq::tls::Certificate::from_pem(&pem).expect("CA PEM");
+    ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
+                .build(),
+        )
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+#[test]
+fn the_dashboard_over_tls_needs_a_token_and_signs_in_with_a_cookie() {
+    let test = "the_dashboard_over_tls_needs_a_token_and_signs_in_with_a_cookie";
+    if !daemon_env(test, &[Need::Program("openssl")]) {
+        return;
+    }
+    let http_port = free_port();
+    let t = TlsDaemon::start_with(1, &format!("listen_http = \"127.0.0.1:{http_port}\""));
+    let site = format!("https://localhost:{http_port}");
+    let agent = https(&t.pki.ca);
+    let status = |r: &ureq::http::Response<ureq::Body>| r.status().as_u16();
+    let location = |r: &ureq::http::Response<ureq::Body>| {
+        r.headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+
+    // Static files need nothing; everything else a token.
+    assert_eq!(
+        status(
+            &agent
+                .get(format!("{site}/static/dashboard.css"))
+                .call()
+                .expect("css")
+        ),
+        200
+    );
+    let r = agent
+        .get(format!("{site}/metrics"))
+        .call()
+        .expect("metrics");
+    assert_eq!(status(&r), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = agent
+        .get(format!("{site}/pools?x=1"))
+        .header("Accept", "text/html")
+        .call()
+        .expect("pools");
+    assert_eq!(status(&r), 303, "a browser is sent to sign in");
+    assert_eq!(location(&r), "/login?next=%2Fpools%3Fx%3D1");
+    // Bearer tokens of every role read.
+    for role in ["read", "submit", "admin"] {
+        let r = agent
+            .get(format!("{site}/metrics"))
+            .header("Authorization", &format!("Bearer {}", t.tokens[role]))
+            .call()
+            .expect("metrics");
+        assert_eq!(status(&r), 200, "{role}");
+    }
+    let r = agent
+        .get(format!("{site}/"))
+        .header("Authorization", "Bearer minion_wrong")
+        .call()
+        .expect("list");
+    assert_eq!(status(&r), 401);
+
+    // Signing in: a wrong token is refused; a right one sets a Secure, HttpOnly cookie and
+    // goes on to `next`, never to another site.
+    let form = |token: &str, next: &str| {
+        let mut s = String::from("token=");
+        s.push_str(token);
+        s.push_str("&next=");
+        s.push_str(next);
+        s
+    };
+    let post = |body: String| {
+        agent
+            .post(format!("{site}/login"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(body)
+            .expect("login")
+    };
+    let mut r = post(form("minion_wrong", "%2Fpools"));
+    assert_eq!(status(&r), 401);
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_default()
+        .contains("not known"));
+    let r = post(form(&t.tokens["read"], "%2Fpools"));
+    assert_eq!(status(&r), 303);
+    assert_eq!(location(&r), "/pools");
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a cookie")
+        .to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    let pair = cookie.split(';').next().expect("name=value").to_string();
+    let mut r = agent
+        .get(format!("{site}/pools"))
+        .header("Cookie", &pair)
+        .call()
+        .expect("pools");
+    assert_eq!(status(&r), 200);
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let html = r.body_mut().read_to_string().expect("html");
+    assert!(
+        html.contains("<table class=\"pools\" id=\"pools\">"),
+        "{html}"
+    );
+    assert!(
+        html.contains("token:read-bot"),
+        "the page says who is signed in"
+    );
+    let r = post(form(&t.tokens["read"], "%2F%2Fevil.example%2F"));
+    assert_eq!(location(&r), "/", "no open redirect");
+    assert!(t.d.log().contains("refused a dashboard sign-in"), "logged");
+}

@@ -681,6 +681,11 @@ pub struct TlsDaemon {
 
 impl TlsDaemon {
     pub fn start(max_vms: u32) -> TlsDaemon {
+        TlsDaemon::start_with(max_vms, "")
+    }
+
+    /// [`TlsDaemon::start`] with `extra` config lines (e.g. `listen_http`).
+    pub fn start_with(max_vms: u32, extra: &str) -> TlsDaemon {
         let dir = tempfile::tempdir().expect("tmp");
         let pki = make_pki(dir.path(), "good");
         let other_ca = make_pki(dir.path(), "other").ca;
@@ -711,7 +716,7 @@ impl TlsDaemon {
             max_vms,
             0,
             &format!(
-                "listen_tcp = \"127.0.0.1:{port}\"\n[access]\ntokens_file = {tokens_file:?}\n\
+                "listen_tcp = \"127.0.0.1:{port}\"\n{extra}\n[access]\ntokens_file = {tokens_file:?}\n\
                  [tls]\ncert = {:?}\nkey = {:?}\n",
                 pki.cert, pki.key
             ),
