@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup image agent build test bench fuzz run quickstart fmt lint
+.PHONY: setup image agent build install test bench fuzz run quickstart fmt lint
 setup:        ## install Debian packages, start libvirtd/virtlogd (idempotent)
 	scripts/setup-host.sh
 image:        ## build (or reuse from /var/cache/minion/images) the guest images
@@ -11,6 +11,8 @@ agent:        ## the static in-guest agent
 	scripts/build-agent.sh
 build: agent  ## release binaries: minion, miniond, minion-agent
 	cargo build --release -p minion-cli -p miniond
+install:      ## binaries, agent, examples, docs under /usr/local; systemd units; the minion group
+	scripts/install.sh
 test:         ## the whole suite: unit, integration, end-to-end with real VMs (what .ci/run calls)
 	scripts/test.sh
 bench:        ## the benchmarks the issues name

@@ -15,16 +15,8 @@ step "host setup (Debian packages, libvirtd)"
 scripts/setup-host.sh
 step "guest images"
 images/build.sh all
-step "static agent"
-agent=$(scripts/build-agent.sh | tail -n 1)
-step "binaries"
-cargo build --release --locked -p minion-cli -p miniond -p minion-trigger
-install -m 0755 target/release/minion target/release/miniond target/release/minion-trigger /usr/local/bin/
-install -D -m 0755 "$agent" /usr/local/lib/minion/minion-agent
-# The example tasks, where the trigger's example config names them.
-install -d /usr/local/share/minion
-rm -rf /usr/local/share/minion/examples
-cp -a examples /usr/local/share/minion/examples
+step "agent, binaries, examples, units (make install)"
+scripts/install.sh
 
 if [ ! -f "$CONFIG" ]; then
     step "config $CONFIG"

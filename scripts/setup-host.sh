@@ -26,8 +26,9 @@ PACKAGES=(
     # the tests' stock Python gRPC client (grpcio from PyPI, in a venv); promtool (a real
     # Prometheus parser) checks /metrics
     python3-venv prometheus
-    # a real browser for the dashboard's end-to-end test (WebDriver through chromedriver)
-    chromium chromium-driver
+    # a real browser for the dashboard's end-to-end test (WebDriver through chromedriver);
+    # systemd-analyze checks the units `make install` puts in place (no systemd needs to run)
+    chromium chromium-driver systemd
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
