@@ -17,7 +17,7 @@ use crate::access::{refused, require, Role};
 use crate::artifacts::{self, ArtifactError};
 use crate::jobs::convert::{job_to_pb, state_from_pb};
 use crate::jobs::{Created, JobsError, ListQuery, StoreError};
-use crate::service::{CancelError, Service, SubmitError};
+use crate::service::{CancelError, PoolAdminError, Service, SubmitError};
 use crate::taskrepo::RepoError;
 use crate::watch;
 
@@ -70,6 +70,31 @@ fn artifact_status(e: ArtifactError) -> Status {
         ArtifactError::BadPath(_) => Status::invalid_argument(e.to_string()),
         ArtifactError::NotFound(_) => Status::not_found(e.to_string()),
         ArtifactError::Io { .. } => Status::internal(e.to_string()),
+    }
+}
+
+fn pool_to_pb(p: crate::service::PoolStatus) -> pb::Pool {
+    pb::Pool {
+        name: p.name,
+        image: p.cfg.image.clone(),
+        libvirt_uri: p.cfg.libvirt_uri.clone(),
+        max_vms: p.cfg.max_vms,
+        vcpus: p.cfg.vcpus,
+        memory_mib: p.cfg.memory_mib,
+        default_timeout_seconds: p.cfg.default_timeout_seconds,
+        running: p.running,
+        queued: p.queued,
+        ready: p.ready,
+        booting: p.booting,
+        min_ready: p.cfg.min_ready,
+        drained: p.cfg.drained,
+    }
+}
+
+fn pool_admin_status(e: PoolAdminError) -> Status {
+    match e {
+        PoolAdminError::Unknown { .. } => Status::not_found(e.to_string()),
+        PoolAdminError::Invalid { .. } => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -265,25 +290,7 @@ impl Controller for Api {
         req: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
         require(&req, Role::Read, "list pools")?;
-        let pools = self
-            .svc
-            .pools()
-            .into_iter()
-            .map(|p| pb::Pool {
-                name: p.name,
-                image: p.cfg.image.clone(),
-                libvirt_uri: p.cfg.libvirt_uri.clone(),
-                max_vms: p.cfg.max_vms,
-                vcpus: p.cfg.vcpus,
-                memory_mib: p.cfg.memory_mib,
-                default_timeout_seconds: p.cfg.default_timeout_seconds,
-                running: p.running,
-                queued: p.queued,
-                ready: p.ready,
-                booting: p.booting,
-                min_ready: p.cfg.min_ready,
-            })
-            .collect();
+        let pools = self.svc.pools().into_iter().map(pool_to_pb).collect();
         Ok(Response::new(pb::ListPoolsResponse { pools }))
     }
 
@@ -313,5 +320,31 @@ impl Controller for Api {
                 })
                 .collect(),
         }))
+    }
+
+    async fn drain_pool(
+        &self,
+        req: Request<pb::DrainPoolRequest>,
+    ) -> Result<Response<pb::Pool>, Status> {
+        let caller = require(&req, Role::Admin, "drain pools")?;
+        let r = req.into_inner();
+        let p = self
+            .svc
+            .drain_pool(&r.name, r.drain, &caller.id)
+            .map_err(pool_admin_status)?;
+        Ok(Response::new(pool_to_pb(p)))
+    }
+
+    async fn set_pool(
+        &self,
+        req: Request<pb::SetPoolRequest>,
+    ) -> Result<Response<pb::Pool>, Status> {
+        let caller = require(&req, Role::Admin, "change pools")?;
+        let r = req.into_inner();
+        let p = self
+            .svc
+            .set_pool(&r.name, r.max_vms, r.min_ready, &caller.id)
+            .map_err(pool_admin_status)?;
+        Ok(Response::new(pool_to_pb(p)))
     }
 }

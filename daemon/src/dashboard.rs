@@ -398,7 +398,7 @@ impl Dashboard {
                     name => p.name, image => p.cfg.image, libvirt_uri => p.cfg.libvirt_uri,
                     max_vms => p.cfg.max_vms, vcpus => p.cfg.vcpus, memory_mib => p.cfg.memory_mib,
                     running => p.running, queued => p.queued, ready => p.ready,
-                    booting => p.booting, min_ready => p.cfg.min_ready,
+                    booting => p.booting, min_ready => p.cfg.min_ready, drained => p.cfg.drained,
                 }
             })
             .collect();

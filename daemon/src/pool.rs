@@ -1,5 +1,6 @@
 //! One pool at run time: its configuration, its VM slots (`max_vms`), how many jobs run on it,
-//! its libvirt connection and its package source. Knows nothing of jobs or of how VMs are booted.
+//! its libvirt connection and its package source, and what an admin may change while it runs
+//! (drained, `max_vms`, `min_ready`). Knows nothing of jobs or of how VMs are booted.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,9 +8,18 @@ use std::time::Duration;
 
 use minion_fetch::PackageSource;
 use minion_provisioning::{Hypervisor, HypervisorError};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::PoolConfig;
+
+/// Limits an admin asked for that cannot hold.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitError {
+    #[error("max_vms must be ≥ 1")]
+    NoVms,
+    #[error("min_ready {ready} is more than max_vms {max}: parked VMs count against max_vms")]
+    ReadyOverMax { ready: u32, max: u32 },
+}
 
 pub struct Pool {
     pub name: String,
@@ -23,6 +33,12 @@ pub struct Pool {
     pub packages: Option<Arc<PackageSource>>,
     /// A job found the libvirt host unreachable: no job is started until it answers again.
     host_down: AtomicBool,
+    /// Set at run time (`minion pool drain|undrain|set`); `cfg` holds the file's values.
+    drained: AtomicBool,
+    max_vms: AtomicU32,
+    min_ready: AtomicU32,
+    /// Any of the three changed.
+    pub changed: Notify,
 }
 
 /// Waits between tries of a host that does not answer.
@@ -39,7 +55,75 @@ impl Pool {
             hv: Mutex::new(None),
             packages,
             host_down: AtomicBool::new(false),
+            drained: AtomicBool::new(cfg.drained),
+            max_vms: AtomicU32::new(cfg.max_vms),
+            min_ready: AtomicU32::new(cfg.min_ready),
+            changed: Notify::new(),
         }
+    }
+
+    /// No job starts while drained (the queue keeps them; running ones finish).
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst)
+    }
+
+    pub fn max_vms(&self) -> u32 {
+        self.max_vms.load(Ordering::SeqCst)
+    }
+
+    /// Pre-booted VMs wanted (none while drained).
+    pub fn min_ready(&self) -> u32 {
+        self.min_ready.load(Ordering::SeqCst)
+    }
+
+    pub fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits while the pool is drained.
+    pub async fn undrained(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if !self.drained() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// New limits; `None` keeps one. A smaller `max_vms` takes its slots as running VMs go
+    /// (none is stopped for it); `min_ready` may not exceed `max_vms`.
+    pub fn set_limits(
+        &self,
+        max_vms: Option<u32>,
+        min_ready: Option<u32>,
+    ) -> Result<(), LimitError> {
+        let max = max_vms.unwrap_or_else(|| self.max_vms());
+        let ready = min_ready.unwrap_or_else(|| self.min_ready());
+        if max == 0 {
+            return Err(LimitError::NoVms);
+        }
+        if ready > max {
+            return Err(LimitError::ReadyOverMax { ready, max });
+        }
+        let old = self.max_vms.swap(max, Ordering::SeqCst);
+        if max > old {
+            self.slots.add_permits((max - old) as usize);
+        } else if max < old {
+            let slots = self.slots.clone();
+            let (name, fewer) = (self.name.clone(), old - max);
+            tokio::spawn(async move {
+                // Slots in use are taken as their VMs go; then they are gone for good.
+                if let Ok(p) = slots.acquire_many_owned(fewer).await {
+                    p.forget();
+                    tracing::info!(pool = %name, "{fewer} VM slots retired");
+                }
+            });
+        }
+        self.min_ready.store(ready, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     /// A job found the host unreachable (libvirtd restarting, a link down): the dispatcher

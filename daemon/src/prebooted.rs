@@ -82,12 +82,26 @@ impl Prebooted {
         })
     }
 
-    /// Starts the pool's refiller (nothing when `min_ready` is 0).
+    /// Starts the pool's refiller (it boots while fewer than `min_ready` are parked or booting,
+    /// and the pool is not drained).
     pub fn start(self: &Arc<Self>) {
-        if self.pool.cfg.min_ready == 0 || self.pool.cfg.drained {
-            return;
-        }
         self.tasks.spawn(refiller(self.clone()));
+    }
+
+    /// Destroys parked VMs beyond what the pool wants now (fewer after `min_ready` went down,
+    /// none while drained). A dropped entry's watcher destroys its VM and frees its slot.
+    pub fn trim(&self) {
+        let want = if self.pool.drained() {
+            0
+        } else {
+            self.pool.min_ready()
+        } as usize;
+        let mut parked = self.lock();
+        while parked.len() > want {
+            parked.pop();
+        }
+        drop(parked);
+        self.refill.notify_one();
     }
 
     /// Stops booting, and destroys every booting and parked VM of the pool (waits for it,
@@ -222,7 +236,7 @@ async fn refiller(pb: Arc<Prebooted>) {
             return;
         }
         let have = pb.ready() + pb.booting();
-        if have < pool.cfg.min_ready {
+        if have < pool.min_ready() && !pool.drained() {
             if let Ok(permit) = pool.slots.clone().try_acquire_owned() {
                 pb.booting.fetch_add(1, Ordering::SeqCst);
                 let booted = boot(&pb).await;
@@ -258,6 +272,7 @@ async fn refiller(pb: Arc<Prebooted>) {
         }
         tokio::select! {
             _ = pb.refill.notified() => {}
+            _ = pool.changed.notified() => {}
             _ = tokio::time::sleep(RECHECK) => {}
             _ = pb.stop.cancelled() => return,
         }

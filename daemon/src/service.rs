@@ -61,6 +61,17 @@ pub enum CancelError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum PoolAdminError {
+    #[error("no pool `{name}` (pools: {known})")]
+    Unknown { name: String, known: String },
+    #[error("pool `{name}`: {source}")]
+    Invalid {
+        name: String,
+        source: crate::pool::LimitError,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error(transparent)]
     Jobs(#[from] JobsError),
@@ -297,13 +308,6 @@ impl Service {
         let Some(entry) = self.pools.get(&name) else {
             return;
         };
-        if entry.pool.cfg.drained {
-            tracing::info!(pool = %name, "drained: jobs are queued, none is started");
-            // Keep the receiver: submissions still send to it.
-            let _rx = rx;
-            std::future::pending::<()>().await;
-            return;
-        }
         match self.jobs.queued_in(&name) {
             Ok(ids) => {
                 for id in ids {
@@ -313,6 +317,11 @@ impl Service {
             Err(e) => tracing::error!(pool = %name, "requeueing queued jobs: {e}"),
         }
         while let Some(id) = rx.recv().await {
+            // Drained: the job waits at the head of the queue (FIFO kept) until undrained.
+            if entry.pool.drained() {
+                tracing::info!(pool = %name, "drained: jobs are queued, none is started");
+                entry.pool.undrained().await;
+            }
             // Cancelled while queued: skip without taking a VM.
             if !self.jobs.is_queued(&id) {
                 continue;
@@ -529,12 +538,75 @@ impl Service {
         self.jobs.quarantined()
     }
 
+    fn pool_entry(&self, name: &str) -> Result<&PoolEntry, PoolAdminError> {
+        self.pools.get(name).ok_or_else(|| PoolAdminError::Unknown {
+            name: name.to_string(),
+            known: self.pools.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Drains (`true`) or undrains a pool: while drained no job starts (queued ones wait in
+    /// order, running ones finish) and its parked VMs are destroyed. `by` is who asked (logged).
+    pub fn drain_pool(
+        &self,
+        name: &str,
+        drain: bool,
+        by: &str,
+    ) -> Result<PoolStatus, PoolAdminError> {
+        let e = self.pool_entry(name)?;
+        e.pool.set_drained(drain);
+        e.prebooted.trim();
+        tracing::info!(pool = %name, caller = %by, "admin: pool {}", if drain { "drained" } else { "undrained" });
+        self.pool_status(name)
+    }
+
+    /// Changes a pool's `max_vms` / `min_ready` while it runs. `by` is who asked (logged).
+    pub fn set_pool(
+        &self,
+        name: &str,
+        max_vms: Option<u32>,
+        min_ready: Option<u32>,
+        by: &str,
+    ) -> Result<PoolStatus, PoolAdminError> {
+        let e = self.pool_entry(name)?;
+        e.pool
+            .set_limits(max_vms, min_ready)
+            .map_err(|source| PoolAdminError::Invalid {
+                name: name.to_string(),
+                source,
+            })?;
+        e.prebooted.trim();
+        tracing::info!(
+            pool = %name,
+            caller = %by,
+            max_vms = e.pool.max_vms(),
+            min_ready = e.pool.min_ready(),
+            "admin: pool limits set"
+        );
+        self.pool_status(name)
+    }
+
+    fn pool_status(&self, name: &str) -> Result<PoolStatus, PoolAdminError> {
+        self.pools()
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| PoolAdminError::Unknown {
+                name: name.to_string(),
+                known: String::new(),
+            })
+    }
+
     pub fn pools(&self) -> Vec<PoolStatus> {
         self.pools
             .values()
             .map(|e| PoolStatus {
                 name: e.pool.name.clone(),
-                cfg: e.pool.cfg.clone(),
+                cfg: PoolConfig {
+                    max_vms: e.pool.max_vms(),
+                    min_ready: e.pool.min_ready(),
+                    drained: e.pool.drained(),
+                    ..e.pool.cfg.clone()
+                },
                 running: e.pool.running(),
                 queued: self
                     .jobs

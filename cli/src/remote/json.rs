@@ -61,7 +61,7 @@ pub fn pool(p: &pb::Pool) -> Value {
         "name": p.name, "image": p.image, "libvirt_uri": p.libvirt_uri, "max_vms": p.max_vms,
         "vcpus": p.vcpus, "memory_mib": p.memory_mib,
         "default_timeout_seconds": p.default_timeout_seconds, "running": p.running, "queued": p.queued,
-        "ready": p.ready, "booting": p.booting, "min_ready": p.min_ready,
+        "ready": p.ready, "booting": p.booting, "min_ready": p.min_ready, "drained": p.drained,
     })
 }
 

@@ -51,12 +51,12 @@ pub enum RemoteCommand {
         #[command(subcommand)]
         cmd: JobCommand,
     },
-    /// Pools: list.
+    /// Pools: list; drain, undrain, set (admin).
     Pool {
         #[command(flatten)]
         conn: Connection,
         #[command(subcommand)]
-        cmd: ListOnly,
+        cmd: PoolCommand,
     },
     /// Images in the daemon's catalog: list.
     Image {
@@ -71,6 +71,24 @@ pub enum RemoteCommand {
 pub enum ListOnly {
     /// List them.
     List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCommand {
+    /// List them.
+    List,
+    /// Start no job on POOL (queued jobs wait in order, running ones finish, parked VMs go).
+    Drain { name: String },
+    /// Start jobs on POOL again.
+    Undrain { name: String },
+    /// Change POOL's limits while it runs (until the next start, which reads the config file).
+    Set {
+        name: String,
+        #[arg(long)]
+        max_vms: Option<u32>,
+        #[arg(long)]
+        min_ready: Option<u32>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -187,13 +205,43 @@ async fn dispatch(cmd: RemoteCommand) -> Result<i32, ClientError> {
     match cmd {
         RemoteCommand::Submit(a) => submit(a).await,
         RemoteCommand::Job { conn, cmd } => job(&conn, cmd).await,
-        RemoteCommand::Pool { conn, .. } => {
+        RemoteCommand::Pool { conn, cmd } => {
             let mut c = client::connect(&conn).await?;
-            let pools = c
-                .list_pools(pb::ListPoolsRequest {})
-                .await?
-                .into_inner()
-                .pools;
+            let pools = match cmd {
+                PoolCommand::List => {
+                    c.list_pools(pb::ListPoolsRequest {})
+                        .await?
+                        .into_inner()
+                        .pools
+                }
+                PoolCommand::Drain { name } => vec![c
+                    .drain_pool(pb::DrainPoolRequest { name, drain: true })
+                    .await?
+                    .into_inner()],
+                PoolCommand::Undrain { name } => vec![c
+                    .drain_pool(pb::DrainPoolRequest { name, drain: false })
+                    .await?
+                    .into_inner()],
+                PoolCommand::Set {
+                    name,
+                    max_vms,
+                    min_ready,
+                } => {
+                    if max_vms.is_none() && min_ready.is_none() {
+                        return Err(ClientError::Status(tonic::Status::invalid_argument(
+                            "pool set: give --max-vms and/or --min-ready",
+                        )));
+                    }
+                    vec![c
+                        .set_pool(pb::SetPoolRequest {
+                            name,
+                            max_vms,
+                            min_ready,
+                        })
+                        .await?
+                        .into_inner()]
+                }
+            };
             if conn.json {
                 print_json(&serde_json::Value::Array(
                     pools.iter().map(json::pool).collect(),

@@ -248,7 +248,11 @@ pub fn pools_table(p: &[pb::Pool]) -> Table {
                 0 => format!("{}/{}", p.ready, p.min_ready),
                 b => format!("{}/{} (+{b} booting)", p.ready, p.min_ready),
             },
-            p.queued.to_string(),
+            if p.drained {
+                format!("{} (drained)", p.queued)
+            } else {
+                p.queued.to_string()
+            },
         ]);
     }
     t

@@ -1,0 +1,137 @@
+//! Pools changed while miniond runs (admin only): drain and undrain, max_vms and min_ready;
+//! running jobs are never dropped, every action is logged with who did it.
+
+mod common;
+use common::*;
+
+fn pools(d: &Daemon) -> Value {
+    d.json(&["pool", "list"])[0].clone()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_admin_drains_resizes_and_pre_boots_a_running_pool_and_nothing_running_is_dropped() {
+    let test =
+        "an_admin_drains_resizes_and_pre_boots_a_running_pool_and_nothing_running_is_dropped";
+    if !vm_env_with(test, &[minion_testenv::Need::Program("setpriv")]) {
+        return;
+    }
+    let d = Daemon::start(1, 0);
+    std::fs::set_permissions(
+        d.state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+
+    // Drained: a job waits in the queue; pre-booting waits too.
+    let p = d.json(&["pool", "drain", "minimal"]);
+    assert_eq!(p[0]["drained"], true);
+    assert_eq!(
+        d.json(&["pool", "set", "minimal", "--min-ready", "1"])[0]["min_ready"],
+        1
+    );
+    let pass = task_repo(PASSING);
+    let queued = d.submit(pass.path(), &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(d.job(&queued)["state"], "QUEUED");
+    assert_eq!(pools(&d)["ready"], 0, "no VM pre-booted while drained");
+    assert!(d.domains().is_empty(), "{:?}", d.domains());
+
+    // Undrained: the job runs, then a VM is pre-booted for the next one.
+    d.json(&["pool", "undrain", "minimal"]);
+    d.wait_state(&queued, &["FINISHED"], Duration::from_secs(120));
+    until("a parked VM", Duration::from_secs(120), || {
+        pools(&d)["ready"] == 1
+    });
+    // Fewer wanted: the parked VM is destroyed.
+    d.json(&["pool", "set", "minimal", "--min-ready", "0"]);
+    until("the parked VM gone", Duration::from_secs(60), || {
+        pools(&d)["ready"] == 0 && d.domains().is_empty()
+    });
+
+    // Two slots: two jobs run at once; one slot again: neither running job is dropped.
+    d.json(&["pool", "set", "minimal", "--max-vms", "2"]);
+    let sleep = task_repo(SLEEPING);
+    let a = d.submit(sleep.path(), &[]);
+    let b = d.submit(sleep.path(), &[]);
+    d.wait_state(&a, &["RUNNING"], Duration::from_secs(120));
+    d.wait_state(&b, &["RUNNING"], Duration::from_secs(120));
+    d.json(&["pool", "set", "minimal", "--max-vms", "1"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(d.job(&a)["state"], "RUNNING");
+    assert_eq!(d.job(&b)["state"], "RUNNING");
+    // With one slot retired as its VM goes, a third job waits for the one left.
+    let c = d.submit(sleep.path(), &[]);
+    d.cli(&["job", "cancel", &a]);
+    d.wait_state(&a, &["CANCELLED"], Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        d.job(&c)["state"],
+        "QUEUED",
+        "max_vms 1: b still holds the only slot"
+    );
+    d.cli(&["job", "cancel", &b]);
+    d.wait_state(&c, &["RUNNING"], Duration::from_secs(120));
+    d.cli(&["job", "cancel", &c]);
+    d.wait_state(&c, &["CANCELLED"], Duration::from_secs(60));
+
+    // Refused: bad limits, an unknown pool, a caller without the admin role.
+    let out = d.cli(&["pool", "set", "minimal", "--min-ready", "5"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("min_ready 5 is more than max_vms 1"),
+        "{}",
+        text(&out)
+    );
+    let out = d.cli(&["pool", "drain", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("no pool `nope` (pools: minimal)"),
+        "{}",
+        text(&out)
+    );
+    let gid: u32 = String::from_utf8_lossy(
+        &Command::new("getent")
+            .args(["group", "minion"])
+            .output()
+            .expect("getent")
+            .stdout,
+    )
+    .split(':')
+    .nth(2)
+    .and_then(|g| g.trim().parse().ok())
+    .expect("the minion group");
+    let out = d.cli_as(65534, &[gid], &["pool", "drain", "minimal"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("uid:65534 (role submit) may not drain pools: that needs role admin"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pools(&d)["drained"], false);
+
+    let log = d.log();
+    for want in [
+        "admin: pool drained",
+        "admin: pool undrained",
+        "admin: pool limits set",
+    ] {
+        assert!(log.contains(want), "{want} not logged");
+    }
+    assert!(log.contains("\"caller\":\"uid:0\""), "who did it is logged");
+}
