@@ -270,12 +270,12 @@ async fn provision(
     let (ctx, pool, vm_id) = (ctx.clone(), pool.clone(), vm_id.to_string());
     tokio::task::spawn_blocking(move || {
         let image =
-            image::load(&ctx.images_dir, &pool.cfg.image).map_err(|source| BootError::Image {
-                name: pool.cfg.image.clone(),
+            image::load(&ctx.images_dir, &pool.cfg().image).map_err(|source| BootError::Image {
+                name: pool.cfg().image.clone(),
                 source,
             })?;
         let hv = pool.hypervisor().map_err(|source| BootError::Libvirt {
-            uri: pool.cfg.libvirt_uri.clone(),
+            uri: pool.cfg().libvirt_uri.clone(),
             source,
         })?;
         let req = vm::VmRequest {
@@ -284,10 +284,10 @@ async fn provision(
             image,
             accel: ctx.accel.clone(),
             agent_binary: ctx.agent_binary.clone(),
-            vcpus: pool.cfg.vcpus,
-            memory_mib: pool.cfg.memory_mib,
+            vcpus: pool.cfg().vcpus,
+            memory_mib: pool.cfg().memory_mib,
             hostname: hostname(&vm_id),
-            network: match pool.cfg.network {
+            network: match pool.cfg().network {
                 GuestNetwork::None => None,
                 GuestNetwork::User => Some(minion_provisioning::Nic::User),
             },

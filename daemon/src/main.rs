@@ -218,6 +218,34 @@ async fn main() -> anyhow::Result<()> {
     restrict_socket(&listen, &socket_group, socket_mode.unwrap_or(0o660))?;
     tracing::info!("listening on {}", listen.display());
 
+    // SIGHUP: the config file is read again; its pools apply, a bad file changes nothing.
+    {
+        let (svc, path) = (svc.clone(), args.config.clone());
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing a SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match Config::load(&path) {
+                    Err(e) => tracing::error!("reload refused, the running config stays: {e}"),
+                    Ok(cfg) => match svc.reload(&cfg) {
+                        Err(e) => tracing::error!(
+                            "reload refused, the running config stays: {}: {e}",
+                            path.display()
+                        ),
+                        Ok(changes) if changes.is_empty() => {
+                            tracing::info!("reloaded {}: no pool changed", path.display())
+                        }
+                        Ok(changes) => {
+                            for c in &changes {
+                                tracing::info!("reloaded {}: {c}", path.display());
+                            }
+                        }
+                    },
+                }
+            }
+        });
+    }
+
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler cannot fail at start-up");

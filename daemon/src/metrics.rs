@@ -31,7 +31,6 @@ use prometheus_client::registry::Registry;
 
 use crate::guestvm::LiveVms;
 use crate::jobs::Jobs;
-use crate::prebooted::Prebooted;
 use crate::recorder::Recorder;
 
 /// The content type of [`Metrics::render`]'s text.
@@ -68,16 +67,19 @@ pub struct Metrics {
     vms_ready: Family<PoolLabel, Gauge>,
     source: Arc<Jobs>,
     live: LiveVms,
-    prebooted: Vec<(String, Arc<Prebooted>)>,
+    ready: ReadyByPool,
 }
 
+/// Each pool's parked pre-booted VMs now.
+pub type ReadyByPool = Box<dyn Fn() -> Vec<(String, u32)> + Send + Sync>;
+
 impl Metrics {
-    /// `prebooted`: each pool's parked VMs, read when scraped.
+    /// `ready`: each pool's parked VMs, read when scraped.
     pub fn new(
         jobs: Arc<Jobs>,
         live: LiveVms,
         recorder: Recorder,
-        prebooted: Vec<(String, Arc<Prebooted>)>,
+        ready: ReadyByPool,
     ) -> Arc<Metrics> {
         let mut registry = Registry::default();
         let (jobs_g, vms_alive, vms_ready) =
@@ -110,7 +112,7 @@ impl Metrics {
             vms_ready,
             source: jobs,
             live,
-            prebooted,
+            ready,
         })
     }
 
@@ -131,10 +133,10 @@ impl Metrics {
             Err(e) => tracing::error!("metrics: jobs not final: {e}"),
         }
         self.vms_alive.set(self.live.len() as i64);
-        for (pool, p) in &self.prebooted {
+        for (pool, ready) in (self.ready)() {
             self.vms_ready
-                .get_or_create(&PoolLabel { pool: pool.clone() })
-                .set(i64::from(p.ready()));
+                .get_or_create(&PoolLabel { pool })
+                .set(i64::from(ready));
         }
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
@@ -155,7 +157,12 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         let jobs = Arc::new(Jobs::open(t.path(), 1).expect("jobs"));
         let rec = Recorder::default();
-        let m = Metrics::new(jobs.clone(), LiveVms::default(), rec.clone(), Vec::new());
+        let m = Metrics::new(
+            jobs.clone(),
+            LiveVms::default(),
+            rec.clone(),
+            Box::new(Vec::new),
+        );
         let hook = rec.clone();
         jobs.on_final(Box::new(move |r| hook.job_ended(r)));
         let req = JobRequest {

@@ -23,7 +23,8 @@ pub enum LimitError {
 
 pub struct Pool {
     pub name: String,
-    pub cfg: PoolConfig,
+    /// The config file's settings; a reload swaps them (jobs that started keep what they read).
+    cfg: std::sync::RwLock<Arc<PoolConfig>>,
     /// One permit per VM allowed alive (a parked pre-booted VM holds one too); held from pickup
     /// (or boot) until the VM is torn down.
     pub slots: Arc<Semaphore>,
@@ -49,7 +50,7 @@ impl Pool {
     pub fn new(name: &str, cfg: &PoolConfig, packages: Option<Arc<PackageSource>>) -> Pool {
         Pool {
             name: name.to_string(),
-            cfg: cfg.clone(),
+            cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
             slots: Arc::new(Semaphore::new(cfg.max_vms as usize)),
             running: AtomicU32::new(0),
             hv: Mutex::new(None),
@@ -60,6 +61,27 @@ impl Pool {
             min_ready: AtomicU32::new(cfg.min_ready),
             changed: Notify::new(),
         }
+    }
+
+    /// The pool's settings now.
+    pub fn cfg(&self) -> Arc<PoolConfig> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A reloaded config file's settings: new jobs use them, and `drained`, `max_vms` and
+    /// `min_ready` take their values (what an admin set at run time is replaced). A new
+    /// `libvirt_uri` gets a new connection. `packages` needs a restart (kept as it was).
+    pub fn reload(&self, new: &PoolConfig) -> Result<(), LimitError> {
+        self.set_limits(Some(new.max_vms), Some(new.min_ready))?;
+        let old = self.cfg();
+        if old.libvirt_uri != new.libvirt_uri {
+            *self.hv.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        let mut next = new.clone();
+        next.packages = old.packages.clone();
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.set_drained(new.drained);
+        Ok(())
     }
 
     /// No job starts while drained (the queue keeps them; running ones finish).
@@ -130,7 +152,7 @@ impl Pool {
     /// waits for it in [`Pool::host_answering`] instead of failing the jobs behind it.
     pub fn mark_host_down(&self) {
         if !self.host_down.swap(true, Ordering::SeqCst) {
-            tracing::warn!(pool = %self.name, uri = %self.cfg.libvirt_uri, "libvirt host unreachable: no job starts until it answers");
+            tracing::warn!(pool = %self.name, uri = %self.cfg().libvirt_uri, "libvirt host unreachable: no job starts until it answers");
         }
     }
 
@@ -142,7 +164,7 @@ impl Pool {
             tokio::time::sleep(wait).await;
             if self.reachable().await {
                 self.host_down.store(false, Ordering::SeqCst);
-                tracing::info!(pool = %self.name, uri = %self.cfg.libvirt_uri, "libvirt host answers again");
+                tracing::info!(pool = %self.name, uri = %self.cfg().libvirt_uri, "libvirt host answers again");
                 return;
             }
             wait = (wait * 2).min(HOST_RETRY_MAX);
@@ -164,7 +186,7 @@ impl Pool {
         if let Some(h) = g.as_ref() {
             return Ok(h.clone());
         }
-        let h = Arc::new(Hypervisor::connect(&self.cfg.libvirt_uri)?);
+        let h = Arc::new(Hypervisor::connect(&self.cfg().libvirt_uri)?);
         *g = Some(h.clone());
         Ok(h)
     }

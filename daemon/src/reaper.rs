@@ -45,8 +45,8 @@ impl TwoPass {
 pub struct Reaper {
     live: LiveVms,
     state_dir: PathBuf,
-    /// One pool per libvirt host (their connections).
-    hosts: Vec<Arc<Pool>>,
+    /// The pools now (a reload may add some); one per libvirt host is asked.
+    pools: Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>,
     interval: Duration,
     metrics: Recorder,
     judge: Mutex<TwoPass>,
@@ -56,20 +56,14 @@ impl Reaper {
     pub fn new(
         live: LiveVms,
         state_dir: PathBuf,
-        pools: &[Arc<Pool>],
+        pools: Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>,
         interval: Duration,
         metrics: Recorder,
     ) -> Reaper {
-        let mut hosts: Vec<Arc<Pool>> = Vec::new();
-        for p in pools {
-            if !hosts.iter().any(|h| h.cfg.libvirt_uri == p.cfg.libvirt_uri) {
-                hosts.push(p.clone());
-            }
-        }
         Reaper {
             live,
             state_dir,
-            hosts,
+            pools,
             interval,
             metrics,
             judge: Mutex::default(),
@@ -93,7 +87,17 @@ impl Reaper {
         let mut guard = self.judge.lock().unwrap_or_else(|p| p.into_inner());
         let judge = std::cell::RefCell::new(&mut *guard);
         let kept = |id: &str| !judge.borrow_mut().doomed(id, self.live.contains(id));
-        for host in &self.hosts {
+        // One pool per libvirt host (their connections).
+        let mut hosts: Vec<Arc<Pool>> = Vec::new();
+        for p in (self.pools)() {
+            if !hosts
+                .iter()
+                .any(|h| h.cfg().libvirt_uri == p.cfg().libvirt_uri)
+            {
+                hosts.push(p);
+            }
+        }
+        for host in &hosts {
             match host.hypervisor() {
                 Ok(hv) => {
                     let report = vm::destroy_marked(&hv, &self.state_dir, &kept);
@@ -106,7 +110,7 @@ impl Reaper {
                         tracing::error!("reaper on {}: {e}", hv.uri());
                     }
                 }
-                Err(e) => tracing::error!("reaper: libvirt {}: {e}", host.cfg.libvirt_uri),
+                Err(e) => tracing::error!("reaper: libvirt {}: {e}", host.cfg().libvirt_uri),
             }
         }
         let report = vm::sweep_dirs(&self.state_dir, &kept);

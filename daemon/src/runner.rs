@@ -145,7 +145,7 @@ pub async fn run_job(
             pool.packages.clone(),
         ))),
         package_source: pool.packages.is_some(),
-        network: pool.cfg.network == crate::config::GuestNetwork::User,
+        network: pool.cfg().network == crate::config::GuestNetwork::User,
     };
     let limits = rc.vms.job_limits();
     let (tx, rx) = mpsc::channel(1024);
@@ -313,7 +313,7 @@ async fn ready_vm(
                 // host is lost, not the job's own fault.
                 (Err(e @ BootError::Start(_)), _) if !pool.reachable().await => {
                     Err(End::HostLost {
-                        uri: pool.cfg.libvirt_uri.clone(),
+                        uri: pool.cfg().libvirt_uri.clone(),
                         error: e.to_string(),
                     })
                 }

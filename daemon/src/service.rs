@@ -109,10 +109,15 @@ pub struct PoolStatus {
     pub booting: u32,
 }
 
+/// The pools by name; a reload adds to it (entries are never removed while miniond runs).
+type PoolMap = Arc<std::sync::RwLock<BTreeMap<String, Arc<PoolEntry>>>>;
+
 pub struct Service {
     cfg: Config,
     jobs: Arc<Jobs>,
-    pools: BTreeMap<String, PoolEntry>,
+    pools: PoolMap,
+    /// Where a submission without a pool goes (a reload may change it).
+    default_pool: std::sync::RwLock<Option<String>>,
     run: Arc<RunContext>,
     /// The cancel switch of every job a dispatcher has taken and whose runner has not ended.
     cancels: Mutex<HashMap<String, CancellationToken>>,
@@ -127,39 +132,25 @@ impl Service {
     pub fn open(cfg: Config, accel: Accel) -> Result<(Arc<Service>, PoolQueues), OpenError> {
         let jobs = Arc::new(Jobs::open(&cfg.state_dir, cfg.retry_budget)?);
         let vms = VmContext::new(&cfg, accel);
-        let mut pools = BTreeMap::new();
+        let mut map = BTreeMap::new();
         let mut rxs = Vec::new();
         for (name, pc) in &cfg.pools {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let packages = pc
-                .packages
-                .as_deref()
-                .map(|dir| crate::fetching::open_packages(name, dir, &cfg.state_dir))
-                .transpose()
-                .map_err(|source| OpenError::Packages {
-                    pool: name.clone(),
-                    source,
-                })?;
-            let pool = Arc::new(Pool::new(name, pc, packages));
-            let prebooted = Prebooted::new(&pool, &vms);
-            pools.insert(
-                name.clone(),
-                PoolEntry {
-                    pool,
-                    prebooted,
-                    queue: tx,
-                },
-            );
+            let (entry, rx) = new_entry(name, pc, &cfg.state_dir, &vms)?;
+            map.insert(name.clone(), entry);
             rxs.push((name.clone(), rx));
         }
+        let pools: PoolMap = Arc::new(std::sync::RwLock::new(map));
+        let ready_of = pools.clone();
         let metrics = Metrics::new(
             jobs.clone(),
             vms.live.clone(),
             vms.recorder.clone(),
-            pools
-                .iter()
-                .map(|(n, e): (&String, &PoolEntry)| (n.clone(), e.prebooted.clone()))
-                .collect(),
+            Box::new(move || {
+                read(&ready_of)
+                    .iter()
+                    .map(|(n, e)| (n.clone(), e.prebooted.ready()))
+                    .collect()
+            }),
         );
         let recorder = vms.recorder.clone();
         jobs.on_final(Box::new(move |r| recorder.job_ended(r)));
@@ -173,11 +164,11 @@ impl Service {
             .as_ref()
             .map(|r| Reporter::new(&jobs, r, bus.clone(), vms.recorder.clone()));
         let fetch = crate::fetching::open(cfg.sources(), &cfg.state_dir, &cfg.fetch)?;
-        let all: Vec<Arc<Pool>> = pools.values().map(|e: &PoolEntry| e.pool.clone()).collect();
+        let hosts_of = pools.clone();
         let reaper = Arc::new(Reaper::new(
             vms.live.clone(),
             cfg.state_dir.clone(),
-            &all,
+            Box::new(move || read(&hosts_of).values().map(|e| e.pool.clone()).collect()),
             std::time::Duration::from_secs(cfg.reap_interval_secs.max(1)),
             vms.recorder.clone(),
         ));
@@ -189,6 +180,7 @@ impl Service {
         });
         Ok((
             Arc::new(Service {
+                default_pool: std::sync::RwLock::new(cfg.default_pool_name().map(String::from)),
                 cfg,
                 jobs,
                 pools,
@@ -225,7 +217,7 @@ impl Service {
             let s = self.clone();
             tokio::spawn(async move { s.dispatch(name, rx).await });
         }
-        for p in self.pools.values() {
+        for p in self.entries() {
             p.prebooted.start();
         }
         if let Some(b) = &self.bus {
@@ -249,7 +241,7 @@ impl Service {
     /// FAILED (daemon restart) and requeues them.
     pub async fn shutdown(self: &Arc<Self>) {
         self.jobs.begin_shutdown();
-        for p in self.pools.values() {
+        for p in self.entries() {
             p.prebooted.shutdown().await;
         }
         let s = self.clone();
@@ -270,23 +262,24 @@ impl Service {
     /// every libvirt host of its pools, then deletes every per-VM dir. Used at start (nothing is
     /// live yet) and at shutdown (what is live is abandoned). Blocks.
     fn destroy_vms(&self) {
-        let mut seen: Vec<&str> = Vec::new();
-        for p in self.pools.values().map(|e| &e.pool) {
-            if seen.contains(&p.cfg.libvirt_uri.as_str()) {
+        let mut seen: Vec<String> = Vec::new();
+        for p in self.entries().iter().map(|e| &e.pool) {
+            let uri = p.cfg().libvirt_uri.clone();
+            if seen.contains(&uri) {
                 continue;
             }
-            seen.push(&p.cfg.libvirt_uri);
+            seen.push(uri);
             match p.hypervisor() {
                 Ok(hv) => {
                     let report = vm::destroy_marked(&hv, &self.cfg.state_dir, &|_| false);
                     for e in report.errors {
-                        tracing::error!("reconcile on {}: {e}", p.cfg.libvirt_uri);
+                        tracing::error!("reconcile on {}: {e}", p.cfg().libvirt_uri);
                     }
                     for d in report.destroyed {
                         tracing::info!("reconcile: destroyed leftover domain {d}");
                     }
                 }
-                Err(e) => tracing::error!("reconcile: libvirt {}: {e}", p.cfg.libvirt_uri),
+                Err(e) => tracing::error!("reconcile: libvirt {}: {e}", p.cfg().libvirt_uri),
             }
         }
         let report = vm::sweep_dirs(&self.cfg.state_dir, &|_| false);
@@ -305,7 +298,7 @@ impl Service {
     /// FIFO per pool: take the next queued job, take a parked VM or wait for a VM slot, hand
     /// both to a runner.
     async fn dispatch(self: Arc<Self>, name: String, mut rx: mpsc::UnboundedReceiver<String>) {
-        let Some(entry) = self.pools.get(&name) else {
+        let Some(entry) = self.entry(&name) else {
             return;
         };
         match self.jobs.queued_in(&name) {
@@ -328,7 +321,7 @@ impl Service {
             }
             // A host that stopped answering is waited for: the jobs behind are not failed on it.
             entry.pool.host_answering().await;
-            let Some(vm) = obtain_vm(entry).await else {
+            let Some(vm) = obtain_vm(&entry).await else {
                 return;
             };
             let token = CancellationToken::new();
@@ -353,7 +346,7 @@ impl Service {
                     }
                     Err(e) => tracing::debug!(job = %id, "not started: {e}"),
                 }
-                give_back(entry, vm);
+                give_back(&entry, vm);
                 continue;
             }
             if let Assigned::Parked(p) = &vm {
@@ -391,18 +384,18 @@ impl Service {
         if let Some(existing) = self.jobs.by_key(&req.idempotency_key)? {
             return Ok(Created::Existing(existing));
         }
-        let known = || self.pools.keys().cloned().collect::<Vec<_>>().join(", ");
+        let known = || self.pool_names();
         let pool_name = if req.pool.is_empty() {
-            self.cfg
-                .default_pool_name()
+            self.default_pool
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
                 .ok_or_else(|| SubmitError::NoPool(known()))?
-                .to_string()
         } else {
             req.pool.clone()
         };
         let entry = self
-            .pools
-            .get(&pool_name)
+            .entry(&pool_name)
             .ok_or_else(|| SubmitError::UnknownPool {
                 name: pool_name.clone(),
                 known: known(),
@@ -420,7 +413,7 @@ impl Service {
             return Err(SubmitError::Timeout(req.timeout_seconds));
         }
         let timeout_seconds = if req.timeout_seconds == 0 {
-            entry.pool.cfg.default_timeout_seconds
+            entry.pool.cfg().default_timeout_seconds
         } else {
             req.timeout_seconds
         };
@@ -538,10 +531,99 @@ impl Service {
         self.jobs.quarantined()
     }
 
-    fn pool_entry(&self, name: &str) -> Result<&PoolEntry, PoolAdminError> {
-        self.pools.get(name).ok_or_else(|| PoolAdminError::Unknown {
+    /// Applies a re-read config file's pools (SIGHUP): a new pool starts taking jobs, a changed
+    /// one's settings apply to jobs that start from now (running jobs keep theirs), a pool gone
+    /// from the file is drained (its queued jobs wait; a restart removes it), and `default_pool`
+    /// follows the file. Nothing is applied when a new pool cannot be set up. Other settings
+    /// take effect at the next start. Returns what changed, one line each.
+    pub fn reload(self: &Arc<Self>, new: &Config) -> Result<Vec<String>, OpenError> {
+        let mut added = Vec::new();
+        for (name, pc) in &new.pools {
+            if self.entry(name).is_none() {
+                added.push((
+                    name.clone(),
+                    new_entry(name, pc, &self.cfg.state_dir, &self.run.vms)?,
+                ));
+            }
+        }
+        let mut changes = Vec::new();
+        for e in self.entries() {
+            let name = &e.pool.name;
+            match new.pools.get(name) {
+                Some(pc) => {
+                    let now = PoolConfig {
+                        max_vms: e.pool.max_vms(),
+                        min_ready: e.pool.min_ready(),
+                        drained: e.pool.drained(),
+                        ..(*e.pool.cfg()).clone()
+                    };
+                    if now == *pc {
+                        continue;
+                    }
+                    if now.packages != pc.packages {
+                        changes.push(format!("pool {name}: packages change at the next start"));
+                    }
+                    if let Err(err) = e.pool.reload(pc) {
+                        // Config::parse checks the same limits: only a bug gets here.
+                        changes.push(format!("pool {name}: not changed: {err}"));
+                        continue;
+                    }
+                    e.prebooted.trim();
+                    changes.push(format!("pool {name}: changed"));
+                }
+                None if !e.pool.drained() => {
+                    e.pool.set_drained(true);
+                    e.prebooted.trim();
+                    changes.push(format!(
+                        "pool {name}: not in the file any more: drained (a restart removes it)"
+                    ));
+                }
+                None => {}
+            }
+        }
+        for (name, (entry, rx)) in added {
+            self.pools
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone(), entry.clone());
+            let s = self.clone();
+            let n = name.clone();
+            tokio::spawn(async move { s.dispatch(n, rx).await });
+            entry.prebooted.start();
+            changes.push(format!("pool {name}: added"));
+        }
+        let default = new.default_pool_name().map(String::from);
+        let mut d = self.default_pool.write().unwrap_or_else(|p| p.into_inner());
+        if *d != default {
+            changes.push(format!(
+                "default pool: {}",
+                default.as_deref().unwrap_or("none")
+            ));
+            *d = default;
+        }
+        Ok(changes)
+    }
+
+    fn entry(&self, name: &str) -> Option<Arc<PoolEntry>> {
+        read(&self.pools).get(name).cloned()
+    }
+
+    fn entries(&self) -> Vec<Arc<PoolEntry>> {
+        read(&self.pools).values().cloned().collect()
+    }
+
+    fn pool_names(&self) -> String {
+        read(&self.pools)
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn pool_entry(&self, name: &str) -> Result<Arc<PoolEntry>, PoolAdminError> {
+        self.entry(name).ok_or_else(|| PoolAdminError::Unknown {
             name: name.to_string(),
-            known: self.pools.keys().cloned().collect::<Vec<_>>().join(", "),
+            known: self.pool_names(),
         })
     }
 
@@ -597,15 +679,15 @@ impl Service {
     }
 
     pub fn pools(&self) -> Vec<PoolStatus> {
-        self.pools
-            .values()
+        self.entries()
+            .iter()
             .map(|e| PoolStatus {
                 name: e.pool.name.clone(),
                 cfg: PoolConfig {
                     max_vms: e.pool.max_vms(),
                     min_ready: e.pool.min_ready(),
                     drained: e.pool.drained(),
-                    ..e.pool.cfg.clone()
+                    ..(*e.pool.cfg()).clone()
                 },
                 running: e.pool.running(),
                 queued: self
@@ -618,6 +700,39 @@ impl Service {
             })
             .collect()
     }
+}
+
+fn read(pools: &PoolMap) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<PoolEntry>>> {
+    pools.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A pool's runtime parts, and the receiver its dispatcher takes jobs from.
+fn new_entry(
+    name: &str,
+    pc: &PoolConfig,
+    state_dir: &Path,
+    vms: &VmContext,
+) -> Result<(Arc<PoolEntry>, mpsc::UnboundedReceiver<String>), OpenError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let packages = pc
+        .packages
+        .as_deref()
+        .map(|dir| crate::fetching::open_packages(name, dir, state_dir))
+        .transpose()
+        .map_err(|source| OpenError::Packages {
+            pool: name.to_string(),
+            source,
+        })?;
+    let pool = Arc::new(Pool::new(name, pc, packages));
+    let prebooted = Prebooted::new(&pool, vms);
+    Ok((
+        Arc::new(PoolEntry {
+            pool,
+            prebooted,
+            queue: tx,
+        }),
+        rx,
+    ))
 }
 
 /// A parked pre-booted VM if there is one, else a slot for a new VM; waits for whichever comes

@@ -623,7 +623,7 @@ mod tests {
             jobs.clone(),
             crate::guestvm::LiveVms::default(),
             crate::recorder::Recorder::default(),
-            Vec::new(),
+            Box::new(Vec::new),
         );
         let site = Arc::new(Site {
             jobs: jobs.clone(),

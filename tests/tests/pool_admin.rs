@@ -135,3 +135,78 @@ fn an_admin_drains_resizes_and_pre_boots_a_running_pool_and_nothing_running_is_d
     }
     assert!(log.contains("\"caller\":\"uid:0\""), "who did it is logged");
 }
+
+/// SIGHUP to the daemon.
+fn hup(d: &Daemon) {
+    let pid = d.child.as_ref().expect("running").id();
+    let st = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+}
+
+#[test]
+fn sighup_adds_and_changes_pools_keeps_running_jobs_and_refuses_a_bad_file() {
+    let test = "sighup_adds_and_changes_pools_keeps_running_jobs_and_refuses_a_bad_file";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start(1, 0);
+    let original = std::fs::read_to_string(&d.config).expect("config");
+    let second = "\n[pools.second]\nimage = \"minimal\"\nlibvirt_uri = \"qemu:///system\"\n\
+                  max_vms = 1\nvcpus = 1\nmemory_mib = 512\n";
+    // A new pool, and the first one changed (two slots, drained).
+    let changed = original.replace("max_vms = 1\n", "max_vms = 2\ndrained = true\n");
+    assert_ne!(changed, original, "the harness's config has `max_vms = 1`");
+    std::fs::write(&d.config, format!("{changed}{second}")).expect("write");
+    hup(&d);
+    until("the reload", Duration::from_secs(20), || {
+        d.log().contains("reloaded") && d.log().contains("pool second: added")
+    });
+    let list = d.json(&["pool", "list"]);
+    let by = |name: &str| {
+        list.as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no pool {name}: {list}"))
+    };
+    assert_eq!(by("minimal")["max_vms"], 2);
+    assert_eq!(by("minimal")["drained"], true);
+    assert_eq!(by("second")["max_vms"], 1);
+
+    // The new pool runs jobs; one running on it survives the pool leaving the file.
+    let sleep = task_repo(SLEEPING);
+    let job = d.submit(sleep.path(), &["--pool", "second"]);
+    d.wait_state(&job, &["RUNNING"], Duration::from_secs(120));
+    std::fs::write(&d.config, &original).expect("write");
+    hup(&d);
+    until("the second reload", Duration::from_secs(20), || {
+        d.log()
+            .contains("pool second: not in the file any more: drained")
+    });
+    assert_eq!(
+        d.job(&job)["state"],
+        "RUNNING",
+        "a reload never drops a running job"
+    );
+    let list = d.json(&["pool", "list"]);
+    assert_eq!(
+        list[0]["drained"], false,
+        "minimal is back to the file's values"
+    );
+    assert_eq!(list[0]["max_vms"], 1);
+
+    // A file that does not parse changes nothing and says why.
+    std::fs::write(&d.config, format!("{original}\n[pools.broken\n")).expect("write");
+    hup(&d);
+    until("the refusal", Duration::from_secs(20), || {
+        d.log().contains("reload refused, the running config stays")
+    });
+    let log = d.log();
+    assert!(log.contains("miniond.toml"), "the refusal names the file");
+    assert_eq!(d.json(&["pool", "list"]).as_array().map(Vec::len), Some(2));
+    d.cli(&["job", "cancel", &job]);
+    d.wait_state(&job, &["CANCELLED"], Duration::from_secs(60));
+    d.assert_no_vm(&job);
+}
