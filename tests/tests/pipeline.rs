@@ -48,6 +48,8 @@ struct Trigger {
     dir: tempfile::TempDir,
     prefix: String,
     queue: String,
+    /// Where its `/metrics` is served.
+    metrics_port: u16,
 }
 
 impl Trigger {
@@ -61,10 +63,12 @@ impl Trigger {
             task_lines.push_str(&format!("{name} = {:?}\n", path.display().to_string()));
         }
         std::fs::write(dir.path().join("rules.yml"), rules).expect("rules");
+        let metrics_port = free_port();
         std::fs::write(
             dir.path().join("trigger.toml"),
             format!(
                 "topic_prefix = {prefix:?}\nenvironment = \"prod\"\nfuse_seconds = {fuse}\n\
+                 metrics_listen = \"127.0.0.1:{metrics_port}\"\n\
                  rules = {rules:?}\ncache_dir = {cache:?}\n\
                  [amqp]\nurl = {AMQP:?}\nqueue = {queue:?}\n\
                  [miniond]\nsocket = {socket:?}\n[tasks]\n{task_lines}",
@@ -79,6 +83,7 @@ impl Trigger {
             dir,
             prefix,
             queue,
+            metrics_port,
         }
     }
 
@@ -397,6 +402,46 @@ fn a_koji_message_becomes_named_and_discovered_jobs_that_run_in_vms() {
     assert!(jobs_of(&d, "bad-1").is_empty() && jobs_of(&d, "bad-2").is_empty());
     let log = t.log();
     assert!(log.contains("malformed message, acked"), "{log}");
+
+    // What became of the messages and jobs, as Prometheus reads it (promtool lints it).
+    let (status, text) = http_get(&format!("http://127.0.0.1:{}/metrics", t.metrics_port));
+    assert_eq!(status, 200);
+    for want in [
+        "minion_trigger_messages_total{outcome=\"triggered\"} 1\n",
+        "minion_trigger_messages_total{outcome=\"malformed\"} 2\n",
+        "minion_trigger_jobs_total{outcome=\"queued\"} 2\n",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+    if minion_testenv::require(
+        "trigger metrics pass promtool",
+        &[minion_testenv::Need::Program("promtool")],
+    ) {
+        use std::io::Write;
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("promtool ends");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool: {said}"
+        );
+    }
 }
 
 #[test]

@@ -62,6 +62,9 @@ pub struct Config {
     pub amqp: Amqp,
     #[serde(default)]
     pub miniond: Miniond,
+    /// Where `GET /metrics` is served (`127.0.0.1:7702`). Default: not served.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// The broker.
@@ -164,6 +167,7 @@ impl Default for Config {
             cache_dir: default_cache_dir(),
             amqp: Amqp::default(),
             miniond: Miniond::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -36,8 +36,15 @@ const IN_FLIGHT: usize = 32;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+fn cfg_addr(l: &tokio::net::TcpListener) -> String {
+    l.local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("AMQP {url}: {source}")]
     Amqp {
         url: String,
@@ -46,7 +53,7 @@ pub enum ConsumeError {
     },
 }
 
-/// What happened to messages so far (logged; the metrics issue exports them).
+/// What happened to messages so far (logged; `/metrics` on `metrics_listen` exports them).
 #[derive(Default)]
 pub struct Counters {
     pub triggered: AtomicU64,
@@ -67,7 +74,7 @@ struct Consumer {
     cfg: Config,
     rules: Rules,
     mirrors: Mirrors,
-    counters: Counters,
+    counters: Arc<Counters>,
     /// Tags whose fuse is burning, with the deliveries it holds.
     fuses: Mutex<HashMap<String, Held>>,
     /// One gRPC connection to miniond, shared by every submission (HTTP/2 multiplexes them);
@@ -116,14 +123,22 @@ fn table(t: &FieldTable) -> Map<String, Value> {
 
 /// Runs until the process is stopped; reconnects to the broker with backoff.
 pub async fn run(cfg: Config, rules: Rules) -> Result<(), ConsumeError> {
+    let metrics = match &cfg.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let c = Arc::new(Consumer {
         mirrors: Mirrors::new(&cfg.cache_dir),
         cfg,
         rules,
-        counters: Counters::default(),
+        counters: Arc::new(Counters::default()),
         fuses: Mutex::new(HashMap::new()),
         client: tokio::sync::Mutex::new(None),
     });
+    if let Some(listener) = metrics {
+        tracing::info!("metrics on http://{}/metrics", cfg_addr(&listener));
+        tokio::spawn(crate::metrics::serve(listener, c.counters.clone()));
+    }
     let mut wait = FIRST_BACKOFF;
     loop {
         match consume(&c).await {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod consume;
 pub mod discover;
 pub mod message;
+pub mod metrics;
 pub mod plan;
 pub mod publish;
 pub mod rules;
