@@ -170,6 +170,22 @@ fn over_tls_each_tokens_role_allows_exactly_its_verbs() {
                 text(&submit)
             );
         }
+        // Pool administration: admin only.
+        let drain = run(&["pool", "drain", "minimal"]);
+        if role >= Role::Admin {
+            assert!(drain.status.success(), "{}", text(&drain));
+            let undrain = run(&["pool", "undrain", "minimal"]);
+            assert!(undrain.status.success(), "{}", text(&undrain));
+        } else {
+            assert_eq!(drain.status.code(), Some(2), "{name}: {}", text(&drain));
+            assert!(
+                text(&drain).contains(&format!(
+                    "token:{name}-bot (role {name}) may not drain pools: that needs role admin"
+                )),
+                "{}",
+                text(&drain)
+            );
+        }
         let cancel = run(&["job", "cancel", &others]);
         if role >= Role::Admin {
             assert!(cancel.status.success(), "{}", text(&cancel));
