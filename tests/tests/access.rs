@@ -7,28 +7,21 @@ use minion_testenv::Need;
 
 const NOBODY: u32 = 65534;
 
-fn minion_gid() -> u32 {
-    let out = Command::new("getent")
-        .args(["group", "minion"])
-        .output()
-        .expect("getent");
-    String::from_utf8_lossy(&out.stdout)
-        .split(':')
-        .nth(2)
-        .and_then(|g| g.trim().parse().ok())
-        .expect("the minion group exists (scripts/setup-host.sh)")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// `minion submit REPO -i foo-1.0-1.fc40 -t koji_build --json`'s arguments.
+fn submit_json(repo: &str) -> [&str; 7] {
+    [
+        "submit",
+        repo,
+        "-i",
+        "foo-1.0-1.fc40",
+        "-t",
+        "koji_build",
+        "--json",
+    ]
 }
 
 fn id_of(o: &Output) -> String {
-    assert!(o.status.success(), "{}", text(o));
+    assert!(o.status.success(), "{}", output_text(o));
     let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
     v["id"].as_str().expect("id").to_string()
 }
@@ -57,41 +50,37 @@ fn the_socket_refuses_non_members_and_a_member_cancels_only_its_own_jobs() {
 
     // Not in the group: the socket's mode refuses the connection itself.
     let out = d.cli_as(NOBODY, &[], &["job", "list"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("Permission denied"),
+        "{}",
+        output_text(&out)
+    );
 
     let root_job = d.submit(repo.path(), &[]);
-    let submit = [
-        "submit",
-        repo_s,
-        "-i",
-        "foo-1.0-1.fc40",
-        "-t",
-        "koji_build",
-        "--json",
-    ];
+    let submit = submit_json(repo_s);
     let member_job = id_of(&d.cli_as(NOBODY, &[gid], &submit));
     assert_eq!(d.job(&root_job)["submitter"], "uid:0");
     assert_eq!(d.job(&member_job)["submitter"], format!("uid:{NOBODY}"));
 
     // A member reads everything, cancels its own job, not root's.
     let out = d.cli_as(NOBODY, &[gid], &["job", "show", &root_job]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let out = d.cli_as(NOBODY, &[gid], &["job", "cancel", &root_job]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     let want = format!(
         "refused: uid:{NOBODY} (role submit) may not cancel job {root_job}, submitted by uid:0: that needs role admin"
     );
-    assert!(text(&out).contains(&want), "{}", text(&out));
+    assert!(output_text(&out).contains(&want), "{}", output_text(&out));
     assert!(d.log().contains("refused"), "the refusal is logged");
     let out = d.cli_as(NOBODY, &[gid], &["job", "cancel", &member_job]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     d.wait_state(&member_job, &["CANCELLED"], Duration::from_secs(60));
     assert_ne!(d.job(&root_job)["state"], "CANCELLED");
 
     // Root is admin: it may cancel anyone's, and its own.
     let out = d.cli(&["job", "cancel", &root_job]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     d.wait_state(&root_job, &["CANCELLED"], Duration::from_secs(120));
     d.assert_no_vm(&root_job);
 }
@@ -140,17 +129,9 @@ fn over_tls_each_tokens_role_allows_exactly_its_verbs() {
         ];
         for (verb, args) in &reads {
             let out = run(args);
-            assert!(out.status.success(), "{name} {verb}: {}", text(&out));
+            assert!(out.status.success(), "{name} {verb}: {}", output_text(&out));
         }
-        let submit = run(&[
-            "submit",
-            repo_s,
-            "-i",
-            "foo-1.0-1.fc40",
-            "-t",
-            "koji_build",
-            "--json",
-        ]);
+        let submit = run(&submit_json(repo_s));
         if role >= Role::Submit {
             let own = id_of(&submit);
             assert_eq!(t.d.job(&own)["submitter"], format!("token:{name}-bot"));
@@ -158,55 +139,73 @@ fn over_tls_each_tokens_role_allows_exactly_its_verbs() {
             assert!(
                 out.status.success(),
                 "{name} cancels its own: {}",
-                text(&out)
+                output_text(&out)
             );
         } else {
-            assert_eq!(submit.status.code(), Some(2), "{}", text(&submit));
+            assert_eq!(submit.status.code(), Some(2), "{}", output_text(&submit));
             assert!(
-                text(&submit).contains(
+                output_text(&submit).contains(
                     "token:read-bot (role read) may not submit jobs: that needs role submit"
                 ),
                 "{}",
-                text(&submit)
+                output_text(&submit)
             );
         }
         // Pool administration: admin only.
         let drain = run(&["pool", "drain", "minimal"]);
         if role >= Role::Admin {
-            assert!(drain.status.success(), "{}", text(&drain));
+            assert!(drain.status.success(), "{}", output_text(&drain));
             let undrain = run(&["pool", "undrain", "minimal"]);
-            assert!(undrain.status.success(), "{}", text(&undrain));
+            assert!(undrain.status.success(), "{}", output_text(&undrain));
         } else {
-            assert_eq!(drain.status.code(), Some(2), "{name}: {}", text(&drain));
+            assert_eq!(
+                drain.status.code(),
+                Some(2),
+                "{name}: {}",
+                output_text(&drain)
+            );
             assert!(
-                text(&drain).contains(&format!(
+                output_text(&drain).contains(&format!(
                     "token:{name}-bot (role {name}) may not drain pools: that needs role admin"
                 )),
                 "{}",
-                text(&drain)
+                output_text(&drain)
             );
         }
         let cancel = run(&["job", "cancel", &others]);
         if role >= Role::Admin {
-            assert!(cancel.status.success(), "{}", text(&cancel));
+            assert!(cancel.status.success(), "{}", output_text(&cancel));
         } else {
-            assert_eq!(cancel.status.code(), Some(2), "{name}: {}", text(&cancel));
-            assert!(text(&cancel).contains("needs role"), "{}", text(&cancel));
+            assert_eq!(
+                cancel.status.code(),
+                Some(2),
+                "{name}: {}",
+                output_text(&cancel)
+            );
+            assert!(
+                output_text(&cancel).contains("needs role"),
+                "{}",
+                output_text(&cancel)
+            );
         }
     }
     t.d.wait_state(&others, &["CANCELLED"], Duration::from_secs(120));
 
     // Refused before any verb: a wrong token, no token, a server the client does not trust.
     let out = t.cli(Some("minion_0000"), &ca, &["job", "list"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains("not authenticated: the token is not known to this miniond"),
+        output_text(&out).contains("not authenticated: the token is not known to this miniond"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let out = t.cli(None, &ca, &["job", "list"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("needs a token"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("needs a token"),
+        "{}",
+        output_text(&out)
+    );
     let (ok, lines) = grpc_python_client(
         &format!("localhost:{}", t.port),
         repo.path(),
@@ -220,8 +219,12 @@ fn over_tls_each_tokens_role_allows_exactly_its_verbs() {
         "{lines:?}"
     );
     let out = t.cli(Some(&t.tokens["admin"]), &t.other_ca, &["job", "list"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("certificate"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("certificate"),
+        "{}",
+        output_text(&out)
+    );
     assert!(t.d.log().contains("refused a call"), "refusals are logged");
 }
 

@@ -417,30 +417,8 @@ fn a_koji_message_becomes_named_and_discovered_jobs_that_run_in_vms() {
         "trigger metrics pass promtool",
         &[minion_testenv::Need::Program("promtool")],
     ) {
-        use std::io::Write;
-        let mut child = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("promtool");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write");
-        let out = child.wait_with_output().expect("promtool ends");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && said.trim().is_empty(),
-            "promtool: {said}"
-        );
+        let (ok, said) = promtool_check(&text);
+        assert!(ok && said.trim().is_empty(), "promtool: {said}");
     }
 }
 

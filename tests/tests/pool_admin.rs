@@ -8,22 +8,6 @@ fn pools(d: &Daemon) -> Value {
     d.json(&["pool", "list"])[0].clone()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn an_admin_drains_resizes_and_pre_boots_a_running_pool_and_nothing_running_is_dropped() {
     let test =
@@ -92,36 +76,27 @@ fn an_admin_drains_resizes_and_pre_boots_a_running_pool_and_nothing_running_is_d
 
     // Refused: bad limits, an unknown pool, a caller without the admin role.
     let out = d.cli(&["pool", "set", "minimal", "--min-ready", "5"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains("min_ready 5 is more than max_vms 1"),
+        output_text(&out).contains("min_ready 5 is more than max_vms 1"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let out = d.cli(&["pool", "drain", "nope"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains("no pool `nope` (pools: minimal)"),
+        output_text(&out).contains("no pool `nope` (pools: minimal)"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
-    let gid: u32 = String::from_utf8_lossy(
-        &Command::new("getent")
-            .args(["group", "minion"])
-            .output()
-            .expect("getent")
-            .stdout,
-    )
-    .split(':')
-    .nth(2)
-    .and_then(|g| g.trim().parse().ok())
-    .expect("the minion group");
+    let gid = minion_gid();
     let out = d.cli_as(65534, &[gid], &["pool", "drain", "minimal"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains("uid:65534 (role submit) may not drain pools: that needs role admin"),
+        output_text(&out)
+            .contains("uid:65534 (role submit) may not drain pools: that needs role admin"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_eq!(pools(&d)["drained"], false);
 

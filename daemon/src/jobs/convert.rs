@@ -130,18 +130,7 @@ mod tests {
 
     #[test]
     fn every_state_round_trips() {
-        for s in [
-            State::Queued,
-            State::Provisioning,
-            State::Booting,
-            State::Running,
-            State::Collecting,
-            State::Reporting,
-            State::Finished,
-            State::Failed,
-            State::Cancelled,
-            State::TimedOut,
-        ] {
+        for s in State::ALL {
             assert_eq!(state_from_pb(state_to_pb(s) as i32), Some(s));
         }
         assert_eq!(state_from_pb(0), None);

@@ -746,3 +746,54 @@ impl TlsDaemon {
         c.output().expect("minion runs")
     }
 }
+
+/// An output's stdout and stderr, for assertions.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The gid of the `minion` group (scripts/setup-host.sh creates it).
+pub fn minion_gid() -> u32 {
+    let out = Command::new("getent")
+        .args(["group", "minion"])
+        .output()
+        .expect("getent");
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .nth(2)
+        .and_then(|g| g.trim().parse().ok())
+        .expect("the minion group exists (scripts/setup-host.sh)")
+}
+
+/// Polls `f` every 200 ms until it is true.
+pub fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `promtool check metrics` on `text`: whether it passed, and what it said.
+pub fn promtool_check(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool ends");
+    (out.status.success(), output_text(&out))
+}
