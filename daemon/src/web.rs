@@ -268,7 +268,11 @@ fn local_next(next: &str) -> &str {
 }
 
 /// Who is reading: `Ok(name)` ("" when the site is open), or the response that refuses.
-fn reader(site: &Site, req: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
+fn reader(
+    site: &Site,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<String, Box<Response<Body>>> {
     let HttpGate::Tokens {
         tokens,
         anonymous_read,
@@ -287,7 +291,6 @@ fn reader(site: &Site, req: &Request<Incoming>) -> Result<String, Box<Response<B
     if *anonymous_read {
         return Ok("anonymous".into());
     }
-    let peer = "http";
     if token.is_some() {
         tracing::warn!(%peer, path = %req.uri().path(), "refused a request: unknown token");
     }
@@ -314,7 +317,7 @@ fn reader(site: &Site, req: &Request<Incoming>) -> Result<String, Box<Response<B
     Err(Box::new(r))
 }
 
-async fn login(site: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
+async fn login(site: Arc<Site>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let HttpGate::Tokens { tokens, .. } = &site.gate else {
         return redirect("/");
     };
@@ -334,7 +337,7 @@ async fn login(site: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
         .unwrap_or_default();
     match tokens.check(&token) {
         Some(c) => {
-            tracing::info!(caller = %c.id, "signed in to the dashboard");
+            tracing::info!(caller = %c.id, %peer, "signed in to the dashboard");
             let mut r = redirect(&next);
             let secure = if site.tls { "; Secure" } else { "" };
             set(
@@ -345,7 +348,7 @@ async fn login(site: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
             r
         }
         None => {
-            tracing::warn!("refused a dashboard sign-in: unknown token");
+            tracing::warn!(%peer, "refused a dashboard sign-in: unknown token");
             match site
                 .dashboard
                 .login(&next, Some("That token is not known to this miniond."))
@@ -369,7 +372,11 @@ async fn render(
     }
 }
 
-async fn route(site: Arc<Site>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(
+    site: Arc<Site>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let Some(path) = urlpath::decode(req.uri().path()) else {
         return Ok(text(StatusCode::NOT_FOUND, "not found"));
     };
@@ -395,7 +402,9 @@ async fn route(site: Arc<Site>, req: Request<Incoming>) -> Result<Response<Body>
             let s = site.clone();
             return Ok(render(move || s.dashboard.login(&next, None).map(Some)).await);
         }
-        ("/login", false) if req.method() == Method::POST => return Ok(login(site, req).await),
+        ("/login", false) if req.method() == Method::POST => {
+            return Ok(login(site, peer, req).await)
+        }
         ("/logout", false) if req.method() == Method::POST => {
             let mut r = redirect("/login");
             set(
@@ -408,7 +417,7 @@ async fn route(site: Arc<Site>, req: Request<Incoming>) -> Result<Response<Body>
         (_, false) => return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only")),
         _ => {}
     }
-    let who = match reader(&site, &req) {
+    let who = match reader(&site, &req, peer) {
         Ok(who) => who,
         Err(refusal) => return Ok(*refusal),
     };
@@ -543,7 +552,7 @@ pub async fn serve(
         };
         let (site, tls, stop) = (site.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| route(site.clone(), req));
+            let svc = hyper::service::service_fn(move |req| route(site.clone(), peer, req));
             let http = hyper::server::conn::http1::Builder::new();
             let done = match tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
