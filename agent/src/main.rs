@@ -5,6 +5,7 @@ mod args;
 mod artifacts;
 mod environment;
 mod fetch;
+mod identity;
 mod init;
 mod network;
 mod outbox;

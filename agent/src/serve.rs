@@ -23,6 +23,7 @@ use minion_proto::guest::{
 use crate::{
     artifacts::send_artifacts,
     fetch::ChannelFetcher,
+    identity,
     outbox::Outbox,
     port::ReadHalf,
     runner::{run_job, Layout, Outcome},
@@ -33,6 +34,8 @@ use crate::{
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Shortest interval honoured (a hostile or buggy host must not make us spin).
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// After the Result, how long the host gets to destroy the VM before the agent powers it off.
+const HANG_UP_WAIT: Duration = Duration::from_secs(10);
 /// Poll interval while the host has not connected to the port yet (reads then return end-of-file).
 const HOST_POLL: Duration = Duration::from_millis(5);
 
@@ -45,36 +48,58 @@ pub struct Served {
 
 pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result<Served> {
     let mut frames = FrameReader::new(reader, MAX_FRAME);
-    let hello = wait_for_hello(&mut frames)?;
-    if hello.protocol_min > PROTOCOL_VERSION || hello.protocol_max < PROTOCOL_VERSION {
-        let msg = format!(
-            "host speaks protocol {}..={}, agent speaks {PROTOCOL_VERSION}",
-            hello.protocol_min, hello.protocol_max
-        );
-        let _ = outbox.send(Kind::Error(guest::Error {
-            message: msg.clone(),
-        }));
-        bail!(msg);
-    }
-    outbox.send(Kind::Ready(Ready {
-        protocol: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-    }))?;
-    tracing::info!("ready");
-    let heartbeat = match hello.heartbeat_interval_ms {
-        0 => DEFAULT_HEARTBEAT,
-        ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
-    };
-    // Heartbeats from Ready on, through the whole job (task transfer included): a pre-booted VM
-    // may wait a long time for its job, and its silence is how the host tells a hung guest.
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    spawn_heartbeats(outbox.clone(), heartbeat, done_rx);
-
-    let job = match next_frame(&mut frames, "the job")? {
-        H::Job(job) => job,
-        other => bail!("expected Job from the host, got {other:?}"),
+    // Each pass is one session: a template VM's first ends in Quiesce, and the next one begins
+    // after the VM is restored from its snapshot, on a new host connection.
+    let (job, done_tx) = loop {
+        let hello = wait_for_hello(&mut frames)?;
+        if hello.protocol_min > PROTOCOL_VERSION || hello.protocol_max < PROTOCOL_VERSION {
+            let msg = format!(
+                "host speaks protocol {}..={}, agent speaks {PROTOCOL_VERSION}",
+                hello.protocol_min, hello.protocol_max
+            );
+            let _ = outbox.send(Kind::Error(guest::Error {
+                message: msg.clone(),
+            }));
+            bail!(msg);
+        }
+        outbox.send(Kind::Ready(Ready {
+            protocol: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))?;
+        tracing::info!("ready");
+        let heartbeat = match hello.heartbeat_interval_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
+        };
+        // Heartbeats from Ready on, through the whole job (task transfer included): a pre-booted
+        // VM may wait a long time for its job, and its silence is how the host tells a hung guest.
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let beats = spawn_heartbeats(outbox.clone(), heartbeat, done_rx);
+        match next_frame(&mut frames, "the job")? {
+            H::Job(job) => break (job, done_tx),
+            H::Quiesce(_) => {
+                // No heartbeat may follow Quiesced: the next session would read it before Ready.
+                drop(done_tx);
+                let _ = beats.join();
+                // SAFETY: sync(2) takes no arguments and cannot fail.
+                unsafe { libc::sync() };
+                outbox.send(Kind::Quiesced(guest::Quiesced {}))?;
+                tracing::info!("quiesced: waiting for the session after a restore");
+            }
+            other => bail!("expected Job from the host, got {other:?}"),
+        }
     };
     tracing::info!(job = %job.id, item = %job.item, formula = %job.formula_path, "job received");
+    if let Some(id) = &job.identity {
+        if let Err(e) = identity::apply(id, &identity::Root(std::path::Path::new("/"))) {
+            let msg = format!("applying the VM's identity: {e:#}");
+            let _ = outbox.send(Kind::Error(guest::Error {
+                message: msg.clone(),
+            }));
+            bail!(msg);
+        }
+        tracing::info!(hostname = %id.hostname, "identity applied");
+    }
     let job_dir = base.join(sanitize(&job.id));
     // A fresh start: nothing of an earlier attempt may leak into this job's artifacts.
     match fs::remove_dir_all(&job_dir) {
@@ -87,10 +112,11 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
 
     let cancel = CancelFlag::new();
     let mut sink = ChannelSink::new(outbox.clone());
+    let (hung_up_tx, hung_up) = mpsc::channel::<()>();
     let outcome = match receive_task(&mut frames, &layout) {
         Ok(TaskReceipt::Complete) => {
             let (fetch_tx, fetch_rx) = mpsc::channel();
-            spawn_host_listener(frames, cancel.clone(), fetch_tx);
+            spawn_host_listener(frames, cancel.clone(), fetch_tx, hung_up_tx);
             let fetcher = Arc::new(ChannelFetcher::new(
                 outbox.clone(),
                 fetch_rx,
@@ -102,8 +128,12 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
             }
             run_job(&job, &layout, &cancel, fetcher, &mut sink)
         }
-        Ok(TaskReceipt::Cancelled) => Outcome::failed("cancelled before start".into(), 1, true),
+        Ok(TaskReceipt::Cancelled) => {
+            drop(hung_up_tx);
+            Outcome::failed("cancelled before start".into(), 1, true)
+        }
         Err(e) => {
+            drop(hung_up_tx);
             let msg = format!("receiving the task tree: {e:#}");
             sink.runner(&msg);
             Outcome::failed(msg, 1, false)
@@ -136,6 +166,10 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
         ok = outcome.execution_ok,
         "result sent"
     );
+    // The host destroys the VM once it has the Result; powering off now would race it (libvirt
+    // then spends seconds reaping a qemu that stopped itself). Wait for it, bounded: a host that
+    // went away still gets its VM powered off.
+    let _ = hung_up.recv_timeout(HANG_UP_WAIT);
     Ok(Served { outcome })
 }
 
@@ -207,7 +241,12 @@ fn receive_task(frames: &mut Frames, layout: &Layout) -> Result<TaskReceipt> {
 
 /// Reads the host's frames while the formula runs: Cancel sets the flag, fetch answers go to the
 /// step waiting for them.
-fn spawn_host_listener(mut frames: Frames, cancel: CancelFlag, fetches: mpsc::Sender<H>) {
+fn spawn_host_listener(
+    mut frames: Frames,
+    cancel: CancelFlag,
+    fetches: mpsc::Sender<H>,
+    hung_up: mpsc::Sender<()>,
+) {
     thread::spawn(move || loop {
         match frames.read_frame::<HostFrame>() {
             Ok(Some(HostFrame {
@@ -227,13 +266,18 @@ fn spawn_host_listener(mut frames: Frames, cancel: CancelFlag, fetches: mpsc::Se
                 // Nobody is listening any more: stop the work rather than run it for no one.
                 tracing::warn!("the host hung up; cancelling the job");
                 cancel.cancel();
+                let _ = hung_up.send(());
                 return;
             }
         }
     });
 }
 
-fn spawn_heartbeats(outbox: Outbox, every: Duration, done: mpsc::Receiver<()>) {
+fn spawn_heartbeats(
+    outbox: Outbox,
+    every: Duration,
+    done: mpsc::Receiver<()>,
+) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut seq = 0u64;
         while let Err(mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(every) {
@@ -242,7 +286,7 @@ fn spawn_heartbeats(outbox: Outbox, every: Duration, done: mpsc::Receiver<()>) {
                 return;
             }
         }
-    });
+    })
 }
 
 fn spawn_watchdog(job: &Job, cancel: CancelFlag, outbox: Outbox, stop: mpsc::Receiver<()>) {

@@ -24,4 +24,7 @@ pub struct JobSpec {
     pub package_source: bool,
     /// The VM has a NIC on qemu's user network, for the agent to bring up.
     pub network: bool,
+    /// Who the VM is (entropy, clock, host name, machine and instance id), applied by the agent
+    /// before the job runs: a VM restored from a snapshot shares its template's memory.
+    pub identity: Option<minion_proto::guest::Identity>,
 }

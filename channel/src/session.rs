@@ -17,7 +17,7 @@
 use std::{path::Path, time::Duration};
 
 use minion_proto::guest::{
-    guest_frame, host_frame, Cancel, GuestFrame, Hello, HostFrame, Job, TaskChunk, TaskEnd,
+    guest_frame, host_frame, Cancel, GuestFrame, Hello, HostFrame, Job, Quiesce, TaskChunk, TaskEnd,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf},
@@ -64,6 +64,10 @@ enum Unpack {
 
 /// What the handshake is waiting for (also the `Closed` error's wording).
 const DURING_READY: &str = "waiting for the agent to be Ready";
+/// What a template VM's session is doing (the `Closed` error's wording).
+const DURING_QUIESCE: &str = "waiting for the agent to quiesce";
+/// Quiesce is a few bytes; any frame limit allows it.
+const MAX_QUIESCE_FRAME: usize = 64;
 /// What an idle session is doing (the `Closed` error's wording).
 const DURING_IDLE: &str = "idle, waiting for a job";
 
@@ -216,6 +220,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ReadySession<S> {
         }
     }
 
+    /// Makes the guest ready to be saved as a snapshot template: sends Quiesce and waits (at most
+    /// `timeout`) for Quiesced, Heartbeats allowed before it. The stream is closed on return; the
+    /// agent then waits for the Hello of the session after a restore.
+    pub async fn quiesce(self, timeout: Duration) -> Result<(), ChannelError> {
+        let ReadySession {
+            mut frames, mut wr, ..
+        } = self;
+        let deadline = Instant::now() + timeout;
+        let quiesce = host(host_frame::Kind::Quiesce(Quiesce {}));
+        let exchange = async {
+            write_frame_async(&mut wr, &quiesce, MAX_QUIESCE_FRAME).await?;
+            loop {
+                match frames.next::<GuestFrame>().await? {
+                    Some(GuestFrame {
+                        kind: Some(guest_frame::Kind::Quiesced(_)),
+                    }) => return Ok(()),
+                    Some(GuestFrame {
+                        kind: Some(guest_frame::Kind::Heartbeat(_)),
+                    }) => {}
+                    Some(GuestFrame {
+                        kind: Some(guest_frame::Kind::Error(e)),
+                    }) => return Err(agent_error(e)),
+                    Some(GuestFrame { kind: Some(other) }) => {
+                        return Err(ChannelError::Protocol(format!(
+                            "{} instead of Quiesced",
+                            kind_name(&other)
+                        )))
+                    }
+                    Some(GuestFrame { kind: None }) => {
+                        return Err(ChannelError::Protocol("frame without a message".into()))
+                    }
+                    None => {
+                        return Err(ChannelError::Closed {
+                            during: DURING_QUIESCE,
+                        })
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(ChannelError::Timeout {
+                what: "the agent's Quiesced",
+                timeout,
+            }),
+        }
+    }
+
     /// Runs one job on the guest: sends the Job and the task tar, then reads until the Result.
     /// Emits [`SessionEvent::Ready`] first (the job's view starts at the agent being Ready). Same
     /// contract as [`run_session`] from Ready on; the job's timeout runs from this call.
@@ -293,6 +345,7 @@ async fn write_side<W: AsyncWrite>(
         timeout_ms: millis(job.timeout),
         package_source: job.package_source,
         network: job.network,
+        identity: job.identity.clone(),
         uuid: if job.uuid.is_empty() {
             job.id.clone()
         } else {
@@ -472,6 +525,7 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         use guest_frame::Kind;
         match kind {
             Kind::Ready(_) => Err(ChannelError::Protocol("a second Ready".into())),
+            Kind::Quiesced(_) => Err(ChannelError::Protocol("Quiesced during a job".into())),
             Kind::Log(log) => {
                 self.log_bytes += log.data.len() as u64;
                 if self.log_bytes > self.limits.max_log_bytes {
@@ -681,6 +735,7 @@ fn kind_name(kind: &guest_frame::Kind) -> &'static str {
         Kind::Result(_) => "Result",
         Kind::Error(_) => "Error",
         Kind::FetchRequest(_) => "FetchRequest",
+        Kind::Quiesced(_) => "Quiesced",
     }
 }
 
@@ -1006,5 +1061,91 @@ mod tests {
             .err()
             .expect("cancelled");
         assert!(matches!(err, ChannelError::Cancelled), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn quiesce_waits_for_quiesced_past_heartbeats_and_closes_the_stream() {
+        let (host, mut g) = pair();
+        let guest = tokio::spawn(async move {
+            g.expect_hello().await;
+            g.send_raw(&ready_frame()).await;
+            let f = g.recv().await;
+            assert!(
+                matches!(
+                    &f,
+                    Some(HostFrame {
+                        kind: Some(host_frame::Kind::Quiesce(_))
+                    })
+                ),
+                "{f:?}"
+            );
+            g.send_raw(&heartbeat(1)).await;
+            g.send_raw(&bytes(guest_frame::Kind::Quiesced(
+                minion_proto::guest::Quiesced {},
+            )))
+            .await;
+            // The host hangs up after Quiesced: the next read is the end of the stream.
+            g.recv().await
+        });
+        let ready = handshake(host, &limits(), CancellationToken::new())
+            .await
+            .expect("ready");
+        ready
+            .quiesce(Duration::from_secs(5))
+            .await
+            .expect("quiesced");
+        assert!(guest.await.expect("guest").is_none(), "stream not closed");
+    }
+
+    #[tokio::test]
+    async fn quiesce_refuses_other_frames_and_is_bounded() {
+        let (host, mut g) = pair();
+        let guest = tokio::spawn(async move {
+            g.expect_hello().await;
+            g.send_raw(&ready_frame()).await;
+            let _ = g.recv().await;
+            g.send_raw(&bytes(guest_frame::Kind::Result(GuestResult::default())))
+                .await;
+            g
+        });
+        let ready = handshake(host, &limits(), CancellationToken::new())
+            .await
+            .expect("ready");
+        let err = ready
+            .quiesce(Duration::from_secs(5))
+            .await
+            .expect_err("a Result is not Quiesced");
+        assert!(
+            err.to_string().contains("Result instead of Quiesced"),
+            "{err}"
+        );
+        drop(guest.await);
+
+        let (host, mut g) = pair();
+        let guest = tokio::spawn(async move {
+            g.expect_hello().await;
+            g.send_raw(&ready_frame()).await;
+            // Silent from here on.
+            let _ = g.recv().await;
+            g
+        });
+        let ready = handshake(host, &limits(), CancellationToken::new())
+            .await
+            .expect("ready");
+        let err = ready
+            .quiesce(Duration::from_millis(200))
+            .await
+            .expect_err("silent guest");
+        assert!(
+            matches!(
+                err,
+                ChannelError::Timeout {
+                    what: "the agent's Quiesced",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        drop(guest);
     }
 }

@@ -250,6 +250,21 @@ pub struct PoolConfig {
     /// sources.
     #[serde(default)]
     pub network: GuestNetwork,
+    /// How the pool's VMs start. `snapshot` (default): restored from a saved memory image of a
+    /// VM booted to the agent's Ready (one per image, agent build and VM shape, made in the
+    /// background in a pool slot; until it exists, and where restoring fails, VMs boot). `boot`:
+    /// every VM boots its image.
+    #[serde(default)]
+    pub start: VmStart,
+}
+
+/// How a pool's VMs start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStart {
+    Boot,
+    #[default]
+    Snapshot,
 }
 
 /// A pool's guest networking.

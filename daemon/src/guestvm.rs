@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use minion_channel::{connect_unix, handshake, ChannelError, Limits, ReadySession};
+use minion_provisioning::snapshot::SnapshotFiles;
 use minion_provisioning::vm::PreparedVm;
 use minion_provisioning::vmfiles::VmFiles;
 use minion_provisioning::{accel::Accel, image, vm, Hypervisor, HypervisorError, ProvisionError};
@@ -160,10 +161,31 @@ pub enum TeardownError {
     Task(#[source] tokio::task::JoinError),
 }
 
+/// How a VM comes to life.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Booted from its image: kernel, init, agent.
+    Boot,
+    /// Restored from a snapshot's saved memory: the agent is already running, waiting for Hello.
+    Restore(SnapshotFiles),
+}
+
+impl BootStep {
+    /// Its place in the order steps come in.
+    pub fn index(self) -> usize {
+        match self {
+            BootStep::Prepared { .. } => 0,
+            BootStep::DomainStarted => 1,
+        }
+    }
+}
+
 /// Steps of [`boot_to_ready`] its caller hears about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootStep {
-    /// The VM's files exist and its XML is rendered.
-    Prepared,
+    /// The VM's files exist and its XML is rendered; `restored`: it is to be restored from a
+    /// snapshot rather than booted.
+    Prepared { restored: bool },
     /// libvirt started the domain.
     DomainStarted,
 }
@@ -209,6 +231,16 @@ impl VmGuard {
         }
     }
 
+    /// The domain's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The VM's files.
+    pub fn files(&self) -> &VmFiles {
+        &self.files
+    }
+
     /// Where the console log is copied at teardown.
     pub fn keep_console_as(&mut self, path: PathBuf) {
         self.keep_console = Some(path);
@@ -217,6 +249,34 @@ impl VmGuard {
     /// Leaves the VM to someone else (at shutdown, the final sweep destroys it).
     pub fn abandon(mut self) {
         self.done = true;
+    }
+
+    /// Pauses the VM: from here on it can do nothing, so its job's end may be written before
+    /// [`VmGuard::teardown`] removes it. The console log, complete now, is copied out here.
+    pub async fn pause(&mut self) -> Result<(), TeardownError> {
+        let (hv, name, console, keep) = (
+            self.hv.clone(),
+            self.name.clone(),
+            self.files.console_log.clone(),
+            self.keep_console.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            hv.pause(&name)
+                .map_err(|e| TeardownError::Provision(e.into()))?;
+            if let Some(dest) = keep {
+                match std::fs::copy(&console, &dest) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!("keeping the console log of {name}: {e}"),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(TeardownError::Task)??;
+        // Copied: the teardown need not again (on an error it still does).
+        self.keep_console = None;
+        Ok(())
     }
 
     /// Destroys the domain and removes its files (copying the console log first if asked).
@@ -260,14 +320,43 @@ fn hostname(vm_id: &str) -> String {
     format!("minion-{}", &uuid[..8.min(uuid.len())])
 }
 
+/// Bytes of host entropy each guest's RNG is reseeded with.
+const GUEST_ENTROPY: usize = 64;
+
+/// Who VM `vm_id` is, for its Job frame: fresh host entropy, the host's clock now, its host name,
+/// a new machine id, and its id as cloud-init's instance id. A restored VM would otherwise wake
+/// as its template, sharing RNG state and identity with every other VM restored from it.
+pub fn identity(vm_id: &str) -> minion_proto::guest::Identity {
+    use std::io::Read;
+    let mut entropy = vec![0u8; GUEST_ENTROPY];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy))
+    {
+        // The agent refuses an identity without entropy: the job fails rather than run unseeded.
+        tracing::error!(vm = %vm_id, "reading host entropy: {e}");
+        entropy.clear();
+    }
+    let clock_unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    minion_proto::guest::Identity {
+        entropy,
+        clock_unix_ns,
+        hostname: hostname(vm_id),
+        machine_id: uuid::Uuid::new_v4().simple().to_string(),
+        instance_id: vm_id.to_string(),
+    }
+}
+
 /// Image, libvirt connection, then the VM's files and XML under `vm_id`. On error nothing of
 /// the VM exists.
 async fn provision(
     ctx: &VmContext,
     pool: &Arc<Pool>,
     vm_id: &str,
+    start: &Start,
 ) -> Result<(Arc<Hypervisor>, PreparedVm), BootError> {
-    let (ctx, pool, vm_id) = (ctx.clone(), pool.clone(), vm_id.to_string());
+    let (ctx, pool, vm_id, start) = (ctx.clone(), pool.clone(), vm_id.to_string(), start.clone());
     tokio::task::spawn_blocking(move || {
         let image =
             image::load(&ctx.images_dir, &pool.cfg().image).map_err(|source| BootError::Image {
@@ -292,7 +381,11 @@ async fn provision(
                 GuestNetwork::User => Some(minion_provisioning::Nic::User),
             },
         };
-        let prepared = vm::prepare(&req).map_err(BootError::Provision)?;
+        let prepared = match &start {
+            Start::Boot => vm::prepare(&req),
+            Start::Restore(snapshot) => vm::prepare_restore(&req, snapshot),
+        }
+        .map_err(BootError::Provision)?;
         Ok((hv, prepared))
     })
     .await
@@ -302,7 +395,8 @@ async fn provision(
     })?
 }
 
-/// Provisions VM `vm_id` in `pool`, starts its domain and waits for the agent's Ready. Each
+/// Provisions VM `vm_id` in `pool`, starts its domain (`start`: booted, or restored from a
+/// snapshot) and waits for the agent's Ready. Each
 /// wait is bounded (channel connect, the session's ready timeout) and `cancel` stops it at
 /// once. On any error the VM is torn down (its console log copied to `keep_console` if given)
 /// before this returns.
@@ -311,11 +405,12 @@ pub async fn boot_to_ready(
     pool: &Arc<Pool>,
     vm_id: &str,
     keep_console: Option<PathBuf>,
+    start: &Start,
     cancel: &CancellationToken,
     progress: &mut (dyn FnMut(BootStep) + Send),
 ) -> Result<ReadyVm, BootError> {
     let claim = ctx.live.claim(vm_id);
-    let (hv, prepared) = provision(ctx, pool, vm_id).await?;
+    let (hv, prepared) = provision(ctx, pool, vm_id, start).await?;
     let t = &prepared.timings;
     tracing::info!(
         vm = %vm_id,
@@ -325,7 +420,9 @@ pub async fn boot_to_ready(
         "provisioned"
     );
     let guard = VmGuard::new(&hv, &prepared, keep_console, claim, ctx.recorder.clone());
-    progress(BootStep::Prepared);
+    progress(BootStep::Prepared {
+        restored: matches!(start, Start::Restore(_)),
+    });
     let started = async {
         if cancel.is_cancelled() {
             return Err(BootError::Cancelled {
@@ -333,14 +430,23 @@ pub async fn boot_to_ready(
             });
         }
         let t_start = Instant::now();
-        let (hv, xml) = (hv.clone(), prepared.xml.clone());
-        tokio::task::spawn_blocking(move || hv.create_transient(&xml))
-            .await
-            .map_err(|source| BootError::Task {
-                what: "domain",
-                source,
-            })?
-            .map_err(BootError::Start)?;
+        let (hv, xml, start) = (hv.clone(), prepared.xml.clone(), start.clone());
+        let (name, saved) = (prepared.name.clone(), prepared.files.saved_state.clone());
+        tokio::task::spawn_blocking(move || match &start {
+            Start::Boot => hv.create_transient(&xml).map(|_| ()),
+            Start::Restore(_) => {
+                let restored = hv.restore(&saved, &name);
+                // libvirt has read it: the VM's copy of the image only takes space now.
+                let _ = std::fs::remove_file(&saved);
+                restored
+            }
+        })
+        .await
+        .map_err(|source| BootError::Task {
+            what: "domain",
+            source,
+        })?
+        .map_err(BootError::Start)?;
         progress(BootStep::DomainStarted);
         if cancel.is_cancelled() {
             return Err(BootError::Cancelled {

@@ -20,6 +20,7 @@ mod reporting;
 mod retention;
 mod runner;
 mod service;
+mod snapshots;
 mod taskrepo;
 #[cfg(test)]
 mod tests;

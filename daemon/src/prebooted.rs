@@ -24,8 +24,9 @@ use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::guestvm::{self, ReadyVm, VmContext};
+use crate::guestvm::{self, ReadyVm};
 use crate::pool::Pool;
+use crate::snapshots::Snapshots;
 
 /// A pre-booted VM's id (its VM dir `<state_dir>/vms/<id>/`, its domain `minion-<id>`, and its
 /// NoCloud instance-id) is this prefix and a UUID of its own; the job's UUID reaches the guest
@@ -57,7 +58,7 @@ struct Entry {
 /// One pool's pre-booted VMs.
 pub struct Prebooted {
     pool: Arc<Pool>,
-    ctx: VmContext,
+    snapshots: Arc<Snapshots>,
     parked: Mutex<Vec<Entry>>,
     booting: AtomicU32,
     /// A VM was parked (the dispatcher may be waiting for one).
@@ -69,10 +70,10 @@ pub struct Prebooted {
 }
 
 impl Prebooted {
-    pub fn new(pool: &Arc<Pool>, ctx: &VmContext) -> Arc<Prebooted> {
+    pub fn new(pool: &Arc<Pool>, snapshots: &Arc<Snapshots>) -> Arc<Prebooted> {
         Arc::new(Prebooted {
             pool: pool.clone(),
-            ctx: ctx.clone(),
+            snapshots: snapshots.clone(),
             parked: Mutex::default(),
             booting: AtomicU32::new(0),
             parked_changed: Notify::new(),
@@ -289,7 +290,10 @@ fn backoff(failures: u32) -> Duration {
 async fn boot(pb: &Prebooted) -> Result<ReadyVm, guestvm::BootError> {
     let id = format!("{ID_PREFIX}{}", uuid::Uuid::new_v4());
     let t0 = Instant::now();
-    let vm = guestvm::boot_to_ready(&pb.ctx, &pb.pool, &id, None, &pb.stop, &mut |_| {}).await?;
+    let vm = pb
+        .snapshots
+        .start_vm(&pb.pool, &id, None, &pb.stop, &mut |_| {})
+        .await?;
     tracing::info!(
         pool = %pb.pool.name,
         vm = %id,

@@ -21,10 +21,14 @@ use crate::lifecycle::State;
 use crate::pool::Pool;
 use crate::prebooted::ParkedVm;
 use crate::reporting::Reporter;
+use crate::snapshots::Snapshots;
 
 /// Past the job's own timeout, how long the session gets to cancel the guest gracefully before the
 /// VM is destroyed regardless.
 const HARD_DEADLINE_SLACK: Duration = Duration::from_secs(30);
+
+/// BOOTING's detail when the VM is restored from its pool's snapshot rather than booted.
+pub const RESTORED_DETAIL: &str = "restored from a snapshot";
 
 /// The VM a picked-up job runs on.
 pub enum Assigned {
@@ -91,6 +95,8 @@ pub struct RunContext {
     pub reporter: Option<Arc<Reporter>>,
     /// Answering guests' koji/bodhi/distgit requests from the configured sources.
     pub fetch: Arc<minion_fetch::Fetch>,
+    /// How VMs start: booted, or restored from the pool's snapshot.
+    pub snapshots: Arc<Snapshots>,
 }
 
 /// Runs job `id` (already PROVISIONING) on `vm`. Holds the VM's pool slot until the VM is torn
@@ -126,7 +132,12 @@ pub async fn run_job(
                 return finish(jobs, id, started, end);
             }
         };
-    let ReadyVm { guard, session, .. } = ready;
+    let ReadyVm {
+        id: vm_id,
+        mut guard,
+        session,
+        ..
+    } = ready;
 
     // RUNNING from the agent's Ready; the session itself runs until the guest reports.
     let job = JobSpec {
@@ -146,6 +157,7 @@ pub async fn run_job(
         ))),
         package_source: pool.packages.is_some(),
         network: pool.cfg().network == crate::config::GuestNetwork::User,
+        identity: Some(guestvm::identity(&vm_id)),
     };
     let limits = rc.vms.job_limits();
     let (tx, rx) = mpsc::channel(1024);
@@ -171,20 +183,37 @@ pub async fn run_job(
         tracing::info!(job = %id, "left for the restart to requeue");
         return;
     }
-    // The guest is done (or abandoned): make the VM disappear, then write the end.
-    let end = match (end, guard.teardown().await) {
-        (end, Ok(())) => end,
-        (End::Finished(_), Err(e)) => End::Failed(RunError::Teardown(e)),
-        (end, Err(e)) => {
-            tracing::error!(job = %id, "teardown: {e}");
-            end
+    // The guest is done: once the VM is paused it can do nothing more, so the end is written
+    // while the domain and its files are removed; the pool slot is held until they are.
+    if let Err(e) = guard.pause().await {
+        // Not known to be stopped: the old order, the VM gone first, then the end.
+        tracing::warn!(job = %id, "pausing the VM: {e}; tearing it down before the end is written");
+        let end = match (end, guard.teardown().await) {
+            (end, Ok(())) => end,
+            (End::Finished(_), Err(e)) => End::Failed(RunError::Teardown(e)),
+            (end, Err(e)) => {
+                tracing::error!(job = %id, "teardown: {e}");
+                end
+            }
+        };
+        return write_end(rc, &rec, end, &artifacts, started).await;
+    }
+    let teardown = async {
+        if let Err(e) = guard.teardown().await {
+            // The domain is paused and marked: the reaper destroys what is left.
+            tracing::error!(job = %id, "teardown after the end: {e}");
         }
     };
+    tokio::join!(write_end(rc, &rec, end, &artifacts, started), teardown);
+}
+
+/// Writes how the job ended: REPORTING first when it finished and reporting is on.
+async fn write_end(rc: &RunContext, rec: &JobRecord, end: End, artifacts: &Path, started: Instant) {
     match (end, &rc.reporter) {
         (End::Finished(o), Some(reporter)) => {
-            report(rc, reporter, &rec, o, &artifacts, started).await
+            report(rc, reporter, rec, o, artifacts, started).await
         }
-        (end, _) => finish(jobs, id, started, end),
+        (end, _) => finish(&rc.jobs, &rec.id, started, end),
     }
 }
 
@@ -275,9 +304,13 @@ async fn ready_vm(
             let mut step_err: Option<JobsError> = None;
             let mut progress = |step: BootStep| {
                 let ev = match step {
-                    BootStep::Prepared => JobEvent::VmPrepared {
+                    BootStep::Prepared { restored } => JobEvent::VmPrepared {
                         vm_id: id.to_string(),
-                        detail: String::new(),
+                        detail: if restored {
+                            RESTORED_DETAIL.to_string()
+                        } else {
+                            String::new()
+                        },
                     },
                     BootStep::DomainStarted => JobEvent::DomainStarted,
                 };
@@ -285,15 +318,16 @@ async fn ready_vm(
                     step_err.get_or_insert(e);
                 }
             };
-            let booted = guestvm::boot_to_ready(
-                &rc.vms,
-                pool,
-                id,
-                Some(artifacts.join("console.log")),
-                &stop,
-                &mut progress,
-            )
-            .await;
+            let booted = rc
+                .snapshots
+                .start_vm(
+                    pool,
+                    id,
+                    Some(artifacts.join("console.log")),
+                    &stop,
+                    &mut progress,
+                )
+                .await;
             timer.abort();
             match (booted, step_err) {
                 (Ok(vm), None) => Ok((vm, permit)),
@@ -445,6 +479,7 @@ fn log_first_action(jobs: &Jobs, id: &str) {
             domain_start_ms = r.domain_started_ms.map_or(-1, |s| s - b),
             ready_to_action_ms = now - run,
             total_ms = now - q,
+            at_unix_ms = now,
             "first formula action running"
         );
     }

@@ -29,6 +29,7 @@ use crate::reaper::Reaper;
 use crate::reporting::Reporter;
 use crate::retention::Pruner;
 use crate::runner::{self, Assigned, RunContext};
+use crate::snapshots::Snapshots;
 use crate::taskrepo::{self, RepoError};
 
 /// Each pool's queue receiver, handed from [`Service::open`] to [`Service::start`].
@@ -132,10 +133,11 @@ impl Service {
     pub fn open(cfg: Config, accel: Accel) -> Result<(Arc<Service>, PoolQueues), OpenError> {
         let jobs = Arc::new(Jobs::open(&cfg.state_dir, cfg.retry_budget)?);
         let vms = VmContext::new(&cfg, accel);
+        let snapshots = Snapshots::new(&vms);
         let mut map = BTreeMap::new();
         let mut rxs = Vec::new();
         for (name, pc) in &cfg.pools {
-            let (entry, rx) = new_entry(name, pc, &cfg.state_dir, &vms)?;
+            let (entry, rx) = new_entry(name, pc, &cfg.state_dir, &snapshots)?;
             map.insert(name.clone(), entry);
             rxs.push((name.clone(), rx));
         }
@@ -177,6 +179,7 @@ impl Service {
             vms,
             reporter,
             fetch,
+            snapshots,
         });
         Ok((
             Arc::new(Service {
@@ -220,6 +223,15 @@ impl Service {
         for p in self.entries() {
             p.prebooted.start();
         }
+        let (snapshots, pools) = (
+            self.run.snapshots.clone(),
+            self.entries()
+                .iter()
+                .map(|e| e.pool.clone())
+                .collect::<Vec<_>>(),
+        );
+        // Off the start path: the first call to libvirt may wait seconds for its probing.
+        tokio::spawn(async move { snapshots.start(&pools).await });
         if let Some(b) = &self.bus {
             tokio::spawn(b.clone().run());
         }
@@ -241,6 +253,7 @@ impl Service {
     /// FAILED (daemon restart) and requeues them.
     pub async fn shutdown(self: &Arc<Self>) {
         self.jobs.begin_shutdown();
+        self.run.snapshots.shutdown().await;
         for p in self.entries() {
             p.prebooted.shutdown().await;
         }
@@ -542,7 +555,7 @@ impl Service {
             if self.entry(name).is_none() {
                 added.push((
                     name.clone(),
-                    new_entry(name, pc, &self.cfg.state_dir, &self.run.vms)?,
+                    new_entry(name, pc, &self.cfg.state_dir, &self.run.snapshots)?,
                 ));
             }
         }
@@ -711,7 +724,7 @@ fn new_entry(
     name: &str,
     pc: &PoolConfig,
     state_dir: &Path,
-    vms: &VmContext,
+    snapshots: &Arc<Snapshots>,
 ) -> Result<(Arc<PoolEntry>, mpsc::UnboundedReceiver<String>), OpenError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let packages = pc
@@ -724,7 +737,7 @@ fn new_entry(
             source,
         })?;
     let pool = Arc::new(Pool::new(name, pc, packages));
-    let prebooted = Prebooted::new(&pool, vms);
+    let prebooted = Prebooted::new(&pool, snapshots);
     Ok((
         Arc::new(PoolEntry {
             pool,

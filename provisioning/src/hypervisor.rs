@@ -94,6 +94,8 @@ impl std::fmt::Debug for Hypervisor {
 const METADATA_ELEMENT: i32 = 2;
 // VIR_DOMAIN_START_AUTODESTROY.
 const START_AUTODESTROY: u32 = 2;
+// VIR_DOMAIN_SAVE_RUNNING: a restored domain runs, whatever state it was saved in.
+const SAVE_RUNNING: u32 = 2;
 
 fn code_of(e: &VirtError) -> i32 {
     match e.code() {
@@ -203,6 +205,80 @@ impl Hypervisor {
         Ok(name)
     }
 
+    /// Saves running domain `name`'s memory and device state to `path` (libvirt's raw format,
+    /// which restores fastest); the domain then stops, and a transient one is gone. `path` is on
+    /// the libvirt host.
+    pub fn save(&self, name: &str, path: &std::path::Path) -> Result<(), HypervisorError> {
+        let started = Instant::now();
+        let dom = self.lookup(name)?.ok_or_else(|| HypervisorError::Call {
+            op: "virDomainSaveFlags",
+            target: name.to_string(),
+            code: ErrorNumber::NoDomain as i32,
+            message: "no such domain".into(),
+        })?;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            HypervisorError::Call {
+                op: "virDomainSaveFlags",
+                target: path.display().to_string(),
+                code: 0,
+                message: "a path with a NUL byte".into(),
+            }
+        })?;
+        // SAFETY: `dom` is a live domain handle, `c_path` a NUL-terminated string that outlives
+        // the call; a null dxml means "keep the domain's XML".
+        let rc = unsafe {
+            virt::sys::virDomainSaveFlags(dom.as_ptr(), c_path.as_ptr(), std::ptr::null(), 0)
+        };
+        if rc < 0 {
+            let e = VirtError::last_error();
+            return Err(self.call_error("virDomainSaveFlags", name, &e));
+        }
+        tracing::debug!(
+            domain = name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "domain saved"
+        );
+        Ok(())
+    }
+
+    /// Starts the domain saved at `path` (as described by the XML in it: libvirt refuses another
+    /// UUID than the saved one, so a VM's own identity is written into its own copy of the image).
+    /// `name` is for errors and logs. Like [`Hypervisor::create_transient`], the domain is gone
+    /// once it stops.
+    pub fn restore(&self, path: &std::path::Path, name: &str) -> Result<(), HypervisorError> {
+        let started = Instant::now();
+        let name = name.to_string();
+        let path_str = path.to_str().ok_or_else(|| HypervisorError::Create {
+            name: name.clone(),
+            code: 0,
+            message: format!("{} is not UTF-8", path.display()),
+        })?;
+        self.conn()?
+            .restore_domain_flags(path_str, None, SAVE_RUNNING)
+            .map_err(|e| HypervisorError::Create {
+                name: name.clone(),
+                code: code_of(&e),
+                message: e.message().to_string(),
+            })?;
+        tracing::debug!(domain = %name, elapsed_ms = started.elapsed().as_millis() as u64, "domain restored");
+        Ok(())
+    }
+
+    /// Pauses the domain: its vCPUs stop at once and it can do nothing more until destroyed.
+    /// Gone already, or not running, is success (it cannot run either way).
+    pub fn pause(&self, name: &str) -> Result<(), HypervisorError> {
+        let Some(dom) = self.lookup(name)? else {
+            return Ok(());
+        };
+        match dom.suspend() {
+            Ok(()) => Ok(()),
+            Err(e) if is(&e, ErrorNumber::NoDomain) || is(&e, ErrorNumber::OperationInvalid) => {
+                Ok(())
+            }
+            Err(e) => Err(self.call_error("virDomainSuspend", name, &e)),
+        }
+    }
+
     /// Stops the domain (hard power-off) so that it no longer exists. Already gone, or not running,
     /// is success. Our domains are transient; a persistent one of that name (defined by hand) is
     /// also undefined, so "destroyed" always means "gone from `virsh list --all`".
@@ -251,6 +327,13 @@ impl Hypervisor {
         self.retrying(|c| c.lib_version())?
             .map(|_| ())
             .map_err(|e| self.call_error("virConnectGetLibVersion", &self.uri, &e))
+    }
+
+    /// libvirt's and the hypervisor's (qemu's) versions, as `major * 1_000_000 + minor * 1000 +
+    /// release`: a snapshot saved by one qemu is only restored by the same.
+    pub fn versions(&self) -> Result<(u32, u32), HypervisorError> {
+        self.retrying(|c| Ok((c.lib_version()?, c.hyp_version()?)))?
+            .map_err(|e| self.call_error("virConnectGetVersion", &self.uri, &e))
     }
 
     /// Whether a domain of that name exists and runs; gone = `false`.

@@ -95,9 +95,81 @@ fn build(req: &VmRequest, files: &VmFiles) -> Result<PreparedVm, ProvisionError>
     timings.seed = t.elapsed();
 
     let t = Instant::now();
-    let name = domain_name(&req.job_id);
-    let spec = DomainSpec {
-        name: name.clone(),
+    let spec = domain_spec(req, files);
+    let xml = domain::render_xml(&spec)?;
+    timings.render = t.elapsed();
+    Ok(PreparedVm {
+        name: spec.name.clone(),
+        files: files.clone(),
+        spec,
+        xml,
+        timings,
+    })
+}
+
+/// Like [`prepare`], for a VM restored from `snapshot` rather than booted: its own overlay on top
+/// of the snapshot's frozen one, the snapshot's seed linked in (read-only, what the template
+/// booted with), and its own copy of the save image whose XML is the template's under the VM's
+/// name, UUID and paths ([`crate::snapshot::write_restore_image`]). The job's identity reaches the
+/// guest in its Job frame, not on a seed.
+pub fn prepare_restore(
+    req: &VmRequest,
+    snapshot: &crate::snapshot::SnapshotFiles,
+) -> Result<PreparedVm, ProvisionError> {
+    let files = VmFiles::new(&req.state_dir, &req.job_id)?;
+    if files.exists() {
+        return Err(ProvisionError::invalid(
+            "job id",
+            format!(
+                "{} already exists: a VM of job {} was not cleaned up",
+                files.dir.display(),
+                req.job_id
+            ),
+        ));
+    }
+    files.create()?;
+    let built = (|| {
+        let mut timings = PrepareTimings::default();
+        let t = Instant::now();
+        overlay::create_from_template(
+            &snapshot.overlay,
+            crate::image::DiskFormat::Qcow2,
+            &files.overlay,
+            &overlay::templates_dir(&req.state_dir),
+        )?;
+        timings.overlay = t.elapsed();
+        // The saved XML names the seed inside the VM's directory: the snapshot's, linked in.
+        let t = Instant::now();
+        std::fs::hard_link(&snapshot.seed, &files.seed).map_err(ProvisionError::io(
+            "link the snapshot's seed as",
+            &files.seed,
+        ))?;
+        timings.seed = t.elapsed();
+        let t = Instant::now();
+        crate::snapshot::write_restore_image(snapshot, &req.job_id, &files.saved_state)?;
+        let spec = domain_spec(req, &files);
+        // For the record: the domain itself is described by the XML in its restore image.
+        let xml = domain::render_xml(&spec)?;
+        timings.render = t.elapsed();
+        Ok(PreparedVm {
+            name: spec.name.clone(),
+            files: files.clone(),
+            spec,
+            xml,
+            timings,
+        })
+    })();
+    if built.is_err() {
+        if let Err(e) = files.remove_all() {
+            tracing::warn!("after a failed prepare: {e}");
+        }
+    }
+    built
+}
+
+fn domain_spec(req: &VmRequest, files: &VmFiles) -> DomainSpec {
+    DomainSpec {
+        name: domain_name(&req.job_id),
         job_id: req.job_id.clone(),
         owner: owner_of(&req.state_dir),
         vcpus: req.vcpus,
@@ -109,16 +181,7 @@ fn build(req: &VmRequest, files: &VmFiles) -> Result<PreparedVm, ProvisionError>
         console_log: files.console_log.clone(),
         channel_socket: files.channel_socket.clone(),
         network: req.network.clone(),
-    };
-    let xml = domain::render_xml(&spec)?;
-    timings.render = t.elapsed();
-    Ok(PreparedVm {
-        name,
-        files: files.clone(),
-        spec,
-        xml,
-        timings,
-    })
+    }
 }
 
 /// Destroys the domain (gone already is fine), optionally copies the console log out (after the

@@ -1,4 +1,5 @@
-//! The per-VM directory: `<state_dir>/vms/<job id>/{overlay.qcow2,seed.iso,console.log,channel.sock}`.
+//! The per-VM directory: `<state_dir>/vms/<job id>/{overlay.qcow2,seed.iso,console.log,channel.sock}`
+//! (and `memory.save` while a VM is restored from a snapshot).
 //! One directory per job makes cleanup one `remove_dir_all` and reconciliation one `read_dir`.
 
 use std::fs;
@@ -18,6 +19,8 @@ pub struct VmFiles {
     pub seed: PathBuf,
     pub console_log: PathBuf,
     pub channel_socket: PathBuf,
+    /// A restored VM's own copy of its snapshot's save image (removed once it is restored).
+    pub saved_state: PathBuf,
 }
 
 /// `<state_dir>/vms`.
@@ -57,6 +60,7 @@ impl VmFiles {
             seed: dir.join("seed.iso"),
             console_log: dir.join("console.log"),
             channel_socket: dir.join("channel.sock"),
+            saved_state: dir.join("memory.save"),
             dir,
         };
         let socket_len = files.channel_socket.as_os_str().len();

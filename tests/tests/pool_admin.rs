@@ -130,7 +130,7 @@ fn sighup_adds_and_changes_pools_keeps_running_jobs_and_refuses_a_bad_file() {
     let d = Daemon::start(1, 0);
     let original = std::fs::read_to_string(&d.config).expect("config");
     let second = "\n[pools.second]\nimage = \"minimal\"\nlibvirt_uri = \"qemu:///system\"\n\
-                  max_vms = 1\nvcpus = 1\nmemory_mib = 512\n";
+                  max_vms = 1\nvcpus = 1\nmemory_mib = 512\nstart = \"boot\"\n";
     // A new pool, and the first one changed (two slots, drained).
     let changed = original.replace("max_vms = 1\n", "max_vms = 2\ndrained = true\n");
     assert_ne!(changed, original, "the harness's config has `max_vms = 1`");

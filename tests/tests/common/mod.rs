@@ -242,7 +242,7 @@ impl Daemon {
                  [submissions]\nlocal_repo_roots = [{tmp:?}, {workspace:?}]\n\n\
                  [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
                  min_ready = {min_ready}\n\
-                 vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n{extra}",
+                 vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n{start}{extra}",
                 state = state.path().join("state"),
                 top = extra
                     .lines()
@@ -254,6 +254,13 @@ impl Daemon {
                     .filter(|l| !TOP_LEVEL.iter().any(|k| l.starts_with(k)))
                     .map(|l| format!("{l}\n"))
                     .collect::<String>(),
+                // Booted VMs unless a test asks for snapshots (tests/snapshots.rs): each daemon
+                // here has its own state dir, and would make its own snapshot first.
+                start = if extra.lines().any(|l| l.starts_with("start")) {
+                    ""
+                } else {
+                    "start = \"boot\"\n"
+                },
                 agent = agent_binary(),
                 uri = libvirt_uri(),
                 // Tests submit task repos from temp dirs and the workspace's examples.
@@ -426,17 +433,34 @@ impl Daemon {
         }
     }
 
-    /// Nothing of the job is left: no domain, no per-VM dir (overlay, seed).
+    /// Nothing of the job is left: no domain, no per-VM dir (overlay, seed). A job's end is
+    /// written once its VM is paused, and the domain and files go right after (before the slot
+    /// is reused): this allows that teardown a few seconds, no more.
     pub fn assert_no_vm(&self, id: &str) {
         let name = format!("minion-{id}");
-        assert!(
-            !running_domains().contains(&name),
-            "domain {name} still exists"
-        );
         let dir = self.state_dir().join("vms").join(id);
-        assert!(!dir.exists(), "{} left behind", dir.display());
+        let deadline = Instant::now() + TEARDOWN_AFTER_END;
+        loop {
+            let domain = running_domains().contains(&name);
+            if !domain && !dir.exists() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{TEARDOWN_AFTER_END:?} after the job's end: {}",
+                if domain {
+                    format!("domain {name} still exists")
+                } else {
+                    format!("{} left behind", dir.display())
+                }
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
+
+/// How long a VM's teardown may run on after its job's end was written.
+pub const TEARDOWN_AFTER_END: Duration = Duration::from_secs(10);
 
 impl Drop for Daemon {
     fn drop(&mut self) {

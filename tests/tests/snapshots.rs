@@ -1,0 +1,254 @@
+//! Snapshot-restored VMs end to end (`start = "snapshot"`): a real `miniond` boots a template VM
+//! of the `minimal` image, saves it through the real libvirtd, and restores every job's VM from
+//! it. Restored VMs run jobs, are unique (RNG, machine id, host name, clock), serve `min_ready`,
+//! and a snapshot that is half-written when the daemon is killed, or that no longer restores, is
+//! never used: the VMs boot instead.
+//!
+//! Needs what `daemon_e2e.rs` needs (libvirtd, the `minimal` image, `target/agent/minion-agent`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const SNAPSHOT: &str = "start = \"snapshot\"";
+/// What the agent logs on the console as it starts: a booted VM's console has it, a restored one's
+/// does not (its agent started in the template, before the save).
+const AGENT_START: &str = "minion-agent starting";
+
+/// Prints what makes a VM itself, one `key=value` per line.
+const WHOAMI: &str = r#"name: e2e-whoami
+desc: prints the VM's identity
+maintainer: minion
+input:
+  args: [koji_build]
+actions:
+  - name: whoami
+    shell:
+      - echo "urandom=$$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+      - echo "uuid=$$(cat /proc/sys/kernel/random/uuid)"
+      - echo "machine_id=$$(cat /etc/machine-id)"
+      - echo "hostname=$$(hostname)"
+      - echo "clock=$$(date +%s.%N)"
+"#;
+
+/// The whole snapshots of a daemon (directories without `.partial`, with their state file).
+fn snapshots(state: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(state.join("snapshots"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.join("snapshot.json").is_file() && !p.to_string_lossy().ends_with(".partial")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn partials(state: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(state.join("snapshots"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".partial"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_snapshot(d: &Daemon) -> PathBuf {
+    until("the pool's snapshot", Duration::from_secs(180), || {
+        !snapshots(&d.state_dir()).is_empty()
+    });
+    snapshots(&d.state_dir()).remove(0)
+}
+
+/// The BOOTING event's detail of job `j`.
+fn booting_detail(j: &Value) -> String {
+    j["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["state"] == "BOOTING")
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn run(d: &Daemon, formula: &str) -> (Value, String) {
+    let repo = task_repo(formula);
+    let id = d.submit(repo.path(), &[]);
+    let j = d.wait_state(
+        &id,
+        &["FINISHED", "FAILED", "TIMED_OUT", "CANCELLED"],
+        Duration::from_secs(180),
+    );
+    let log = output_text(&d.cli(&["job", "logs", &id]));
+    (j, log)
+}
+
+fn field(log: &str, key: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in the job's log:\n{log}"))
+        .trim()
+        .to_string()
+}
+
+fn console(d: &Daemon, j: &Value) -> String {
+    let id = j["id"].as_str().expect("id");
+    std::fs::read_to_string(d.state_dir().join("artifacts").join(id).join("console.log"))
+        .unwrap_or_default()
+}
+
+#[test]
+fn restored_vms_run_jobs_and_each_is_unique() {
+    let test = "restored_vms_run_jobs_and_each_is_unique";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start_with(1, 0, SNAPSHOT);
+    let snap = wait_snapshot(&d);
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(snap.join("snapshot.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(meta["image"], "minimal", "{meta}");
+    // Frozen: nobody writes the template's disk again.
+    for f in ["disk.qcow2", "seed.iso", "memory.save"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(snap.join(f)).expect("file").permissions(),
+        );
+        assert_eq!(mode & 0o222, 0, "{f} is writable: {mode:o}");
+    }
+
+    let mut seen: Vec<std::collections::BTreeMap<&str, String>> = Vec::new();
+    for _ in 0..2 {
+        let before_ms = jobs_now_ms();
+        let (j, log) = run(&d, WHOAMI);
+        let after_ms = jobs_now_ms();
+        assert_eq!(j["state"], "FINISHED", "{j:#}\n{log}\n{}", d.log());
+        assert_eq!(
+            booting_detail(&j),
+            "restored from a snapshot",
+            "{j:#}\n{}",
+            d.log()
+        );
+        // Restored, not booted: the agent started before the save, on the template's console.
+        let con = console(&d, &j);
+        assert!(!con.contains(AGENT_START), "the VM booted:\n{con}");
+        let clock_ms = (field(&log, "clock").parse::<f64>().expect("clock") * 1000.0) as i64;
+        assert!(
+            clock_ms >= before_ms - 1000 && clock_ms <= after_ms + 1000,
+            "guest clock {clock_ms} not within 1 s of the host's [{before_ms}, {after_ms}]"
+        );
+        let mut me = std::collections::BTreeMap::new();
+        for k in ["urandom", "uuid", "machine_id", "hostname"] {
+            me.insert(k, field(&log, k));
+        }
+        seen.push(me);
+        d.assert_no_vm(j["id"].as_str().expect("id"));
+    }
+    for k in ["urandom", "uuid", "machine_id", "hostname"] {
+        assert_ne!(
+            seen[0][k], seen[1][k],
+            "two restored VMs share {k}: {seen:?}"
+        );
+    }
+    assert_eq!(seen[0]["machine_id"].len(), 32, "{seen:?}");
+    assert!(seen[0]["hostname"].starts_with("minion-"), "{seen:?}");
+    // Nothing of the template or the jobs' VMs is left running.
+    until("no VM left", TEARDOWN_AFTER_END, || d.domains().is_empty());
+}
+
+fn jobs_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+#[test]
+fn pre_booted_vms_of_a_snapshot_pool_are_restored() {
+    let test = "pre_booted_vms_of_a_snapshot_pool_are_restored";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start_with(2, 1, SNAPSHOT);
+    wait_snapshot(&d);
+    // The first parked VM may have booted before the snapshot existed: the one parked after a job
+    // took it is restored.
+    until("a parked VM", Duration::from_secs(120), || {
+        d.json(&["pool", "list"])[0]["ready"] == 1
+    });
+    let (first, _) = run(&d, PASSING);
+    assert_eq!(first["state"], "FINISHED", "{first:#}");
+    until("a parked VM again", Duration::from_secs(120), || {
+        d.json(&["pool", "list"])[0]["ready"] == 1
+    });
+    let (j, log) = run(&d, PASSING);
+    assert_eq!(j["state"], "FINISHED", "{j:#}\n{log}");
+    let con = console(&d, &j);
+    assert!(!con.contains(AGENT_START), "the parked VM booted:\n{con}");
+    assert!(d.log().contains("pre-booted VM ready"), "{}", d.log());
+}
+
+#[test]
+fn a_snapshot_half_written_when_the_daemon_is_killed_is_never_used() {
+    let test = "a_snapshot_half_written_when_the_daemon_is_killed_is_never_used";
+    if !vm_env(test) {
+        return;
+    }
+    let mut d = Daemon::start_with(1, 0, SNAPSHOT);
+    // The save takes seconds under TCG: catch it half-way and kill the daemon there.
+    until("a snapshot being written", Duration::from_secs(180), || {
+        !partials(&d.state_dir()).is_empty()
+    });
+    d.kill9();
+    let half = partials(&d.state_dir());
+    assert_eq!(half.len(), 1, "{half:?}");
+    assert!(snapshots(&d.state_dir()).is_empty());
+
+    d.spawn();
+    // At start the half-written one goes; a job never restores from it.
+    until(
+        "the partial snapshot removed",
+        Duration::from_secs(60),
+        || !half[0].exists(),
+    );
+    let (j, log) = run(&d, PASSING);
+    assert_eq!(j["state"], "FINISHED", "{j:#}\n{log}\n{}", d.log());
+    let snap = wait_snapshot(&d);
+    assert!(snap.join("memory.save").is_file());
+    let (j, _) = run(&d, PASSING);
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    assert_eq!(booting_detail(&j), "restored from a snapshot", "{j:#}");
+    until("no VM left", TEARDOWN_AFTER_END, || d.domains().is_empty());
+}
+
+#[test]
+fn a_snapshot_that_no_longer_restores_is_dropped_once_and_vms_boot() {
+    let test = "a_snapshot_that_no_longer_restores_is_dropped_once_and_vms_boot";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start_with(1, 0, SNAPSHOT);
+    let snap = wait_snapshot(&d);
+    // Damage the saved state: libvirt refuses it, or the guest never comes back.
+    let state = snap.join("memory.save");
+    let mut perms = std::fs::metadata(&state).expect("state").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&state, perms).expect("chmod");
+    std::fs::write(&state, b"not a libvirt save image").expect("damage");
+
+    for _ in 0..2 {
+        let (j, log) = run(&d, PASSING);
+        assert_eq!(j["state"], "FINISHED", "{j:#}\n{log}\n{}", d.log());
+        assert!(console(&d, &j).contains(AGENT_START), "not booted");
+    }
+    let said = d.log().matches("snapshot not usable").count();
+    assert_eq!(said, 1, "logged {said} times:\n{}", d.log());
+    assert!(!snap.exists(), "the broken snapshot is still there");
+    until("no VM left", TEARDOWN_AFTER_END, || d.domains().is_empty());
+}
