@@ -19,8 +19,13 @@ fn metrics_after_real_jobs_pass_promtool_and_observe_every_phase() {
     let b = d.submit(fail.path(), &[]);
     d.wait_state(&a, &["FINISHED"], Duration::from_secs(120));
     d.wait_state(&b, &["FINISHED"], Duration::from_secs(120));
-
     let url = format!("http://127.0.0.1:{port}/metrics");
+    // A job's end is written once its VM is paused; its teardown is observed right after.
+    until("both teardowns observed", TEARDOWN_AFTER_END, || {
+        http_get_with(&url, &[])
+            .2
+            .contains("minion_vm_teardown_duration_seconds_count 2")
+    });
     let (status, head, text) = http_get_with(&url, &[]);
     assert_eq!(status, 200, "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
