@@ -12,6 +12,8 @@ PACKAGES=(
     # libvirt + qemu (TCG here, KVM where /dev/kvm is real)
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
     qemu-block-extra
+    # libvirtd started by hand runs under tini as a child subreaper (scripts/libvirt-start.sh)
+    tini
     # building the Rust workspace
     build-essential pkg-config protobuf-compiler libssl-dev
     # images: debootstrap, mkfs.ext4 -d, seeds, the minimal kernel from Debian's source

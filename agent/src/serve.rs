@@ -36,6 +36,9 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// After the Result, how long the host gets to destroy the VM before the agent powers it off.
 const HANG_UP_WAIT: Duration = Duration::from_secs(10);
+/// After the host hung up past the Result, the time it has to pause the VM before the agent
+/// powers it off.
+const AFTER_HANG_UP: Duration = Duration::from_secs(3);
 /// Poll interval while the host has not connected to the port yet (reads then return end-of-file).
 const HOST_POLL: Duration = Duration::from_millis(5);
 
@@ -113,10 +116,17 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
     let cancel = CancelFlag::new();
     let mut sink = ChannelSink::new(outbox.clone());
     let (hung_up_tx, hung_up) = mpsc::channel::<()>();
+    let result_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let outcome = match receive_task(&mut frames, &layout) {
         Ok(TaskReceipt::Complete) => {
             let (fetch_tx, fetch_rx) = mpsc::channel();
-            spawn_host_listener(frames, cancel.clone(), fetch_tx, hung_up_tx);
+            spawn_host_listener(
+                frames,
+                cancel.clone(),
+                fetch_tx,
+                hung_up_tx,
+                result_sent.clone(),
+            );
             let fetcher = Arc::new(ChannelFetcher::new(
                 outbox.clone(),
                 fetch_rx,
@@ -166,10 +176,14 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
         ok = outcome.execution_ok,
         "result sent"
     );
-    // The host destroys the VM once it has the Result; powering off now would race it (libvirt
-    // then spends seconds reaping a qemu that stopped itself). Wait for it, bounded: a host that
-    // went away still gets its VM powered off.
-    let _ = hung_up.recv_timeout(HANG_UP_WAIT);
+    result_sent.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The host pauses and destroys the VM once it has the Result; powering off under it would
+    // race that (libvirt then spends seconds reaping a qemu that stopped itself). So wait: for
+    // the host to hang up and then a grace in which it pauses the VM, or at most HANG_UP_WAIT. A
+    // host that went away still gets its VM powered off.
+    if hung_up.recv_timeout(HANG_UP_WAIT).is_ok() {
+        thread::sleep(AFTER_HANG_UP);
+    }
     Ok(Served { outcome })
 }
 
@@ -246,6 +260,7 @@ fn spawn_host_listener(
     cancel: CancelFlag,
     fetches: mpsc::Sender<H>,
     hung_up: mpsc::Sender<()>,
+    result_sent: Arc<std::sync::atomic::AtomicBool>,
 ) {
     thread::spawn(move || loop {
         match frames.read_frame::<HostFrame>() {
@@ -263,9 +278,13 @@ fn spawn_host_listener(
             }
             Ok(Some(other)) => tracing::warn!(?other, "ignoring unexpected frame from the host"),
             Ok(None) | Err(_) => {
-                // Nobody is listening any more: stop the work rather than run it for no one.
-                tracing::warn!("the host hung up; cancelling the job");
-                cancel.cancel();
+                if result_sent.load(std::sync::atomic::Ordering::SeqCst) {
+                    tracing::info!("the host hung up after the Result");
+                } else {
+                    // Nobody is listening any more: stop the work rather than run it for no one.
+                    tracing::warn!("the host hung up; cancelling the job");
+                    cancel.cancel();
+                }
                 let _ = hung_up.send(());
                 return;
             }

@@ -330,7 +330,7 @@ impl Snapshots {
 
     /// Boots the template, quiesces it, saves and freezes it; the template is gone on return.
     async fn make(&self, pool: &Arc<Pool>, key: &str) -> Result<SnapshotFiles, SnapshotError> {
-        let id = format!("{TEMPLATE_PREFIX}{}", uuid::Uuid::new_v4());
+        let id = template_id();
         let t0 = Instant::now();
         let vm = guestvm::boot_to_ready(
             &self.ctx,
@@ -440,6 +440,13 @@ impl Snapshots {
         Self::lock(&self.versions).insert(uri, v);
         Ok(v)
     }
+}
+
+/// A new template VM id, no longer than a job's (a UUID): the VM's socket path must fit wherever a
+/// job's does.
+fn template_id() -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{TEMPLATE_PREFIX}{}", &random[..36 - TEMPLATE_PREFIX.len()])
 }
 
 /// The key: a digest of the pool's VM shape, the image's files, the agent, the host's libvirt and
@@ -560,6 +567,15 @@ mod tests {
         for k in &others {
             assert_ne!(*k, base);
         }
+    }
+
+    #[test]
+    fn template_ids_are_as_long_as_job_ids_and_unique() {
+        let (a, b) = (template_id(), template_id());
+        assert_eq!(a.len(), uuid::Uuid::new_v4().to_string().len());
+        assert!(a.starts_with(TEMPLATE_PREFIX), "{a}");
+        assert_ne!(a, b);
+        assert!(minion_provisioning::VmFiles::new(Path::new("/var/lib/minion"), &a).is_ok());
     }
 
     #[test]
