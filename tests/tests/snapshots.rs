@@ -252,3 +252,49 @@ fn a_snapshot_that_no_longer_restores_is_dropped_once_and_vms_boot() {
     assert!(!snap.exists(), "the broken snapshot is still there");
     until("no VM left", TEARDOWN_AFTER_END, || d.domains().is_empty());
 }
+
+#[test]
+fn a_new_vm_shape_gets_a_new_snapshot_and_the_old_one_goes() {
+    let test = "a_new_vm_shape_gets_a_new_snapshot_and_the_old_one_goes";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start_with(1, 0, SNAPSHOT);
+    let old = wait_snapshot(&d);
+    // More memory per VM: a saved 512 MiB guest cannot be restored as a 640 MiB one.
+    let cfg = std::fs::read_to_string(&d.config).expect("config");
+    let changed = cfg.replace("memory_mib = 512\n", "memory_mib = 640\n");
+    assert_ne!(changed, cfg, "the harness's config has `memory_mib = 512`");
+    std::fs::write(&d.config, changed).expect("write");
+    let pid = d.child.as_ref().expect("running").id();
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    until("the reload", Duration::from_secs(20), || {
+        d.log().contains("reloaded")
+    });
+
+    // The first job after the change boots (and starts the new snapshot); then the new one
+    // replaces the old on disk.
+    let (j, log) = run(&d, PASSING);
+    assert_eq!(j["state"], "FINISHED", "{j:#}\n{log}");
+    assert_ne!(booting_detail(&j), "restored from a snapshot", "{j:#}");
+    until(
+        "the new snapshot, and the old one gone",
+        Duration::from_secs(180),
+        || {
+            let now = snapshots(&d.state_dir());
+            now.len() == 1 && now[0] != old
+        },
+    );
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(snapshots(&d.state_dir())[0].join("snapshot.json")).expect("meta"),
+    )
+    .expect("json");
+    assert_eq!(meta["memory_mib"], 640, "{meta}");
+    let (j, _) = run(&d, PASSING);
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    assert_eq!(booting_detail(&j), "restored from a snapshot", "{j:#}");
+}
