@@ -53,6 +53,15 @@ pub struct PreparedVm {
 /// left behind. A directory left by an earlier attempt of the same job is an error (reconcile or
 /// [`teardown`] it first) rather than silently reused.
 pub fn prepare(req: &VmRequest) -> Result<PreparedVm, ProvisionError> {
+    in_new_dir(req, |files| build(req, files))
+}
+
+/// Creates the VM's directory (refusing one an earlier attempt left), runs `build` in it, and
+/// removes the directory again when `build` fails.
+fn in_new_dir(
+    req: &VmRequest,
+    build: impl FnOnce(&VmFiles) -> Result<PreparedVm, ProvisionError>,
+) -> Result<PreparedVm, ProvisionError> {
     let files = VmFiles::new(&req.state_dir, &req.job_id)?;
     if files.exists() {
         return Err(ProvisionError::invalid(
@@ -65,7 +74,7 @@ pub fn prepare(req: &VmRequest) -> Result<PreparedVm, ProvisionError> {
         ));
     }
     files.create()?;
-    let built = build(req, &files);
+    let built = build(&files);
     if built.is_err() {
         if let Err(e) = files.remove_all() {
             tracing::warn!("after a failed prepare: {e}");
@@ -116,19 +125,7 @@ pub fn prepare_restore(
     req: &VmRequest,
     snapshot: &crate::snapshot::SnapshotFiles,
 ) -> Result<PreparedVm, ProvisionError> {
-    let files = VmFiles::new(&req.state_dir, &req.job_id)?;
-    if files.exists() {
-        return Err(ProvisionError::invalid(
-            "job id",
-            format!(
-                "{} already exists: a VM of job {} was not cleaned up",
-                files.dir.display(),
-                req.job_id
-            ),
-        ));
-    }
-    files.create()?;
-    let built = (|| {
+    in_new_dir(req, |files| {
         let mut timings = PrepareTimings::default();
         let t = Instant::now();
         overlay::create_from_template(
@@ -147,7 +144,7 @@ pub fn prepare_restore(
         timings.seed = t.elapsed();
         let t = Instant::now();
         crate::snapshot::write_restore_image(snapshot, &req.job_id, &files.saved_state)?;
-        let spec = domain_spec(req, &files);
+        let spec = domain_spec(req, files);
         // For the record: the domain itself is described by the XML in its restore image.
         let xml = domain::render_xml(&spec)?;
         timings.render = t.elapsed();
@@ -158,13 +155,7 @@ pub fn prepare_restore(
             xml,
             timings,
         })
-    })();
-    if built.is_err() {
-        if let Err(e) = files.remove_all() {
-            tracing::warn!("after a failed prepare: {e}");
-        }
-    }
-    built
+    })
 }
 
 fn domain_spec(req: &VmRequest, files: &VmFiles) -> DomainSpec {
