@@ -416,6 +416,7 @@ pub async fn boot_to_ready(
         vm = %vm_id,
         overlay_ms = t.overlay.as_secs_f64() * 1000.0,
         seed_ms = t.seed.as_secs_f64() * 1000.0,
+        saved_state_ms = t.saved_state.as_secs_f64() * 1000.0,
         render_ms = t.render.as_secs_f64() * 1000.0,
         "provisioned"
     );

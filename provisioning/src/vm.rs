@@ -36,6 +36,8 @@ pub struct VmRequest {
 pub struct PrepareTimings {
     pub overlay: Duration,
     pub seed: Duration,
+    /// A restored VM's own copy of its snapshot's save image (zero for a booted VM).
+    pub saved_state: Duration,
     pub render: Duration,
 }
 
@@ -102,7 +104,15 @@ fn build(req: &VmRequest, files: &VmFiles) -> Result<PreparedVm, ProvisionError>
     };
     seed::write(&seed_spec, &files.seed)?;
     timings.seed = t.elapsed();
+    rendered(req, files, timings)
+}
 
+/// The VM's spec and XML rendered: the last step of both preparations.
+fn rendered(
+    req: &VmRequest,
+    files: &VmFiles,
+    mut timings: PrepareTimings,
+) -> Result<PreparedVm, ProvisionError> {
     let t = Instant::now();
     let spec = domain_spec(req, files);
     let xml = domain::render_xml(&spec)?;
@@ -144,17 +154,9 @@ pub fn prepare_restore(
         timings.seed = t.elapsed();
         let t = Instant::now();
         crate::snapshot::write_restore_image(snapshot, &req.job_id, &files.saved_state)?;
-        let spec = domain_spec(req, files);
+        timings.saved_state = t.elapsed();
         // For the record: the domain itself is described by the XML in its restore image.
-        let xml = domain::render_xml(&spec)?;
-        timings.render = t.elapsed();
-        Ok(PreparedVm {
-            name: spec.name.clone(),
-            files: files.clone(),
-            spec,
-            xml,
-            timings,
-        })
+        rendered(req, files, timings)
     })
 }
 
