@@ -254,20 +254,18 @@ impl VmGuard {
     /// Pauses the VM: from here on it can do nothing, so its job's end may be written before
     /// [`VmGuard::teardown`] removes it. The console log, complete now, is copied out here.
     pub async fn pause(&mut self) -> Result<(), TeardownError> {
-        let (hv, name, console, keep) = (
+        let (hv, name, files, keep) = (
             self.hv.clone(),
             self.name.clone(),
-            self.files.console_log.clone(),
+            self.files.clone(),
             self.keep_console.clone(),
         );
         tokio::task::spawn_blocking(move || {
             hv.pause(&name)
                 .map_err(|e| TeardownError::Provision(e.into()))?;
             if let Some(dest) = keep {
-                match std::fs::copy(&console, &dest) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!("keeping the console log of {name}: {e}"),
+                if let Err(e) = vm::keep_console(&files, &dest) {
+                    tracing::warn!("keeping the console log of {name}: {e}");
                 }
             }
             Ok(())

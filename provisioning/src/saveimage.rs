@@ -137,13 +137,23 @@ impl SaveImage {
     }
 }
 
+/// Where the content of the first `<tag>…</tag>` in `text` is.
+fn element_range(text: &str, tag: &str) -> Option<std::ops::Range<usize>> {
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let end = start + text[start..].find(&format!("</{tag}>"))?;
+    Some(start..end)
+}
+
+/// The content of the first `<tag>…</tag>` in `text`.
+pub(crate) fn element<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    element_range(text, tag).map(|r| &text[r])
+}
+
 /// `text` with the content of the first `<tag>…</tag>` replaced by `value`.
 pub(crate) fn replace_element(text: &str, tag: &str, value: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let start = text.find(&open)? + open.len();
-    let end = start + text[start..].find(&close)?;
-    Some(format!("{}{value}{}", &text[..start], &text[end..]))
+    let r = element_range(text, tag)?;
+    Some(format!("{}{value}{}", &text[..r.start], &text[r.end..]))
 }
 
 #[cfg(test)]
@@ -236,5 +246,6 @@ mod tests {
             Some("<a><uuid>x</uuid><uuid>2</uuid></a>")
         );
         assert_eq!(replace_element("<a/>", "uuid", "x"), None);
+        assert_eq!(element("<a><name>n</name></a>", "name"), Some("n"));
     }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::ProvisionError;
 use crate::hypervisor::Hypervisor;
-use crate::saveimage::{replace_element, SaveImage};
+use crate::saveimage::{element, replace_element, SaveImage};
 use crate::vmfiles::VmFiles;
 
 pub const SNAPSHOTS_DIR: &str = "snapshots";
@@ -187,38 +187,11 @@ pub fn write_restore_image(
         })?;
     let mut xml = image.xml.replace(template_id, job_id);
     for tag in ["uuid", "genid"] {
-        xml = replace_element(&xml, tag, &random_uuid()?).ok_or_else(|| {
+        xml = replace_element(&xml, tag, &uuid::Uuid::new_v4().to_string()).ok_or_else(|| {
             ProvisionError::invalid("save image", format!("its domain XML has no <{tag}>"))
         })?;
     }
     image.write_with_xml(&files.state, &xml, dest)
-}
-
-fn element<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let start = text.find(&open)? + open.len();
-    let end = start + text[start..].find(&format!("</{tag}>"))?;
-    Some(&text[start..end])
-}
-
-/// A random (version 4) UUID from the kernel's RNG.
-fn random_uuid() -> Result<String, ProvisionError> {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(ProvisionError::io("read", Path::new("/dev/urandom")))?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    ))
 }
 
 /// What [`sweep`] found under `<state_dir>/snapshots`.

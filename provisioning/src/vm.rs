@@ -177,6 +177,19 @@ fn domain_spec(req: &VmRequest, files: &VmFiles) -> DomainSpec {
     }
 }
 
+/// Copies the VM's console log to `dest`. A VM that never started has none: nothing to keep.
+pub fn keep_console(files: &VmFiles, dest: &Path) -> Result<(), ProvisionError> {
+    match std::fs::copy(&files.console_log, dest) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ProvisionError::Io {
+            op: "keep the console log as",
+            path: dest.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Destroys the domain (gone already is fine), optionally copies the console log out (after the
 /// destroy, so it is complete), and deletes the VM directory. Every step is attempted even when an
 /// earlier one fails; the first error is returned. Idempotent.
@@ -192,19 +205,9 @@ pub fn teardown(
         first = Some(e.into());
     }
     if let Some(dest) = keep_console_as {
-        match std::fs::copy(&files.console_log, dest) {
-            Ok(_) => {}
-            // A VM that never started has no console log; nothing to keep.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                let e = ProvisionError::Io {
-                    op: "keep the console log as",
-                    path: dest.to_path_buf(),
-                    source: e,
-                };
-                tracing::warn!("teardown of {name}: {e}");
-                first.get_or_insert(e);
-            }
+        if let Err(e) = keep_console(files, dest) {
+            tracing::warn!("teardown of {name}: {e}");
+            first.get_or_insert(e);
         }
     }
     if let Err(e) = files.remove_all() {

@@ -111,16 +111,6 @@ fn an_admin_drains_resizes_and_pre_boots_a_running_pool_and_nothing_running_is_d
     assert!(log.contains("\"caller\":\"uid:0\""), "who did it is logged");
 }
 
-/// SIGHUP to the daemon.
-fn hup(d: &Daemon) {
-    let pid = d.child.as_ref().expect("running").id();
-    let st = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success());
-}
-
 #[test]
 fn sighup_adds_and_changes_pools_keeps_running_jobs_and_refuses_a_bad_file() {
     let test = "sighup_adds_and_changes_pools_keeps_running_jobs_and_refuses_a_bad_file";
@@ -135,7 +125,7 @@ fn sighup_adds_and_changes_pools_keeps_running_jobs_and_refuses_a_bad_file() {
     let changed = original.replace("max_vms = 1\n", "max_vms = 2\ndrained = true\n");
     assert_ne!(changed, original, "the harness's config has `max_vms = 1`");
     std::fs::write(&d.config, format!("{changed}{second}")).expect("write");
-    hup(&d);
+    d.hup();
     until("the reload", Duration::from_secs(20), || {
         d.log().contains("reloaded") && d.log().contains("pool second: added")
     });
@@ -155,7 +145,7 @@ fn sighup_adds_and_changes_pools_keeps_running_jobs_and_refuses_a_bad_file() {
     let job = d.submit(sleep.path(), &["--pool", "second"]);
     d.wait_state(&job, &["RUNNING"], Duration::from_secs(120));
     std::fs::write(&d.config, &original).expect("write");
-    hup(&d);
+    d.hup();
     until("the second reload", Duration::from_secs(20), || {
         d.log()
             .contains("pool second: not in the file any more: drained")
@@ -174,7 +164,7 @@ fn sighup_adds_and_changes_pools_keeps_running_jobs_and_refuses_a_bad_file() {
 
     // A file that does not parse changes nothing and says why.
     std::fs::write(&d.config, format!("{original}\n[pools.broken\n")).expect("write");
-    hup(&d);
+    d.hup();
     until("the refusal", Duration::from_secs(20), || {
         d.log().contains("reload refused, the running config stays")
     });

@@ -33,29 +33,29 @@ actions:
       - echo "clock=$$(date +%s.%N)"
 "#;
 
-/// The whole snapshots of a daemon (directories without `.partial`, with their state file).
-fn snapshots(state: &Path) -> Vec<PathBuf> {
+/// The directories under a daemon's `snapshots/` whose name ends in `.partial` (`partial`) or
+/// does not.
+fn snapshot_dirs(state: &Path, partial: bool) -> Vec<PathBuf> {
     std::fs::read_dir(state.join("snapshots"))
         .map(|r| {
             r.flatten()
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.join("snapshot.json").is_file() && !p.to_string_lossy().ends_with(".partial")
-                })
+                .filter(|p| p.to_string_lossy().ends_with(".partial") == partial)
                 .collect()
         })
         .unwrap_or_default()
 }
 
+/// The whole snapshots of a daemon (renamed into place, with their metadata).
+fn snapshots(state: &Path) -> Vec<PathBuf> {
+    snapshot_dirs(state, false)
+        .into_iter()
+        .filter(|p| p.join("snapshot.json").is_file())
+        .collect()
+}
+
 fn partials(state: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(state.join("snapshots"))
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.to_string_lossy().ends_with(".partial"))
-                .collect()
-        })
-        .unwrap_or_default()
+    snapshot_dirs(state, true)
 }
 
 fn wait_snapshot(d: &Daemon) -> PathBuf {
@@ -266,12 +266,7 @@ fn a_new_vm_shape_gets_a_new_snapshot_and_the_old_one_goes() {
     let changed = cfg.replace("memory_mib = 512\n", "memory_mib = 640\n");
     assert_ne!(changed, cfg, "the harness's config has `memory_mib = 512`");
     std::fs::write(&d.config, changed).expect("write");
-    let pid = d.child.as_ref().expect("running").id();
-    let st = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success());
+    d.hup();
     until("the reload", Duration::from_secs(20), || {
         d.log().contains("reloaded")
     });

@@ -433,6 +433,16 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP to the daemon (it re-reads its config file).
+    pub fn hup(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let st = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
     /// Nothing of the job is left: no domain, no per-VM dir (overlay, seed). A job's end is
     /// written once its VM is paused, and the domain and files go right after (before the slot
     /// is reused): this allows that teardown a few seconds, no more.
