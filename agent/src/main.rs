@@ -1,5 +1,6 @@
 //! The in-guest agent: talks to the host over the virtio-serial port `org.minion.agent.0`, runs one
-//! job's formula, returns logs, artifacts and the result, then powers the guest off.
+//! job's formula, returns logs, artifacts and the result, then powers the guest off (or, in an
+//! instance, runs the host's commands until the host hangs up).
 
 mod args;
 mod artifacts;
@@ -7,6 +8,7 @@ mod environment;
 mod fetch;
 mod identity;
 mod init;
+mod instance;
 mod network;
 mod outbox;
 mod port;
@@ -56,11 +58,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), endpoint = ?args.endpoint, "minion-agent starting");
     let (reader, writer) = port::open(&args.endpoint)?;
     let outbox = outbox::Outbox::new(writer);
-    let served = serve::serve(reader, outbox, &args.workdir)?;
-    tracing::info!(
-        ok = served.outcome.execution_ok,
-        exit_code = served.outcome.exit_code,
-        "job done"
-    );
+    match serve::serve(reader, outbox, &args.workdir)? {
+        serve::Served::Job(outcome) => tracing::info!(
+            ok = outcome.execution_ok,
+            exit_code = outcome.exit_code,
+            "job done"
+        ),
+        serve::Served::Instance => tracing::info!("instance ended"),
+    }
     Ok(())
 }

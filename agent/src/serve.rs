@@ -42,11 +42,13 @@ const AFTER_HANG_UP: Duration = Duration::from_secs(3);
 /// Poll interval while the host has not connected to the port yet (reads then return end-of-file).
 const HOST_POLL: Duration = Duration::from_millis(5);
 
-type Frames = FrameReader<ReadHalf>;
+pub(crate) type Frames = FrameReader<ReadHalf>;
 
 /// What happened, for the agent's own log and exit code.
-pub struct Served {
-    pub outcome: Outcome,
+pub enum Served {
+    Job(Outcome),
+    /// An instance's session ended (the host hung up).
+    Instance,
 }
 
 pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result<Served> {
@@ -80,6 +82,17 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
         let beats = spawn_heartbeats(outbox.clone(), heartbeat, done_rx);
         match next_frame(&mut frames, "the job")? {
             H::Job(job) => break (job, done_tx),
+            H::Attach(attach) => {
+                // Heartbeats go on while the instance lives (`done_tx` held until it ends).
+                let served = crate::instance::serve(frames, outbox.clone(), &attach);
+                drop(done_tx);
+                if let Err(e) = &served {
+                    let _ = outbox.send(Kind::Error(guest::Error {
+                        message: format!("{e:#}"),
+                    }));
+                }
+                return served.map(|()| Served::Instance);
+            }
             H::Quiesce(_) => {
                 // No heartbeat may follow Quiesced: the next session would read it before Ready.
                 drop(done_tx);
@@ -184,7 +197,7 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
     if hung_up.recv_timeout(HANG_UP_WAIT).is_ok() {
         thread::sleep(AFTER_HANG_UP);
     }
-    Ok(Served { outcome })
+    Ok(Served::Job(outcome))
 }
 
 fn wait_for_hello(frames: &mut Frames) -> Result<guest::Hello> {

@@ -21,6 +21,8 @@ mod event;
 #[cfg(feature = "host")]
 mod fetch;
 #[cfg(feature = "host")]
+mod instance;
+#[cfg(feature = "host")]
 mod job;
 #[cfg(feature = "host")]
 mod limits;
@@ -40,6 +42,10 @@ pub use {
     error::ChannelError,
     event::{ActionState, LogStream, SessionEvent, SessionOutcome},
     fetch::{FetchHandler, HostFile},
+    instance::{
+        AttachedSession, Exec, ExecControl, ExecError, ExecEvent, ExecSpec, ExecStream,
+        InstanceLink,
+    },
     job::JobSpec,
     limits::Limits,
     session::{handshake, run_session, ReadySession},

@@ -172,6 +172,11 @@ pub struct ReadySession<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> ReadySession<S> {
+    /// The stream's halves, with what the reader buffered past Ready.
+    pub(crate) fn into_parts(self) -> (AsyncFrameReader<ReadHalf<S>>, WriteHalf<S>) {
+        (self.frames, self.wr)
+    }
+
     /// The version string the agent sent with Ready (truncated to 256 bytes).
     pub fn agent_version(&self) -> &str {
         &self.agent_version
@@ -525,7 +530,9 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         use guest_frame::Kind;
         match kind {
             Kind::Ready(_) => Err(ChannelError::Protocol("a second Ready".into())),
-            Kind::Quiesced(_) => Err(ChannelError::Protocol("Quiesced during a job".into())),
+            k @ (Kind::Quiesced(_) | Kind::Attached(_) | Kind::ExecOutput(_) | Kind::ExecExit(_)) => {
+                Err(ChannelError::Protocol(format!("{} during a job", kind_name(&k))))
+            }
             Kind::Log(log) => {
                 self.log_bytes += log.data.len() as u64;
                 if self.log_bytes > self.limits.max_log_bytes {
@@ -717,13 +724,13 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
     }
 }
 
-fn agent_error(e: minion_proto::guest::Error) -> ChannelError {
+pub(crate) fn agent_error(e: minion_proto::guest::Error) -> ChannelError {
     let mut msg = e.message;
     truncate_utf8(&mut msg, MAX_AGENT_MESSAGE);
     ChannelError::Agent(msg)
 }
 
-fn kind_name(kind: &guest_frame::Kind) -> &'static str {
+pub(crate) fn kind_name(kind: &guest_frame::Kind) -> &'static str {
     use guest_frame::Kind;
     match kind {
         Kind::Ready(_) => "Ready",
@@ -736,10 +743,13 @@ fn kind_name(kind: &guest_frame::Kind) -> &'static str {
         Kind::Error(_) => "Error",
         Kind::FetchRequest(_) => "FetchRequest",
         Kind::Quiesced(_) => "Quiesced",
+        Kind::Attached(_) => "Attached",
+        Kind::ExecOutput(_) => "ExecOutput",
+        Kind::ExecExit(_) => "ExecExit",
     }
 }
 
-fn host(kind: host_frame::Kind) -> HostFrame {
+pub(crate) fn host(kind: host_frame::Kind) -> HostFrame {
     HostFrame { kind: Some(kind) }
 }
 
