@@ -178,9 +178,7 @@ fn spawn(table: &Table, outbox: &Outbox, start: ExecStart) -> Result<()> {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {program}"))?;
+        let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
         // The parent's copies of the slave side are gone with `cmd`: only the child holds it.
         drop(cmd);
         let pgid = child.id() as i32;
@@ -209,11 +207,10 @@ fn spawn(table: &Table, outbox: &Outbox, start: ExecStart) -> Result<()> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {program}"))?;
+        let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
         let pgid = child.id() as i32;
-        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (stdin, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
         lock(table).insert(
             id,
             Running {
@@ -364,7 +361,13 @@ fn drain_tty(master: &File, id: u32, outbox: &Outbox, exited: &mpsc::Receiver<()
 }
 
 fn winsize(rows: u32, cols: u32) -> libc::winsize {
-    let clamp = |v: u32, d: u16| if v == 0 { d } else { v.min(u16::MAX as u32) as u16 };
+    let clamp = |v: u32, d: u16| {
+        if v == 0 {
+            d
+        } else {
+            v.min(u16::MAX as u32) as u16
+        }
+    };
     libc::winsize {
         ws_row: clamp(rows, 24),
         ws_col: clamp(cols, 80),

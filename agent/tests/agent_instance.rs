@@ -64,7 +64,9 @@ fn argv(a: &[&str]) -> Vec<String> {
 }
 
 /// Everything a command wrote (stdout, stderr) and its (code, signal, error).
-async fn collect(exec: &mut minion_channel::Exec) -> (Vec<u8>, Vec<u8>, (i32, i32, Option<String>)) {
+async fn collect(
+    exec: &mut minion_channel::Exec,
+) -> (Vec<u8>, Vec<u8>, (i32, i32, Option<String>)) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let deadline = Duration::from_secs(20);
     loop {
@@ -115,7 +117,9 @@ async fn commands_on_pipes_return_output_streams_and_exit_codes() {
         .await
         .expect("exec cat");
     let big = vec![b'x'; 300_000];
-    cat.send(ExecControl::Input(big.clone())).await.expect("input");
+    cat.send(ExecControl::Input(big.clone()))
+        .await
+        .expect("input");
     cat.send(ExecControl::Eof).await.expect("eof");
     let (out, _, status) = collect(&mut cat).await;
     assert_eq!(out.len(), big.len(), "every byte back through cat");
@@ -177,9 +181,12 @@ async fn a_terminal_has_its_size_takes_resizes_and_ctrl_c_interrupts() {
         .expect("input");
     until(&mut sh, &mut seen, "33 111").await.expect("size");
     until(&mut sh, &mut seen, "/dev/pts/").await.expect("a pty");
-    sh.send(ExecControl::Resize { rows: 50, cols: 160 })
-        .await
-        .expect("resize");
+    sh.send(ExecControl::Resize {
+        rows: 50,
+        cols: 160,
+    })
+    .await
+    .expect("resize");
     seen.clear();
     sh.send(ExecControl::Input(b"stty size\n".to_vec()))
         .await
@@ -196,7 +203,9 @@ async fn a_terminal_has_its_size_takes_resizes_and_ctrl_c_interrupts() {
     sh.send(ExecControl::Input(b"echo after-$?\n".to_vec()))
         .await
         .expect("input");
-    until(&mut sh, &mut seen, "after-130").await.expect("interrupted");
+    until(&mut sh, &mut seen, "after-130")
+        .await
+        .expect("interrupted");
     assert!(t.elapsed() < Duration::from_secs(10));
     // The line itself is echoed; the echo it ran would be a line of its own.
     assert!(!String::from_utf8_lossy(&seen).contains("\nslept"));

@@ -82,7 +82,10 @@ pub enum ExecStream {
 /// What a running command tells the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecEvent {
-    Output { stream: ExecStream, data: Vec<u8> },
+    Output {
+        stream: ExecStream,
+        data: Vec<u8>,
+    },
     /// The last event. `error`: it could not be started.
     Exit {
         code: i32,

@@ -530,9 +530,13 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         use guest_frame::Kind;
         match kind {
             Kind::Ready(_) => Err(ChannelError::Protocol("a second Ready".into())),
-            k @ (Kind::Quiesced(_) | Kind::Attached(_) | Kind::ExecOutput(_) | Kind::ExecExit(_)) => {
-                Err(ChannelError::Protocol(format!("{} during a job", kind_name(&k))))
-            }
+            k @ (Kind::Quiesced(_)
+            | Kind::Attached(_)
+            | Kind::ExecOutput(_)
+            | Kind::ExecExit(_)) => Err(ChannelError::Protocol(format!(
+                "{} during a job",
+                kind_name(&k)
+            ))),
             Kind::Log(log) => {
                 self.log_bytes += log.data.len() as u64;
                 if self.log_bytes > self.limits.max_log_bytes {

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{refused, require, Role};
 use crate::artifacts::{self, ArtifactError};
+use crate::instance_api;
 use crate::jobs::convert::{job_to_pb, state_from_pb};
 use crate::jobs::{Created, JobsError, ListQuery, StoreError};
 use crate::service::{CancelError, PoolAdminError, Service, SubmitError};
@@ -346,5 +347,70 @@ impl Controller for Api {
             .set_pool(&r.name, r.max_vms, r.min_ready, &caller.id)
             .map_err(pool_admin_status)?;
         Ok(Response::new(pool_to_pb(p)))
+    }
+
+    async fn create_instance(
+        &self,
+        req: Request<pb::CreateInstanceRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        let caller = require(&req, Role::Submit, "create an instance")?;
+        let r = req.into_inner();
+        instance_api::create(self.svc.instances(), &caller, r)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_instances(
+        &self,
+        req: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        require(&req, Role::Read, "list instances")?;
+        let instances = self
+            .svc
+            .instances()
+            .list()
+            .into_iter()
+            .map(|(r, running)| instance_api::to_pb(r, running))
+            .collect();
+        Ok(Response::new(pb::ListInstancesResponse { instances }))
+    }
+
+    async fn remove_instances(
+        &self,
+        req: Request<pb::RemoveInstancesRequest>,
+    ) -> Result<Response<pb::RemoveInstancesResponse>, Status> {
+        let caller = require(&req, Role::Submit, "remove instances")?;
+        let r = req.into_inner();
+        let removed = self
+            .svc
+            .instances()
+            .remove(&caller, &r.names, r.all)
+            .await
+            .map_err(instance_api::status)?;
+        Ok(Response::new(pb::RemoveInstancesResponse { removed }))
+    }
+
+    type ExecStream = Streamed<pb::ExecResponse>;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<pb::ExecRequest>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let caller = require(&req, Role::Submit, "run a command in an instance")?;
+        instance_api::exec(self.svc.instances(), &caller, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type InstanceConsoleStream = Streamed<pb::ConsoleChunk>;
+
+    async fn instance_console(
+        &self,
+        req: Request<pb::InstanceConsoleRequest>,
+    ) -> Result<Response<Self::InstanceConsoleStream>, Status> {
+        let caller = require(&req, Role::Read, "read an instance's console")?;
+        instance_api::console(self.svc.instances(), &caller, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -110,6 +110,90 @@ pub struct Config {
     /// The certificate and key `listen_tcp` serves TLS with. Required with `listen_tcp`.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Developers' instances (`minion instance create`): limits and the VM shape they get.
+    #[serde(default)]
+    pub instances: InstancesConfig,
+}
+
+/// `[instances]`: throwaway VMs a developer creates from an image and works in.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesConfig {
+    /// Instances alive at once, everyone's together. 0 turns instances off. Default 4.
+    #[serde(default = "default_instances_max")]
+    pub max: u32,
+    /// Instances one caller may have alive at once. Default 4.
+    #[serde(default = "default_instances_max")]
+    pub per_owner: u32,
+    /// libvirt URI. Default `qemu:///system`.
+    #[serde(default = "default_uri")]
+    pub libvirt_uri: String,
+    /// vCPUs when `create` asks for none. Default 1.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Memory (MiB) when `create` asks for none. Default 512.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// The most an instance may ask for.
+    #[serde(default = "default_instance_max_vcpus")]
+    pub max_vcpus: u32,
+    #[serde(default = "default_instance_max_memory")]
+    pub max_memory_mib: u64,
+    /// `snapshot` (default) or `boot`, as a pool's `start`: the first instance of an image and
+    /// shape boots, later ones are restored from its snapshot.
+    #[serde(default)]
+    pub start: VmStart,
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        InstancesConfig {
+            max: default_instances_max(),
+            per_owner: default_instances_max(),
+            libvirt_uri: default_uri(),
+            vcpus: default_vcpus(),
+            memory_mib: default_memory(),
+            max_vcpus: default_instance_max_vcpus(),
+            max_memory_mib: default_instance_max_memory(),
+            start: VmStart::default(),
+        }
+    }
+}
+
+impl InstancesConfig {
+    /// The pool an instance of this shape is made in (one VM slot per allowed instance).
+    pub fn pool_config(
+        &self,
+        image: &str,
+        vcpus: u32,
+        memory_mib: u64,
+        network: GuestNetwork,
+    ) -> PoolConfig {
+        PoolConfig {
+            image: image.to_string(),
+            libvirt_uri: self.libvirt_uri.clone(),
+            // A snapshot template takes a slot while it is made.
+            max_vms: self.max.saturating_add(1),
+            min_ready: 0,
+            vcpus,
+            memory_mib,
+            default_timeout_seconds: default_timeout(),
+            drained: false,
+            packages: None,
+            network,
+            start: self.start,
+        }
+    }
+}
+
+fn default_instances_max() -> u32 {
+    4
+}
+fn default_instance_max_vcpus() -> u32 {
+    4
+}
+fn default_instance_max_memory() -> u64 {
+    8192
 }
 
 /// `[access]`.

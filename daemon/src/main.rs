@@ -9,6 +9,8 @@ mod config;
 mod dashboard;
 mod fetching;
 mod guestvm;
+mod instance_api;
+mod instances;
 mod jobs;
 mod lifecycle;
 mod metrics;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::Bus;
 use crate::config::{Config, PoolConfig};
 use crate::guestvm::VmContext;
+use crate::instances::Instances;
 use crate::jobs::convert::provenance_from_pb;
 use crate::jobs::{Created, JobEvent, JobRecord, JobRequest, Jobs, JobsError, ListQuery, Page};
 use crate::lifecycle::State;
@@ -125,6 +126,7 @@ pub struct Service {
     bus: Option<Arc<Bus>>,
     reaper: Arc<Reaper>,
     metrics: Arc<Metrics>,
+    instances: Arc<Instances>,
 }
 
 impl Service {
@@ -166,11 +168,17 @@ impl Service {
             .as_ref()
             .map(|r| Reporter::new(&jobs, r, bus.clone(), vms.recorder.clone()));
         let fetch = crate::fetching::open(cfg.sources(), &cfg.state_dir, &cfg.fetch)?;
+        let instances = Instances::new(&cfg.instances, &vms, &snapshots, jobs.instances_tree()?);
         let hosts_of = pools.clone();
+        let instance_hosts = instances.clone();
         let reaper = Arc::new(Reaper::new(
             vms.live.clone(),
             cfg.state_dir.clone(),
-            Box::new(move || read(&hosts_of).values().map(|e| e.pool.clone()).collect()),
+            Box::new(move || {
+                let mut hosts: Vec<_> = read(&hosts_of).values().map(|e| e.pool.clone()).collect();
+                hosts.extend(instance_hosts.pools());
+                hosts
+            }),
             std::time::Duration::from_secs(cfg.reap_interval_secs.max(1)),
             vms.recorder.clone(),
         ));
@@ -191,6 +199,7 @@ impl Service {
                 bus,
                 reaper,
                 metrics,
+                instances,
                 cancels: Mutex::new(HashMap::new()),
             }),
             rxs,
@@ -203,6 +212,10 @@ impl Service {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub fn instances(&self) -> &Arc<Instances> {
+        &self.instances
     }
 
     pub fn images_dir(&self) -> &Path {
@@ -253,6 +266,7 @@ impl Service {
     /// FAILED (daemon restart) and requeues them.
     pub async fn shutdown(self: &Arc<Self>) {
         self.jobs.begin_shutdown();
+        self.instances.shutdown().await;
         self.run.snapshots.shutdown().await;
         for p in self.entries() {
             p.prebooted.shutdown().await;
@@ -268,6 +282,7 @@ impl Service {
     fn reconcile(&self) -> Result<(), JobsError> {
         self.jobs.interrupt_in_flight()?;
         self.destroy_vms();
+        self.instances.start();
         Ok(())
     }
 
@@ -276,7 +291,9 @@ impl Service {
     /// live yet) and at shutdown (what is live is abandoned). Blocks.
     fn destroy_vms(&self) {
         let mut seen: Vec<String> = Vec::new();
-        for p in self.entries().iter().map(|e| &e.pool) {
+        let mut hosts: Vec<Arc<Pool>> = self.entries().iter().map(|e| e.pool.clone()).collect();
+        hosts.push(self.instances.host_pool());
+        for p in &hosts {
             let uri = p.cfg().libvirt_uri.clone();
             if seen.contains(&uri) {
                 continue;

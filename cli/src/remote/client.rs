@@ -29,6 +29,7 @@ fn status_text(s: &tonic::Status) -> String {
         Code::FailedPrecondition | Code::PermissionDenied => "refused",
         Code::Unauthenticated => "not authenticated",
         Code::ResourceExhausted => "over a limit",
+        Code::AlreadyExists => "refused",
         Code::Unavailable => "miniond unavailable",
         Code::Internal => "miniond internal error",
         _ => "error",
@@ -49,7 +50,8 @@ impl ClientError {
                 | tonic::Code::FailedPrecondition
                 | tonic::Code::PermissionDenied
                 | tonic::Code::Unauthenticated
-                | tonic::Code::ResourceExhausted => 2,
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::AlreadyExists => 2,
                 tonic::Code::Unavailable => 3,
                 _ => 1,
             },

@@ -3,7 +3,7 @@
 use minion_proto::controller as pb;
 use serde_json::{json, Value};
 
-use super::render::{exec_name, state_name};
+use super::render::{exec_name, instance_state_name, state_name};
 
 pub fn job(j: &pb::Job) -> Value {
     json!({
@@ -75,4 +75,23 @@ pub fn image(i: &pb::Image) -> Value {
 
 pub fn artifact(a: &pb::Artifact) -> Value {
     json!({ "path": a.path, "size": a.size })
+}
+
+pub fn instance(i: &pb::Instance) -> Value {
+    json!({
+        "name": i.name,
+        "state": instance_state_name(i.state),
+        "reason": i.reason,
+        "owner": i.owner,
+        "image": i.image,
+        "vcpus": i.vcpus,
+        "memory_mib": i.memory_mib,
+        "network": if i.network { "user" } else { "none" },
+        "created_unix_ms": i.created_at_ms,
+        "ready_ms": i.ready_ms,
+        "restored": i.restored,
+        "domain": i.domain,
+        "agent_version": i.agent_version,
+        "running": i.running,
+    })
 }

@@ -1,6 +1,7 @@
-//! `minion submit | job | pool | image`: the miniond client commands.
+//! `minion submit | job | pool | instance | image`: the miniond client commands.
 
 mod client;
+mod instance;
 mod json;
 mod render;
 
@@ -57,6 +58,13 @@ pub enum RemoteCommand {
         conn: Connection,
         #[command(subcommand)]
         cmd: PoolCommand,
+    },
+    /// Instances: throwaway VMs to work in (create, list, remove, exec, shell, cp, console).
+    Instance {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: instance::InstanceCommand,
     },
     /// Images in the daemon's catalog: list.
     Image {
@@ -205,6 +213,7 @@ async fn dispatch(cmd: RemoteCommand) -> Result<i32, ClientError> {
     match cmd {
         RemoteCommand::Submit(a) => submit(a).await,
         RemoteCommand::Job { conn, cmd } => job(&conn, cmd).await,
+        RemoteCommand::Instance { conn, cmd } => instance::run(&conn, cmd).await,
         RemoteCommand::Pool { conn, cmd } => {
             let mut c = client::connect(&conn).await?;
             let pools = match cmd {

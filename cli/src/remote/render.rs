@@ -287,6 +287,46 @@ pub fn images_table(imgs: &[pb::Image]) -> Table {
     t
 }
 
+pub fn instance_state_name(v: i32) -> &'static str {
+    match pb::InstanceState::try_from(v) {
+        Ok(pb::InstanceState::Creating) => "creating",
+        Ok(pb::InstanceState::Ready) => "ready",
+        Ok(pb::InstanceState::Failed) => "failed",
+        Ok(pb::InstanceState::Lost) => "lost",
+        _ => "unknown",
+    }
+}
+
+pub fn instances_table(list: &[pb::Instance]) -> Table {
+    let mut t = table(&[
+        "INSTANCE", "STATE", "IMAGE", "OWNER", "VCPUS", "MEMORY", "NETWORK", "READY IN", "RUNNING",
+        "CREATED",
+    ]);
+    for i in list {
+        let state = match (instance_state_name(i.state), i.reason.as_str()) {
+            (s, "") => s.to_string(),
+            (s, why) => format!("{s}: {why}"),
+        };
+        t.add_row(vec![
+            i.name.clone(),
+            state,
+            i.image.clone(),
+            i.owner.clone(),
+            i.vcpus.to_string(),
+            format!("{} MiB", i.memory_mib),
+            if i.network { "user" } else { "none" }.to_string(),
+            match (i.ready_ms, i.restored) {
+                (0, _) => "-".to_string(),
+                (ms, true) => format!("{:.2} s (snapshot)", ms as f64 / 1000.0),
+                (ms, false) => format!("{:.2} s (boot)", ms as f64 / 1000.0),
+            },
+            i.running.to_string(),
+            utc(i.created_at_ms),
+        ]);
+    }
+    t
+}
+
 pub fn artifacts_table(a: &[pb::Artifact]) -> Table {
     let mut t = table(&["PATH", "SIZE"]);
     for a in a {

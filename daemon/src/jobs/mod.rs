@@ -144,6 +144,11 @@ impl Jobs {
             .push(hook);
     }
 
+    /// The `instances` tree of the jobs database (one database, one lock file, one backup).
+    pub fn instances_tree(&self) -> Result<sled::Tree, JobsError> {
+        Ok(self.store.tree_named("instances")?)
+    }
+
     /// The job's private copy of its task tree.
     pub fn task_dir(&self, id: &str) -> PathBuf {
         self.state_dir.join("tasks").join(id)

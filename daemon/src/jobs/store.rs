@@ -298,6 +298,11 @@ impl Store {
     /// the record lock and call this after releasing it: sled's flush waits until its log is
     /// stable up to now, so writers that commit while one flush runs share the next (group
     /// commit), instead of an fsync each under the lock.
+    /// Another module's tree in the same database (instances keep their records there).
+    pub fn tree_named(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     fn durable(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())

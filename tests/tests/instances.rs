@@ -1,0 +1,412 @@
+//! Developers' instances end to end: a real `miniond` makes VMs of the `minimal` image through
+//! the real libvirtd, and the real `minion` CLI works in them through the agent (no network):
+//! exec with exit codes and stdin, cp both ways, an interactive shell driven through a real
+//! pseudo-terminal (output, resize, Ctrl-C, exit status), the console log; eight created at once;
+//! `remove --all` and a daemon killed with instances alive leave no domain and no file.
+//!
+//! Needs what `daemon_e2e.rs` needs (libvirtd, the `minimal` image, `target/agent/minion-agent`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+
+use common::*;
+
+/// The pool's and the instances' VMs boot (a snapshot would be one more VM to make first); at
+/// most `max` instances.
+fn instances_config(max: u32) -> String {
+    format!("start = \"boot\"\n[instances]\nmax = {max}\nper_owner = {max}\nstart = \"boot\"")
+}
+
+/// `minion instance create` output (`--json`), asserted to succeed.
+fn create(d: &Daemon, args: &[&str]) -> Value {
+    let mut a = vec!["instance", "create", "minimal"];
+    a.extend_from_slice(args);
+    d.json(&a)
+}
+
+fn list(d: &Daemon) -> Vec<Value> {
+    d.json(&["instance", "list"])
+        .as_array()
+        .expect("a list")
+        .clone()
+}
+
+fn exec(d: &Daemon, name: &str, cmd: &[&str]) -> std::process::Output {
+    let mut a = vec!["instance", "exec", name, "--"];
+    a.extend_from_slice(cmd);
+    d.cli(&a)
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Nothing of the daemon's VMs is left: no domain, no per-VM dir.
+fn assert_nothing_left(d: &Daemon) {
+    until("every instance VM gone", TEARDOWN_AFTER_END, || {
+        d.domains().is_empty() && d.vm_ids().is_empty()
+    });
+}
+
+/// A pty pair: the master for the test, the slave for the CLI.
+fn openpty(rows: u16, cols: u16) -> (std::fs::File, OwnedFd) {
+    let (mut m, mut s) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds; name and termios may be null.
+    let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both were just opened and are ours.
+    unsafe { (std::fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+}
+
+/// Reads the master into `seen` until it holds `want` (or panics after 60 s).
+fn expect(master: &mut std::fs::File, seen: &mut Vec<u8>, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(want) {
+        assert!(
+            Instant::now() < deadline,
+            "no {want:?} on the terminal; it shows:\n{}",
+            String::from_utf8_lossy(seen)
+        );
+        let mut pfd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 200) } <= 0 {
+            continue;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn an_instance_runs_commands_copies_files_and_gives_a_real_shell() {
+    let test = "an_instance_runs_commands_copies_files_and_gives_a_real_shell";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start_with(1, 0, &instances_config(2));
+    let i = create(&d, &["--name", "e2e-dev"]);
+    assert_eq!(i["name"], "e2e-dev");
+    assert_eq!(i["state"], "ready", "{i:#}");
+    assert!(i["ready_ms"].as_u64().unwrap_or(0) > 0, "{i:#}");
+    let l = list(&d);
+    assert_eq!(l.len(), 1, "{l:#?}");
+    assert_eq!(l[0]["state"], "ready");
+    assert_eq!(d.domains().len(), 1, "one domain for the instance");
+
+    // A second one with the same name is refused; a bad name and an unknown image too.
+    let dup = d.cli(&["instance", "create", "minimal", "--name", "e2e-dev"]);
+    assert_eq!(dup.status.code(), Some(2), "{}", output_text(&dup));
+    assert!(
+        output_text(&dup).contains("exists"),
+        "{}",
+        output_text(&dup)
+    );
+    let bad = d.cli(&["instance", "create", "minimal", "--name", "Bad_Name"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", output_text(&bad));
+    let unknown = d.cli(&["instance", "create", "no-such-image"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", output_text(&unknown));
+    assert!(
+        output_text(&unknown).contains("no-such-image"),
+        "{}",
+        output_text(&unknown)
+    );
+
+    // exec: output, the exit status, the VM's own name, stderr apart, stdin passed on.
+    let o = exec(
+        &d,
+        "e2e-dev",
+        &["sh", "-c", "hostname; echo err >&2; exit 3"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", output_text(&o));
+    assert_eq!(stdout(&o), "e2e-dev\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    let mut child = std::process::Command::new(&d.minion)
+        .args(["instance", "exec", "e2e-dev", "--", "wc", "-c"])
+        .env("MINION_SOCKET", &d.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("minion runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&vec![b'z'; 100_000])
+        .expect("write");
+    let o = child.wait_with_output().expect("exits");
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).trim(), "100000");
+    let none = exec(&d, "e2e-dev", &["/no/such/program"]);
+    assert_ne!(none.status.code(), Some(0));
+    assert!(
+        output_text(&none).contains("/no/such/program"),
+        "{}",
+        output_text(&none)
+    );
+
+    // cp in and out: the same bytes back.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i * 7 % 251) as u8).collect();
+    std::fs::write(dir.path().join("in.bin"), &data).expect("write");
+    let up = d.cli(&[
+        "instance",
+        "cp",
+        dir.path().join("in.bin").to_str().expect("utf8"),
+        "e2e-dev:/root/in.bin",
+    ]);
+    assert!(up.status.success(), "{}", output_text(&up));
+    let sum = exec(&d, "e2e-dev", &["sha256sum", "/root/in.bin"]);
+    let local = {
+        use std::process::Command;
+        let o = Command::new("sha256sum")
+            .arg(dir.path().join("in.bin"))
+            .output()
+            .expect("sha256sum");
+        stdout(&o)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        stdout(&sum).starts_with(&local),
+        "{} vs {local}",
+        stdout(&sum)
+    );
+    let out = dir.path().join("out.bin");
+    let down = d.cli(&[
+        "instance",
+        "cp",
+        "e2e-dev:/root/in.bin",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(down.status.success(), "{}", output_text(&down));
+    assert_eq!(std::fs::read(&out).expect("copied out"), data);
+    let missing = d.cli(&[
+        "instance",
+        "cp",
+        "e2e-dev:/no/such",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_ne!(missing.status.code(), Some(0));
+    assert!(!out.exists(), "a failed copy leaves no file");
+
+    // The shell, through a real terminal: size, resize, Ctrl-C, exit status.
+    let (mut master, slave) = openpty(31, 97);
+    let mut cmd = std::process::Command::new(&d.minion);
+    cmd.args(["instance", "shell", "e2e-dev"])
+        .env("MINION_SOCKET", &d.socket)
+        .env("TERM", "xterm")
+        .stdin(Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(Stdio::from(slave.try_clone().expect("dup")))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and TIOCSCTTY between fork and exec: the terminal is the CLI's own, so it
+    // gets SIGWINCH when the test resizes it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut shell = cmd.spawn().expect("minion instance shell");
+    drop(cmd);
+    let mut seen = Vec::new();
+    master
+        .write_all(b"stty size; echo marker-$((6*7))\r")
+        .expect("type");
+    expect(&mut master, &mut seen, "31 97");
+    expect(&mut master, &mut seen, "marker-42");
+    let ws = libc::winsize {
+        ws_row: 45,
+        ws_col: 132,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    seen.clear();
+    master.write_all(b"stty size\r").expect("type");
+    expect(&mut master, &mut seen, "45 132");
+    seen.clear();
+    master.write_all(b"sleep 60; echo slept\r").expect("type");
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Instant::now();
+    master.write_all(&[0x03]).expect("^C");
+    master.write_all(b"echo status-$?\r").expect("type");
+    expect(&mut master, &mut seen, "status-130");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "Ctrl-C took {:?}",
+        t.elapsed()
+    );
+    master.write_all(b"exit 5\r").expect("type");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = shell.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the shell did not end");
+        // Keep the terminal drained so the CLI never blocks writing to it.
+        let mut pfd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 100) } > 0 {
+            let mut buf = [0u8; 4096];
+            let _ = master.read(&mut buf);
+        }
+    };
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "the shell's exit status is the CLI's"
+    );
+
+    // The console log: what the agent wrote as it started (the VM booted).
+    let con = d.cli(&["instance", "console", "e2e-dev"]);
+    assert!(con.status.success(), "{}", output_text(&con));
+    assert!(
+        stdout(&con).contains("minion-agent starting"),
+        "{}",
+        stdout(&con)
+    );
+
+    let rm = d.cli(&["instance", "remove", "e2e-dev"]);
+    assert!(rm.status.success(), "{}", output_text(&rm));
+    assert!(list(&d).is_empty());
+    assert_nothing_left(&d);
+    let gone = exec(&d, "e2e-dev", &["true"]);
+    assert_eq!(gone.status.code(), Some(2), "{}", output_text(&gone));
+}
+
+#[test]
+fn eight_instances_created_at_once_are_distinct_and_remove_all_leaves_nothing() {
+    let test = "eight_instances_created_at_once_are_distinct_and_remove_all_leaves_nothing";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start_with(1, 0, &instances_config(8));
+    let names: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| create(&d, &[])["name"].as_str().expect("name").to_string()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("create"))
+            .collect()
+    });
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 8, "{names:?}");
+    assert_eq!(d.domains().len(), 8);
+    // A ninth is over the limit and makes nothing.
+    let ninth = d.cli(&["instance", "create", "minimal"]);
+    assert_eq!(ninth.status.code(), Some(2), "{}", output_text(&ninth));
+    assert!(
+        output_text(&ninth).contains("limit"),
+        "{}",
+        output_text(&ninth)
+    );
+    assert_eq!(d.domains().len(), 8);
+    for n in &names {
+        let o = exec(&d, n, &["sh", "-c", "hostname; cat /etc/machine-id"]);
+        assert!(o.status.success(), "{n}: {}", output_text(&o));
+        assert!(
+            stdout(&o).starts_with(&format!("{n}\n")),
+            "{n}: {}",
+            stdout(&o)
+        );
+    }
+    let rm = d.json(&["instance", "remove", "--all"]);
+    assert_eq!(rm["removed"].as_array().map(Vec::len), Some(8), "{rm}");
+    assert!(list(&d).is_empty());
+    assert_nothing_left(&d);
+}
+
+#[test]
+fn a_daemon_killed_with_instances_alive_leaves_no_vm_and_they_stay_listed_as_lost() {
+    let test = "a_daemon_killed_with_instances_alive_leaves_no_vm_and_they_stay_listed_as_lost";
+    if !vm_env(test) {
+        return;
+    }
+    let mut d = Daemon::start_with(1, 0, &instances_config(4));
+    let domains: Vec<String> = ["kept-a", "kept-b"]
+        .iter()
+        .map(|n| {
+            create(&d, &["--name", n])["domain"]
+                .as_str()
+                .expect("domain")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(d.domains().len(), 2);
+    d.kill9();
+    // Killed: the domains live on until the next start reaps them.
+    assert!(domains.iter().all(|n| running_domains().contains(n)));
+    d.spawn();
+    until(
+        "the killed daemon's instances reaped",
+        TEARDOWN_AFTER_END,
+        || {
+            let alive = running_domains();
+            domains.iter().all(|n| !alive.contains(n))
+        },
+    );
+    assert_nothing_left(&d);
+    let l = list(&d);
+    assert_eq!(l.len(), 2, "{l:#?}");
+    for i in &l {
+        assert_eq!(i["state"], "lost", "{i:#}");
+        assert!(
+            i["reason"].as_str().unwrap_or("").contains("restarted"),
+            "{i:#}"
+        );
+    }
+    let o = exec(&d, "kept-a", &["true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(output_text(&o).contains("lost"), "{}", output_text(&o));
+    // The name is free for a new instance; removing clears the rest.
+    create(&d, &["--name", "kept-a"]);
+    let o = exec(&d, "kept-a", &["hostname"]);
+    assert_eq!(stdout(&o), "kept-a\n", "{}", output_text(&o));
+    let rm = d.json(&["instance", "remove", "--all"]);
+    assert_eq!(rm["removed"].as_array().map(Vec::len), Some(2), "{rm}");
+    assert_nothing_left(&d);
+
+    // A clean stop destroys them too.
+    let domain = create(&d, &["--name", "stopped"])["domain"]
+        .as_str()
+        .expect("domain")
+        .to_string();
+    d.terminate();
+    assert!(
+        !running_domains().contains(&domain),
+        "SIGTERM destroyed the instance"
+    );
+}
