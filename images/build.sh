@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build (or reuse) Minion's guest images: images/build.sh all|minimal|standard [...]
+# Build (or reuse) Minion's guest images: images/build.sh all|minimal|standard|cloud [...]
 #
 # Each variant is a recipe (images/<name>/recipe.sh + the files it lists). The image lands in
 #   /var/cache/minion/images/<name>-<recipehash>/{disk.qcow2,manifest.json,kernel,initrd}
@@ -10,7 +10,7 @@ set -euo pipefail
 IMAGES_DIR="$(cd "$(dirname "$0")" && pwd)"
 . "$IMAGES_DIR/lib/common.sh"
 
-VARIANTS="minimal standard"
+VARIANTS="minimal standard cloud"
 usage() { echo "usage: $0 all|$(echo "$VARIANTS" | tr ' ' '|') [...]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 targets=()
@@ -38,7 +38,7 @@ build_variant() {
     local name="$1" t_start hash dir files f
     t_start=$(date +%s.%N)
     # Recipe variables/functions, reset per variant.
-    unset -f recipe_rootfs recipe_boot
+    unset -f recipe_rootfs recipe_boot recipe_disk
     AGENT_START= FS_FEATURES= DISK_SIZE= CMDLINE= RECIPE_FILES= KERNEL= INITRD=
     . "$IMAGES_DIR/$name/recipe.sh"
     files=()
@@ -81,13 +81,18 @@ build_variant() {
     stage "$name: trimming docs, man pages, locales"
     trim_rootfs "$root"
 
-    stage "$name: mkfs.ext4 -d ($DISK_SIZE, $(du -sh "$root" | cut -f1) of files)"
-    truncate -s "$DISK_SIZE" "$WORK/disk.raw"
-    # Inode tables and journal initialised now (zeros, which qemu-img drops), so the guest's kernel
-    # has no lazy-init thread writing into the overlay while the job runs.
-    mkfs.ext4 -q -F -L minion-root -E lazy_itable_init=0,lazy_journal_init=0 $FS_FEATURES \
-        -d "$root" "$WORK/disk.raw" >"$WORK/mkfs.log" 2>&1 \
-        || { cat "$WORK/mkfs.log" >&2; die "mkfs.ext4 failed"; }
+    if declare -F recipe_disk >/dev/null; then
+        stage "$name: partitioned disk ($DISK_SIZE, $(du -sh "$root" | cut -f1) of files)"
+        recipe_disk "$root" "$WORK/disk.raw"
+    else
+        stage "$name: mkfs.ext4 -d ($DISK_SIZE, $(du -sh "$root" | cut -f1) of files)"
+        truncate -s "$DISK_SIZE" "$WORK/disk.raw"
+        # Inode tables and journal initialised now (zeros, which qemu-img drops), so the guest's
+        # kernel has no lazy-init thread writing into the overlay while the job runs.
+        mkfs.ext4 -q -F -L minion-root -E lazy_itable_init=0,lazy_journal_init=0 $FS_FEATURES \
+            -d "$root" "$WORK/disk.raw" >"$WORK/mkfs.log" 2>&1 \
+            || { cat "$WORK/mkfs.log" >&2; die "mkfs.ext4 failed"; }
+    fi
     stage "$name: qemu-img convert -O qcow2"
     qemu-img convert -f raw -O qcow2 "$WORK/disk.raw" "$out/disk.qcow2"
     rm -f "$WORK/disk.raw"

@@ -19,6 +19,9 @@ PACKAGES=(
     # images: debootstrap, mkfs.ext4 -d, seeds, the minimal kernel from Debian's source
     debootstrap e2fsprogs genisoimage busybox-static xz-utils zstd lz4 cpio linux-source-6.1
     bc bison flex libelf-dev libncurses-dev dwarves rsync kmod python3 jq util-linux
+    # the `cloud` image's partitioned disk and boot loader, without loop mounts (sfdisk on a file,
+    # a FAT /boot made and filled with mtools, syslinux installed into it at its offset)
+    fdisk dosfstools mtools syslinux syslinux-common
     ca-certificates curl git
     # the pipeline: the message bus (started by scripts/rabbitmq-start.sh, no systemd needed)
     rabbitmq-server

@@ -54,8 +54,9 @@ pub enum Served {
 pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result<Served> {
     let mut frames = FrameReader::new(reader, MAX_FRAME);
     // Each pass is one session: a template VM's first ends in Quiesce, and the next one begins
-    // after the VM is restored from its snapshot, on a new host connection.
-    let (job, done_tx) = loop {
+    // after the VM is restored from its snapshot, on a new host connection; a kept job's VM
+    // (Job.keep) begins its instance session on the connection after the job's.
+    loop {
         let hello = wait_for_hello(&mut frames)?;
         if hello.protocol_min > PROTOCOL_VERSION || hello.protocol_max < PROTOCOL_VERSION {
             let msg = format!(
@@ -81,7 +82,17 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let beats = spawn_heartbeats(outbox.clone(), heartbeat, done_rx);
         match next_frame(&mut frames, "the job")? {
-            H::Job(job) => break (job, done_tx),
+            H::Job(job) => {
+                let (outcome, kept) = serve_job(frames, &outbox, base, &job, done_tx)?;
+                let _ = beats.join();
+                match kept {
+                    Some(f) => {
+                        tracing::info!("job done; the VM is kept: waiting for the next session");
+                        frames = f;
+                    }
+                    None => return Ok(Served::Job(outcome)),
+                }
+            }
             H::Attach(attach) => {
                 // Heartbeats go on while the instance lives (`done_tx` held until it ends).
                 let served = crate::instance::serve(frames, outbox.clone(), &attach);
@@ -104,7 +115,18 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
             }
             other => bail!("expected Job from the host, got {other:?}"),
         }
-    };
+    }
+}
+
+/// One job, from its Job frame to its Result (and the host hanging up). Returns the reader back
+/// when the job asked to keep the VM and the session ended cleanly, for the next session.
+fn serve_job(
+    mut frames: Frames,
+    outbox: &Outbox,
+    base: &std::path::Path,
+    job: &Job,
+    done_tx: mpsc::Sender<()>,
+) -> Result<(Outcome, Option<Frames>)> {
     tracing::info!(job = %job.id, item = %job.item, formula = %job.formula_path, "job received");
     if let Some(id) = &job.identity {
         if let Err(e) = identity::apply(id, &identity::Root(std::path::Path::new("/"))) {
@@ -130,16 +152,17 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
     let mut sink = ChannelSink::new(outbox.clone());
     let (hung_up_tx, hung_up) = mpsc::channel::<()>();
     let result_sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut listener = None;
     let outcome = match receive_task(&mut frames, &layout) {
         Ok(TaskReceipt::Complete) => {
             let (fetch_tx, fetch_rx) = mpsc::channel();
-            spawn_host_listener(
+            listener = Some(spawn_host_listener(
                 frames,
                 cancel.clone(),
                 fetch_tx,
                 hung_up_tx,
                 result_sent.clone(),
-            );
+            ));
             let fetcher = Arc::new(ChannelFetcher::new(
                 outbox.clone(),
                 fetch_rx,
@@ -147,9 +170,9 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
             ));
             let (_watchdog_stop, watchdog_rx) = mpsc::channel::<()>();
             if job.timeout_ms > 0 {
-                spawn_watchdog(&job, cancel.clone(), outbox.clone(), watchdog_rx);
+                spawn_watchdog(job, cancel.clone(), outbox.clone(), watchdog_rx);
             }
-            run_job(&job, &layout, &cancel, fetcher, &mut sink)
+            run_job(job, &layout, &cancel, fetcher, &mut sink)
         }
         Ok(TaskReceipt::Cancelled) => {
             drop(hung_up_tx);
@@ -166,7 +189,7 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
         bail!("the host went away during the job");
     }
     write_results(&layout, &outcome).context("writing results files")?;
-    let packed = send_artifacts(&outbox, &layout.run).context("sending artifacts")?;
+    let packed = send_artifacts(outbox, &layout.run).context("sending artifacts")?;
     tracing::info!(
         bytes = packed.bytes,
         entries = packed.entries,
@@ -190,6 +213,15 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
         "result sent"
     );
     result_sent.store(true, std::sync::atomic::Ordering::SeqCst);
+    if job.keep {
+        if let Some(listener) = listener {
+            // The host hangs up once it has the Result, then connects again to attach.
+            let _ = hung_up.recv();
+            if let Ok(frames) = listener.join() {
+                return Ok((outcome, Some(frames)));
+            }
+        }
+    }
     // The host pauses and destroys the VM once it has the Result; powering off under it would
     // race that (libvirt then spends seconds reaping a qemu that stopped itself). So wait: for
     // the host to hang up and then a grace in which it pauses the VM, or at most HANG_UP_WAIT. A
@@ -197,7 +229,7 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
     if hung_up.recv_timeout(HANG_UP_WAIT).is_ok() {
         thread::sleep(AFTER_HANG_UP);
     }
-    Ok(Served::Job(outcome))
+    Ok((outcome, None))
 }
 
 fn wait_for_hello(frames: &mut Frames) -> Result<guest::Hello> {
@@ -274,7 +306,7 @@ fn spawn_host_listener(
     fetches: mpsc::Sender<H>,
     hung_up: mpsc::Sender<()>,
     result_sent: Arc<std::sync::atomic::AtomicBool>,
-) {
+) -> thread::JoinHandle<Frames> {
     thread::spawn(move || loop {
         match frames.read_frame::<HostFrame>() {
             Ok(Some(HostFrame {
@@ -299,10 +331,10 @@ fn spawn_host_listener(
                     cancel.cancel();
                 }
                 let _ = hung_up.send(());
-                return;
+                return frames;
             }
         }
-    });
+    })
 }
 
 fn spawn_heartbeats(

@@ -27,4 +27,6 @@ pub struct JobSpec {
     /// Who the VM is (entropy, clock, host name, machine and instance id), applied by the agent
     /// before the job runs: a VM restored from a snapshot shares its template's memory.
     pub identity: Option<minion_proto::guest::Identity>,
+    /// Keep the VM after the Result (it becomes an instance on the next connection).
+    pub keep: bool,
 }

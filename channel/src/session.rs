@@ -351,6 +351,7 @@ async fn write_side<W: AsyncWrite>(
         package_source: job.package_source,
         network: job.network,
         identity: job.identity.clone(),
+        keep: job.keep,
         uuid: if job.uuid.is_empty() {
             job.id.clone()
         } else {

@@ -33,8 +33,30 @@ pub struct RuntaskArgs {
     #[arg(short = 'd', long)]
     debug: bool,
     /// Run on this host (the default; the original's `--local`).
-    #[arg(long = "local")]
+    #[arg(long = "local", conflicts_with = "libvirt")]
     _local: bool,
+    /// Run in a fresh VM through miniond (the original's `--libvirt`): the same output, run
+    /// directory and exit code; the daemon's configuration decides reporting and fetching.
+    #[arg(long, conflicts_with_all = ["report", "koji_hub", "bodhi_url", "distgit_url", "sources"])]
+    libvirt: bool,
+    /// With --libvirt: the pool to run in (default: the first pool of --image, else miniond's
+    /// default pool).
+    #[arg(long, requires = "libvirt")]
+    pool: Option<String>,
+    /// With --libvirt: run on a pool of this image.
+    #[arg(long, requires = "libvirt")]
+    image: Option<String>,
+    /// With --libvirt: keep the VM afterwards as an instance (its name is printed) to debug in
+    /// with `minion instance shell NAME`.
+    #[arg(long, requires = "libvirt")]
+    no_destroy: bool,
+    /// miniond's socket (with --libvirt).
+    #[arg(
+        long,
+        env = "MINION_SOCKET",
+        default_value = "/run/minion/miniond.sock"
+    )]
+    socket: PathBuf,
     /// Extra variable KEY=VALUE, repeatable.
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_kv)]
     args: Vec<(String, String)>,
@@ -198,6 +220,21 @@ fn fail(msg: impl std::fmt::Display) -> i32 {
 }
 
 pub fn run(a: RuntaskArgs) -> i32 {
+    if a.libvirt {
+        return crate::remote::runtask::run(crate::remote::runtask::LibvirtRun {
+            socket: a.socket,
+            formula: a.formula,
+            item: a.item,
+            item_type: a.item_type,
+            arch: a.arch,
+            args: a.args,
+            pool: a.pool,
+            image: a.image,
+            no_destroy: a.no_destroy,
+            artifactsdir: a.artifactsdir,
+            runs_dir: default_state_dir().join("runs"),
+        });
+    }
     let formula = match resolve_formula_path(&a.formula).and_then(|p| load_formula(&p)) {
         Ok(f) => f,
         Err(e) => return fail(e),

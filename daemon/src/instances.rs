@@ -32,6 +32,9 @@ use crate::jobs::now_ms;
 use crate::pool::Pool;
 use crate::snapshots::Snapshots;
 
+/// How long a kept job's VM may take to accept the new connection.
+const ATTACH_CONNECT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Longest instance name (a host name label, with room for the suffix of a generated one).
 pub const MAX_NAME: usize = 40;
 
@@ -430,46 +433,67 @@ impl Instances {
             domain: String::new(),
             agent_version: String::new(),
         };
-        let live = {
-            let mut all = lock(&self.live);
-            if all.contains_key(&name)
-                || self.get(&name)?.is_some_and(|r| {
-                    !matches!(r.state, InstanceState::Failed | InstanceState::Lost)
-                })
-            {
-                return Err(InstanceError::Exists(name));
-            }
-            let alive = all.len() as u32;
-            if alive >= self.cfg.max {
-                return Err(InstanceError::Limit {
-                    alive,
-                    limit: self.cfg.max,
-                });
-            }
-            let mine = all.values().filter(|l| l.owner == caller.id).count() as u32;
-            if mine >= self.cfg.per_owner {
-                return Err(InstanceError::OwnerLimit {
-                    owner: caller.id.clone(),
-                    alive: mine,
-                    limit: self.cfg.per_owner,
-                });
-            }
-            self.put(&record)?;
-            let live = Arc::new(Live {
-                owner: caller.id.clone(),
-                stop: self.stop.child_token(),
-                link: Mutex::new(None),
-                vm: tokio::sync::Mutex::new(None),
-                console: self.console_path(&name),
-            });
-            all.insert(name.clone(), live.clone());
-            live
-        };
+        let live = self.reserve(&record)?;
         let me = self.clone();
         let task = self
             .tasks
             .spawn(async move { me.bring_up(record, vm_id, pool, live).await });
         task.await.map_err(InstanceError::Task)?
+    }
+
+    /// Takes `record.name` for a new instance (refused when taken or over a limit) and writes
+    /// its record.
+    fn reserve(&self, record: &InstanceRecord) -> Result<Arc<Live>, InstanceError> {
+        let name = &record.name;
+        let mut all = lock(&self.live);
+        if all.contains_key(name)
+            || self
+                .get(name)?
+                .is_some_and(|r| !matches!(r.state, InstanceState::Failed | InstanceState::Lost))
+        {
+            return Err(InstanceError::Exists(name.clone()));
+        }
+        let alive = all.len() as u32;
+        if alive >= self.cfg.max {
+            return Err(InstanceError::Limit {
+                alive,
+                limit: self.cfg.max,
+            });
+        }
+        let mine = all.values().filter(|l| l.owner == record.owner).count() as u32;
+        if mine >= self.cfg.per_owner {
+            return Err(InstanceError::OwnerLimit {
+                owner: record.owner.clone(),
+                alive: mine,
+                limit: self.cfg.per_owner,
+            });
+        }
+        self.put(record)?;
+        let live = Arc::new(Live {
+            owner: record.owner.clone(),
+            stop: self.stop.child_token(),
+            link: Mutex::new(None),
+            vm: tokio::sync::Mutex::new(None),
+            console: self.console_path(name),
+        });
+        all.insert(name.clone(), live.clone());
+        Ok(live)
+    }
+
+    /// Runs the instance's session until it ends; one that ends on its own fails the instance.
+    fn watch(
+        self: &Arc<Self>,
+        name: &str,
+        live: &Arc<Live>,
+        session: minion_channel::AttachedSession<tokio::net::UnixStream>,
+    ) {
+        let (me, watched, name) = (self.clone(), live.clone(), name.to_string());
+        self.tasks.spawn(async move {
+            let ended = session.run(watched.stop.clone()).await;
+            if let Err(e) = ended {
+                me.failed(&name, &watched, &e.to_string()).await;
+            }
+        });
     }
 
     async fn bring_up(
@@ -552,14 +576,7 @@ impl Instances {
             restored,
             "instance ready"
         );
-        let me = self.clone();
-        let watched = live.clone();
-        self.tasks.spawn(async move {
-            let ended = session.run(watched.stop.clone()).await;
-            if let Err(e) = ended {
-                me.failed(&name, &watched, &e.to_string()).await;
-            }
-        });
+        self.watch(&name, &live, session);
         Ok(record)
     }
 
@@ -596,6 +613,96 @@ impl Instances {
                 tracing::error!(instance = %name, "removing the instance record: {e}");
             }
         }
+    }
+
+    /// Whether a job's VM could be kept as instance `name` (checked at submission; the limits
+    /// are checked again when it is kept).
+    pub fn check_keep(&self, name: &str) -> Result<(), InstanceError> {
+        if self.cfg.max == 0 {
+            return Err(InstanceError::Disabled);
+        }
+        if !valid_name(name) {
+            return Err(InstanceError::BadName(name.to_string()));
+        }
+        if lock(&self.live).contains_key(name) {
+            return Err(InstanceError::Exists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Makes a job's VM, past its Result, instance `name` of `owner`: the agent waits for a new
+    /// connection, which is attached. On any error the VM is handed back (to be torn down as a
+    /// job's VM always is).
+    pub async fn adopt(
+        self: &Arc<Self>,
+        name: &str,
+        owner: &str,
+        pool: &crate::config::PoolConfig,
+        vm_id: &str,
+        mut guard: VmGuard,
+    ) -> Result<(), (VmGuard, InstanceError)> {
+        let record = InstanceRecord {
+            name: name.to_string(),
+            owner: owner.to_string(),
+            image: pool.image.clone(),
+            vcpus: pool.vcpus,
+            memory_mib: pool.memory_mib,
+            network: pool.network == GuestNetwork::User,
+            state: InstanceState::Creating,
+            reason: String::new(),
+            created_at_ms: now_ms(),
+            ready_ms: 0,
+            restored: false,
+            vm_id: vm_id.to_string(),
+            domain: guard.name().to_string(),
+            agent_version: String::new(),
+        };
+        let live = match self.reserve(&record) {
+            Ok(l) => l,
+            Err(e) => return Err((guard, e)),
+        };
+        let t0 = Instant::now();
+        let attached = async {
+            let limits = guestvm::session_limits();
+            let stream =
+                minion_channel::connect_unix(&guard.files().channel_socket, ATTACH_CONNECT)
+                    .await
+                    .map_err(InstanceError::Attach)?;
+            let ready = minion_channel::handshake(stream, &limits, live.stop.clone())
+                .await
+                .map_err(InstanceError::Attach)?;
+            let version = ready.agent_version().to_string();
+            let pair = ready
+                .attach(None, false, &limits)
+                .await
+                .map_err(InstanceError::Attach)?;
+            Ok::<_, InstanceError>((pair, version))
+        }
+        .await;
+        let ((link, session), agent_version) = match attached {
+            Ok(a) => a,
+            Err(e) => {
+                self.forget(name, &live);
+                return Err((guard, e));
+            }
+        };
+        if let Some(parent) = live.console.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        guard.keep_console_as(live.console.clone());
+        let mut record = record;
+        record.state = InstanceState::Ready;
+        record.ready_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        record.agent_version = agent_version;
+        if let Err(e) = self.put(&record) {
+            self.forget(name, &live);
+            return Err((guard, e));
+        }
+        *lock(&live.link) = Some(link);
+        *live.vm.lock().await = Some(guard);
+        tracing::info!(instance = %name, owner = %owner, "a job's VM kept as an instance");
+        self.watch(name, &live, session);
+        Ok(())
     }
 
     fn may_touch(caller: &Caller, owner: &str, name: &str) -> Result<(), InstanceError> {

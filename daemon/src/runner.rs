@@ -87,6 +87,9 @@ impl End {
     }
 }
 
+/// The job's log among its artifacts.
+const LOG_FILE: &str = "minion.log";
+
 /// What a runner works with.
 pub struct RunContext {
     pub jobs: Arc<Jobs>,
@@ -97,6 +100,8 @@ pub struct RunContext {
     pub fetch: Arc<minion_fetch::Fetch>,
     /// How VMs start: booted, or restored from the pool's snapshot.
     pub snapshots: Arc<Snapshots>,
+    /// Where a job's VM goes when it is kept (`keep_vm_as`).
+    pub instances: Arc<crate::instances::Instances>,
 }
 
 /// Runs job `id` (already PROVISIONING) on `vm`. Holds the VM's pool slot until the VM is torn
@@ -158,6 +163,7 @@ pub async fn run_job(
         package_source: pool.packages.is_some(),
         network: pool.cfg().network == crate::config::GuestNetwork::User,
         identity: Some(guestvm::identity(&vm_id)),
+        keep: !rec.request.keep_vm_as.is_empty(),
     };
     let limits = rc.vms.job_limits();
     let (tx, rx) = mpsc::channel(1024);
@@ -183,6 +189,34 @@ pub async fn run_job(
         tracing::info!(job = %id, "left for the restart to requeue");
         return;
     }
+    if let (End::Finished(_), false) = (&end, rec.request.keep_vm_as.is_empty()) {
+        let name = rec.request.keep_vm_as.as_str();
+        let kept = rc
+            .instances
+            .adopt(name, &rec.request.submitter, &pool.cfg(), &vm_id, guard)
+            .await;
+        match kept {
+            Ok(()) => {
+                runner_note(
+                    jobs,
+                    id,
+                    &artifacts,
+                    &format!("the VM is kept as instance {name}: `minion instance shell {name}`"),
+                );
+                return write_end(rc, &rec, end, &artifacts, started).await;
+            }
+            Err((back, e)) => {
+                tracing::warn!(job = %id, instance = %name, "keeping the VM: {e}; it is destroyed");
+                runner_note(
+                    jobs,
+                    id,
+                    &artifacts,
+                    &format!("the VM could not be kept as instance {name}: {e}; it is destroyed"),
+                );
+                guard = back;
+            }
+        }
+    }
     // The guest is done: once the VM is paused it can do nothing more, so the end is written
     // while the domain and its files are removed; the pool slot is held until they are.
     if let Err(e) = guard.pause().await {
@@ -205,6 +239,25 @@ pub async fn run_job(
         }
     };
     tokio::join!(write_end(rc, &rec, end, &artifacts, started), teardown);
+}
+
+/// A line of the runner's own in the job's log (live and in its log file), after the guest's.
+fn runner_note(jobs: &Jobs, id: &str, artifacts: &Path, text: &str) {
+    let chunk = pb::LogChunk {
+        stream: pb::LogStream::Runner as i32,
+        data: format!("minion: {text}\n").into_bytes(),
+    };
+    let path = artifacts.join(LOG_FILE);
+    jobs.log(id, chunk, |data| {
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(data));
+        if let Err(e) = appended {
+            tracing::warn!(job = %id, "{}: {e}", path.display());
+        }
+    });
 }
 
 /// Writes how the job ended: REPORTING first when it finished and reporting is on.
@@ -390,7 +443,7 @@ async fn pump_events(
     artifacts: &Path,
     mut rx: mpsc::Receiver<SessionEvent>,
 ) {
-    let log_path = artifacts.join("minion.log");
+    let log_path = artifacts.join(LOG_FILE);
     let mut log = match std::fs::File::create(&log_path) {
         Ok(f) => Some(f),
         Err(e) => {

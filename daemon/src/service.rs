@@ -46,6 +46,8 @@ pub enum SubmitError {
     Arch(String),
     #[error("timeout_seconds: {0} exceeds the maximum of 86400")]
     Timeout(u64),
+    #[error("keep_vm_as: {0}")]
+    Keep(#[source] crate::instances::InstanceError),
     #[error("idempotency_key: {0} bytes; at most 512")]
     KeyTooLong(usize),
     #[error(transparent)]
@@ -188,6 +190,7 @@ impl Service {
             reporter,
             fetch,
             snapshots,
+            instances: instances.clone(),
         });
         Ok((
             Arc::new(Service {
@@ -456,14 +459,28 @@ impl Service {
                 source,
             })?;
         }
-        taskrepo::fetch(
-            &req.repo,
-            &req.git_ref,
-            &req.formula,
-            &tree,
-            &self.cfg.submissions,
-        )
-        .await?;
+        if !req.keep_vm_as.is_empty() {
+            self.instances
+                .check_keep(&req.keep_vm_as)
+                .map_err(SubmitError::Keep)?;
+        }
+        if req.task_tar.is_empty() {
+            taskrepo::fetch(
+                &req.repo,
+                &req.git_ref,
+                &req.formula,
+                &tree,
+                &self.cfg.submissions,
+            )
+            .await?;
+        } else {
+            let label = if req.repo.is_empty() {
+                "task_tar"
+            } else {
+                req.repo.as_str()
+            };
+            taskrepo::unpack_upload(label, req.task_tar, &tree, &self.cfg.submissions).await?;
+        }
         let formula = {
             let tree = tree.clone();
             let (f, r) = (req.formula.clone(), req.repo.clone());
@@ -490,6 +507,7 @@ impl Service {
             timeout_seconds,
             args: req.args.into_iter().collect(),
             submitter,
+            keep_vm_as: req.keep_vm_as,
         };
         let provenance = req.provenance.as_ref().map(provenance_from_pb);
         let rec = match self

@@ -391,6 +391,85 @@ impl Copy<'_> {
     }
 }
 
+/// Unpacks a task tree sent with the submission (`task_tar`) into `dest` (which must not
+/// exist), within `limits`: regular files and directories only, every path confined under
+/// `dest`, modes kept to their permission bits. On error nothing is left.
+pub async fn unpack_upload(
+    label: &str,
+    tar_bytes: Vec<u8>,
+    dest: &Path,
+    limits: &RepoLimits,
+) -> Result<(), RepoError> {
+    let (label, dest_dir, limits) = (label.to_string(), dest.to_path_buf(), limits.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        let mut copy = Copy {
+            repo: &label,
+            limits: &limits,
+            used: Usage::default(),
+            deadline: Instant::now() + limits.max_time(),
+        };
+        copy.untar(&tar_bytes, &dest_dir)
+    })
+    .await
+    .map_err(|e| RepoError::Fetch {
+        repo: "task_tar".into(),
+        message: format!("unpack task: {e}"),
+    })?;
+    if result.is_err() {
+        let _ = tokio::fs::remove_dir_all(dest).await;
+    }
+    result
+}
+
+impl Copy<'_> {
+    fn untar(&mut self, bytes: &[u8], dest: &Path) -> Result<(), RepoError> {
+        use std::os::unix::fs::PermissionsExt;
+        let bad = |what: String| RepoError::Fetch {
+            repo: self.repo.to_string(),
+            message: format!("task_tar: {what}"),
+        };
+        std::fs::create_dir_all(dest).map_err(|e| self.io(e))?;
+        let mut archive = tar::Archive::new(bytes);
+        let entries = archive.entries().map_err(|e| bad(e.to_string()))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+            let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+            let rel = minion_safepath::relative(&path)
+                .map_err(|e| bad(format!("entry {}: {e}", path.display())))?;
+            if rel.as_os_str().is_empty() {
+                continue;
+            }
+            let to = dest.join(&rel);
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+            match entry.header().entry_type() {
+                tar::EntryType::Directory => {
+                    self.charge(0)?;
+                    std::fs::create_dir_all(&to).map_err(|e| self.io(e))?;
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    self.charge(entry.size())?;
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| self.io(e))?;
+                    }
+                    let mut f = std::fs::File::create(&to).map_err(|e| self.io(e))?;
+                    std::io::copy(&mut entry, &mut f).map_err(|e| self.io(e))?;
+                    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| self.io(e))?;
+                }
+                // pax/GNU headers describe the entry that follows; tar reads them itself.
+                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+                other => {
+                    return Err(bad(format!(
+                        "entry {}: {other:?} entries are not accepted (regular files and directories only)",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Resolves the formula inside the fetched tree (a directory means its `runtask.yml`/`task.yml`)
 /// and validates it with minion-formula. Returns its path relative to the tree and its namespace.
 pub fn resolve_and_validate(
@@ -460,6 +539,97 @@ pub fn resolve_and_validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar of `(path, kind)`: `None` a directory, `Some(bytes)` a file, a `->` path a symlink.
+    fn tar_of(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            if let Some((link, target)) = path.split_once("->") {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                b.append_link(&mut h, link, target).expect("link");
+                continue;
+            }
+            match data {
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, path, std::io::empty()).expect("dir");
+                }
+                Some(d) => {
+                    h.set_size(d.len() as u64);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, path, *d).expect("file");
+                }
+            }
+        }
+        b.into_inner().expect("tar")
+    }
+
+    /// A tar whose entry names are written raw (`append_data` refuses `..` itself).
+    fn raw_tar(name: &str) -> Vec<u8> {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(&[b'x']);
+        out.resize(1024, 0);
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[tokio::test]
+    async fn uploaded_trees_unpack_confined_and_within_budgets() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let limits = RepoLimits::default();
+        let ok = tar_of(&[
+            ("sub", None),
+            ("runtask.yml", Some(b"name: x")),
+            ("sub/check.py", Some(b"print(1)")),
+        ]);
+        let dest = d.path().join("ok");
+        unpack_upload("t", ok, &dest, &limits)
+            .await
+            .expect("unpacked");
+        assert_eq!(
+            std::fs::read(dest.join("sub/check.py")).expect("file"),
+            b"print(1)"
+        );
+
+        let dest = d.path().join("link");
+        let e = unpack_upload("t", tar_of(&[("evil->/etc/passwd", None)]), &dest, &limits)
+            .await
+            .expect_err("symlink refused");
+        assert!(
+            e.to_string().contains("regular files and directories only"),
+            "{e}"
+        );
+        assert!(!dest.exists(), "nothing left after a refusal");
+
+        let dest = d.path().join("up");
+        let e = unpack_upload("t", raw_tar("../escape"), &dest, &limits)
+            .await
+            .expect_err("escape refused");
+        assert!(e.to_string().contains("../escape"), "{e}");
+        assert!(!d.path().join("escape").exists());
+
+        let small = RepoLimits {
+            max_repo_files: 1,
+            ..RepoLimits::default()
+        };
+        let dest = d.path().join("many");
+        let two = tar_of(&[("a", Some(b"1")), ("b", Some(b"2"))]);
+        assert!(matches!(
+            unpack_upload("t", two, &dest, &small).await,
+            Err(RepoError::TooLarge { .. })
+        ));
+        assert!(!dest.exists());
+    }
 
     #[test]
     fn item_and_type_are_checked() {

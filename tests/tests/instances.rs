@@ -410,3 +410,135 @@ fn a_daemon_killed_with_instances_alive_leaves_no_vm_and_they_stay_listed_as_los
         "SIGTERM destroyed the instance"
     );
 }
+
+/// A formula that reports a result, writes an artifact and leaves a file in the VM.
+const RUNTASK_FORMULA: &str = r#"name: e2e-runtask
+desc: reports a result, writes an artifact, leaves a marker in the VM
+maintainer: minion
+input:
+  args: [koji_build]
+actions:
+  - name: work
+    shell:
+      - echo "checking ${koji_build}"
+      - echo e2e-artifact > ${artifactsdir}/out.txt
+      - if [ -d /run/minion/seed ]; then echo kept > /root/marker; fi
+  - name: results
+    python:
+      file: check.py
+      callable: run
+      item: ${koji_build}
+    export: results
+  - name: report
+    resultsdb:
+      results: ${results}
+"#;
+
+const RUNTASK_CHECK: &str = r#"
+def run(item, **kwargs):
+    return """results:
+  - item: %s
+    type: koji_build
+    checkname: e2e.runtask
+    outcome: PASSED
+""" % item
+"#;
+
+#[test]
+fn runtask_libvirt_runs_like_a_local_run_and_no_destroy_keeps_the_vm_to_shell_into() {
+    let test = "runtask_libvirt_runs_like_a_local_run_and_no_destroy_keeps_the_vm_to_shell_into";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start_with(1, 0, &instances_config(2));
+    // Outside every submissions.local_repo_roots: the task travels with the submission.
+    let task = tempfile::tempdir_in("/var/tmp").expect("task dir");
+    std::fs::write(task.path().join("runtask.yml"), RUNTASK_FORMULA).expect("formula");
+    std::fs::write(task.path().join("check.py"), RUNTASK_CHECK).expect("check.py");
+    let runs = tempfile::tempdir().expect("run dirs");
+    let run = |extra: &[&str], dir: &str| {
+        let mut a = vec![
+            "runtask",
+            "-i",
+            "foo-1.0-1.fc40",
+            "-t",
+            "koji_build",
+            "--artifactsdir",
+        ];
+        let out_dir = runs.path().join(dir);
+        let out_str = out_dir.to_str().expect("utf8").to_string();
+        a.push(&out_str);
+        a.extend_from_slice(extra);
+        let formula = task.path().join("runtask.yml");
+        a.push(formula.to_str().expect("utf8"));
+        let o = d.cli(&a);
+        (o, out_dir)
+    };
+    let (local, local_dir) = run(&[], "local");
+    let (vm, vm_dir) = run(&["--libvirt", "--no-destroy"], "vm");
+    assert_eq!(local.status.code(), Some(0), "{}", output_text(&local));
+    assert_eq!(
+        vm.status.code(),
+        local.status.code(),
+        "{}\n{}",
+        output_text(&vm),
+        d.log()
+    );
+    // The same files in both run directories, the same TAP on stdout.
+    for f in [
+        "results.yaml",
+        "results.tap",
+        "minion.log",
+        "task_output/out.txt",
+    ] {
+        assert!(local_dir.join(f).is_file(), "local {f}");
+        assert!(vm_dir.join(f).is_file(), "vm {f}: {}", output_text(&vm));
+    }
+    assert_eq!(
+        std::fs::read_to_string(local_dir.join("results.yaml")).expect("local"),
+        std::fs::read_to_string(vm_dir.join("results.yaml")).expect("vm"),
+    );
+    let tap = |o: &std::process::Output| {
+        stdout(o)
+            .lines()
+            .filter(|l| !l.starts_with("runtask-"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(tap(&vm), tap(&local));
+    assert!(stdout(&vm).contains("ok - e2e.runtask"), "{}", stdout(&vm));
+    let log = std::fs::read_to_string(vm_dir.join("minion.log")).expect("log");
+    assert!(log.contains("checking foo-1.0-1.fc40"), "{log}");
+
+    // The kept VM: its name is the last line, and a shell in it sees what the task left.
+    let name = stdout(&vm)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(name.starts_with("runtask-"), "{}", output_text(&vm));
+    let l = list(&d);
+    assert_eq!(l.len(), 1, "{l:#?}");
+    assert_eq!(l[0]["name"], name.as_str());
+    assert_eq!(l[0]["state"], "ready");
+    let sh = d.cli(&[
+        "instance",
+        "shell",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "cat /root/marker; exit 4",
+    ]);
+    assert_eq!(sh.status.code(), Some(4), "{}", output_text(&sh));
+    assert!(stdout(&sh).contains("kept"), "{}", stdout(&sh));
+
+    // Without --no-destroy nothing is kept.
+    let (again, _) = run(&["--libvirt"], "vm2");
+    assert_eq!(again.status.code(), Some(0), "{}", output_text(&again));
+    assert_eq!(list(&d).len(), 1);
+    let rm = d.cli(&["instance", "remove", "--all"]);
+    assert!(rm.status.success(), "{}", output_text(&rm));
+    assert_nothing_left(&d);
+}

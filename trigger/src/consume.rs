@@ -356,6 +356,7 @@ impl Consumer {
                 rule_index: job.rule as u32,
                 task_name: job.task.clone(),
             }),
+            ..pb::SubmitJobRequest::default()
         };
         let mut wait = FIRST_BACKOFF;
         loop {

@@ -4,6 +4,7 @@ mod client;
 mod instance;
 mod json;
 mod render;
+pub mod runtask;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -317,7 +318,7 @@ async fn submit(a: SubmitArgs) -> Result<i32, ClientError> {
         timeout_seconds: a.timeout.unwrap_or(0),
         args,
         idempotency_key: a.idempotency_key.unwrap_or_default(),
-        provenance: None,
+        ..pb::SubmitJobRequest::default()
     };
     let resp = c.submit_job(req).await?.into_inner();
     let job = resp
@@ -382,6 +383,17 @@ async fn follow(
     from_start: bool,
     human: bool,
 ) -> Result<pb::Job, ClientError> {
+    follow_to(c, id, from_start, human, &mut std::io::stdout()).await
+}
+
+/// [`follow`] with the log going to `out`.
+async fn follow_to(
+    c: &mut minion_proto::client::Client,
+    id: &str,
+    from_start: bool,
+    human: bool,
+    out: &mut dyn Write,
+) -> Result<pb::Job, ClientError> {
     let mut s = c
         .watch_job(pb::WatchJobRequest {
             id: id.to_string(),
@@ -389,7 +401,6 @@ async fn follow(
         })
         .await?
         .into_inner();
-    let mut out = std::io::stdout();
     while let Some(ev) = s.next().await {
         match ev?.event {
             Some(pb::watch_event::Event::Lifecycle(l)) if human => {

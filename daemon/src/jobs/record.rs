@@ -59,6 +59,9 @@ pub struct JobRequest {
     /// miniond knew (only an admin may cancel those).
     #[serde(default)]
     pub submitter: String,
+    /// Keep the VM as an instance of this name once the job ends (empty: destroy it).
+    #[serde(default)]
+    pub keep_vm_as: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
