@@ -577,7 +577,7 @@ mod tests {
         h.set_mode(0o644);
         h.set_cksum();
         let mut out = h.as_bytes().to_vec();
-        out.extend_from_slice(&[b'x']);
+        out.extend_from_slice(b"x");
         out.resize(1024, 0);
         out.extend_from_slice(&[0u8; 1024]);
         out
