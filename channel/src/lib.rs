@@ -38,6 +38,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 #[cfg(feature = "host")]
 pub use {
+    artifacts::free_bytes,
     connect::connect_unix,
     error::ChannelError,
     event::{ActionState, LogStream, SessionEvent, SessionOutcome},

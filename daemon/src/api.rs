@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{refused, require, Role};
 use crate::artifacts::{self, ArtifactError};
+use crate::catalog::{self, CatalogError};
 use crate::instance_api;
 use crate::jobs::convert::{job_to_pb, state_from_pb};
 use crate::jobs::{Created, JobsError, ListQuery, StoreError};
@@ -89,6 +90,56 @@ fn pool_to_pb(p: crate::service::PoolStatus) -> pb::Pool {
         booting: p.booting,
         min_ready: p.cfg.min_ready,
         drained: p.cfg.drained,
+    }
+}
+
+fn catalog_status(e: CatalogError) -> Status {
+    let msg = e.to_string();
+    match e {
+        CatalogError::BadInput(_) | CatalogError::Upload(_) => Status::invalid_argument(msg),
+        CatalogError::InUse { .. } => Status::failed_precondition(msg),
+        CatalogError::NoSpace { .. } => Status::resource_exhausted(msg),
+        CatalogError::Provision(minion_provisioning::ProvisionError::ImageNotFound { .. }) => {
+            Status::not_found(msg)
+        }
+        CatalogError::Provision(minion_provisioning::ProvisionError::InvalidSpec { .. }) => {
+            Status::invalid_argument(msg)
+        }
+        CatalogError::Provision(_) | CatalogError::Task(_) => Status::internal(msg),
+    }
+}
+
+fn image_to_pb(
+    i: &minion_provisioning::Image,
+    v: Option<&minion_provisioning::import::Validation>,
+) -> pb::Image {
+    use minion_provisioning::import::ValidationState;
+    pb::Image {
+        name: i.manifest.name.clone(),
+        arch: i.manifest.arch.clone(),
+        format: i.manifest.format.as_str().to_string(),
+        virtual_size: i.manifest.virtual_size.unwrap_or(0),
+        file_size: i.manifest.file_size.unwrap_or(0),
+        sha256: i.manifest.sha256.clone().unwrap_or_default(),
+        recipe_hash: i.manifest.recipe_hash.clone().unwrap_or_default(),
+        built_at: i.manifest.built_at.clone().unwrap_or_default(),
+        dir: i.dir.display().to_string(),
+        agent_start: i.manifest.agent_start.as_str().into(),
+        source: if i.manifest.recipe_hash.is_some() {
+            "recipe"
+        } else {
+            "import"
+        }
+        .into(),
+        validation: match v.map(|v| v.state) {
+            None => "",
+            Some(ValidationState::Ok) => "ok",
+            Some(ValidationState::Failed) => "failed",
+            Some(ValidationState::Pending) => "pending",
+        }
+        .into(),
+        validation_reason: v.map(|v| v.reason.clone()).unwrap_or_default(),
+        validated_ready_ms: v.map(|v| v.ready_ms).unwrap_or(0),
     }
 }
 
@@ -301,25 +352,65 @@ impl Controller for Api {
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         require(&req, Role::Read, "list images")?;
         let dir = self.svc.images_dir().to_path_buf();
-        let images = tokio::task::spawn_blocking(move || minion_provisioning::image::list(&dir))
+        let images = tokio::task::spawn_blocking(move || catalog::list(&dir))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(catalog_status)?;
         Ok(Response::new(pb::ListImagesResponse {
             images: images
-                .into_iter()
-                .map(|i| pb::Image {
-                    name: i.manifest.name.clone(),
-                    arch: i.manifest.arch.clone(),
-                    format: i.manifest.format.as_str().to_string(),
-                    virtual_size: i.manifest.virtual_size.unwrap_or(0),
-                    file_size: i.manifest.file_size.unwrap_or(0),
-                    sha256: i.manifest.sha256.clone().unwrap_or_default(),
-                    recipe_hash: i.manifest.recipe_hash.clone().unwrap_or_default(),
-                    built_at: i.manifest.built_at.clone().unwrap_or_default(),
-                    dir: i.dir.display().to_string(),
-                })
+                .iter()
+                .map(|(i, v)| image_to_pb(i, v.as_ref()))
                 .collect(),
+        }))
+    }
+
+    async fn import_image(
+        &self,
+        req: Request<tonic::Streaming<pb::ImportImageRequest>>,
+    ) -> Result<Response<pb::Image>, Status> {
+        use futures::StreamExt;
+        use pb::import_image_request::Kind;
+        let caller = require(&req, Role::Admin, "import an image")?;
+        let mut inbound = req.into_inner();
+        let Some(Kind::Header(h)) = inbound.message().await?.and_then(|m| m.kind) else {
+            return Err(Status::invalid_argument(
+                "import: the first request must be `header`",
+            ));
+        };
+        tracing::info!(image = %h.name, by = %caller.id, bytes = h.size, "image import");
+        let data = inbound.map(|m| match m {
+            Ok(pb::ImportImageRequest {
+                kind: Some(Kind::Data(d)),
+            }) => Ok(d),
+            Ok(_) => Err(std::io::Error::other(
+                "a second header, or an empty request, among the data",
+            )),
+            Err(e) => Err(std::io::Error::other(e.message().to_string())),
+        });
+        let header = catalog::ImportHeader {
+            name: h.name,
+            arch: h.arch,
+            agent_start: h.agent_start,
+            size: h.size,
+        };
+        let (image, validation) = self
+            .svc
+            .import_image(header, Box::pin(data))
+            .await
+            .map_err(catalog_status)?;
+        Ok(Response::new(image_to_pb(&image, Some(&validation))))
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        let caller = require(&req, Role::Admin, "remove an image")?;
+        let name = req.into_inner().name;
+        let dir = self.svc.remove_image(&name).map_err(catalog_status)?;
+        tracing::info!(image = %name, by = %caller.id, dir = %dir.display(), "image removed");
+        Ok(Response::new(pb::RemoveImageResponse {
+            removed_dir: dir.display().to_string(),
         }))
     }
 

@@ -403,13 +403,16 @@ impl Instances {
             return Err(InstanceError::BadName(name));
         }
         let (dir, image_name) = (self.ctx.images_dir.clone(), req.image.clone());
-        tokio::task::spawn_blocking(move || image::load(&dir, &image_name))
-            .await
-            .map_err(InstanceError::Task)?
-            .map_err(|e| InstanceError::Image {
-                name: req.image.clone(),
-                message: e.to_string(),
-            })?;
+        tokio::task::spawn_blocking(move || {
+            let image = image::load(&dir, &image_name).map_err(|e| e.to_string())?;
+            minion_provisioning::import::usable(&image).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(InstanceError::Task)?
+        .map_err(|message| InstanceError::Image {
+            name: req.image.clone(),
+            message,
+        })?;
         let network = if req.network {
             GuestNetwork::User
         } else {
@@ -703,6 +706,52 @@ impl Instances {
         tracing::info!(instance = %name, owner = %owner, "a job's VM kept as an instance");
         self.watch(name, &live, session);
         Ok(())
+    }
+
+    /// Boots `image` once to the agent's Ready in the instances' default shape and tears it
+    /// down: how an imported image is validated. Returns domain start → Ready, or why it failed
+    /// (the console log is kept beside the image as `validation-console.log`).
+    pub async fn validate(&self, image: &image::Image) -> Result<std::time::Duration, BootError> {
+        let mut pc = self.cfg.pool_config(
+            &image.manifest.name,
+            self.cfg.vcpus,
+            self.cfg.memory_mib,
+            GuestNetwork::None,
+        );
+        pc.start = crate::config::VmStart::Boot;
+        let pool = Arc::new(Pool::new(
+            &format!("validate/{}", image.manifest.name),
+            &pc,
+            None,
+        ));
+        let vm_id = uuid::Uuid::new_v4().to_string();
+        let console = image.dir.join("validation-console.log");
+        let ready = guestvm::boot_to_ready(
+            &self.ctx,
+            &pool,
+            &vm_id,
+            Some(console),
+            &guestvm::Start::Boot,
+            &self.stop,
+            &mut |_| {},
+        )
+        .await?;
+        let took = ready.boot;
+        if let Err(e) = ready.guard.teardown().await {
+            tracing::error!(image = %image.manifest.name, "teardown after the validation boot: {e}");
+        }
+        Ok(took)
+    }
+
+    /// The instances alive on image `name`.
+    pub fn on_image(&self, name: &str) -> Vec<String> {
+        self.list()
+            .into_iter()
+            .filter(|(r, _)| {
+                r.image == name && matches!(r.state, InstanceState::Creating | InstanceState::Ready)
+            })
+            .map(|(r, _)| format!("instance {}", r.name))
+            .collect()
     }
 
     fn may_touch(caller: &Caller, owner: &str, name: &str) -> Result<(), InstanceError> {

@@ -5,6 +5,7 @@ mod access;
 mod api;
 mod artifacts;
 mod bus;
+mod catalog;
 mod config;
 mod dashboard;
 mod fetching;

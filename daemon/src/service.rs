@@ -8,7 +8,7 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use minion_proto::controller as pb;
@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
+use crate::catalog;
 use crate::config::{Config, PoolConfig};
 use crate::guestvm::VmContext;
 use crate::instances::Instances;
@@ -46,6 +47,12 @@ pub enum SubmitError {
     Arch(String),
     #[error("timeout_seconds: {0} exceeds the maximum of 86400")]
     Timeout(u64),
+    #[error("pool {pool}: {why}")]
+    Image {
+        pool: String,
+        #[source]
+        why: minion_provisioning::import::Unusable,
+    },
     #[error("keep_vm_as: {0}")]
     Keep(#[source] crate::instances::InstanceError),
     #[error("idempotency_key: {0} bytes; at most 512")]
@@ -219,6 +226,44 @@ impl Service {
 
     pub fn instances(&self) -> &Arc<Instances> {
         &self.instances
+    }
+
+    /// Imports a disk into the catalog and validates it ([`catalog::import`]).
+    pub async fn import_image<S>(
+        &self,
+        header: catalog::ImportHeader,
+        data: S,
+    ) -> Result<
+        (
+            minion_provisioning::Image,
+            minion_provisioning::import::Validation,
+        ),
+        catalog::CatalogError,
+    >
+    where
+        S: futures::Stream<Item = std::io::Result<Vec<u8>>> + Unpin,
+    {
+        let keep_free = self.cfg.keep_free_mib.saturating_mul(1024 * 1024);
+        catalog::import(
+            &self.cfg.images_dir,
+            keep_free,
+            &self.instances,
+            header,
+            data,
+        )
+        .await
+    }
+
+    /// Removes an image no pool names and no instance runs on.
+    pub fn remove_image(&self, name: &str) -> Result<PathBuf, catalog::CatalogError> {
+        let mut users: Vec<String> = self
+            .entries()
+            .iter()
+            .filter(|e| e.pool.cfg().image == name)
+            .map(|e| format!("pool {}", e.pool.name))
+            .collect();
+        users.extend(self.instances.on_image(name));
+        catalog::remove(&self.cfg.images_dir, name, &users)
     }
 
     pub fn images_dir(&self) -> &Path {
@@ -434,6 +479,15 @@ impl Service {
                 known: known(),
             })?;
         taskrepo::check_item(&req.item, &req.item_type)?;
+        let image_name = entry.pool.cfg().image.clone();
+        let images_dir = self.cfg.images_dir.clone();
+        // An image that failed its validation (or is not validated yet) runs no job.
+        if let Ok(image) = minion_provisioning::image::load(&images_dir, &image_name) {
+            minion_provisioning::import::usable(&image).map_err(|why| SubmitError::Image {
+                pool: pool_name.clone(),
+                why,
+            })?;
+        }
         let arch = if req.arch.is_empty() {
             "x86_64".to_string()
         } else {

@@ -16,6 +16,15 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    output(program, args).map(|_| ())
+}
+
+/// [`run`], returning what the program wrote to stdout.
+pub fn output<I, S>(program: &str, args: I) -> Result<Vec<u8>, ProvisionError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args
         .into_iter()
         .map(|a| a.as_ref().to_os_string())
@@ -38,7 +47,7 @@ where
         "ran external tool"
     );
     if output.status.success() {
-        return Ok(());
+        return Ok(output.stdout);
     }
     let command = std::iter::once(program.to_string())
         .chain(args.iter().map(|a| shell_quote(&a.to_string_lossy())))

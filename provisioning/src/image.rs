@@ -24,6 +24,16 @@ pub enum AgentStart {
     CloudInit,
 }
 
+impl AgentStart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStart::Init => "init",
+            AgentStart::Systemd => "systemd",
+            AgentStart::CloudInit => "cloud-init",
+        }
+    }
+}
+
 /// Disk formats a base image may have (the overlay is always qcow2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

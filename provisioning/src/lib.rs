@@ -15,6 +15,7 @@ pub mod domain;
 pub mod error;
 pub mod hypervisor;
 pub mod image;
+pub mod import;
 pub mod iso9660;
 pub mod overlay;
 pub mod saveimage;

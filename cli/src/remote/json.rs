@@ -69,7 +69,9 @@ pub fn image(i: &pb::Image) -> Value {
     json!({
         "name": i.name, "arch": i.arch, "format": i.format, "virtual_size": i.virtual_size,
         "file_size": i.file_size, "sha256": i.sha256, "recipe_hash": i.recipe_hash,
-        "built_at": i.built_at, "dir": i.dir,
+        "built_at": i.built_at, "dir": i.dir, "agent_start": i.agent_start, "source": i.source,
+        "validation": i.validation, "validation_reason": i.validation_reason,
+        "validated_ready_ms": i.validated_ready_ms,
     })
 }
 

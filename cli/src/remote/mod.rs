@@ -1,6 +1,7 @@
 //! `minion submit | job | pool | instance | image`: the miniond client commands.
 
 mod client;
+mod image;
 mod instance;
 mod json;
 mod render;
@@ -67,19 +68,13 @@ pub enum RemoteCommand {
         #[command(subcommand)]
         cmd: instance::InstanceCommand,
     },
-    /// Images in the daemon's catalog: list.
+    /// Images in the daemon's catalog: list; import, remove (admin).
     Image {
         #[command(flatten)]
         conn: Connection,
         #[command(subcommand)]
-        cmd: ListOnly,
+        cmd: image::ImageCommand,
     },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ListOnly {
-    /// List them.
-    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -261,22 +256,7 @@ async fn dispatch(cmd: RemoteCommand) -> Result<i32, ClientError> {
             }
             Ok(0)
         }
-        RemoteCommand::Image { conn, .. } => {
-            let mut c = client::connect(&conn).await?;
-            let images = c
-                .list_images(pb::ListImagesRequest {})
-                .await?
-                .into_inner()
-                .images;
-            if conn.json {
-                print_json(&serde_json::Value::Array(
-                    images.iter().map(json::image).collect(),
-                ));
-            } else {
-                println!("{}", render::images_table(&images));
-            }
-            Ok(0)
-        }
+        RemoteCommand::Image { conn, cmd } => image::run(&conn, cmd).await,
     }
 }
 

@@ -271,16 +271,39 @@ fn size(b: u64) -> String {
 
 pub fn images_table(imgs: &[pb::Image]) -> Table {
     let mut t = table(&[
-        "IMAGE", "ARCH", "FORMAT", "VIRTUAL", "FILE", "RECIPE", "BUILT",
+        "IMAGE",
+        "ARCH",
+        "FORMAT",
+        "VIRTUAL",
+        "FILE",
+        "SOURCE",
+        "AGENT",
+        "VALIDATION",
+        "BUILT",
     ]);
     for i in imgs {
+        let source = match i.source.as_str() {
+            "recipe" => format!("recipe {}", i.recipe_hash),
+            s => s.to_string(),
+        };
+        let validation = match i.validation.as_str() {
+            "" => "-".to_string(),
+            "ok" => format!(
+                "ok (ready in {:.1} s)",
+                i.validated_ready_ms as f64 / 1000.0
+            ),
+            "failed" => format!("failed: {}", i.validation_reason),
+            other => other.to_string(),
+        };
         t.add_row(vec![
             i.name.clone(),
             i.arch.clone(),
             i.format.clone(),
             size(i.virtual_size),
             size(i.file_size),
-            i.recipe_hash.clone(),
+            source,
+            i.agent_start.clone(),
+            validation,
             i.built_at.clone(),
         ]);
     }

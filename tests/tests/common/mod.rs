@@ -194,6 +194,7 @@ pub fn task_repo(formula: &str) -> tempfile::TempDir {
 
 /// Keys of `extra` that go at the config's top level (the rest goes into the pool's table).
 const TOP_LEVEL: &[&str] = &[
+    "images_dir",
     "listen_http",
     "listen_tcp",
     "keep_free_mib",
@@ -237,13 +238,19 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "state_dir = {state:?}\nimages_dir = {images:?}\nagent_binary = {agent:?}\n{top}\
+                "state_dir = {state:?}\n{images}agent_binary = {agent:?}\n{top}\
                  listen = {socket:?}\nlog_format = \"json\"\nretry_budget = 1\n\n\
                  [submissions]\nlocal_repo_roots = [{tmp:?}, {workspace:?}]\n\n\
                  [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
                  min_ready = {min_ready}\n\
                  vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n{start}{extra}",
                 state = state.path().join("state"),
+                // A test with a catalog of its own (image imports) names it in `extra`.
+                images = if extra.lines().any(|l| l.starts_with("images_dir")) {
+                    String::new()
+                } else {
+                    format!("images_dir = {images:?}\n")
+                },
                 top = extra
                     .lines()
                     .filter(|l| TOP_LEVEL.iter().any(|k| l.starts_with(k)))

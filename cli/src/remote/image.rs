@@ -1,0 +1,191 @@
+//! `minion image …`: the daemon's catalog: list; import and remove (admin).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use minion_proto::controller as pb;
+use pb::import_image_request::Kind;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{client, json, print_json, render, ClientError, Connection};
+
+/// Bytes per upload request.
+const UPLOAD_CHUNK: usize = 1024 * 1024;
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List them, with where each came from and whether it is validated.
+    List,
+    /// Put a qcow2 or raw disk (e.g. a Fedora Cloud Base image) into the catalog; it is booted
+    /// once to the agent's Ready before any pool or instance may use it.
+    Import {
+        path: PathBuf,
+        /// Default: the file's name without its extensions.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
+        /// How the agent starts in it: `cloud-init` (a stock cloud image: the seed's user-data
+        /// starts it) or `systemd`/`init` (the image starts it from the seed itself).
+        #[arg(long, default_value = "cloud-init", value_parser = ["cloud-init", "systemd", "init"])]
+        agent: String,
+    },
+    /// Remove an image no pool names and no instance runs on.
+    Remove { name: String },
+}
+
+/// `Fedora-Cloud-Base-40.qcow2` → `Fedora-Cloud-Base-40`.
+fn default_name(path: &std::path::Path) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut name = file.as_str();
+    for ext in [".xz", ".gz", ".qcow2", ".img", ".raw"] {
+        name = name.strip_suffix(ext).unwrap_or(name);
+    }
+    name.to_string()
+}
+
+pub async fn run(conn: &Connection, cmd: ImageCommand) -> Result<i32, ClientError> {
+    let mut c = client::connect(conn).await?;
+    let images = match cmd {
+        ImageCommand::List => {
+            c.list_images(pb::ListImagesRequest {})
+                .await?
+                .into_inner()
+                .images
+        }
+        ImageCommand::Import {
+            path,
+            name,
+            arch,
+            agent,
+        } => {
+            let name = name.unwrap_or_else(|| default_name(&path));
+            let file = std::fs::File::open(&path)
+                .map_err(|e| ClientError::Other(format!("{}: {e}", path.display())))?;
+            let size = file
+                .metadata()
+                .map_err(|e| ClientError::Other(format!("{}: {e}", path.display())))?
+                .len();
+            let (tx, rx) = mpsc::channel::<pb::ImportImageRequest>(4);
+            tx.send(pb::ImportImageRequest {
+                kind: Some(Kind::Header(pb::ImportImageHeader {
+                    name: name.clone(),
+                    arch,
+                    agent_start: agent,
+                    size,
+                })),
+            })
+            .await
+            .map_err(|_| ClientError::Other("upload stream closed".into()))?;
+            let progress = std::io::stderr().is_terminal();
+            std::thread::spawn(move || upload(file, size, tx, progress));
+            let t0 = std::time::Instant::now();
+            let image = c.import_image(ReceiverStream::new(rx)).await?.into_inner();
+            if !conn.json {
+                eprintln!(
+                    "{}: imported and validated in {:.1} s: {}",
+                    image.name,
+                    t0.elapsed().as_secs_f64(),
+                    match image.validation.as_str() {
+                        "ok" => format!(
+                            "ok, the agent was ready {:.1} s after the domain started",
+                            image.validated_ready_ms as f64 / 1000.0
+                        ),
+                        other => format!("{other}: {}", image.validation_reason),
+                    }
+                );
+            }
+            let ok = image.validation == "ok";
+            let shown = vec![image];
+            print_images(conn, &shown);
+            return Ok(if ok { 0 } else { 1 });
+        }
+        ImageCommand::Remove { name } => {
+            let r = c
+                .remove_image(pb::RemoveImageRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            if conn.json {
+                print_json(&serde_json::json!({ "removed": name, "dir": r.removed_dir }));
+            } else {
+                println!("removed {name} ({})", r.removed_dir);
+            }
+            return Ok(0);
+        }
+    };
+    print_images(conn, &images);
+    Ok(0)
+}
+
+fn print_images(conn: &Connection, images: &[pb::Image]) {
+    if conn.json {
+        print_json(&serde_json::Value::Array(
+            images.iter().map(json::image).collect(),
+        ));
+    } else {
+        println!("{}", render::images_table(images));
+    }
+}
+
+/// Reads the file in chunks into the request stream (a thread of its own: file reads block),
+/// with a progress line on a terminal.
+fn upload(
+    mut file: std::fs::File,
+    size: u64,
+    tx: mpsc::Sender<pb::ImportImageRequest>,
+    progress: bool,
+) {
+    let mut buf = vec![0u8; UPLOAD_CHUNK];
+    let (mut sent, mut shown) = (0u64, 0u64);
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("\nminion: reading the image: {e}");
+                return;
+            }
+        };
+        sent += n as u64;
+        let req = pb::ImportImageRequest {
+            kind: Some(Kind::Data(buf[..n].to_vec())),
+        };
+        if tx.blocking_send(req).is_err() {
+            return;
+        }
+        if progress && (sent - shown >= 16 * UPLOAD_CHUNK as u64 || sent == size) {
+            shown = sent;
+            let pct = (sent * 100).checked_div(size).unwrap_or(100);
+            let mut err = std::io::stderr();
+            let _ = write!(
+                err,
+                "\ruploading: {:>6.1} / {:.1} MiB ({pct:>3}%)",
+                sent as f64 / 1048576.0,
+                size as f64 / 1048576.0
+            );
+            let _ = err.flush();
+        }
+    }
+    if progress {
+        eprintln!("\nuploaded; validating (the image boots once to the agent's Ready)…");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_names_drop_disk_extensions() {
+        use std::path::Path;
+        assert_eq!(
+            super::default_name(Path::new("/x/Fedora-Cloud-Base-40-1.14.x86_64.qcow2")),
+            "Fedora-Cloud-Base-40-1.14.x86_64"
+        );
+        assert_eq!(super::default_name(Path::new("disk.raw")), "disk");
+        assert_eq!(super::default_name(Path::new("cloud.img.xz")), "cloud");
+    }
+}

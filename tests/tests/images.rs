@@ -1,0 +1,181 @@
+//! Importing images end to end: the `cloud` recipe's disk (an MBR partition table, syslinux on a
+//! FAT /boot, Debian's cloud kernel, systemd and cloud-init, nothing of Minion) is imported as a
+//! plain file through the real CLI into a catalog of the test's own, validated by a real boot,
+//! and an instance made from it boots from its own boot loader and runs the agent that rode in
+//! on the seed through cloud-init. Bad disks are refused and leave nothing; an image in use is
+//! not removed.
+//!
+//! Needs libvirtd, the `minimal` and `cloud` images (`make image`) and the agent.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// A catalog of the test's own: `minimal` (for the pool) linked in from the shared one.
+fn own_catalog() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("e2e-images-")
+        .tempdir_in("/var/lib/minion")
+        .expect("catalog");
+    std::os::unix::fs::symlink(images_dir().join("minimal"), d.path().join("minimal"))
+        .expect("link minimal");
+    d
+}
+
+fn catalog_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("catalog")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_cloud_image_imported_as_a_file_boots_from_its_own_disk_through_cloud_init() {
+    let test = "a_cloud_image_imported_as_a_file_boots_from_its_own_disk_through_cloud_init";
+    if !image_env(test, "minimal", &[]) || !image_env(test, "cloud", &[]) {
+        return;
+    }
+    let catalog = own_catalog();
+    let extra = format!(
+        "images_dir = {:?}\nstart = \"boot\"\n[instances]\nstart = \"boot\"\nmemory_mib = 1024",
+        catalog.path()
+    );
+    let d = Daemon::start_with(1, 0, &extra);
+    let disk = images_dir().join("cloud").join("disk.qcow2");
+
+    // A disk with a backing file (it could read any host file) is refused; nothing is left.
+    let scratch = tempfile::tempdir().expect("scratch");
+    let sneaky = scratch.path().join("sneaky.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(&disk)
+        .args(["-F", "qcow2"])
+        .arg(&sneaky)
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let before = catalog_entries(catalog.path());
+    let o = d.cli(&[
+        "image",
+        "import",
+        sneaky.to_str().expect("utf8"),
+        "--name",
+        "sneaky",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("backing file"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        catalog_entries(catalog.path()),
+        before,
+        "a refused import leaves nothing"
+    );
+
+    // The real thing, streamed from the file.
+    let t = Instant::now();
+    let o = d.cli(&[
+        "image",
+        "import",
+        disk.to_str().expect("utf8"),
+        "--name",
+        "cloud-imported",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}\n{}", output_text(&o), d.log());
+    let imported: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let i = &imported[0];
+    assert_eq!(i["name"], "cloud-imported");
+    assert_eq!(i["source"], "import");
+    assert_eq!(i["agent_start"], "cloud-init");
+    assert_eq!(i["format"], "qcow2");
+    assert_eq!(i["validation"], "ok", "{i:#}\n{}", d.log());
+    assert!(i["validated_ready_ms"].as_u64().unwrap_or(0) > 0, "{i:#}");
+    let sha = std::process::Command::new("sha256sum")
+        .arg(&disk)
+        .output()
+        .expect("sha256sum");
+    assert_eq!(
+        i["sha256"].as_str().unwrap_or_default(),
+        String::from_utf8_lossy(&sha.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+    );
+    eprintln!("import + validation: {:.1} s", t.elapsed().as_secs_f64());
+    let listed = d.json(&["image", "list"]);
+    let row = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|r| r["name"] == "cloud-imported")
+        .cloned()
+        .expect("listed");
+    assert_eq!(row["validation"], "ok");
+    // Importing the same name again is refused.
+    let again = d.cli(&[
+        "image",
+        "import",
+        disk.to_str().expect("utf8"),
+        "--name",
+        "cloud-imported",
+    ]);
+    assert_eq!(again.status.code(), Some(2), "{}", output_text(&again));
+
+    // An instance of it: its own boot loader, cloud-init, the agent from the seed.
+    let inst = d.json(&["instance", "create", "cloud-imported", "--name", "cloudy"]);
+    assert_eq!(inst["state"], "ready", "{inst:#}");
+    let exec = |cmd: &str| d.cli(&["instance", "exec", "cloudy", "--", "sh", "-c", cmd]);
+    let o = exec("cat /proc/cmdline");
+    assert!(o.status.success(), "{}", output_text(&o));
+    let cmdline = String::from_utf8_lossy(&o.stdout).to_string();
+    // syslinux names what it loaded; a direct kernel boot has no BOOT_IMAGE.
+    assert!(cmdline.contains("BOOT_IMAGE=/vmlinuz"), "{cmdline}");
+    assert!(cmdline.contains("root=LABEL=cloud-root"), "{cmdline}");
+    let o = exec("ls /etc/systemd/system/ | grep -c minion || true; systemctl is-active minion-agent-cloudinit; hostname");
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"0"),
+        "no Minion unit in the image: {said}"
+    );
+    assert_eq!(
+        lines.get(1),
+        Some(&"active"),
+        "cloud-init started the agent: {said}"
+    );
+    assert_eq!(lines.get(2), Some(&"cloudy"), "{said}");
+
+    // In use: not removed.
+    let rm = d.cli(&["image", "remove", "cloud-imported"]);
+    assert_eq!(rm.status.code(), Some(2), "{}", output_text(&rm));
+    assert!(
+        output_text(&rm).contains("instance cloudy"),
+        "{}",
+        output_text(&rm)
+    );
+    let rm = d.cli(&["instance", "remove", "cloudy"]);
+    assert!(rm.status.success(), "{}", output_text(&rm));
+    let rm = d.cli(&["image", "remove", "cloud-imported"]);
+    assert!(rm.status.success(), "{}", output_text(&rm));
+    assert_eq!(catalog_entries(catalog.path()), ["minimal"]);
+    // A pool's image is not removed either.
+    let rm = d.cli(&["image", "remove", "minimal"]);
+    assert_eq!(rm.status.code(), Some(2), "{}", output_text(&rm));
+    assert!(
+        output_text(&rm).contains("pool minimal"),
+        "{}",
+        output_text(&rm)
+    );
+    until("no VM left", TEARDOWN_AFTER_END, || {
+        d.domains().is_empty() && d.vm_ids().is_empty()
+    });
+}
