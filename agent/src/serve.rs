@@ -53,11 +53,16 @@ pub enum Served {
 
 pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result<Served> {
     let mut frames = FrameReader::new(reader, MAX_FRAME);
+    // A kept job's next session may have begun before its reader saw the hang-up.
+    let mut next_hello: Option<guest::Hello> = None;
     // Each pass is one session: a template VM's first ends in Quiesce, and the next one begins
     // after the VM is restored from its snapshot, on a new host connection; a kept job's VM
     // (Job.keep) begins its instance session on the connection after the job's.
     loop {
-        let hello = wait_for_hello(&mut frames)?;
+        let hello = match next_hello.take() {
+            Some(h) => h,
+            None => wait_for_hello(&mut frames)?,
+        };
         if hello.protocol_min > PROTOCOL_VERSION || hello.protocol_max < PROTOCOL_VERSION {
             let msg = format!(
                 "host speaks protocol {}..={}, agent speaks {PROTOCOL_VERSION}",
@@ -86,9 +91,10 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
                 let (outcome, kept) = serve_job(frames, &outbox, base, &job, done_tx)?;
                 let _ = beats.join();
                 match kept {
-                    Some(f) => {
+                    Some((f, hello)) => {
                         tracing::info!("job done; the VM is kept: waiting for the next session");
                         frames = f;
+                        next_hello = hello;
                     }
                     None => return Ok(Served::Job(outcome)),
                 }
@@ -118,6 +124,9 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
     }
 }
 
+/// The reader handed back for the next session, with its Hello when it came already.
+type NextSession = (Frames, Option<guest::Hello>);
+
 /// One job, from its Job frame to its Result (and the host hanging up). Returns the reader back
 /// when the job asked to keep the VM and the session ended cleanly, for the next session.
 fn serve_job(
@@ -126,7 +135,7 @@ fn serve_job(
     base: &std::path::Path,
     job: &Job,
     done_tx: mpsc::Sender<()>,
-) -> Result<(Outcome, Option<Frames>)> {
+) -> Result<(Outcome, Option<NextSession>)> {
     tracing::info!(job = %job.id, item = %job.item, formula = %job.formula_path, "job received");
     if let Some(id) = &job.identity {
         if let Err(e) = identity::apply(id, &identity::Root(std::path::Path::new("/"))) {
@@ -217,8 +226,8 @@ fn serve_job(
         if let Some(listener) = listener {
             // The host hangs up once it has the Result, then connects again to attach.
             let _ = hung_up.recv();
-            if let Ok(frames) = listener.join() {
-                return Ok((outcome, Some(frames)));
+            if let Ok(next) = listener.join() {
+                return Ok((outcome, Some(next)));
             }
         }
     }
@@ -299,14 +308,15 @@ fn receive_task(frames: &mut Frames, layout: &Layout) -> Result<TaskReceipt> {
 }
 
 /// Reads the host's frames while the formula runs: Cancel sets the flag, fetch answers go to the
-/// step waiting for them.
+/// step waiting for them. Ends at the host's hang-up, or at the Hello of the next session (a kept
+/// VM's host may connect again before this end of the port has read the end of the first).
 fn spawn_host_listener(
     mut frames: Frames,
     cancel: CancelFlag,
     fetches: mpsc::Sender<H>,
     hung_up: mpsc::Sender<()>,
     result_sent: Arc<std::sync::atomic::AtomicBool>,
-) -> thread::JoinHandle<Frames> {
+) -> thread::JoinHandle<NextSession> {
     thread::spawn(move || loop {
         match frames.read_frame::<HostFrame>() {
             Ok(Some(HostFrame {
@@ -321,6 +331,13 @@ fn spawn_host_listener(
                 // Nobody waiting (the step gave up): the answer is dropped.
                 let _ = fetches.send(k);
             }
+            Ok(Some(HostFrame {
+                kind: Some(H::Hello(h)),
+            })) if result_sent.load(std::sync::atomic::Ordering::SeqCst) => {
+                tracing::info!("the host connected again after the Result");
+                let _ = hung_up.send(());
+                return (frames, Some(h));
+            }
             Ok(Some(other)) => tracing::warn!(?other, "ignoring unexpected frame from the host"),
             Ok(None) | Err(_) => {
                 if result_sent.load(std::sync::atomic::Ordering::SeqCst) {
@@ -331,7 +348,7 @@ fn spawn_host_listener(
                     cancel.cancel();
                 }
                 let _ = hung_up.send(());
-                return frames;
+                return (frames, None);
             }
         }
     })

@@ -9,7 +9,7 @@ AGENT_START=cloud-init
 FS_FEATURES=""
 DISK_SIZE=4G
 CMDLINE=""
-RECIPE_FILES="cloud/recipe.sh cloud/packages cloud/syslinux.cfg cloud/initramfs-modules"
+RECIPE_FILES="cloud/recipe.sh cloud/packages cloud/syslinux.cfg cloud/initramfs-modules cloud/dhcp.network"
 # The FAT /boot partition (MiB) and where it starts (sectors of 512 bytes: 1 MiB, aligned).
 BOOT_MIB=160
 BOOT_START=2048
@@ -24,6 +24,10 @@ recipe_rootfs() {
     printf '127.0.0.1 localhost\n' > "$root/etc/hosts"
     echo 'LABEL=cloud-root / ext4 rw,errors=remount-ro 0 1' > "$root/etc/fstab"
     install -D -m 0644 "$IMAGES_DIR/cloud/initramfs-modules" "$root/etc/initramfs-tools/modules"
+    install -D -m 0644 "$IMAGES_DIR/cloud/dhcp.network" "$root/etc/systemd/network/80-cloud-dhcp.network"
+    mkdir -p "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/systemd/system/sockets.target.wants"
+    ln -sf /lib/systemd/system/systemd-networkd.service "$root/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+    ln -sf /lib/systemd/system/systemd-networkd.socket "$root/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"
     # What a cloud image without a NIC would otherwise wait minutes for at every boot.
     for unit in systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer; do
         ln -sf /dev/null "$root/etc/systemd/system/$unit"
