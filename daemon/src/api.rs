@@ -481,6 +481,16 @@ impl Controller for Api {
         Ok(Response::new(pb::RemoveInstancesResponse { removed }))
     }
 
+    async fn instance_action(
+        &self,
+        req: Request<pb::InstanceActionRequest>,
+    ) -> Result<Response<pb::Instance>, Status> {
+        let caller = require(&req, Role::Submit, "stop, start or reboot an instance")?;
+        instance_api::action(self.svc.instances(), &caller, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     type ExecStream = Streamed<pb::ExecResponse>;
 
     async fn exec(

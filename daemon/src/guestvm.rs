@@ -205,6 +205,8 @@ pub struct VmGuard {
     hv: Arc<Hypervisor>,
     name: String,
     files: VmFiles,
+    /// The domain's XML, to boot it again (an instance's `start`).
+    xml: String,
     keep_console: Option<PathBuf>,
     done: bool,
     /// Released when the teardown has removed everything.
@@ -224,6 +226,7 @@ impl VmGuard {
             hv: hv.clone(),
             name: prepared.name.clone(),
             files: prepared.files.clone(),
+            xml: prepared.xml.clone(),
             keep_console,
             done: false,
             claim: Some(claim),
@@ -244,6 +247,28 @@ impl VmGuard {
     /// Where the console log is copied at teardown.
     pub fn keep_console_as(&mut self, path: PathBuf) {
         self.keep_console = Some(path);
+    }
+
+    /// Powers the VM off (its domain destroyed), keeping its files: [`VmGuard::power_on`] boots
+    /// it again from its disk.
+    pub async fn power_off(&self) -> Result<(), TeardownError> {
+        let (hv, name) = (self.hv.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || hv.destroy(&name))
+            .await
+            .map_err(TeardownError::Task)?
+            .map_err(|e| TeardownError::Provision(e.into()))
+    }
+
+    /// Boots the VM again from its disk (after [`VmGuard::power_off`]).
+    pub async fn power_on(&self) -> Result<(), BootError> {
+        let (hv, xml) = (self.hv.clone(), self.xml.clone());
+        tokio::task::spawn_blocking(move || hv.create_transient(&xml).map(|_| ()))
+            .await
+            .map_err(|source| BootError::Task {
+                what: "domain",
+                source,
+            })?
+            .map_err(BootError::Start)
     }
 
     /// Leaves the VM to someone else (at shutdown, the final sweep destroys it).

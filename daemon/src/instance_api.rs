@@ -57,6 +57,7 @@ pub fn to_pb(r: InstanceRecord, running: u32) -> pb::Instance {
             InstanceState::Ready => pb::InstanceState::Ready,
             InstanceState::Failed => pb::InstanceState::Failed,
             InstanceState::Lost => pb::InstanceState::Lost,
+            InstanceState::Stopped => pb::InstanceState::Stopped,
         } as i32,
         reason: r.reason,
         vcpus: r.vcpus,
@@ -89,6 +90,30 @@ pub async fn create(
         )
         .await
         .map_err(status)?;
+    Ok(to_pb(rec, 0))
+}
+
+/// Stop, start or reboot.
+pub async fn action(
+    instances: &Arc<Instances>,
+    caller: &Caller,
+    r: pb::InstanceActionRequest,
+) -> Result<pb::Instance, Status> {
+    use pb::InstanceActionKind as A;
+    let rec = match A::try_from(r.action) {
+        Ok(A::Stop) => instances.stop_instance(caller, &r.name).await,
+        Ok(A::Start) => instances.start_instance(caller, &r.name).await,
+        Ok(A::Reboot) => match instances.stop_instance(caller, &r.name).await {
+            Ok(_) => instances.start_instance(caller, &r.name).await,
+            Err(e) => Err(e),
+        },
+        _ => {
+            return Err(Status::invalid_argument(
+                "action: one of STOP, START, REBOOT",
+            ))
+        }
+    }
+    .map_err(status)?;
     Ok(to_pb(rec, 0))
 }
 

@@ -44,6 +44,8 @@ pub enum InstanceState {
     Ready,
     Failed,
     Lost,
+    /// Powered off by `stop`; its files are kept.
+    Stopped,
 }
 
 impl InstanceState {
@@ -53,6 +55,7 @@ impl InstanceState {
             InstanceState::Ready => "ready",
             InstanceState::Failed => "failed",
             InstanceState::Lost => "lost",
+            InstanceState::Stopped => "stopped",
         }
     }
 }
@@ -81,6 +84,9 @@ pub struct InstanceRecord {
     pub domain: String,
     #[serde(default)]
     pub agent_version: String,
+    /// Its `/etc/machine-id`: kept across a stop and start.
+    #[serde(default)]
+    pub machine_id: String,
 }
 
 /// What `create` is asked for.
@@ -153,6 +159,8 @@ struct Live {
     owner: String,
     /// Stops its creation or its session.
     stop: CancellationToken,
+    /// Stops the session of this boot only (a `stop` or `reboot`); a child of `stop`.
+    session_stop: Mutex<CancellationToken>,
     /// Set once it is ready; gone once its session ended.
     link: Mutex<Option<InstanceLink>>,
     /// Held while the VM is made, attached or torn down, so a remove waits for a create.
@@ -321,7 +329,10 @@ impl Instances {
     /// records that were alive say LOST until removed.
     pub fn start(&self) {
         for (r, _) in self.list() {
-            if matches!(r.state, InstanceState::Creating | InstanceState::Ready) {
+            if matches!(
+                r.state,
+                InstanceState::Creating | InstanceState::Ready | InstanceState::Stopped
+            ) {
                 self.edit(&r.name, |r| {
                     r.state = InstanceState::Lost;
                     r.reason = "miniond restarted: its VM was destroyed".into();
@@ -435,6 +446,7 @@ impl Instances {
             vm_id: vm_id.clone(),
             domain: String::new(),
             agent_version: String::new(),
+            machine_id: String::new(),
         };
         let live = self.reserve(&record)?;
         let me = self.clone();
@@ -472,9 +484,11 @@ impl Instances {
             });
         }
         self.put(record)?;
+        let stop = self.stop.child_token();
         let live = Arc::new(Live {
             owner: record.owner.clone(),
-            stop: self.stop.child_token(),
+            session_stop: Mutex::new(stop.child_token()),
+            stop,
             link: Mutex::new(None),
             vm: tokio::sync::Mutex::new(None),
             console: self.console_path(name),
@@ -491,8 +505,9 @@ impl Instances {
         session: minion_channel::AttachedSession<tokio::net::UnixStream>,
     ) {
         let (me, watched, name) = (self.clone(), live.clone(), name.to_string());
+        let stop = lock(&live.session_stop).clone();
         self.tasks.spawn(async move {
-            let ended = session.run(watched.stop.clone()).await;
+            let ended = session.run(stop).await;
             if let Err(e) = ended {
                 me.failed(&name, &watched, &e.to_string()).await;
             }
@@ -528,6 +543,7 @@ impl Instances {
                 let agent_version = ready.session.agent_version().to_string();
                 let mut identity = guestvm::identity(&vm_id);
                 identity.hostname = name.clone();
+                record.machine_id = identity.machine_id.clone();
                 let limits = guestvm::session_limits();
                 let attach = tokio::select! {
                     a = ready.session.attach(Some(identity), record.network, &limits) => a.map_err(InstanceError::Attach),
@@ -618,6 +634,122 @@ impl Instances {
         }
     }
 
+    /// Powers instance `name` off, keeping its disk (state STOPPED).
+    pub async fn stop_instance(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<InstanceRecord, InstanceError> {
+        let (live, r) = self.live_of(caller, name, InstanceState::Ready)?;
+        let vm = live.vm.lock().await;
+        let Some(guard) = vm.as_ref() else {
+            return Err(self.not_ready(name));
+        };
+        lock(&live.session_stop).cancel();
+        lock(&live.link).take();
+        guard
+            .power_off()
+            .await
+            .map_err(|e| InstanceError::NotReady {
+                name: name.to_string(),
+                state: "not stopped",
+                reason: e.to_string(),
+            })?;
+        let mut r = r;
+        r.state = InstanceState::Stopped;
+        r.reason = String::new();
+        self.put(&r)?;
+        tracing::info!(instance = %name, by = %caller.id, "instance stopped");
+        Ok(r)
+    }
+
+    /// Boots stopped instance `name` again from its disk and attaches to its agent.
+    pub async fn start_instance(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<InstanceRecord, InstanceError> {
+        let (live, mut r) = self.live_of(caller, name, InstanceState::Stopped)?;
+        let vm = live.vm.lock().await;
+        let Some(guard) = vm.as_ref() else {
+            return Err(self.not_ready(name));
+        };
+        let t0 = Instant::now();
+        let session_stop = live.stop.child_token();
+        *lock(&live.session_stop) = session_stop.clone();
+        guard.power_on().await.map_err(InstanceError::Boot)?;
+        let limits = guestvm::session_limits();
+        let attached = async {
+            let stream =
+                minion_channel::connect_unix(&guard.files().channel_socket, ATTACH_CONNECT)
+                    .await
+                    .map_err(InstanceError::Attach)?;
+            let ready = minion_channel::handshake(stream, &limits, session_stop.clone())
+                .await
+                .map_err(InstanceError::Attach)?;
+            let version = ready.agent_version().to_string();
+            let mut identity = guestvm::identity(&r.vm_id);
+            identity.hostname = name.to_string();
+            if !r.machine_id.is_empty() {
+                identity.machine_id = r.machine_id.clone();
+            }
+            let pair = ready
+                .attach(Some(identity), r.network, &limits)
+                .await
+                .map_err(InstanceError::Attach)?;
+            Ok::<_, InstanceError>((pair, version))
+        }
+        .await;
+        let ((link, session), version) = match attached {
+            Ok(a) => a,
+            Err(e) => {
+                // Not left half-started: powered off again, still STOPPED.
+                let _ = guard.power_off().await;
+                return Err(e);
+            }
+        };
+        r.state = InstanceState::Ready;
+        r.ready_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        r.restored = false;
+        r.agent_version = version;
+        self.put(&r)?;
+        *lock(&live.link) = Some(link);
+        drop(vm);
+        self.watch(name, &live, session);
+        tracing::info!(instance = %name, by = %caller.id, ready_ms = r.ready_ms, "instance started");
+        Ok(r)
+    }
+
+    /// The live instance `name`, if the caller may touch it and it is in state `want`.
+    fn live_of(
+        &self,
+        caller: &Caller,
+        name: &str,
+        want: InstanceState,
+    ) -> Result<(Arc<Live>, InstanceRecord), InstanceError> {
+        let r = self
+            .get(name)?
+            .ok_or_else(|| InstanceError::NotFound(name.to_string()))?;
+        Self::may_touch(caller, &r.owner, name)?;
+        let live = lock(&self.live).get(name).cloned();
+        match live {
+            Some(l) if r.state == want => Ok((l, r)),
+            _ => Err(InstanceError::NotReady {
+                name: name.to_string(),
+                state: r.state.as_str(),
+                reason: r.reason,
+            }),
+        }
+    }
+
+    fn not_ready(&self, name: &str) -> InstanceError {
+        InstanceError::NotReady {
+            name: name.to_string(),
+            state: "without a VM",
+            reason: String::new(),
+        }
+    }
+
     /// Whether a job's VM could be kept as instance `name` (checked at submission; the limits
     /// are checked again when it is kept).
     pub fn check_keep(&self, name: &str) -> Result<(), InstanceError> {
@@ -659,6 +791,7 @@ impl Instances {
             vm_id: vm_id.to_string(),
             domain: guard.name().to_string(),
             agent_version: String::new(),
+            machine_id: String::new(),
         };
         let live = match self.reserve(&record) {
             Ok(l) => l,
@@ -748,7 +881,11 @@ impl Instances {
         self.list()
             .into_iter()
             .filter(|(r, _)| {
-                r.image == name && matches!(r.state, InstanceState::Creating | InstanceState::Ready)
+                r.image == name
+                    && matches!(
+                        r.state,
+                        InstanceState::Creating | InstanceState::Ready | InstanceState::Stopped
+                    )
             })
             .map(|(r, _)| format!("instance {}", r.name))
             .collect()

@@ -542,3 +542,59 @@ fn runtask_libvirt_runs_like_a_local_run_and_no_destroy_keeps_the_vm_to_shell_in
     assert!(rm.status.success(), "{}", output_text(&rm));
     assert_nothing_left(&d);
 }
+
+#[test]
+fn a_stopped_instance_keeps_its_disk_and_starts_again_as_itself() {
+    let test = "a_stopped_instance_keeps_its_disk_and_starts_again_as_itself";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start_with(1, 0, &instances_config(2));
+    let i = create(&d, &["--name", "sleepy"]);
+    let domain = i["domain"].as_str().expect("domain").to_string();
+    let o = exec(
+        &d,
+        "sleepy",
+        &[
+            "sh",
+            "-c",
+            "echo written > /root/kept; sync; cat /etc/machine-id",
+        ],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    let machine_id = stdout(&o);
+
+    let s = d.json(&["instance", "stop", "sleepy"]);
+    assert_eq!(s["state"], "stopped", "{s:#}");
+    assert!(!running_domains().contains(&domain), "powered off");
+    assert_eq!(d.vm_ids().len(), 1, "its disk is kept");
+    let refused = exec(&d, "sleepy", &["true"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", output_text(&refused));
+    assert!(
+        output_text(&refused).contains("stopped"),
+        "{}",
+        output_text(&refused)
+    );
+
+    let s = d.json(&["instance", "start", "sleepy"]);
+    assert_eq!(s["state"], "ready", "{s:#}\n{}", d.log());
+    let o = exec(
+        &d,
+        "sleepy",
+        &["sh", "-c", "cat /root/kept /etc/machine-id; hostname"],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("written\n{machine_id}sleepy\n"),
+        "the same disk, the same machine"
+    );
+
+    let s = d.json(&["instance", "reboot", "sleepy"]);
+    assert_eq!(s["state"], "ready", "{s:#}");
+    let o = exec(&d, "sleepy", &["cat", "/root/kept"]);
+    assert_eq!(stdout(&o), "written\n", "{}", output_text(&o));
+    let rm = d.cli(&["instance", "remove", "sleepy"]);
+    assert!(rm.status.success(), "{}", output_text(&rm));
+    assert_nothing_left(&d);
+}

@@ -37,6 +37,12 @@ pub enum InstanceCommand {
     },
     /// List instances (everyone's).
     List,
+    /// Power an instance off, keeping its disk.
+    Stop { name: String },
+    /// Boot a stopped instance again from its disk; returns at the agent's Ready.
+    Start { name: String },
+    /// Stop and start.
+    Reboot { name: String },
     /// Destroy instances and forget them.
     Remove {
         names: Vec<String>,
@@ -134,6 +140,15 @@ pub async fn run(conn: &Connection, cmd: InstanceCommand) -> Result<i32, ClientE
             }
             Ok(0)
         }
+        InstanceCommand::Stop { name } => {
+            power(&mut c, conn, name, pb::InstanceActionKind::Stop).await
+        }
+        InstanceCommand::Start { name } => {
+            power(&mut c, conn, name, pb::InstanceActionKind::Start).await
+        }
+        InstanceCommand::Reboot { name } => {
+            power(&mut c, conn, name, pb::InstanceActionKind::Reboot).await
+        }
         InstanceCommand::Remove { names, all } => {
             if names.is_empty() && !all {
                 return Err(bad("instance remove: name instances, or --all"));
@@ -213,6 +228,33 @@ pub async fn run(conn: &Connection, cmd: InstanceCommand) -> Result<i32, ClientE
             Ok(0)
         }
     }
+}
+
+async fn power(
+    c: &mut minion_proto::client::Client,
+    conn: &Connection,
+    name: String,
+    action: pb::InstanceActionKind,
+) -> Result<i32, ClientError> {
+    let t0 = std::time::Instant::now();
+    let i = c
+        .instance_action(pb::InstanceActionRequest {
+            name,
+            action: action as i32,
+        })
+        .await?
+        .into_inner();
+    if conn.json {
+        print_json(&json::instance(&i));
+    } else {
+        println!(
+            "{}: {} ({:.2} s)",
+            i.name,
+            render::instance_state_name(i.state),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(0)
 }
 
 fn parse_env(env: &[String]) -> Result<HashMap<String, String>, ClientError> {

@@ -316,6 +316,7 @@ pub fn instance_state_name(v: i32) -> &'static str {
         Ok(pb::InstanceState::Ready) => "ready",
         Ok(pb::InstanceState::Failed) => "failed",
         Ok(pb::InstanceState::Lost) => "lost",
+        Ok(pb::InstanceState::Stopped) => "stopped",
         _ => "unknown",
     }
 }
