@@ -598,3 +598,38 @@ fn a_stopped_instance_keeps_its_disk_and_starts_again_as_itself() {
     assert!(rm.status.success(), "{}", output_text(&rm));
     assert_nothing_left(&d);
 }
+
+#[test]
+fn an_instance_has_no_network_unless_asked_and_then_reaches_out_through_nat() {
+    let test = "an_instance_has_no_network_unless_asked_and_then_reaches_out_through_nat";
+    if !vm_env(test) {
+        return;
+    }
+    // A host service on loopback: qemu's user network shows the host as 10.0.2.2.
+    let url = minion_testenv::http::serve("host service", move |_req, mut stream| {
+        let body = "hello from the host\n";
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    });
+    let port = url.rsplit(':').next().expect("port").to_string();
+    let d = Daemon::start_with(1, 0, &instances_config(2));
+    create(&d, &["--name", "offline"]);
+    create(&d, &["--name", "online", "--network", "user"]);
+    let nics = |name: &str| stdout(&exec(&d, name, &["ls", "/sys/class/net"]));
+    assert_eq!(nics("offline"), "lo\n");
+    assert_eq!(nics("online"), "eth0\nlo\n");
+    let fetch = format!(
+        "import urllib.request; print(urllib.request.urlopen('http://10.0.2.2:{port}/', timeout=30).read().decode().strip())"
+    );
+    let o = exec(&d, "online", &["python3", "-c", &fetch]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(stdout(&o), "hello from the host\n");
+    let o = exec(&d, "offline", &["python3", "-c", &fetch]);
+    assert_ne!(o.status.code(), Some(0), "no network: {}", output_text(&o));
+    let rm = d.cli(&["instance", "remove", "--all"]);
+    assert!(rm.status.success(), "{}", output_text(&rm));
+    assert_nothing_left(&d);
+}
