@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     async_frame::{write_frame_async, AsyncFrameReader},
-    session::{agent_error, host, kind_name},
+    session::{agent_error, await_answer, host, kind_name},
     ChannelError, Limits, ReadySession,
 };
 
@@ -151,33 +151,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ReadySession<S> {
         let attach = host(host_frame::Kind::Attach(Attach { identity, network }));
         let exchange = async {
             write_frame_async(&mut wr, &attach, limits.max_frame).await?;
-            loop {
-                match frames.next::<GuestFrame>().await? {
-                    Some(GuestFrame {
-                        kind: Some(guest_frame::Kind::Attached(_)),
-                    }) => return Ok(()),
-                    Some(GuestFrame {
-                        kind: Some(guest_frame::Kind::Heartbeat(_)),
-                    }) => {}
-                    Some(GuestFrame {
-                        kind: Some(guest_frame::Kind::Error(e)),
-                    }) => return Err(agent_error(e)),
-                    Some(GuestFrame { kind: Some(other) }) => {
-                        return Err(ChannelError::Protocol(format!(
-                            "{} instead of Attached",
-                            kind_name(&other)
-                        )))
-                    }
-                    Some(GuestFrame { kind: None }) => {
-                        return Err(ChannelError::Protocol("frame without a message".into()))
-                    }
-                    None => {
-                        return Err(ChannelError::Closed {
-                            during: "waiting for the agent to attach",
-                        })
-                    }
-                }
-            }
+            await_answer(
+                &mut frames,
+                |k| matches!(k, guest_frame::Kind::Attached(_)),
+                "Attached",
+                "waiting for the agent to attach",
+            )
+            .await
         };
         match tokio::time::timeout(ATTACH_TIMEOUT, exchange).await {
             Ok(r) => r?,

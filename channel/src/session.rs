@@ -236,33 +236,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ReadySession<S> {
         let quiesce = host(host_frame::Kind::Quiesce(Quiesce {}));
         let exchange = async {
             write_frame_async(&mut wr, &quiesce, MAX_QUIESCE_FRAME).await?;
-            loop {
-                match frames.next::<GuestFrame>().await? {
-                    Some(GuestFrame {
-                        kind: Some(guest_frame::Kind::Quiesced(_)),
-                    }) => return Ok(()),
-                    Some(GuestFrame {
-                        kind: Some(guest_frame::Kind::Heartbeat(_)),
-                    }) => {}
-                    Some(GuestFrame {
-                        kind: Some(guest_frame::Kind::Error(e)),
-                    }) => return Err(agent_error(e)),
-                    Some(GuestFrame { kind: Some(other) }) => {
-                        return Err(ChannelError::Protocol(format!(
-                            "{} instead of Quiesced",
-                            kind_name(&other)
-                        )))
-                    }
-                    Some(GuestFrame { kind: None }) => {
-                        return Err(ChannelError::Protocol("frame without a message".into()))
-                    }
-                    None => {
-                        return Err(ChannelError::Closed {
-                            during: DURING_QUIESCE,
-                        })
-                    }
-                }
-            }
+            await_answer(
+                &mut frames,
+                |k| matches!(k, guest_frame::Kind::Quiesced(_)),
+                "Quiesced",
+                DURING_QUIESCE,
+            )
+            .await
         };
         match tokio::time::timeout_at(deadline, exchange).await {
             Ok(r) => r,
@@ -726,6 +706,38 @@ impl<R: AsyncRead + Unpin> Reader<'_, R> {
         u.handle
             .await
             .map_err(|e| ChannelError::Internal(format!("artifact unpacker: {e}")))?
+    }
+}
+
+/// Reads until the guest's answer (`is_answer`), Heartbeats allowed before it; anything else is
+/// the guest's error or a protocol violation. `what` names the answer, `during` what the session
+/// was doing (for the `Closed` error).
+pub(crate) async fn await_answer<R: AsyncRead + Unpin>(
+    frames: &mut AsyncFrameReader<R>,
+    is_answer: impl Fn(&guest_frame::Kind) -> bool,
+    what: &str,
+    during: &'static str,
+) -> Result<(), ChannelError> {
+    loop {
+        match frames.next::<GuestFrame>().await? {
+            Some(GuestFrame { kind: Some(k) }) if is_answer(&k) => return Ok(()),
+            Some(GuestFrame {
+                kind: Some(guest_frame::Kind::Heartbeat(_)),
+            }) => {}
+            Some(GuestFrame {
+                kind: Some(guest_frame::Kind::Error(e)),
+            }) => return Err(agent_error(e)),
+            Some(GuestFrame { kind: Some(other) }) => {
+                return Err(ChannelError::Protocol(format!(
+                    "{} instead of {what}",
+                    kind_name(&other)
+                )))
+            }
+            Some(GuestFrame { kind: None }) => {
+                return Err(ChannelError::Protocol("frame without a message".into()))
+            }
+            None => return Err(ChannelError::Closed { during }),
+        }
     }
 }
 

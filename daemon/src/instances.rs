@@ -154,6 +154,13 @@ pub enum InstanceError {
     Task(#[source] tokio::task::JoinError),
 }
 
+/// A VM's agent attached: how commands reach it, its session to run, its version.
+struct Attached {
+    link: InstanceLink,
+    session: minion_channel::AttachedSession<tokio::net::UnixStream>,
+    agent_version: String,
+}
+
 /// One instance this daemon runs now (creating or ready).
 struct Live {
     owner: String,
@@ -678,29 +685,18 @@ impl Instances {
         let session_stop = live.stop.child_token();
         *lock(&live.session_stop) = session_stop.clone();
         guard.power_on().await.map_err(InstanceError::Boot)?;
-        let limits = guestvm::session_limits();
-        let attached = async {
-            let stream =
-                minion_channel::connect_unix(&guard.files().channel_socket, ATTACH_CONNECT)
-                    .await
-                    .map_err(InstanceError::Attach)?;
-            let ready = minion_channel::handshake(stream, &limits, session_stop.clone())
-                .await
-                .map_err(InstanceError::Attach)?;
-            let version = ready.agent_version().to_string();
-            let mut identity = guestvm::identity(&r.vm_id);
-            identity.hostname = name.to_string();
-            if !r.machine_id.is_empty() {
-                identity.machine_id = r.machine_id.clone();
-            }
-            let pair = ready
-                .attach(Some(identity), r.network, &limits)
-                .await
-                .map_err(InstanceError::Attach)?;
-            Ok::<_, InstanceError>((pair, version))
+        let mut identity = guestvm::identity(&r.vm_id);
+        identity.hostname = name.to_string();
+        if !r.machine_id.is_empty() {
+            identity.machine_id = r.machine_id.clone();
         }
-        .await;
-        let ((link, session), version) = match attached {
+        let attached =
+            Self::reattach(guard.files(), Some(identity), r.network, &session_stop).await;
+        let Attached {
+            link,
+            session,
+            agent_version: version,
+        } = match attached {
             Ok(a) => a,
             Err(e) => {
                 // Not left half-started: powered off again, still STOPPED.
@@ -718,6 +714,33 @@ impl Instances {
         self.watch(name, &live, session);
         tracing::info!(instance = %name, by = %caller.id, ready_ms = r.ready_ms, "instance started");
         Ok(r)
+    }
+
+    /// Connects to a VM whose agent waits for a new session (a kept job's, a started one's),
+    /// hands it the identity and attaches. Returns the link, the session and the agent's version.
+    async fn reattach(
+        files: &minion_provisioning::VmFiles,
+        identity: Option<minion_proto::guest::Identity>,
+        network: bool,
+        stop: &CancellationToken,
+    ) -> Result<Attached, InstanceError> {
+        let limits = guestvm::session_limits();
+        let stream = minion_channel::connect_unix(&files.channel_socket, ATTACH_CONNECT)
+            .await
+            .map_err(InstanceError::Attach)?;
+        let ready = minion_channel::handshake(stream, &limits, stop.clone())
+            .await
+            .map_err(InstanceError::Attach)?;
+        let version = ready.agent_version().to_string();
+        let (link, session) = ready
+            .attach(identity, network, &limits)
+            .await
+            .map_err(InstanceError::Attach)?;
+        Ok(Attached {
+            link,
+            session,
+            agent_version: version,
+        })
     }
 
     /// The live instance `name`, if the caller may touch it and it is in state `want`.
@@ -798,24 +821,12 @@ impl Instances {
             Err(e) => return Err((guard, e)),
         };
         let t0 = Instant::now();
-        let attached = async {
-            let limits = guestvm::session_limits();
-            let stream =
-                minion_channel::connect_unix(&guard.files().channel_socket, ATTACH_CONNECT)
-                    .await
-                    .map_err(InstanceError::Attach)?;
-            let ready = minion_channel::handshake(stream, &limits, live.stop.clone())
-                .await
-                .map_err(InstanceError::Attach)?;
-            let version = ready.agent_version().to_string();
-            let pair = ready
-                .attach(None, false, &limits)
-                .await
-                .map_err(InstanceError::Attach)?;
-            Ok::<_, InstanceError>((pair, version))
-        }
-        .await;
-        let ((link, session), agent_version) = match attached {
+        let attached = Self::reattach(guard.files(), None, false, &live.stop).await;
+        let Attached {
+            link,
+            session,
+            agent_version,
+        } = match attached {
             Ok(a) => a,
             Err(e) => {
                 self.forget(name, &live);

@@ -172,6 +172,11 @@ pub enum JobCommand {
 
 /// Runs a remote command; returns the process exit status.
 pub fn run(cmd: RemoteCommand) -> i32 {
+    block_on(dispatch(cmd))
+}
+
+/// Runs a client command to its exit status on a runtime of its own; an error is printed.
+pub fn block_on(command: impl std::future::Future<Output = Result<i32, ClientError>>) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -182,7 +187,7 @@ pub fn run(cmd: RemoteCommand) -> i32 {
             return 1;
         }
     };
-    match rt.block_on(dispatch(cmd)) {
+    match rt.block_on(command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("minion: {e}");

@@ -31,23 +31,7 @@ pub struct LibvirtRun {
 
 /// Runs it; returns the exit code a local run would have.
 pub fn run(r: LibvirtRun) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("minion: tokio runtime: {e}");
-            return 1;
-        }
-    };
-    match rt.block_on(run_async(r)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("minion: {e}");
-            e.exit_code()
-        }
-    }
+    super::block_on(run_async(r))
 }
 
 /// The task directory and the formula's path inside it.
