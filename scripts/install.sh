@@ -17,6 +17,9 @@ install -m 0755 target/release/minion target/release/miniond target/release/mini
 install -m 0755 "$agent" "$PREFIX/lib/minion/minion-agent"
 rm -rf "$PREFIX/share/minion/examples"
 cp -a examples "$PREFIX/share/minion/examples"
+# The image recipes, for `minion image build` (the catalog's images are built from these).
+rm -rf "$PREFIX/share/minion/images"
+cp -a images "$PREFIX/share/minion/images"
 install -m 0644 README.md ARCHITECTURE.md "$PREFIX/share/doc/minion/"
 install -m 0644 daemon/README.md "$PREFIX/share/doc/minion/miniond.md"
 install -m 0644 daemon/miniond.example.toml trigger/minion-trigger.example.toml "$PREFIX/share/doc/minion/"

@@ -401,6 +401,21 @@ impl Controller for Api {
         Ok(Response::new(image_to_pb(&image, Some(&validation))))
     }
 
+    async fn validate_image(
+        &self,
+        req: Request<pb::ValidateImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let caller = require(&req, Role::Admin, "validate an image")?;
+        let name = req.into_inner().name;
+        tracing::info!(image = %name, by = %caller.id, "image validation");
+        let (image, v) = self
+            .svc
+            .validate_image(&name)
+            .await
+            .map_err(catalog_status)?;
+        Ok(Response::new(image_to_pb(&image, Some(&v))))
+    }
+
     async fn remove_image(
         &self,
         req: Request<pb::RemoveImageRequest>,

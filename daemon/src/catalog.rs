@@ -160,7 +160,16 @@ where
         .await
         .map_err(CatalogError::Task)??;
     tracing::info!(image = %spec.name, sha256 = %sha256, bytes = header.size, dir = %image.dir.display(), "image imported; validating it");
-    let validation = match instances.validate(&image).await {
+    let validation = validate(&image, instances).await?;
+    Ok((image, validation))
+}
+
+/// Boots `image` once to the agent's Ready and records how that went beside its manifest.
+pub async fn validate(
+    image: &Image,
+    instances: &Arc<Instances>,
+) -> Result<Validation, CatalogError> {
+    let validation = match instances.validate(image).await {
         Ok(ready) => Validation {
             state: ValidationState::Ok,
             reason: String::new(),
@@ -175,8 +184,8 @@ where
         },
     };
     import::write_validation(&image.dir, &validation)?;
-    tracing::info!(image = %spec.name, state = ?validation.state, ready_ms = validation.ready_ms, reason = %validation.reason, "image validated");
-    Ok((image, validation))
+    tracing::info!(image = %image.manifest.name, state = ?validation.state, ready_ms = validation.ready_ms, reason = %validation.reason, "image validated");
+    Ok(validation)
 }
 
 /// Removes `name` from the catalog unless something named in `users` uses it.

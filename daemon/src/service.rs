@@ -254,6 +254,22 @@ impl Service {
         .await
     }
 
+    /// Validates catalog image `name` ([`catalog::validate`]).
+    pub async fn validate_image(
+        &self,
+        name: &str,
+    ) -> Result<
+        (
+            minion_provisioning::Image,
+            minion_provisioning::import::Validation,
+        ),
+        catalog::CatalogError,
+    > {
+        let image = minion_provisioning::image::load(&self.cfg.images_dir, name)?;
+        let v = catalog::validate(&image, &self.instances).await?;
+        Ok((image, v))
+    }
+
     /// Removes an image no pool names and no instance runs on.
     pub fn remove_image(&self, name: &str) -> Result<PathBuf, catalog::CatalogError> {
         let mut users: Vec<String> = self

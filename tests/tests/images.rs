@@ -179,3 +179,43 @@ fn a_cloud_image_imported_as_a_file_boots_from_its_own_disk_through_cloud_init()
         d.domains().is_empty() && d.vm_ids().is_empty()
     });
 }
+
+#[test]
+fn image_build_shows_stages_and_miniond_validates_what_it_built() {
+    let test = "image_build_shows_stages_and_miniond_validates_what_it_built";
+    if !image_env(test, "minimal", &[]) {
+        return;
+    }
+    let d = Daemon::start_with(1, 0, "start = \"boot\"\n[instances]\nstart = \"boot\"");
+    let recipes = workspace_root().join("images");
+    let o = d.cli(&[
+        "image",
+        "build",
+        "minimal",
+        "--recipes",
+        recipes.to_str().expect("utf8"),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}\n{}", output_text(&o), d.log());
+    let err = String::from_utf8_lossy(&o.stderr);
+    // Built by `make image` before the suite: the recipe is cached, and says so in one line.
+    assert!(err.contains("minimal: cached"), "{err}");
+    assert!(!err.contains("debootstrap: I:"), "no raw build log: {err}");
+    let shown: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(shown[0]["name"], "minimal");
+    assert_eq!(shown[0]["source"], "recipe");
+    assert_eq!(shown[0]["validation"], "ok", "{shown:#}");
+    assert!(shown[0]["validated_ready_ms"].as_u64().unwrap_or(0) > 0);
+    let listed = d.json(&["image", "list"]);
+    let minimal = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| i["name"] == "minimal")
+        .cloned()
+        .expect("minimal listed");
+    assert_eq!(minimal["validation"], "ok", "{minimal:#}");
+    // A variant with no recipe is refused before anything runs.
+    let bad = d.cli(&["image", "build", "nope"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", output_text(&bad));
+}

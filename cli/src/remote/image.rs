@@ -9,7 +9,7 @@ use pb::import_image_request::Kind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{client, json, print_json, render, ClientError, Connection};
+use super::{client, image_build, json, print_json, render, ClientError, Connection};
 
 /// Bytes per upload request.
 const UPLOAD_CHUNK: usize = 1024 * 1024;
@@ -34,6 +34,19 @@ pub enum ImageCommand {
     },
     /// Remove an image no pool names and no instance runs on.
     Remove { name: String },
+    /// Build images from their recipes (minimal, standard, cloud: what `make image` builds) on
+    /// this host (as root), showing their stages, then have miniond validate each (one boot to
+    /// the agent's Ready).
+    Build {
+        #[arg(required = true, value_parser = ["minimal", "standard", "cloud", "all"])]
+        variants: Vec<String>,
+        /// The recipes' directory (default: the installed one, else ./images).
+        #[arg(long)]
+        recipes: Option<PathBuf>,
+        /// Build only; do not ask miniond to validate.
+        #[arg(long)]
+        no_validate: bool,
+    },
 }
 
 /// `Fedora-Cloud-Base-40.qcow2` → `Fedora-Cloud-Base-40`.
@@ -50,6 +63,14 @@ fn default_name(path: &std::path::Path) -> String {
 }
 
 pub async fn run(conn: &Connection, cmd: ImageCommand) -> Result<i32, ClientError> {
+    if let ImageCommand::Build {
+        variants,
+        recipes,
+        no_validate,
+    } = cmd
+    {
+        return build_and_validate(conn, variants, recipes, no_validate).await;
+    }
     let mut c = client::connect(conn).await?;
     let images = match cmd {
         ImageCommand::List => {
@@ -105,6 +126,8 @@ pub async fn run(conn: &Connection, cmd: ImageCommand) -> Result<i32, ClientErro
             print_images(conn, &shown);
             return Ok(if ok { 0 } else { 1 });
         }
+        // Answered before the connection.
+        ImageCommand::Build { .. } => return Ok(0),
         ImageCommand::Remove { name } => {
             let r = c
                 .remove_image(pb::RemoveImageRequest { name: name.clone() })
@@ -120,6 +143,42 @@ pub async fn run(conn: &Connection, cmd: ImageCommand) -> Result<i32, ClientErro
     };
     print_images(conn, &images);
     Ok(0)
+}
+
+/// `image build`: the recipes run here, then miniond validates each image built.
+async fn build_and_validate(
+    conn: &Connection,
+    variants: Vec<String>,
+    recipes: Option<PathBuf>,
+    no_validate: bool,
+) -> Result<i32, ClientError> {
+    let dir = image_build::find_recipes(recipes.as_deref())?;
+    let (d, v) = (dir.clone(), variants.clone());
+    tokio::task::spawn_blocking(move || image_build::build(&d, &v))
+        .await
+        .map_err(|e| ClientError::Other(format!("build: {e}")))??;
+    if no_validate {
+        return Ok(0);
+    }
+    let names: Vec<String> = if variants.iter().any(|v| v == "all") {
+        vec!["minimal".into(), "standard".into(), "cloud".into()]
+    } else {
+        variants
+    };
+    let mut c = client::connect(conn).await?;
+    let mut shown = Vec::new();
+    let mut ok = true;
+    for name in names {
+        eprintln!("{name}: validating (one boot to the agent's Ready)…");
+        let i = c
+            .validate_image(pb::ValidateImageRequest { name })
+            .await?
+            .into_inner();
+        ok &= i.validation == "ok";
+        shown.push(i);
+    }
+    print_images(conn, &shown);
+    Ok(if ok { 0 } else { 1 })
 }
 
 fn print_images(conn: &Connection, images: &[pb::Image]) {

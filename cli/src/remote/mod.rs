@@ -2,6 +2,7 @@
 
 mod client;
 mod image;
+mod image_build;
 mod instance;
 mod json;
 mod render;
