@@ -139,6 +139,9 @@ pub struct InstancesConfig {
     pub max_vcpus: u32,
     #[serde(default = "default_instance_max_memory")]
     pub max_memory_mib: u64,
+    /// The largest disk an instance may ask for (`--disk-size`), GiB.
+    #[serde(default = "default_instance_max_disk")]
+    pub max_disk_gib: u64,
     /// `snapshot` (default) or `boot`, as a pool's `start`: the first instance of an image and
     /// shape boots, later ones are restored from its snapshot.
     #[serde(default)]
@@ -155,6 +158,7 @@ impl Default for InstancesConfig {
             memory_mib: default_memory(),
             max_vcpus: default_instance_max_vcpus(),
             max_memory_mib: default_instance_max_memory(),
+            max_disk_gib: default_instance_max_disk(),
             start: VmStart::default(),
         }
     }
@@ -168,6 +172,7 @@ impl InstancesConfig {
         vcpus: u32,
         memory_mib: u64,
         network: GuestNetwork,
+        disk_gib: Option<u64>,
     ) -> PoolConfig {
         PoolConfig {
             image: image.to_string(),
@@ -182,6 +187,7 @@ impl InstancesConfig {
             packages: None,
             network,
             start: self.start,
+            disk_gib,
         }
     }
 }
@@ -194,6 +200,9 @@ fn default_instance_max_vcpus() -> u32 {
 }
 fn default_instance_max_memory() -> u64 {
     8192
+}
+fn default_instance_max_disk() -> u64 {
+    200
 }
 
 /// `[access]`.
@@ -334,6 +343,10 @@ pub struct PoolConfig {
     /// sources.
     #[serde(default)]
     pub network: GuestNetwork,
+    /// Each VM's disk grown to this many GiB (its overlay; the image is untouched). The image's own
+    /// tools grow its file system (a cloud image's cloud-init does). Default: the image's size.
+    #[serde(default)]
+    pub disk_gib: Option<u64>,
     /// How the pool's VMs start. `snapshot` (default): restored from a saved memory image of a
     /// VM booted to the agent's Ready (one per image, agent build and VM shape, made in the
     /// background in a pool slot; until it exists, and where restoring fails, VMs boot). `boot`:

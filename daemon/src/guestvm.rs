@@ -403,6 +403,8 @@ async fn provision(
                 GuestNetwork::None => None,
                 GuestNetwork::User => Some(minion_provisioning::Nic::User),
             },
+            // A restored VM's disk is its template's, grown when the template was made.
+            disk_bytes: pool.cfg().disk_gib.map(|g| g.saturating_mul(1 << 30)),
         };
         let prepared = match &start {
             Start::Boot => vm::prepare(&req),

@@ -86,6 +86,7 @@ pub async fn create(
                 vcpus: r.vcpus,
                 memory_mib: r.memory_mib,
                 network: r.network,
+                disk_gib: (r.disk_gib > 0).then_some(r.disk_gib),
             },
         )
         .await

@@ -99,6 +99,8 @@ pub struct CreateRequest {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub network: bool,
+    /// The disk grown to this many GiB; `None`: the image's size.
+    pub disk_gib: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +245,7 @@ impl Instances {
             self.cfg.vcpus,
             self.cfg.memory_mib,
             GuestNetwork::None,
+            None,
         ))
     }
 
@@ -253,10 +256,11 @@ impl Instances {
 
     fn pool(&self, pc: &crate::config::PoolConfig) -> Arc<Pool> {
         let name = format!(
-            "instances/{}/{}x{}{}",
+            "instances/{}/{}x{}{}{}",
             pc.image,
             pc.vcpus,
             pc.memory_mib,
+            pc.disk_gib.map(|g| format!("x{g}G")).unwrap_or_default(),
             if pc.network == GuestNetwork::User {
                 "+net"
             } else {
@@ -436,7 +440,21 @@ impl Instances {
         } else {
             GuestNetwork::None
         };
-        let pool = self.pool(&self.cfg.pool_config(&req.image, vcpus, memory_mib, network));
+        if let Some(g) = req.disk_gib {
+            if !(1..=self.cfg.max_disk_gib).contains(&g) {
+                return Err(InstanceError::Shape {
+                    what: "disk (GiB)",
+                    asked: g,
+                    max: self.cfg.max_disk_gib,
+                });
+            }
+        }
+        let pool =
+            self.pool(
+                &self
+                    .cfg
+                    .pool_config(&req.image, vcpus, memory_mib, network, req.disk_gib),
+            );
         let vm_id = uuid::Uuid::new_v4().to_string();
         let record = InstanceRecord {
             name: name.clone(),
@@ -861,6 +879,7 @@ impl Instances {
             self.cfg.vcpus,
             self.cfg.memory_mib,
             GuestNetwork::None,
+            None,
         );
         pc.start = crate::config::VmStart::Boot;
         let pool = Arc::new(Pool::new(

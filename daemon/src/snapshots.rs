@@ -489,6 +489,10 @@ fn key_of(
     part("agent", agent_digest);
     part("vcpus", &cfg.vcpus.to_string());
     part("memory_mib", &cfg.memory_mib.to_string());
+    // Only when set: keys of pools without it stay what they were.
+    if let Some(g) = cfg.disk_gib {
+        part("disk_gib", &g.to_string());
+    }
     part(
         "network",
         match cfg.network {
@@ -554,6 +558,10 @@ mod tests {
             },
             PoolConfig {
                 network: GuestNetwork::User,
+                ..cfg.clone()
+            },
+            PoolConfig {
+                disk_gib: Some(8),
                 ..cfg.clone()
             },
         ] {

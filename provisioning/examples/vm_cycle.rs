@@ -60,6 +60,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             memory_mib: 512,
             hostname: "minion".into(),
             network: None,
+            disk_bytes: None,
         };
         let t = Instant::now();
         let p = vm::prepare(&req)?;

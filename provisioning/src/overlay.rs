@@ -66,6 +66,22 @@ pub fn create_with_format(
     Ok(())
 }
 
+/// Grows the qcow2 `overlay` to `bytes` (its backing file is untouched); refused when that is
+/// less than it is.
+pub fn grow(overlay: &Path, bytes: u64) -> Result<(), ProvisionError> {
+    command::run(
+        "qemu-img",
+        [
+            "resize".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            overlay.as_os_str(),
+            bytes.to_string().as_ref(),
+        ],
+    )
+}
+
 /// `<state_dir>/overlay-templates`: one pristine overlay per base image, copied for each job.
 pub fn templates_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("overlay-templates")

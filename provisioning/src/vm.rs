@@ -29,6 +29,9 @@ pub struct VmRequest {
     pub hostname: String,
     /// The VM's NIC; `None` = no NIC.
     pub network: Option<crate::domain::Nic>,
+    /// The VM's disk (its overlay) grown to this many bytes; `None`: the image's size. The
+    /// guest's own tools grow its file system (cloud-init's growpart in a cloud image).
+    pub disk_bytes: Option<u64>,
 }
 
 /// Where the time of [`prepare`] went.
@@ -94,6 +97,9 @@ fn build(req: &VmRequest, files: &VmFiles) -> Result<PreparedVm, ProvisionError>
         &files.overlay,
         &overlay::templates_dir(&req.state_dir),
     )?;
+    if let Some(bytes) = req.disk_bytes {
+        overlay::grow(&files.overlay, bytes)?;
+    }
     timings.overlay = t.elapsed();
 
     let t = Instant::now();
@@ -370,6 +376,7 @@ mod tests {
             memory_mib: 256,
             hostname: "minion".into(),
             network: None,
+            disk_bytes: None,
         }
     }
 

@@ -198,6 +198,7 @@ fn prepare(scratch: &Scratch, variant: &str, power_off: bool, accel: &Accel) -> 
         memory_mib: 512,
         hostname: "minion".into(),
         network: None,
+        disk_bytes: None,
     };
     let prepared = vm::prepare(&req).expect("prepare the VM");
     eprintln!("{variant}: {:?}", prepared.timings);
@@ -498,6 +499,7 @@ fn real_libvirt_cloud_init_user_data_starts_the_agent() {
         memory_mib: 768,
         hostname: "minion-cloud".into(),
         network: None,
+        disk_bytes: None,
     };
     let p = vm::prepare(&req).expect("prepare");
     let hv = Hypervisor::connect(URI).expect("connect");

@@ -61,6 +61,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             memory_mib: env_or("MEMORY_MIB", 512),
             hostname: "minion-smoke".into(),
             network: None,
+            disk_bytes: None,
         };
         let p = vm::prepare(&req)?;
         let t0 = Instant::now();

@@ -633,3 +633,31 @@ fn an_instance_has_no_network_unless_asked_and_then_reaches_out_through_nat() {
     assert!(rm.status.success(), "{}", output_text(&rm));
     assert_nothing_left(&d);
 }
+
+#[test]
+fn disk_size_grows_the_instance_disk_and_is_bounded() {
+    let test = "disk_size_grows_the_instance_disk_and_is_bounded";
+    if !vm_env(test) {
+        return;
+    }
+    let d = Daemon::start_with(1, 0, &instances_config(2));
+    let i = create(&d, &["--name", "roomy", "--disk-size", "5"]);
+    assert_eq!(i["state"], "ready", "{i:#}");
+    let o = exec(&d, "roomy", &["cat", "/sys/block/vda/size"]);
+    let sectors: u64 = stdout(&o).trim().parse().unwrap_or(0);
+    assert_eq!(sectors * 512, 5 << 30, "{}", output_text(&o));
+    let plain = create(&d, &["--name", "plain"]);
+    assert_eq!(plain["state"], "ready");
+    let o = exec(&d, "plain", &["cat", "/sys/block/vda/size"]);
+    let sectors: u64 = stdout(&o).trim().parse().unwrap_or(0);
+    assert!(
+        sectors * 512 < 5 << 30,
+        "the image's own size: {}",
+        output_text(&o)
+    );
+    let big = d.cli(&["instance", "create", "minimal", "--disk-size", "100000"]);
+    assert_eq!(big.status.code(), Some(2), "{}", output_text(&big));
+    let rm = d.cli(&["instance", "remove", "--all"]);
+    assert!(rm.status.success(), "{}", output_text(&rm));
+    assert_nothing_left(&d);
+}

@@ -234,6 +234,7 @@ async fn prepare_vm(variant: &str, tag: &str, agent: PathBuf) -> Prepared {
         memory_mib: 1024,
         hostname: "minion-e2e".into(),
         network: None,
+        disk_bytes: None,
     };
     let uri = libvirt_uri();
     let (hv, prepared) = tokio::task::spawn_blocking(move || {

@@ -31,6 +31,9 @@ pub enum InstanceCommand {
         ram: Option<u64>,
         #[arg(long)]
         vcpus: Option<u32>,
+        /// Grow its disk to this many GiB (a cloud image's cloud-init grows its file system).
+        #[arg(long, value_name = "GIB")]
+        disk_size: Option<u64>,
         /// `user`: a NAT-out-only NIC (nothing can reach in). Default `none`.
         #[arg(long, default_value = "none", value_parser = ["none", "user"])]
         network: String,
@@ -95,6 +98,7 @@ pub async fn run(conn: &Connection, cmd: InstanceCommand) -> Result<i32, ClientE
             name,
             ram,
             vcpus,
+            disk_size,
             network,
         } => {
             let t0 = std::time::Instant::now();
@@ -105,6 +109,7 @@ pub async fn run(conn: &Connection, cmd: InstanceCommand) -> Result<i32, ClientE
                     vcpus: vcpus.unwrap_or(0),
                     memory_mib: ram.unwrap_or(0),
                     network: network == "user",
+                    disk_gib: disk_size.unwrap_or(0),
                 })
                 .await?
                 .into_inner();
