@@ -31,6 +31,8 @@ PACKAGES=(
     # the tests' stock Python gRPC client (grpcio from PyPI, in a venv); promtool (a real
     # Prometheus parser) checks /metrics
     python3-venv prometheus
+    # `make bench` runs testcloud as the instance baseline; it sets ACLs on its images (setfacl)
+    acl
     # a real browser for the dashboard's end-to-end test (WebDriver through chromedriver);
     # systemd-analyze checks the units `make install` puts in place (no systemd needs to run)
     chromium chromium-driver systemd
