@@ -20,6 +20,7 @@ use crate::instance_api;
 use crate::jobs::convert::{job_to_pb, state_from_pb};
 use crate::jobs::{Created, JobsError, ListQuery, StoreError};
 use crate::service::{CancelError, PoolAdminError, Service, SubmitError};
+use crate::snapshots::SnapshotStatus;
 use crate::taskrepo::RepoError;
 use crate::watch;
 
@@ -90,6 +91,15 @@ fn pool_to_pb(p: crate::service::PoolStatus) -> pb::Pool {
         booting: p.booting,
         min_ready: p.cfg.min_ready,
         drained: p.cfg.drained,
+        snapshot: p.snapshot.as_str().to_string(),
+        snapshot_reason: match &p.snapshot {
+            SnapshotStatus::Broken { reason } => reason.clone(),
+            _ => String::new(),
+        },
+        snapshot_bytes: match p.snapshot {
+            SnapshotStatus::Ready { disk_bytes } => disk_bytes,
+            _ => 0,
+        },
     }
 }
 
@@ -493,7 +503,14 @@ impl Controller for Api {
             .remove(&caller, &r.names, r.all)
             .await
             .map_err(instance_api::status)?;
-        Ok(Response::new(pb::RemoveInstancesResponse { removed }))
+        let kept_consoles = removed
+            .iter()
+            .filter_map(|(n, kept)| Some((n.clone(), kept.as_ref()?.display().to_string())))
+            .collect();
+        Ok(Response::new(pb::RemoveInstancesResponse {
+            removed: removed.into_iter().map(|(n, _)| n).collect(),
+            kept_consoles,
+        }))
     }
 
     async fn instance_action(

@@ -15,6 +15,7 @@ use crate::artifacts;
 use crate::jobs::{JobRecord, Jobs, ListQuery};
 use crate::lifecycle::State;
 use crate::service::PoolStatus;
+use crate::snapshots::SnapshotStatus;
 use crate::urlpath;
 
 pub use live::events;
@@ -399,6 +400,12 @@ impl Dashboard {
                     max_vms => p.cfg.max_vms, vcpus => p.cfg.vcpus, memory_mib => p.cfg.memory_mib,
                     running => p.running, queued => p.queued, ready => p.ready,
                     booting => p.booting, min_ready => p.cfg.min_ready, drained => p.cfg.drained,
+                    snapshot => p.snapshot.as_str(),
+                    snapshot_detail => match &p.snapshot {
+                        SnapshotStatus::Ready { disk_bytes } => format!("{:.1} MiB", *disk_bytes as f64 / 1048576.0),
+                        SnapshotStatus::Broken { reason } => reason.clone(),
+                        _ => String::new(),
+                    },
                 }
             })
             .collect();

@@ -69,6 +69,7 @@ pub fn to_pb(r: InstanceRecord, running: u32) -> pb::Instance {
         domain: r.domain,
         agent_version: r.agent_version,
         running,
+        keep_console: r.keep_console,
     }
 }
 
@@ -87,6 +88,7 @@ pub async fn create(
                 memory_mib: r.memory_mib,
                 network: r.network,
                 disk_gib: (r.disk_gib > 0).then_some(r.disk_gib),
+                keep_console: r.keep_console,
             },
         )
         .await

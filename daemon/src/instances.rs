@@ -87,6 +87,9 @@ pub struct InstanceRecord {
     /// Its `/etc/machine-id`: kept across a stop and start.
     #[serde(default)]
     pub machine_id: String,
+    /// Its console log outlives `remove`.
+    #[serde(default)]
+    pub keep_console: bool,
 }
 
 /// What `create` is asked for.
@@ -101,6 +104,8 @@ pub struct CreateRequest {
     pub network: bool,
     /// The disk grown to this many GiB; `None`: the image's size.
     pub disk_gib: Option<u64>,
+    /// The console log outlives `remove`.
+    pub keep_console: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -472,6 +477,7 @@ impl Instances {
             domain: String::new(),
             agent_version: String::new(),
             machine_id: String::new(),
+            keep_console: req.keep_console,
         };
         let live = self.reserve(&record)?;
         let me = self.clone();
@@ -833,6 +839,7 @@ impl Instances {
             domain: guard.name().to_string(),
             agent_version: String::new(),
             machine_id: String::new(),
+            keep_console: false,
         };
         let live = match self.reserve(&record) {
             Ok(l) => l,
@@ -933,13 +940,15 @@ impl Instances {
     }
 
     /// Removes `names` (or, with `all`, every instance the caller owns): VMs destroyed, records
-    /// and console logs deleted. Nothing is removed when one of the names is refused.
+    /// deleted, console logs deleted or, for an instance created with `keep_console`, moved to
+    /// `instances/removed/` (returned beside its name). Nothing is removed when one of the names
+    /// is refused.
     pub async fn remove(
         &self,
         caller: &Caller,
         names: &[String],
         all: bool,
-    ) -> Result<Vec<String>, InstanceError> {
+    ) -> Result<Vec<(String, Option<PathBuf>)>, InstanceError> {
         let mut targets: Vec<String> = names.to_vec();
         if all {
             for (r, _) in self.list() {
@@ -948,11 +957,13 @@ impl Instances {
                 }
             }
         }
+        let mut records = HashMap::new();
         for n in &targets {
             let r = self
                 .get(n)?
                 .ok_or_else(|| InstanceError::NotFound(n.clone()))?;
             Self::may_touch(caller, &r.owner, n)?;
+            records.insert(n.clone(), r);
         }
         let mut removed = Vec::new();
         for n in targets {
@@ -973,11 +984,37 @@ impl Instances {
             }
             self.tree.remove(n.as_bytes())?;
             self.tree.flush()?;
-            let _ = std::fs::remove_file(self.console_path(&n));
-            tracing::info!(instance = %n, by = %caller.id, "instance removed");
-            removed.push(n);
+            let console = self.console_path(&n);
+            let kept = match records.get(&n) {
+                Some(r) if r.keep_console => self.keep_removed_console(r, &console),
+                _ => None,
+            };
+            if kept.is_none() {
+                let _ = std::fs::remove_file(&console);
+            }
+            tracing::info!(instance = %n, by = %caller.id, kept_console = ?kept, "instance removed");
+            removed.push((n, kept));
         }
         Ok(removed)
+    }
+
+    /// Moves a removed instance's console log out of the way of its name's next use:
+    /// `instances/removed/<name>-<created ms>.console.log`.
+    fn keep_removed_console(
+        &self,
+        r: &InstanceRecord,
+        console: &std::path::Path,
+    ) -> Option<PathBuf> {
+        let dir = self.ctx.state_dir.join("instances").join("removed");
+        let to = dir.join(format!("{}-{}.console.log", r.name, r.created_at_ms));
+        let moved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::rename(console, &to));
+        match moved {
+            Ok(()) => Some(to),
+            Err(e) => {
+                tracing::warn!(instance = %r.name, "keeping the console log {}: {e}", console.display());
+                None
+            }
+        }
     }
 
     /// Starts `spec` in instance `name`.

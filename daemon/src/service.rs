@@ -118,6 +118,7 @@ pub struct PoolStatus {
     pub queued: u32,
     pub ready: u32,
     pub booting: u32,
+    pub snapshot: crate::snapshots::SnapshotStatus,
 }
 
 /// The pools by name; a reload adds to it (entries are never removed while miniond runs).
@@ -815,6 +816,7 @@ impl Service {
                     .unwrap_or(0),
                 ready: e.prebooted.ready(),
                 booting: e.prebooted.booting(),
+                snapshot: self.run.snapshots.status(&e.pool),
             })
             .collect()
     }

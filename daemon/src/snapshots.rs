@@ -67,8 +67,38 @@ pub enum SnapshotError {
 #[derive(Debug, Clone)]
 enum KeyState {
     Building,
-    /// Making or restoring it failed: the pool's VMs boot until the key changes.
-    Broken,
+    /// Making or restoring it failed (why): the pool's VMs boot until the key changes.
+    Broken(String),
+}
+
+/// What `minion pool list` says of a pool's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotStatus {
+    /// A `start = "boot"` pool.
+    Off,
+    /// None yet: the first VM the pool needs boots and starts one.
+    None,
+    Building,
+    /// Its VMs are restored from it.
+    Ready {
+        disk_bytes: u64,
+    },
+    /// Its VMs boot until the key changes.
+    Broken {
+        reason: String,
+    },
+}
+
+impl SnapshotStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SnapshotStatus::Off => "off",
+            SnapshotStatus::None => "none",
+            SnapshotStatus::Building => "building",
+            SnapshotStatus::Ready { .. } => "ready",
+            SnapshotStatus::Broken { .. } => "broken",
+        }
+    }
 }
 
 /// What a file is, cheaply: a changed file changes it.
@@ -97,6 +127,8 @@ pub struct Snapshots {
     keys: Mutex<HashMap<String, KeyState>>,
     /// Pool name → the key of its snapshot (a new one replaces it on disk).
     pool_keys: Mutex<HashMap<String, String>>,
+    /// Pool name → the key last asked for (being built, broken or whole).
+    pool_wants: Mutex<HashMap<String, String>>,
     /// The agent binary's digest, by its stamp.
     agent: Mutex<Option<(Stamp, String)>>,
     /// libvirt's and qemu's versions by libvirt URI.
@@ -111,6 +143,7 @@ impl Snapshots {
             ctx: ctx.clone(),
             keys: Mutex::default(),
             pool_keys: Mutex::default(),
+            pool_wants: Mutex::default(),
             agent: Mutex::default(),
             versions: Mutex::default(),
             stop: CancellationToken::new(),
@@ -151,6 +184,34 @@ impl Snapshots {
         }
         for (pool, key) in wanted {
             self.want(&pool, &key);
+        }
+    }
+
+    /// The state of `pool`'s snapshot, as far as this daemon has looked (a pool is looked at
+    /// at start and whenever it starts a VM).
+    pub fn status(&self, pool: &Pool) -> SnapshotStatus {
+        if pool.cfg().start != VmStart::Snapshot {
+            return SnapshotStatus::Off;
+        }
+        let wanted = Self::lock(&self.pool_wants).get(&pool.name).cloned();
+        let Some(key) = wanted.or_else(|| Self::lock(&self.pool_keys).get(&pool.name).cloned())
+        else {
+            return SnapshotStatus::None;
+        };
+        match Self::lock(&self.keys).get(&key) {
+            Some(KeyState::Building) => return SnapshotStatus::Building,
+            Some(KeyState::Broken(reason)) => {
+                return SnapshotStatus::Broken {
+                    reason: reason.clone(),
+                }
+            }
+            None => {}
+        }
+        match SnapshotFiles::new(&self.ctx.state_dir, &key) {
+            Ok(f) if f.is_complete() => SnapshotStatus::Ready {
+                disk_bytes: f.disk_bytes(),
+            },
+            _ => SnapshotStatus::None,
         }
     }
 
@@ -227,6 +288,7 @@ impl Snapshots {
                 return None;
             }
         };
+        Self::lock(&self.pool_wants).insert(pool.name.clone(), key.clone());
         let files = SnapshotFiles::new(&self.ctx.state_dir, &key).ok()?;
         if Self::lock(&self.keys).contains_key(&key) {
             return None;
@@ -241,6 +303,7 @@ impl Snapshots {
 
     /// Starts building `key`'s snapshot for `pool` unless it is being built or is broken.
     fn want(self: &Arc<Self>, pool: &Arc<Pool>, key: &str) {
+        Self::lock(&self.pool_wants).insert(pool.name.clone(), key.to_string());
         {
             let mut keys = Self::lock(&self.keys);
             if keys.contains_key(key) {
@@ -260,8 +323,8 @@ impl Snapshots {
     /// A restore from `files` failed: the key is not used again, its files go, VMs boot.
     fn broken(&self, pool: &Pool, files: &SnapshotFiles, why: &str) {
         let first = !matches!(
-            Self::lock(&self.keys).insert(files.key.clone(), KeyState::Broken),
-            Some(KeyState::Broken)
+            Self::lock(&self.keys).insert(files.key.clone(), KeyState::Broken(why.to_string())),
+            Some(KeyState::Broken(_))
         );
         if first {
             tracing::warn!(pool = %pool.name, key = %files.key, "snapshot not usable: {why}; the pool's VMs boot from now on");
@@ -322,7 +385,10 @@ impl Snapshots {
                 Self::lock(&self.keys).remove(&key);
             }
             Err(e) => {
-                Self::lock(&self.keys).insert(key.clone(), KeyState::Broken);
+                Self::lock(&self.keys).insert(
+                    key.clone(),
+                    KeyState::Broken(format!("making it failed: {e}")),
+                );
                 tracing::warn!(pool = %pool.name, key = %key, "making a snapshot failed: {e}; the pool's VMs boot");
             }
         }

@@ -22,6 +22,8 @@ fn an_admin_drains_resizes_and_pre_boots_a_running_pool_and_nothing_running_is_d
     )
     .expect("chmod");
 
+    // The harness's pools boot their VMs: no snapshot.
+    assert_eq!(pools(&d)["snapshot"], "off");
     // Drained: a job waits in the queue; pre-booting waits too.
     let p = d.json(&["pool", "drain", "minimal"]);
     assert_eq!(p[0]["drained"], true);

@@ -235,6 +235,14 @@ fn a_snapshot_that_no_longer_restores_is_dropped_once_and_vms_boot() {
     }
     let d = Daemon::start_with(1, 0, SNAPSHOT);
     let snap = wait_snapshot(&d);
+    until(
+        "pool list says the snapshot is ready",
+        Duration::from_secs(10),
+        || {
+            let p = &d.json(&["pool", "list"])[0];
+            p["snapshot"] == "ready" && p["snapshot_bytes"].as_u64().unwrap_or(0) > 1 << 20
+        },
+    );
     // Damage the saved state: libvirt refuses it, or the guest never comes back.
     let state = snap.join("memory.save");
     let mut perms = std::fs::metadata(&state).expect("state").permissions();
@@ -249,6 +257,21 @@ fn a_snapshot_that_no_longer_restores_is_dropped_once_and_vms_boot() {
     }
     let said = d.log().matches("snapshot not usable").count();
     assert_eq!(said, 1, "logged {said} times:\n{}", d.log());
+    let p = &d.json(&["pool", "list"])[0];
+    assert_eq!(p["snapshot"], "broken", "{p:#}");
+    assert!(
+        p["snapshot_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("restoring it failed"),
+        "{p:#}"
+    );
+    let table = d.cli(&["pool", "list"]);
+    assert!(
+        output_text(&table).contains("broken: restoring it failed"),
+        "{}",
+        output_text(&table)
+    );
     assert!(!snap.exists(), "the broken snapshot is still there");
     until("no VM left", TEARDOWN_AFTER_END, || d.domains().is_empty());
 }

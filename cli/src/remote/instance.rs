@@ -37,6 +37,9 @@ pub enum InstanceCommand {
         /// `user`: a NAT-out-only NIC (nothing can reach in). Default `none`.
         #[arg(long, default_value = "none", value_parser = ["none", "user"])]
         network: String,
+        /// Keep its serial console log after `remove` (on miniond's host; `remove` prints where).
+        #[arg(long)]
+        keep_console: bool,
     },
     /// List instances (everyone's).
     List,
@@ -100,6 +103,7 @@ pub async fn run(conn: &Connection, cmd: InstanceCommand) -> Result<i32, ClientE
             vcpus,
             disk_size,
             network,
+            keep_console,
         } => {
             let t0 = std::time::Instant::now();
             let i = c
@@ -110,6 +114,7 @@ pub async fn run(conn: &Connection, cmd: InstanceCommand) -> Result<i32, ClientE
                     memory_mib: ram.unwrap_or(0),
                     network: network == "user",
                     disk_gib: disk_size.unwrap_or(0),
+                    keep_console,
                 })
                 .await?
                 .into_inner();
@@ -158,16 +163,21 @@ pub async fn run(conn: &Connection, cmd: InstanceCommand) -> Result<i32, ClientE
             if names.is_empty() && !all {
                 return Err(bad("instance remove: name instances, or --all"));
             }
-            let removed = c
+            let r = c
                 .remove_instances(pb::RemoveInstancesRequest { names, all })
                 .await?
-                .into_inner()
-                .removed;
+                .into_inner();
             if conn.json {
-                print_json(&serde_json::json!({ "removed": removed }));
+                print_json(&serde_json::json!({
+                    "removed": r.removed,
+                    "kept_consoles": r.kept_consoles,
+                }));
             } else {
-                for n in removed {
-                    println!("removed {n}");
+                for n in &r.removed {
+                    match r.kept_consoles.get(n) {
+                        Some(log) => println!("removed {n} (console log kept: {log})"),
+                        None => println!("removed {n}"),
+                    }
                 }
             }
             Ok(0)

@@ -62,6 +62,8 @@ pub fn pool(p: &pb::Pool) -> Value {
         "vcpus": p.vcpus, "memory_mib": p.memory_mib,
         "default_timeout_seconds": p.default_timeout_seconds, "running": p.running, "queued": p.queued,
         "ready": p.ready, "booting": p.booting, "min_ready": p.min_ready, "drained": p.drained,
+        "snapshot": p.snapshot, "snapshot_reason": p.snapshot_reason,
+        "snapshot_bytes": p.snapshot_bytes,
     })
 }
 
@@ -95,5 +97,6 @@ pub fn instance(i: &pb::Instance) -> Value {
         "domain": i.domain,
         "agent_version": i.agent_version,
         "running": i.running,
+        "keep_console": i.keep_console,
     })
 }

@@ -231,7 +231,7 @@ pub fn job_details(j: &pb::Job, now_ms: i64) -> String {
 pub fn pools_table(p: &[pb::Pool]) -> Table {
     let mut t = table(&[
         "POOL", "IMAGE", "LIBVIRT", "MAX VMS", "VCPUS", "MEMORY", "TIMEOUT", "RUNNING", "READY",
-        "QUEUED",
+        "QUEUED", "SNAPSHOT",
     ]);
     for p in p {
         t.add_row(vec![
@@ -252,6 +252,11 @@ pub fn pools_table(p: &[pb::Pool]) -> Table {
                 format!("{} (drained)", p.queued)
             } else {
                 p.queued.to_string()
+            },
+            match p.snapshot.as_str() {
+                "ready" => format!("ready, {}", size(p.snapshot_bytes)),
+                "broken" => format!("broken: {}", p.snapshot_reason),
+                s => s.to_string(),
             },
         ]);
     }
