@@ -8,7 +8,8 @@
 #     CPU-seconds per job (all of the host: qemu, libvirtd, miniond), and VMs left afterwards;
 #  4. disk used by the snapshot, and the time to make it.
 # Needs: libvirtd, `make image`, scripts/build-agent.sh. Env: IMAGES ("minimal"), N (20), M (40),
-# MINION_AGENT_BINARY.
+# MINION_AGENT_BINARY, IMAGES_DIR (the catalog; miniond's default when unset: an older build of an
+# image can be measured against the current one through a directory that links it by name).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGES="${IMAGES:-minimal}"
@@ -54,6 +55,7 @@ state_dir = "$dir/state"
 agent_binary = "$AGENT"
 listen = "$sock"
 log_format = "json"
+${IMAGES_DIR:+images_dir = \"$IMAGES_DIR\"}
 [submissions]
 local_repo_roots = ["$WORK"]
 [pools.bench]

@@ -14,6 +14,7 @@ mod outbox;
 mod port;
 mod runner;
 mod serve;
+mod settle;
 mod sink;
 
 use std::process::ExitCode;

@@ -111,6 +111,16 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
                 return served.map(|()| Served::Instance);
             }
             H::Quiesce(_) => {
+                // Heartbeats go on while the boot finishes: restored VMs must not resume it.
+                match crate::settle::wait_for_boot(crate::settle::SETTLE_LIMIT) {
+                    crate::settle::Settled::NoInit => {}
+                    crate::settle::Settled::Booted { state, waited } => {
+                        tracing::info!(%state, waited_ms = waited.as_millis() as u64, "boot finished before the snapshot")
+                    }
+                    crate::settle::Settled::GaveUp { state } => {
+                        tracing::warn!(%state, "the boot has not finished after {:?}; quiescing anyway", crate::settle::SETTLE_LIMIT)
+                    }
+                }
                 // No heartbeat may follow Quiesced: the next session would read it before Ready.
                 drop(done_tx);
                 let _ = beats.join();

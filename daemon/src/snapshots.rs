@@ -34,8 +34,9 @@ use crate::pool::Pool;
 
 /// Bumped when what a snapshot holds changes meaning (the domain XML's shape, the guest protocol).
 const SNAPSHOT_FORMAT: u32 = 1;
-/// How long the template's agent gets to flush and answer Quiesced.
-const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the template's agent gets to answer Quiesced: it first lets a systemd guest finish
+/// booting (at most 60 s), then flushes.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Prefix of template VMs' ids.
 pub const TEMPLATE_PREFIX: &str = "snapshot-";
 

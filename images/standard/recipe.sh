@@ -23,6 +23,16 @@ recipe_rootfs() {
     install -D -m 0644 "$IMAGES_DIR/standard/initramfs-modules" "$root/etc/initramfs-tools/modules"
     mkdir -p "$root/etc/systemd/system/sysinit.target.wants"
     ln -sf /etc/systemd/system/minion-agent.service "$root/etc/systemd/system/sysinit.target.wants/minion-agent.service"
+    # Generators for what this image never has (encrypted, integrity or verity volumes, a GPT
+    # root to discover, hibernation, offline updates, rc.local, SysV scripts): each is a process
+    # systemd runs before it starts any unit, ~0.1 s apiece under TCG.
+    mkdir -p "$root/etc/systemd/system-generators"
+    for gen in systemd-cryptsetup-generator systemd-integritysetup-generator \
+               systemd-veritysetup-generator systemd-gpt-auto-generator \
+               systemd-hibernate-resume-generator systemd-system-update-generator \
+               systemd-rc-local-generator systemd-sysv-generator; do
+        ln -sf /dev/null "$root/etc/systemd/system-generators/$gen"
+    done
     # No network is attached: nothing may wait for it.
     for unit in systemd-networkd-wait-online.service systemd-networkd.service apt-daily.timer \
                 apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
