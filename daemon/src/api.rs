@@ -22,6 +22,7 @@ use crate::jobs::{Created, JobsError, ListQuery, StoreError};
 use crate::service::{CancelError, PoolAdminError, Service, SubmitError};
 use crate::snapshots::SnapshotStatus;
 use crate::taskrepo::RepoError;
+use crate::validations::ValidationError;
 use crate::watch;
 
 const ARTIFACT_CHUNK: usize = 256 * 1024;
@@ -115,7 +116,15 @@ fn catalog_status(e: CatalogError) -> Status {
         CatalogError::Provision(minion_provisioning::ProvisionError::InvalidSpec { .. }) => {
             Status::invalid_argument(msg)
         }
-        CatalogError::Provision(_) | CatalogError::Task(_) => Status::internal(msg),
+        CatalogError::Validation(ValidationError::Stopped(_)) => Status::unavailable(msg),
+        CatalogError::Validation(ValidationError::Failed { .. }) => {
+            Status::failed_precondition(msg)
+        }
+        CatalogError::Provision(_)
+        | CatalogError::Task(_)
+        | CatalogError::Validation(ValidationError::Image { .. } | ValidationError::Task(_)) => {
+            Status::internal(msg)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use minion_provisioning::image::{self, AgentStart, Image};
-use minion_provisioning::import::{self, ImportSpec, Validation, ValidationState};
+use minion_provisioning::import::{self, ImportSpec, Validation};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -27,6 +27,8 @@ pub enum CatalogError {
     Upload(String),
     #[error("the catalog's filesystem has {free} bytes free; the image needs {need} (and {keep} are kept free)")]
     NoSpace { free: u64, need: u64, keep: u64 },
+    #[error("{0}")]
+    Validation(#[from] crate::validations::ValidationError),
     #[error("catalog task: {0}")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -169,23 +171,7 @@ pub async fn validate(
     image: &Image,
     instances: &Arc<Instances>,
 ) -> Result<Validation, CatalogError> {
-    let validation = match instances.validate(image).await {
-        Ok(ready) => Validation {
-            state: ValidationState::Ok,
-            reason: String::new(),
-            ready_ms: u64::try_from(ready.as_millis()).unwrap_or(u64::MAX),
-            at: import::now_rfc3339(),
-        },
-        Err(why) => Validation {
-            state: ValidationState::Failed,
-            reason: why.to_string(),
-            ready_ms: 0,
-            at: import::now_rfc3339(),
-        },
-    };
-    import::write_validation(&image.dir, &validation)?;
-    tracing::info!(image = %image.manifest.name, state = ?validation.state, ready_ms = validation.ready_ms, reason = %validation.reason, "image validated");
-    Ok(validation)
+    Ok(instances.validate(image).await?)
 }
 
 /// Removes `name` from the catalog unless something named in `users` uses it.

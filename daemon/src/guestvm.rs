@@ -151,6 +151,8 @@ pub enum BootError {
         #[source]
         source: tokio::task::JoinError,
     },
+    #[error("{0}")]
+    Validation(#[source] crate::validations::ValidationError),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -877,40 +877,23 @@ impl Instances {
         Ok(())
     }
 
-    /// Boots `image` once to the agent's Ready in the instances' default shape and tears it
-    /// down: how an imported image is validated. Returns domain start → Ready, or why it failed
-    /// (the console log is kept beside the image as `validation-console.log`).
-    pub async fn validate(&self, image: &image::Image) -> Result<std::time::Duration, BootError> {
-        let mut pc = self.cfg.pool_config(
+    /// Validates `image` again by booting it once in the instances' default shape (how an
+    /// imported or rebuilt image is validated), recording the outcome beside it.
+    pub async fn validate(
+        &self,
+        image: &image::Image,
+    ) -> Result<minion_provisioning::import::Validation, crate::validations::ValidationError> {
+        let shape = self.cfg.pool_config(
             &image.manifest.name,
             self.cfg.vcpus,
             self.cfg.memory_mib,
             GuestNetwork::None,
             None,
         );
-        pc.start = crate::config::VmStart::Boot;
-        let pool = Arc::new(Pool::new(
-            &format!("validate/{}", image.manifest.name),
-            &pc,
-            None,
-        ));
-        let vm_id = uuid::Uuid::new_v4().to_string();
-        let console = image.dir.join("validation-console.log");
-        let ready = guestvm::boot_to_ready(
-            &self.ctx,
-            &pool,
-            &vm_id,
-            Some(console),
-            &guestvm::Start::Boot,
-            &self.stop,
-            &mut |_| {},
-        )
-        .await?;
-        let took = ready.boot;
-        if let Err(e) = ready.guard.teardown().await {
-            tracing::error!(image = %image.manifest.name, "teardown after the validation boot: {e}");
-        }
-        Ok(took)
+        self.snapshots
+            .validations()
+            .validate(image, &shape, true)
+            .await
     }
 
     /// The instances alive on image `name`.

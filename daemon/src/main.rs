@@ -28,6 +28,7 @@ mod taskrepo;
 #[cfg(test)]
 mod tests;
 mod urlpath;
+mod validations;
 mod watch;
 mod web;
 

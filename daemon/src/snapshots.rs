@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{GuestNetwork, PoolConfig, VmStart};
 use crate::guestvm::{self, BootError, BootStep, ReadyVm, Start, VmContext};
 use crate::pool::Pool;
+use crate::validations::Validations;
 
 /// Bumped when what a snapshot holds changes meaning (the domain XML's shape, the guest protocol).
 const SNAPSHOT_FORMAT: u32 = 1;
@@ -134,6 +135,8 @@ pub struct Snapshots {
     agent: Mutex<Option<(Stamp, String)>>,
     /// libvirt's and qemu's versions by libvirt URI.
     versions: Mutex<HashMap<String, (u32, u32)>>,
+    /// Every image is validated before its first VM.
+    validations: Arc<Validations>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -147,6 +150,7 @@ impl Snapshots {
             pool_wants: Mutex::default(),
             agent: Mutex::default(),
             versions: Mutex::default(),
+            validations: Validations::new(ctx),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -216,9 +220,15 @@ impl Snapshots {
         }
     }
 
+    /// The images' validations (shared with imports and ValidateImage).
+    pub fn validations(&self) -> &Arc<Validations> {
+        &self.validations
+    }
+
     /// Stops building; a template being made is torn down (waits for it).
     pub async fn shutdown(&self) {
         self.stop.cancel();
+        self.validations.shutdown();
         self.tasks.close();
         self.tasks.wait().await;
     }
@@ -234,6 +244,10 @@ impl Snapshots {
         cancel: &CancellationToken,
         progress: &mut (dyn FnMut(BootStep) + Send),
     ) -> Result<ReadyVm, BootError> {
+        tokio::select! {
+            v = self.validations.ensure(pool) => v.map_err(BootError::Validation)?,
+            _ = cancel.cancelled() => return Err(BootError::Cancelled { while_booting: false }),
+        }
         let mut heard = [false; 2];
         let mut once = |step: BootStep| {
             let i = step.index();
@@ -397,6 +411,10 @@ impl Snapshots {
 
     /// Boots the template, quiesces it, saves and freezes it; the template is gone on return.
     async fn make(&self, pool: &Arc<Pool>, key: &str) -> Result<SnapshotFiles, SnapshotError> {
+        tokio::select! {
+            v = self.validations.ensure(pool) => v.map_err(BootError::Validation)?,
+            _ = self.stop.cancelled() => return Err(BootError::Cancelled { while_booting: false }.into()),
+        }
         let id = template_id();
         let t0 = Instant::now();
         let vm = guestvm::boot_to_ready(

@@ -61,20 +61,19 @@ pub struct Validation {
 /// Why pools and instances may not use an image.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unusable {
-    #[error("image {0} is not validated yet (it is booted once when imported)")]
-    Pending(String),
     #[error("image {name} failed its validation: {reason}")]
     Failed { name: String, reason: String },
 }
 
-/// Whether pools and instances may use `image`: one built by a recipe (it has no validation
-/// record), or one imported and validated.
+/// Whether work may be given to `image`: any image but one that failed its validation. One with
+/// no record yet (built by a recipe) or a pending one is validated before its first VM starts.
 pub fn usable(image: &Image) -> Result<(), Unusable> {
-    let name = image.manifest.name.clone();
-    match read_validation(image).map(|v| (v.state, v.reason)) {
-        None | Some((ValidationState::Ok, _)) => Ok(()),
-        Some((ValidationState::Pending, _)) => Err(Unusable::Pending(name)),
-        Some((ValidationState::Failed, reason)) => Err(Unusable::Failed { name, reason }),
+    match read_validation(image) {
+        Some(v) if v.state == ValidationState::Failed => Err(Unusable::Failed {
+            name: image.manifest.name.clone(),
+            reason: v.reason,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -485,7 +484,8 @@ mod tests {
             read_validation(&img).map(|v| v.state),
             Some(ValidationState::Pending)
         );
-        assert_eq!(usable(&img), Err(Unusable::Pending("imported".into())));
+        // Pending: work may queue for it; its first VM start validates it.
+        assert_eq!(usable(&img), Ok(()));
         let failed = Validation {
             state: ValidationState::Failed,
             reason: "no Ready in 120 s".into(),

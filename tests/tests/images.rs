@@ -219,3 +219,93 @@ fn image_build_shows_stages_and_miniond_validates_what_it_built() {
     let bad = d.cli(&["image", "build", "nope"]);
     assert_eq!(bad.status.code(), Some(2), "{}", output_text(&bad));
 }
+
+/// A catalog whose `minimal` is a hard-linked copy of the shared build without its validation
+/// record (as `make image` leaves a new build).
+fn unvalidated_minimal() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("e2e-unvalidated-")
+        .tempdir_in("/var/lib/minion")
+        .expect("catalog");
+    let src = images_dir()
+        .join("minimal")
+        .canonicalize()
+        .expect("minimal");
+    let name = src.file_name().expect("name").to_owned();
+    let dst = d.path().join(&name);
+    std::fs::create_dir(&dst).expect("mkdir");
+    for e in std::fs::read_dir(&src).expect("read").flatten() {
+        let f = e.file_name();
+        let f = f.to_string_lossy();
+        if !f.starts_with("validation") && !f.starts_with('.') {
+            std::fs::hard_link(e.path(), dst.join(&*f)).expect("link");
+        }
+    }
+    std::os::unix::fs::symlink(&name, d.path().join("minimal")).expect("symlink");
+    d
+}
+
+fn listed_validation(d: &Daemon) -> Value {
+    d.json(&["image", "list"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|i| i["name"] == "minimal")
+        .cloned()
+        .expect("minimal listed")
+}
+
+#[test]
+fn an_image_with_no_validation_record_is_validated_once_before_its_first_vm() {
+    let test = "an_image_with_no_validation_record_is_validated_once_before_its_first_vm";
+    if !image_env(test, "minimal", &[]) {
+        return;
+    }
+    let catalog = unvalidated_minimal();
+    let record = catalog.path().join("minimal").join("validation.json");
+    let extra = format!("images_dir = {:?}\nstart = \"boot\"", catalog.path());
+    let d = Daemon::start_with(2, 0, &extra);
+    assert_eq!(listed_validation(&d)["validation"], "", "not validated yet");
+
+    // Two jobs at once: one validation boot, then both run.
+    let repo = task_repo(PASSING);
+    let ids: Vec<String> = (0..2).map(|_| d.submit(repo.path(), &[])).collect();
+    for id in &ids {
+        let j = d.wait_state(id, &["FINISHED", "FAILED"], Duration::from_secs(240));
+        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
+    }
+    let shown = listed_validation(&d);
+    assert_eq!(shown["validation"], "ok", "{shown:#}");
+    assert!(
+        shown["validated_ready_ms"].as_u64().unwrap_or(0) > 0,
+        "{shown:#}"
+    );
+    assert!(record.exists());
+    let boots = d.log().matches("validating the image").count();
+    assert_eq!(boots, 1, "validated {boots} times:\n{}", d.log());
+    // Its validation VM went like any other.
+    until("no VM left", TEARDOWN_AFTER_END, || d.domains().is_empty());
+
+    // A record left pending (a daemon died during the validation) is validated again.
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).expect("record")).expect("json");
+    v["state"] = "pending".into();
+    std::fs::write(&record, v.to_string()).expect("write");
+    let id = d.submit(repo.path(), &[]);
+    let j = d.wait_state(&id, &["FINISHED", "FAILED"], Duration::from_secs(240));
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    assert_eq!(d.log().matches("validating the image").count(), 2);
+    assert_eq!(listed_validation(&d)["validation"], "ok");
+
+    // A failed one is refused at submission, with why.
+    v["state"] = "failed".into();
+    v["reason"] = "no Ready within 120 s".into();
+    std::fs::write(&record, v.to_string()).expect("write");
+    let refused = d.cli(&Daemon::submit_args(repo.path(), &[]));
+    assert_eq!(refused.status.code(), Some(2), "{}", output_text(&refused));
+    assert!(
+        output_text(&refused).contains("no Ready within 120 s"),
+        "{}",
+        output_text(&refused)
+    );
+}

@@ -394,7 +394,7 @@ impl Daemon {
     }
 
     /// `minion submit REPO -i foo-1.0-1.fc40 -t koji_build EXTRA…`'s arguments.
-    fn submit_args<'a>(repo: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    pub fn submit_args<'a>(repo: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
         let mut a = vec![
             "submit",
             repo.to_str().expect("utf8 path"),
