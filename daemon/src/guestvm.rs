@@ -151,8 +151,9 @@ pub enum BootError {
         #[source]
         source: tokio::task::JoinError,
     },
-    #[error("{0}")]
-    Validation(#[source] crate::validations::ValidationError),
+    /// The image failed its validation boot (`validations`), so no VM of it starts.
+    #[error("image {name} failed its validation: {reason} (validate it again with `minion image build` or ValidateImage once it is mended)")]
+    Unvalidated { name: String, reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -245,7 +245,7 @@ impl Snapshots {
         progress: &mut (dyn FnMut(BootStep) + Send),
     ) -> Result<ReadyVm, BootError> {
         tokio::select! {
-            v = self.validations.ensure(pool) => v.map_err(BootError::Validation)?,
+            v = self.validations.ensure(pool) => v.map_err(BootError::from)?,
             _ = cancel.cancelled() => return Err(BootError::Cancelled { while_booting: false }),
         }
         let mut heard = [false; 2];
@@ -412,7 +412,7 @@ impl Snapshots {
     /// Boots the template, quiesces it, saves and freezes it; the template is gone on return.
     async fn make(&self, pool: &Arc<Pool>, key: &str) -> Result<SnapshotFiles, SnapshotError> {
         tokio::select! {
-            v = self.validations.ensure(pool) => v.map_err(BootError::Validation)?,
+            v = self.validations.ensure(pool) => v.map_err(BootError::from)?,
             _ = self.stop.cancelled() => return Err(BootError::Cancelled { while_booting: false }.into()),
         }
         let id = template_id();

@@ -35,7 +35,7 @@ pub const CONSOLE_FILE: &str = "validation-console.log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidationError {
-    #[error("image {name} failed its validation: {reason} (validate it again with `minion image build` or ValidateImage once it is mended)")]
+    #[error("image {name} failed its validation: {reason}")]
     Failed { name: String, reason: String },
     #[error("image {name}: {source}")]
     Image {
@@ -57,6 +57,22 @@ pub struct Validations {
     /// Records this daemon could not write to the catalog (a read-only images_dir): kept for
     /// its lifetime instead.
     unwritten: Mutex<HashMap<PathBuf, Validation>>,
+}
+
+impl From<ValidationError> for BootError {
+    fn from(e: ValidationError) -> BootError {
+        match e {
+            ValidationError::Failed { name, reason } => BootError::Unvalidated { name, reason },
+            ValidationError::Image { name, source } => BootError::Image { name, source },
+            ValidationError::Stopped(_) => BootError::Cancelled {
+                while_booting: false,
+            },
+            ValidationError::Task(source) => BootError::Task {
+                what: "validation",
+                source,
+            },
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
