@@ -208,7 +208,10 @@ mod tests {
         let meta = isoinfo(&iso, &["-R", "-x", "/meta-data"]);
         assert_eq!(
             meta,
-            format!("instance-id: {}\nlocal-hostname: minion\n", s.instance_id)
+            format!(
+                "instance-id: {}\nlocal-hostname: minion\ndsmode: local\n",
+                s.instance_id
+            )
         );
         let agent_copy = isoinfo(&iso, &["-R", "-x", "/minion-agent"]);
         assert_eq!(agent_copy, "#!/bin/sh\necho stub agent\n");
@@ -255,6 +258,8 @@ mod tests {
             Some("0b9c0c3e-1d7a-4e5f-9a61-2f1d2c3b4a59")
         );
         assert_eq!(meta["local-hostname"].as_str(), Some("minion"));
+        // bootcmd (the agent) runs in cloud-init's local stage, not after networking.
+        assert_eq!(meta["dsmode"].as_str(), Some("local"));
         // The script is valid sh.
         let status = Command::new("sh")
             .args(["-n", "-c", script])
