@@ -103,6 +103,7 @@ testcloud_runs() {
     cat > "$home/.config/testcloud/settings.py" <<PY
 DATA_DIR = "$data"
 STORE_DIR = "$data/backingstores"
+CONSOLE_LOG_DIR = "$data"
 RAM = $MEMORY_MIB
 USER_DATA = """#cloud-config
 ssh_pwauth: true
