@@ -152,7 +152,7 @@ pub enum BootError {
         source: tokio::task::JoinError,
     },
     /// The image failed its validation boot (`validations`), so no VM of it starts.
-    #[error("image {name} failed its validation: {reason} (validate it again with `minion image build` or ValidateImage once it is mended)")]
+    #[error("image {name} failed its validation: {reason} (once it is mended: `minion image validate {name}`)")]
     Unvalidated { name: String, reason: String },
 }
 

@@ -47,7 +47,7 @@ pub enum SubmitError {
     Arch(String),
     #[error("timeout_seconds: {0} exceeds the maximum of 86400")]
     Timeout(u64),
-    #[error("pool {pool}: {why}")]
+    #[error("pool {pool}: {why} (once it is mended: `minion image validate`)")]
     Image {
         pool: String,
         #[source]

@@ -308,4 +308,11 @@ fn an_image_with_no_validation_record_is_validated_once_before_its_first_vm() {
         "{}",
         output_text(&refused)
     );
+    // Validated again on demand, it takes work again.
+    let again = d.json(&["image", "validate", "minimal"]);
+    assert_eq!(again[0]["validation"], "ok", "{again:#}");
+    let id = d.submit(repo.path(), &[]);
+    let j = d.wait_state(&id, &["FINISHED", "FAILED"], Duration::from_secs(240));
+    assert_eq!(j["state"], "FINISHED", "{j:#}");
+    until("no VM left", TEARDOWN_AFTER_END, || d.domains().is_empty());
 }

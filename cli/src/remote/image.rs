@@ -34,6 +34,12 @@ pub enum ImageCommand {
     },
     /// Remove an image no pool names and no instance runs on.
     Remove { name: String },
+    /// Boot images once to the agent's Ready again and record how that went (e.g. an image that
+    /// failed its validation, once mended). Exits 1 if any fails.
+    Validate {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Build images from their recipes (minimal, standard, cloud: what `make image` builds) on
     /// this host (as root), showing their stages, then have miniond validate each (one boot to
     /// the agent's Ready).
@@ -70,6 +76,9 @@ pub async fn run(conn: &Connection, cmd: ImageCommand) -> Result<i32, ClientErro
     } = cmd
     {
         return build_and_validate(conn, variants, recipes, no_validate).await;
+    }
+    if let ImageCommand::Validate { names } = cmd {
+        return validate(conn, names).await;
     }
     let mut c = client::connect(conn).await?;
     let images = match cmd {
@@ -127,7 +136,7 @@ pub async fn run(conn: &Connection, cmd: ImageCommand) -> Result<i32, ClientErro
             return Ok(if ok { 0 } else { 1 });
         }
         // Answered before the connection.
-        ImageCommand::Build { .. } => return Ok(0),
+        ImageCommand::Build { .. } | ImageCommand::Validate { .. } => return Ok(0),
         ImageCommand::Remove { name } => {
             let r = c
                 .remove_image(pb::RemoveImageRequest { name: name.clone() })
@@ -165,6 +174,11 @@ async fn build_and_validate(
     } else {
         variants
     };
+    validate(conn, names).await
+}
+
+/// miniond validates each image (one boot to Ready, recorded); 1 if any fails.
+async fn validate(conn: &Connection, names: Vec<String>) -> Result<i32, ClientError> {
     let mut c = client::connect(conn).await?;
     let mut shown = Vec::new();
     let mut ok = true;
