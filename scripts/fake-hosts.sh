@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Hypervisor hosts for the many-host tests, on this one machine: each fake host is a network
+# namespace (a veth pair, its own address 10.77.N.2, the controller's end 10.77.N.1) and a mount
+# namespace with its own /run, /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt and
+# /var/log/libvirt, running its own virtlogd and libvirtd (under tini), reachable only as
+# qemu+tcp://10.77.N.2/system (no TLS, no auth: the link exists only inside this machine).
+# Its storage (/var/lib/minion-host inside it) is a directory the controller's namespace never
+# mounts there, so nothing may assume a shared filesystem.
+#
+#   scripts/fake-hosts.sh up [N]     N hosts (default 3): mhost1..mhostN; prints their URIs
+#   scripts/fake-hosts.sh down       stops their daemons and VMs, removes namespaces and files
+#   scripts/fake-hosts.sh cut K      cuts host K's link (its libvirtd keeps running)
+#   scripts/fake-hosts.sh mend K     restores it
+#
+# Needs root, iproute2, util-linux (unshare), libvirtd, tini. Idempotent: `up` skips hosts that
+# answer, `down` removes whatever is left.
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "fake-hosts: must run as root" >&2; exit 1; }
+BASE=/var/lib/minion-fakehosts
+say() { printf 'fake-hosts: %s\n' "$*"; }
+uri() { echo "qemu+tcp://10.77.$1.2/system"; }
+answers() { timeout 5 virsh -c "$(uri "$1")" version >/dev/null 2>&1; }
+
+up_one() {
+    local k="$1" ns="mhost$1" dir="$BASE/mhost$1"
+    if ip netns list | grep -qw "$ns" && answers "$k"; then
+        say "$ns answers at $(uri "$k")"
+        return
+    fi
+    down_one "$k"
+    mkdir -p "$dir"/{etc,lib,cache,log,storage}
+    cp -a /etc/libvirt/. "$dir/etc/"
+    cat > "$dir/etc/libvirtd.conf" <<EOF
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "10.77.$k.2"
+auth_tcp = "none"
+EOF
+    ip netns add "$ns"
+    ip link add "mh$k-out" type veth peer name "mh$k-in"
+    ip link set "mh$k-in" netns "$ns"
+    ip addr add "10.77.$k.1/24" dev "mh$k-out"
+    ip link set "mh$k-out" up
+    ip netns exec "$ns" ip addr add "10.77.$k.2/24" dev "mh$k-in"
+    ip netns exec "$ns" ip link set "mh$k-in" up
+    ip netns exec "$ns" ip link set lo up
+    # The mounts live and die with the namespace's processes: nothing to unmount at `down`.
+    ip netns exec "$ns" unshare --mount --propagation private setsid sh -c "
+        set -e
+        mount --bind '$dir/etc' /etc/libvirt
+        mount -t tmpfs -o mode=0755 tmpfs /run
+        mkdir -p /run/libvirt /var/lib/minion-host
+        mount --bind '$dir/lib' /var/lib/libvirt
+        mount --bind '$dir/cache' /var/cache/libvirt
+        mount --bind '$dir/log' /var/log/libvirt
+        mount --bind '$dir/storage' /var/lib/minion-host
+        virtlogd -d
+        exec tini -s -- libvirtd --listen -f /etc/libvirt/libvirtd.conf
+    " </dev/null >"$dir/libvirtd.out" 2>&1 &
+    local t=$SECONDS
+    until answers "$k"; do
+        if [ $((SECONDS - t)) -ge 60 ]; then
+            say "$ns: libvirtd did not answer within 60 s:"
+            tail -5 "$dir/libvirtd.out" >&2
+            exit 1
+        fi
+        sleep 0.5
+    done
+    say "$ns answers at $(uri "$k")"
+}
+
+down_one() {
+    local k="$1" ns="mhost$1"
+    if ip netns list | grep -qw "$ns"; then
+        # Every process of the namespace: libvirtd, virtlogd, their qemus.
+        local pids
+        pids=$(ip netns pids "$ns" || true)
+        [ -z "$pids" ] || kill -TERM $pids 2>/dev/null || true
+        for _ in $(seq 50); do [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && break; sleep 0.1; done
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+        ip netns del "$ns"
+    fi
+    ip link del "mh$k-out" 2>/dev/null || true
+    rm -rf "${BASE:?}/mhost$k"
+}
+
+case "${1:-}" in
+    up)
+        n="${2:-3}"
+        for k in $(seq "$n"); do up_one "$k"; done
+        ;;
+    down)
+        for ns in $(ip netns list | awk '/^mhost[0-9]+/{print $1}'); do down_one "${ns#mhost}"; done
+        rm -rf "$BASE"
+        say "no fake host left"
+        ;;
+    # Cut on the host's side of the pair, inside its namespace: the controller's end keeps its
+    # route (no carrier), so packets to the host are dropped rather than routed elsewhere.
+    cut) ip netns exec "mhost$2" ip link set "mh$2-in" down; say "mhost$2's link cut" ;;
+    mend) ip netns exec "mhost$2" ip link set "mh$2-in" up; say "mhost$2's link restored" ;;
+    *)
+        sed -n '2,16p' "$0" >&2
+        exit 2
+        ;;
+esac
