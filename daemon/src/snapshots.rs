@@ -198,9 +198,8 @@ impl Snapshots {
         if pool.cfg().start != VmStart::Snapshot {
             return SnapshotStatus::Off;
         }
-        let wanted = Self::lock(&self.pool_wants).get(&pool.name).cloned();
-        let Some(key) = wanted.or_else(|| Self::lock(&self.pool_keys).get(&pool.name).cloned())
-        else {
+        // Every key a pool has had went through `pool_wants` first (usable, want).
+        let Some(key) = Self::lock(&self.pool_wants).get(&pool.name).cloned() else {
             return SnapshotStatus::None;
         };
         match Self::lock(&self.keys).get(&key) {

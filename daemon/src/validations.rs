@@ -31,7 +31,7 @@ use crate::pool::Pool;
 /// The lock file other daemons sharing the catalog wait on.
 const LOCK_FILE: &str = ".validation.lock";
 /// The validation boot's console log, beside the manifest.
-pub const CONSOLE_FILE: &str = "validation-console.log";
+const CONSOLE_FILE: &str = "validation-console.log";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidationError {
