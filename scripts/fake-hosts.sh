@@ -4,8 +4,8 @@
 # namespace with its own /run, /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt and
 # /var/log/libvirt, running its own virtlogd and libvirtd (under tini), reachable only as
 # qemu+tcp://10.77.N.2/system (no TLS, no auth: the link exists only inside this machine).
-# Its storage (/var/lib/minion-host inside it) is a directory the controller's namespace never
-# mounts there, so nothing may assume a shared filesystem.
+# Its storage (/var/lib/minion-host inside it, libvirt storage pool `minion`) is a directory the
+# controller's namespace never mounts there, so nothing may assume a shared filesystem.
 #
 #   scripts/fake-hosts.sh up [N]     N hosts (default 3): mhost1..mhostN; prints their URIs
 #   scripts/fake-hosts.sh down       stops their daemons and VMs, removes namespaces and files
@@ -35,6 +35,10 @@ listen_tls = 0
 listen_tcp = 1
 listen_addr = "10.77.$k.2"
 auth_tcp = "none"
+# Shorter than the controller's keepalive (2 s x 3): when a link is cut, this host kills the
+# controller's autodestroy domains before the controller gives their jobs to other hosts.
+keepalive_interval = 1
+keepalive_count = 3
 EOF
     ip netns add "$ns"
     ip link add "mh$k-out" type veth peer name "mh$k-in"
@@ -49,7 +53,7 @@ EOF
         set -e
         mount --bind '$dir/etc' /etc/libvirt
         mount -t tmpfs -o mode=0755 tmpfs /run
-        mkdir -p /run/libvirt /var/lib/minion-host
+        mkdir -p /run/libvirt /run/lock /var/lib/minion-host
         mount --bind '$dir/lib' /var/lib/libvirt
         mount --bind '$dir/cache' /var/cache/libvirt
         mount --bind '$dir/log' /var/log/libvirt
@@ -66,6 +70,9 @@ EOF
         fi
         sleep 0.5
     done
+    # The storage pool Minion keeps the host's VM disks and images in (`storage_pool = "minion"`).
+    virsh -q -c "$(uri "$k")" pool-define-as minion dir --target /var/lib/minion-host >/dev/null
+    virsh -q -c "$(uri "$k")" pool-start minion >/dev/null
     say "$ns answers at $(uri "$k")"
 }
 

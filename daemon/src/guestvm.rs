@@ -408,6 +408,7 @@ async fn provision(
             },
             // A restored VM's disk is its template's, grown when the template was made.
             disk_bytes: pool.cfg().disk_gib.map(|g| g.saturating_mul(1 << 30)),
+            host_image: None,
         };
         let prepared = match &start {
             Start::Boot => vm::prepare(&req),

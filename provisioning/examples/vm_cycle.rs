@@ -61,6 +61,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             hostname: "minion".into(),
             network: None,
             disk_bytes: None,
+            host_image: None,
         };
         let t = Instant::now();
         let p = vm::prepare(&req)?;

@@ -36,10 +36,18 @@ pub struct DomainSpec {
     pub memory_mib: u64,
     pub accel: Accel,
     pub image: Image,
+    /// The overlay and the seed, as paths on the libvirt host.
     pub overlay: PathBuf,
     pub seed: PathBuf,
-    pub console_log: PathBuf,
-    pub channel_socket: PathBuf,
+    /// Direct kernel boot's files on the libvirt host (the image's own, or their volumes').
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// The serial console written to this file by virtlogd; `None`: a pty, read through
+    /// libvirt's console stream.
+    pub console_log: Option<PathBuf>,
+    /// The agent channel's unix socket; `None`: a path libvirt picks on its host, reached only
+    /// through virDomainOpenChannel.
+    pub channel_socket: Option<PathBuf>,
     /// A virtio NIC; `None` (the default for jobs) means no NIC at all.
     pub network: Option<Nic>,
 }
@@ -79,26 +87,36 @@ pub fn render_xml(spec: &DomainSpec) -> Result<String, ProvisionError> {
     }
     let overlay = abs_utf8("overlay", &spec.overlay)?;
     let seed = abs_utf8("seed", &spec.seed)?;
-    let console_log = abs_utf8("console_log", &spec.console_log)?;
-    let channel_socket = abs_utf8("channel_socket", &spec.channel_socket)?;
-    if channel_socket.len() > MAX_SOCKET_PATH {
-        return Err(ProvisionError::invalid(
-            "channel_socket",
-            format!(
-                "{channel_socket} is {} bytes; unix sockets allow {MAX_SOCKET_PATH}",
-                channel_socket.len()
-            ),
-        ));
+    let console_log = spec
+        .console_log
+        .as_deref()
+        .map(|p| abs_utf8("console_log", p))
+        .transpose()?;
+    let channel_socket = spec
+        .channel_socket
+        .as_deref()
+        .map(|p| abs_utf8("channel_socket", p))
+        .transpose()?;
+    if let Some(sock) = &channel_socket {
+        if sock.len() > MAX_SOCKET_PATH {
+            return Err(ProvisionError::invalid(
+                "channel_socket",
+                format!(
+                    "{sock} is {} bytes; unix sockets allow {MAX_SOCKET_PATH}",
+                    sock.len()
+                ),
+            ));
+        }
     }
     let kernel = spec
-        .image
-        .kernel_path()
-        .map(|k| abs_utf8("image kernel", &k))
+        .kernel
+        .as_deref()
+        .map(|k| abs_utf8("image kernel", k))
         .transpose()?;
     let initrd = spec
-        .image
-        .initrd_path()
-        .map(|i| abs_utf8("image initrd", &i))
+        .initrd
+        .as_deref()
+        .map(|i| abs_utf8("image initrd", i))
         .transpose()?;
     // The CPU model: real KVM passes the host CPU through; TCG keeps qemu's default (qemu64), which
     // every x86_64 guest kernel boots and which costs TCG the least to emulate.
@@ -201,8 +219,10 @@ pub(crate) mod tests {
             image: test_image(Some("vmlinux"), None),
             overlay: PathBuf::from(format!("{dir}/overlay.qcow2")),
             seed: PathBuf::from(format!("{dir}/seed.iso")),
-            console_log: PathBuf::from(format!("{dir}/console.log")),
-            channel_socket: PathBuf::from(format!("{dir}/channel.sock")),
+            kernel: test_image(Some("vmlinux"), None).kernel_path(),
+            initrd: None,
+            console_log: Some(PathBuf::from(format!("{dir}/console.log"))),
+            channel_socket: Some(PathBuf::from(format!("{dir}/channel.sock"))),
             network: None,
         }
     }
@@ -292,6 +312,8 @@ pub(crate) mod tests {
     fn kvm_domain_uses_kvm_and_passes_the_host_cpu_through() {
         let mut spec = test_spec("/v", Accel::Kvm);
         spec.image = test_image(Some("vmlinuz"), Some("initrd.img"));
+        spec.kernel = spec.image.kernel_path();
+        spec.initrd = spec.image.initrd_path();
         let xml = render_xml(&spec).expect("renders");
         assert!(xml.contains("<domain type='kvm'>"), "{xml}");
         assert!(
@@ -308,6 +330,7 @@ pub(crate) mod tests {
     fn image_without_kernel_boots_from_disk_and_network_only_when_asked() {
         let mut spec = test_spec("/v", tcg());
         spec.image = test_image(None, None);
+        spec.kernel = None;
         assert!(!render_xml(&spec).expect("renders").contains("<interface"));
         spec.network = Some(Nic::Network("default".into()));
         let xml = render_xml(&spec).expect("renders");
@@ -324,11 +347,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_remote_vm_has_a_pty_console_and_a_channel_libvirt_places() {
+        let mut spec = test_spec("/v", tcg());
+        spec.console_log = None;
+        spec.channel_socket = None;
+        spec.kernel = Some("/srv/pool/minion-image-ab.kernel".into());
+        let xml = render_xml(&spec).expect("renders");
+        assert!(xml.contains("<serial type='pty'>"), "{xml}");
+        assert!(!xml.contains("console.log"), "{xml}");
+        assert!(xml.contains("<source mode='bind'/>"), "{xml}");
+        assert!(
+            xml.contains("<kernel>/srv/pool/minion-image-ab.kernel</kernel>"),
+            "{xml}"
+        );
+    }
+
+    #[test]
     fn every_interpolated_value_is_escaped() {
         let dir = r#"/tmp/it's <a> "dir" & more"#;
         let mut spec = test_spec(dir, tcg());
         spec.image.manifest.cmdline = r#"console=ttyS0 x="</cmdline><evil/>" y='&'"#.into();
         spec.image.dir = PathBuf::from("/img/a'b");
+        spec.kernel = spec.image.kernel_path();
         let xml = render_xml(&spec).expect("renders");
         assert!(!xml.contains("<evil/>"), "{xml}");
         assert!(
@@ -363,7 +403,7 @@ pub(crate) mod tests {
             (
                 "channel_socket",
                 Box::new(|s| {
-                    s.channel_socket = PathBuf::from(format!("/{}/c.sock", "d".repeat(120)))
+                    s.channel_socket = Some(PathBuf::from(format!("/{}/c.sock", "d".repeat(120))))
                 }),
             ),
         ];

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::error::{Error as VirtError, ErrorNumber};
+use virt::stream::Stream;
 
 use crate::{DOMAIN_PREFIX, METADATA_NAMESPACE};
 
@@ -92,19 +93,24 @@ impl std::fmt::Debug for Hypervisor {
 
 // VIR_DOMAIN_METADATA_ELEMENT: the metadata kind for an element in a custom namespace.
 const METADATA_ELEMENT: i32 = 2;
-// VIR_DOMAIN_START_AUTODESTROY.
+// VIR_DOMAIN_START_PAUSED, VIR_DOMAIN_START_AUTODESTROY.
+const START_PAUSED: u32 = 1;
 const START_AUTODESTROY: u32 = 2;
+// VIR_DOMAIN_CHANNEL_FORCE, VIR_DOMAIN_CONSOLE_FORCE: take the stream over from an earlier
+// holder (a previous connection of ours that died).
+const CHANNEL_FORCE: u32 = 1;
+const CONSOLE_FORCE: u32 = 1;
 // VIR_DOMAIN_SAVE_RUNNING: a restored domain runs, whatever state it was saved in.
 const SAVE_RUNNING: u32 = 2;
 
-fn code_of(e: &VirtError) -> i32 {
+pub(crate) fn code_of(e: &VirtError) -> i32 {
     match e.code() {
         virt::enumutil::Enum::Known(k) => virt::enumutil::RawEnum::to_raw(k) as i32,
         virt::enumutil::Enum::Unknown(u) => u as i32,
     }
 }
 
-fn is(e: &VirtError, which: ErrorNumber) -> bool {
+pub(crate) fn is(e: &VirtError, which: ErrorNumber) -> bool {
     e.code().is(which)
 }
 
@@ -115,11 +121,7 @@ impl Hypervisor {
         // libvirt's default handler prints every error to stderr, including expected ones
         // (a lookup of a domain that is already gone); ours are returned as values instead.
         QUIET.call_once(virt::error::clear_error_callback);
-        let conn = Connect::open(Some(uri)).map_err(|e| HypervisorError::Connect {
-            uri: uri.to_string(),
-            code: code_of(&e),
-            message: e.message().to_string(),
-        })?;
+        let conn = open(uri)?;
         Ok(Hypervisor {
             conn: RwLock::new(conn),
             uri: uri.to_string(),
@@ -136,7 +138,7 @@ impl Hypervisor {
 
     /// The connection, opened again first if it died (libvirtd restarted): a long-lived daemon
     /// should not need restarting because libvirtd was.
-    fn conn(&self) -> Result<Connect, HypervisorError> {
+    pub(crate) fn conn(&self) -> Result<Connect, HypervisorError> {
         let conn = self.current();
         if conn.is_alive().unwrap_or(false) {
             Ok(conn)
@@ -147,11 +149,7 @@ impl Hypervisor {
 
     fn reconnect(&self) -> Result<Connect, HypervisorError> {
         tracing::warn!(uri = %self.uri, "the libvirt connection is closed; connecting again");
-        let fresh = Connect::open(Some(&self.uri)).map_err(|e| HypervisorError::Connect {
-            uri: self.uri.clone(),
-            code: code_of(&e),
-            message: e.message().to_string(),
-        })?;
+        let fresh = open(&self.uri)?;
         *self.conn.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
         Ok(fresh)
     }
@@ -159,7 +157,7 @@ impl Hypervisor {
     /// Runs a read-only or idempotent call; when it fails because the connection died under it
     /// (libvirt only notices a dead socket when it uses it), connects again and retries once.
     /// The outer error is a failed reconnect, the inner one the call's own.
-    fn retrying<T>(
+    pub(crate) fn retrying<T>(
         &self,
         call: impl Fn(&Connect) -> Result<T, VirtError>,
     ) -> Result<Result<T, VirtError>, HypervisorError> {
@@ -203,6 +201,53 @@ impl Hypervisor {
             .map_err(|e| self.call_error("virDomainGetName", &name_in_xml(), &e))?;
         tracing::debug!(domain = %name, elapsed_ms = started.elapsed().as_millis() as u64, "domain created");
         Ok(name)
+    }
+
+    /// Creates a transient domain with its vCPUs stopped ([`Hypervisor::resume`] starts them),
+    /// so its console can be attached before the guest writes a byte; `autodestroy` as in
+    /// [`Hypervisor::create_transient_autodestroy`].
+    pub fn create_paused(&self, xml: &str, autodestroy: bool) -> Result<String, HypervisorError> {
+        self.create(
+            xml,
+            START_PAUSED | if autodestroy { START_AUTODESTROY } else { 0 },
+        )
+    }
+
+    /// Starts a paused domain's vCPUs.
+    pub fn resume(&self, name: &str) -> Result<(), HypervisorError> {
+        let dom = self.existing(name, "virDomainResume")?;
+        dom.resume()
+            .map_err(|e| self.call_error("virDomainResume", name, &e))
+    }
+
+    /// A stream on running domain `name`'s virtio channel `channel` (virDomainOpenChannel: the
+    /// channel's socket is on the libvirt host, whichever host that is).
+    pub fn open_channel(&self, name: &str, channel: &str) -> Result<Stream, HypervisorError> {
+        let dom = self.existing(name, "virDomainOpenChannel")?;
+        let stream =
+            Stream::new(&self.conn()?, 0).map_err(|e| self.call_error("virStreamNew", name, &e))?;
+        dom.open_channel(Some(channel), &stream, CHANNEL_FORCE)
+            .map_err(|e| self.call_error("virDomainOpenChannel", name, &e))?;
+        Ok(stream)
+    }
+
+    /// A stream on domain `name`'s serial console (virDomainOpenConsole; a pty console).
+    pub fn open_console(&self, name: &str) -> Result<Stream, HypervisorError> {
+        let dom = self.existing(name, "virDomainOpenConsole")?;
+        let stream =
+            Stream::new(&self.conn()?, 0).map_err(|e| self.call_error("virStreamNew", name, &e))?;
+        dom.open_console(None, &stream, CONSOLE_FORCE)
+            .map_err(|e| self.call_error("virDomainOpenConsole", name, &e))?;
+        Ok(stream)
+    }
+
+    fn existing(&self, name: &str, op: &'static str) -> Result<Domain, HypervisorError> {
+        self.lookup(name)?.ok_or_else(|| HypervisorError::Call {
+            op,
+            target: name.to_string(),
+            code: ErrorNumber::NoDomain as i32,
+            message: "no such domain".into(),
+        })
     }
 
     /// Saves running domain `name`'s memory and device state to `path` (libvirt's raw format,
@@ -426,7 +471,7 @@ impl Hypervisor {
         }
     }
 
-    fn lookup(&self, name: &str) -> Result<Option<Domain>, HypervisorError> {
+    pub(crate) fn lookup(&self, name: &str) -> Result<Option<Domain>, HypervisorError> {
         match self.retrying(|c| c.lookup_domain_by_name(name))? {
             Ok(d) => Ok(Some(d)),
             Err(e) if is(&e, ErrorNumber::NoDomain) => Ok(None),
@@ -434,7 +479,12 @@ impl Hypervisor {
         }
     }
 
-    fn call_error(&self, op: &'static str, target: &str, e: &VirtError) -> HypervisorError {
+    pub(crate) fn call_error(
+        &self,
+        op: &'static str,
+        target: &str,
+        e: &VirtError,
+    ) -> HypervisorError {
         HypervisorError::Call {
             op,
             target: target.to_string(),
@@ -442,6 +492,68 @@ impl Hypervisor {
             message: e.message().to_string(),
         }
     }
+}
+
+/// A remote host's connection is closed after this many seconds without an answer: libvirt's
+/// keepalive pings every [`KEEPALIVE_INTERVAL`] s and gives up after [`KEEPALIVE_COUNT`] unanswered.
+/// Every call and stream on it then fails instead of waiting on a dead TCP link.
+pub const KEEPALIVE_INTERVAL: i32 = 2;
+pub const KEEPALIVE_COUNT: u32 = 3;
+
+/// Whether `uri` reaches libvirtd over a network transport (`qemu+tcp://…`, `qemu+ssh://…`,
+/// `qemu://host/…` = TLS) rather than the local socket.
+pub fn is_remote(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return false;
+    };
+    let transport = scheme.split_once('+').map(|(_, t)| t);
+    match transport {
+        Some("unix") => false,
+        Some(_) => true,
+        None => !rest.starts_with('/'),
+    }
+}
+
+/// libvirt's keepalive needs an event loop in the client: one thread runs libvirt's default
+/// loop for the whole process, registered before the first remote connection opens.
+fn ensure_event_loop() {
+    static LOOP: Once = Once::new();
+    LOOP.call_once(|| {
+        if let Err(e) = virt::event::event_register_default_impl() {
+            tracing::error!("libvirt event loop: {e} (remote hosts get no keepalive)");
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .spawn(|| loop {
+                if let Err(e) = virt::event::event_run_default_impl() {
+                    tracing::error!("libvirt event loop: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("libvirt event loop thread: {e}");
+        }
+    });
+}
+
+/// Opens a connection; a remote one gets libvirt's keepalive.
+fn open(uri: &str) -> Result<Connect, HypervisorError> {
+    let remote = is_remote(uri);
+    if remote {
+        ensure_event_loop();
+    }
+    let conn = Connect::open(Some(uri)).map_err(|e| HypervisorError::Connect {
+        uri: uri.to_string(),
+        code: code_of(&e),
+        message: e.message().to_string(),
+    })?;
+    if remote {
+        if let Err(e) = conn.set_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT) {
+            tracing::warn!(%uri, "libvirt keepalive: {e}");
+        }
+    }
+    Ok(conn)
 }
 
 /// The `<name>` of a domain XML, for error messages only.

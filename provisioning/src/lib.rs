@@ -10,9 +10,11 @@
 //! [`vmfiles::VmFiles::remove_all`].
 
 pub mod accel;
+pub mod backend;
 pub mod command;
 pub mod domain;
 pub mod error;
+pub mod hostimage;
 pub mod hypervisor;
 pub mod image;
 pub mod import;
@@ -21,9 +23,11 @@ pub mod overlay;
 pub mod saveimage;
 pub mod seed;
 pub mod snapshot;
+pub mod streams;
 mod templates;
 pub mod vm;
 pub mod vmfiles;
+pub mod volumes;
 
 pub use accel::Accel;
 pub use domain::{DomainSpec, Nic};

@@ -32,6 +32,9 @@ pub struct VmRequest {
     /// The VM's disk (its overlay) grown to this many bytes; `None`: the image's size. The
     /// guest's own tools grow its file system (cloud-init's growpart in a cloud image).
     pub disk_bytes: Option<u64>,
+    /// Where the VM's host holds the image, for a host reached through storage volumes
+    /// ([`crate::backend::StorageVolumes`]); `None` on the local file backend.
+    pub host_image: Option<crate::hostimage::HostImage>,
 }
 
 /// Where the time of [`prepare`] went.
@@ -177,8 +180,10 @@ fn domain_spec(req: &VmRequest, files: &VmFiles) -> DomainSpec {
         image: req.image.clone(),
         overlay: files.overlay.clone(),
         seed: files.seed.clone(),
-        console_log: files.console_log.clone(),
-        channel_socket: files.channel_socket.clone(),
+        kernel: req.image.kernel_path(),
+        initrd: req.image.initrd_path(),
+        console_log: Some(files.console_log.clone()),
+        channel_socket: Some(files.channel_socket.clone()),
         network: req.network.clone(),
     }
 }
@@ -230,6 +235,8 @@ pub struct ReconcileReport {
     pub destroyed: Vec<String>,
     /// VM directories deleted (no live job owned them).
     pub removed_dirs: Vec<PathBuf>,
+    /// Volumes deleted on the host (no live job owned them).
+    pub deleted_volumes: Vec<String>,
     /// What could not be cleaned, as messages (the rest was still attempted).
     pub errors: Vec<String>,
 }
@@ -377,6 +384,7 @@ mod tests {
             hostname: "minion".into(),
             network: None,
             disk_bytes: None,
+            host_image: None,
         }
     }
 

@@ -199,6 +199,7 @@ fn prepare(scratch: &Scratch, variant: &str, power_off: bool, accel: &Accel) -> 
         hostname: "minion".into(),
         network: None,
         disk_bytes: None,
+        host_image: None,
     };
     let prepared = vm::prepare(&req).expect("prepare the VM");
     eprintln!("{variant}: {:?}", prepared.timings);
@@ -500,6 +501,7 @@ fn real_libvirt_cloud_init_user_data_starts_the_agent() {
         hostname: "minion-cloud".into(),
         network: None,
         disk_bytes: None,
+        host_image: None,
     };
     let p = vm::prepare(&req).expect("prepare");
     let hv = Hypervisor::connect(URI).expect("connect");

@@ -62,6 +62,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             hostname: "minion-smoke".into(),
             network: None,
             disk_bytes: None,
+            host_image: None,
         };
         let p = vm::prepare(&req)?;
         let t0 = Instant::now();

@@ -235,6 +235,7 @@ async fn prepare_vm(variant: &str, tag: &str, agent: PathBuf) -> Prepared {
         hostname: "minion-e2e".into(),
         network: None,
         disk_bytes: None,
+        host_image: None,
     };
     let uri = libvirt_uri();
     let (hv, prepared) = tokio::task::spawn_blocking(move || {
