@@ -101,6 +101,53 @@ fn pool_to_pb(p: crate::service::PoolStatus) -> pb::Pool {
             SnapshotStatus::Ready { disk_bytes } => disk_bytes,
             _ => 0,
         },
+        hosts: p
+            .hosts
+            .into_iter()
+            .map(|(name, r)| pb::PoolHost {
+                name,
+                usable: r.is_ok(),
+                reason: r.err().map(|e| e.0).unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+fn host_to_pb((h, pools): (crate::hosts::HostStatus, Vec<String>)) -> pb::Host {
+    pb::Host {
+        state: match (h.up, h.drained) {
+            (false, _) => "down",
+            (true, true) => "draining",
+            (true, false) => "up",
+        }
+        .to_string(),
+        name: h.name,
+        uri: h.uri,
+        vms: h.vms,
+        max_vms: h.max_vms,
+        last_error: h.last_error.unwrap_or_default(),
+        since_unix_ms: h
+            .since
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64),
+        storage_pool: h.storage_pool,
+        images: h
+            .images
+            .into_iter()
+            .map(|(image, r)| pb::HostImage {
+                image,
+                verified: r.is_ok(),
+                reason: r.err().map(|e| e.0).unwrap_or_default(),
+            })
+            .collect(),
+        pools,
+    }
+}
+
+fn host_admin_status(e: crate::service::HostAdminError) -> Status {
+    match e {
+        crate::service::HostAdminError::NoSuchHost(_) => Status::not_found(e.to_string()),
+        crate::service::HostAdminError::Invalid(_) => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -459,6 +506,50 @@ impl Controller for Api {
             .drain_pool(&r.name, r.drain, &caller.id)
             .map_err(pool_admin_status)?;
         Ok(Response::new(pool_to_pb(p)))
+    }
+
+    async fn list_hosts(
+        &self,
+        req: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        require(&req, Role::Read, "list hosts")?;
+        let hosts = self.svc.hosts().into_iter().map(host_to_pb).collect();
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+
+    async fn drain_host(
+        &self,
+        req: Request<pb::DrainHostRequest>,
+    ) -> Result<Response<pb::Host>, Status> {
+        let caller = require(&req, Role::Admin, "drain hosts")?;
+        let r = req.into_inner();
+        let h = self
+            .svc
+            .drain_host(&r.name, r.drain, &caller.id)
+            .map_err(host_admin_status)?;
+        Ok(Response::new(host_to_pb(h)))
+    }
+
+    async fn push_image(
+        &self,
+        req: Request<pb::PushImageRequest>,
+    ) -> Result<Response<pb::PushImageResponse>, Status> {
+        let caller = require(&req, Role::Admin, "push images")?;
+        let r = req.into_inner();
+        let results = self
+            .svc
+            .push_image(&r.image, &r.hosts, r.all, &caller.id)
+            .await
+            .map_err(host_admin_status)?
+            .into_iter()
+            .map(|(host, r, took)| pb::PushResult {
+                host,
+                ok: r.is_ok(),
+                error: r.err().map(|e| e.0).unwrap_or_default(),
+                seconds: took.as_secs_f64(),
+            })
+            .collect();
+        Ok(Response::new(pb::PushImageResponse { results }))
     }
 
     async fn set_pool(

@@ -72,6 +72,10 @@ pub struct Config {
     pub default_pool: Option<String>,
     /// Pools by name. At least one.
     pub pools: BTreeMap<String, PoolConfig>,
+    /// libvirt hosts pools may run their VMs on (`[hosts.NAME]`), reached only through libvirt.
+    /// Default: none (every pool runs on its `libvirt_uri`).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostConfig>,
     /// Reporting results to ResultsDB. Default: off.
     #[serde(default)]
     pub reporting: Option<ReportingConfig>,
@@ -188,6 +192,7 @@ impl InstancesConfig {
             network,
             start: self.start,
             disk_gib,
+            hosts: Vec::new(),
         }
     }
 }
@@ -353,6 +358,42 @@ pub struct PoolConfig {
     /// every VM boots its image.
     #[serde(default)]
     pub start: VmStart,
+    /// `[hosts]` names the pool's VMs run on (each job's VM on the least-loaded one with a free
+    /// slot that holds the image); `libvirt_uri` is then unused, and VMs boot (no snapshots).
+    /// Default: none (the pool's VMs run on `libvirt_uri`, with files on this machine).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// `[hosts.NAME]`: one libvirt host, reached only through its libvirt connection (its disks
+/// are volumes of `storage_pool`, its channels and consoles libvirt streams).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// `qemu+tls://host/system`, `qemu+ssh://user@host/system`, `qemu+tcp://…` (an isolated
+    /// network only) or `qemu:///system` (this machine, through volumes too). Required.
+    pub uri: String,
+    /// The host's libvirt storage pool for VM disks and images. Default `minion`.
+    #[serde(default = "default_storage_pool")]
+    pub storage_pool: String,
+    /// VMs alive on the host at once, every pool's together. Default 2.
+    #[serde(default = "default_max_vms")]
+    pub max_vms: u32,
+    /// Takes no new VM until undrained (`minion host undrain`). Default false.
+    #[serde(default)]
+    pub drained: bool,
+}
+
+fn default_storage_pool() -> String {
+    "minion".into()
+}
+
+impl PoolConfig {
+    /// Whether the pool's VMs are restored from snapshots: `start = snapshot` on this machine's
+    /// libvirtd (a save image is a file the controller writes; over `hosts` VMs boot).
+    pub fn snapshots(&self) -> bool {
+        self.start == VmStart::Snapshot && self.hosts.is_empty()
+    }
 }
 
 /// How a pool's VMs start.
@@ -509,10 +550,38 @@ impl Config {
                     "must be an absolute path".into(),
                 ));
             }
+            for h in &p.hosts {
+                if !cfg.hosts.contains_key(h) {
+                    return Err(invalid(
+                        &format!("pools.{name}.hosts"),
+                        format!("`{h}` is not a [hosts.NAME] of this file"),
+                    ));
+                }
+            }
             if p.default_timeout_seconds == 0 {
                 return Err(invalid(
                     &format!("pools.{name}.default_timeout_seconds"),
                     "must be ≥ 1".into(),
+                ));
+            }
+        }
+        for (name, h) in &cfg.hosts {
+            if h.max_vms == 0 {
+                return Err(invalid(
+                    &format!("hosts.{name}.max_vms"),
+                    "must be ≥ 1".into(),
+                ));
+            }
+            if !h.uri.contains("://") {
+                return Err(invalid(
+                    &format!("hosts.{name}.uri"),
+                    format!("`{}` is not a libvirt URI (qemu+tls://HOST/system)", h.uri),
+                ));
+            }
+            if !minion_provisioning::domain::is_token(&h.storage_pool) {
+                return Err(invalid(
+                    &format!("hosts.{name}.storage_pool"),
+                    format!("`{}`: use [A-Za-z0-9._-]", h.storage_pool),
                 ));
             }
         }

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use minion_channel::{connect_unix, handshake, ChannelError, Limits, ReadySession};
+use minion_channel::{handshake, ChannelError, Limits, ReadySession};
+use minion_provisioning::backend::{LocalFiles, VmBackend};
 use minion_provisioning::snapshot::SnapshotFiles;
 use minion_provisioning::vm::PreparedVm;
 use minion_provisioning::vmfiles::VmFiles;
@@ -48,6 +49,10 @@ pub struct VmContext {
     pub live: LiveVms,
     /// Boot failures and teardown times.
     pub recorder: Recorder,
+    /// `[hosts]`: where pools with `hosts` run their VMs.
+    pub hosts: Arc<crate::hosts::Hosts>,
+    /// The backend of pools on `libvirt_uri` (this machine's files).
+    pub local: Arc<LocalFiles>,
 }
 
 /// The VMs this daemon owns right now, by VM id: claimed before a VM's first file is made,
@@ -100,6 +105,10 @@ impl VmContext {
             keep_free_bytes: cfg.keep_free_mib.saturating_mul(1024 * 1024),
             live: LiveVms::default(),
             recorder: Recorder::default(),
+            hosts: Arc::new(crate::hosts::Hosts::new(&cfg.state_dir, &cfg.hosts)),
+            local: Arc::new(LocalFiles {
+                state_dir: cfg.state_dir.clone(),
+            }),
         }
     }
 
@@ -137,9 +146,15 @@ pub enum BootError {
     #[error("provisioning: {0}")]
     Provision(#[source] ProvisionError),
     #[error("starting the domain: {0}")]
-    Start(#[source] HypervisorError),
+    Start(#[source] ProvisionError),
     #[error("guest channel: {0}")]
-    Channel(#[source] ChannelError),
+    Channel(#[source] ProvisionError),
+    /// The `[hosts]` host stopped answering while the VM booted.
+    #[error("host {uri} lost: {error}")]
+    HostLost { uri: String, error: String },
+    /// The pool's hosts: none configured, or the wait for one was cancelled.
+    #[error("{0}")]
+    Host(#[source] crate::hosts::LeaseError),
     #[error("guest handshake: {0}")]
     Handshake(#[source] ChannelError),
     /// `cancel` fired; `while_booting` once the domain had started.
@@ -162,6 +177,8 @@ pub enum TeardownError {
     Provision(#[source] ProvisionError),
     #[error("teardown task: {0}")]
     Task(#[source] tokio::task::JoinError),
+    #[error("the VM's host is down")]
+    HostDown,
 }
 
 /// How a VM comes to life.
@@ -206,45 +223,54 @@ pub struct ReadyVm {
 /// normal paths call [`VmGuard::teardown`] and await it.
 pub struct VmGuard {
     hv: Arc<Hypervisor>,
-    name: String,
-    files: VmFiles,
-    /// The domain's XML, to boot it again (an instance's `start`).
-    xml: String,
+    backend: Arc<dyn VmBackend>,
+    vm: PreparedVm,
     keep_console: Option<PathBuf>,
     done: bool,
     /// Released when the teardown has removed everything.
     claim: Option<Claim>,
+    /// The VM's slot on its `[hosts]` host; released with the claim.
+    lease: Option<crate::hosts::HostLease>,
     recorder: Recorder,
 }
 
 impl VmGuard {
     fn new(
-        hv: &Arc<Hypervisor>,
+        placement: Placement,
         prepared: &PreparedVm,
         keep_console: Option<PathBuf>,
         claim: Claim,
         recorder: Recorder,
     ) -> VmGuard {
         VmGuard {
-            hv: hv.clone(),
-            name: prepared.name.clone(),
-            files: prepared.files.clone(),
-            xml: prepared.xml.clone(),
+            hv: placement.hv,
+            backend: placement.backend,
+            vm: prepared.clone(),
             keep_console,
             done: false,
             claim: Some(claim),
+            lease: placement.lease,
             recorder,
         }
     }
 
     /// The domain's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.vm.name
     }
 
     /// The VM's files.
     pub fn files(&self) -> &VmFiles {
-        &self.files
+        &self.vm.files
+    }
+
+    /// The `[hosts]` host the VM runs on; `None` on a pool's `libvirt_uri`.
+    pub fn host(&self) -> Option<&Arc<crate::hosts::Host>> {
+        self.lease.as_ref().map(|l| &l.host)
+    }
+
+    fn host_down(&self) -> bool {
+        self.host().is_some_and(|h| !h.is_up())
     }
 
     /// Where the console log is copied at teardown.
@@ -255,7 +281,7 @@ impl VmGuard {
     /// Powers the VM off (its domain destroyed), keeping its files: [`VmGuard::power_on`] boots
     /// it again from its disk.
     pub async fn power_off(&self) -> Result<(), TeardownError> {
-        let (hv, name) = (self.hv.clone(), self.name.clone());
+        let (hv, name) = (self.hv.clone(), self.vm.name.clone());
         tokio::task::spawn_blocking(move || hv.destroy(&name))
             .await
             .map_err(TeardownError::Task)?
@@ -264,14 +290,14 @@ impl VmGuard {
 
     /// Boots the VM again from its disk (after [`VmGuard::power_off`]).
     pub async fn power_on(&self) -> Result<(), BootError> {
-        let (hv, xml) = (self.hv.clone(), self.xml.clone());
-        tokio::task::spawn_blocking(move || hv.create_transient(&xml).map(|_| ()))
+        let (hv, backend, vm) = (self.hv.clone(), self.backend.clone(), self.vm.clone());
+        tokio::task::spawn_blocking(move || backend.start(&hv, &vm))
             .await
             .map_err(|source| BootError::Task {
                 what: "domain",
                 source,
             })?
-            .map_err(BootError::Start)
+            .map_err(BootError::Provision)
     }
 
     /// Leaves the VM to someone else (at shutdown, the final sweep destroys it).
@@ -282,10 +308,13 @@ impl VmGuard {
     /// Pauses the VM: from here on it can do nothing, so its job's end may be written before
     /// [`VmGuard::teardown`] removes it. The console log, complete now, is copied out here.
     pub async fn pause(&mut self) -> Result<(), TeardownError> {
+        if self.host_down() {
+            return Err(TeardownError::HostDown);
+        }
         let (hv, name, files, keep) = (
             self.hv.clone(),
-            self.name.clone(),
-            self.files.clone(),
+            self.vm.name.clone(),
+            self.vm.files.clone(),
             self.keep_console.clone(),
         );
         tokio::task::spawn_blocking(move || {
@@ -308,14 +337,23 @@ impl VmGuard {
     /// Destroys the domain and removes its files (copying the console log first if asked).
     pub async fn teardown(mut self) -> Result<(), TeardownError> {
         self.done = true;
-        let (hv, name, files, keep) = (
+        if self.host_down() {
+            // Nothing there can be reached now: the host's libvirtd destroys the domain when
+            // our connection dies, and its volumes are reaped when it answers again.
+            if let Some(dest) = &self.keep_console {
+                let _ = vm::keep_console(&self.vm.files, dest);
+            }
+            tracing::warn!(domain = %self.vm.name, "its host is down: the VM's volumes are reaped when it is back");
+            return self.vm.files.remove_all().map_err(TeardownError::Provision);
+        }
+        let (hv, backend, vm, keep) = (
             self.hv.clone(),
-            self.name.clone(),
-            self.files.clone(),
+            self.backend.clone(),
+            self.vm.clone(),
             self.keep_console.clone(),
         );
         let t0 = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || vm::teardown(&hv, &name, &files, keep.as_deref()))
+        tokio::task::spawn_blocking(move || backend.teardown(&hv, &vm, keep.as_deref()))
             .await
             .map_err(TeardownError::Task)?
             .map_err(TeardownError::Provision)?;
@@ -327,17 +365,50 @@ impl VmGuard {
 impl Drop for VmGuard {
     fn drop(&mut self) {
         if !self.done {
-            let (hv, name, files) = (self.hv.clone(), self.name.clone(), self.files.clone());
-            let claim = self.claim.take();
-            tracing::warn!(domain = %name, "VM dropped without teardown: tearing down now");
+            let (hv, backend, vm) = (self.hv.clone(), self.backend.clone(), self.vm.clone());
+            let (claim, lease) = (self.claim.take(), self.lease.take());
+            tracing::warn!(domain = %vm.name, "VM dropped without teardown: tearing down now");
             let _ = std::thread::spawn(move || {
-                if let Err(e) = vm::teardown(&hv, &name, &files, None) {
-                    tracing::error!(domain = %name, "backstop teardown: {e}");
+                if let Err(e) = backend.teardown(&hv, &vm, None) {
+                    tracing::error!(domain = %vm.name, "backstop teardown: {e}");
                 }
                 drop(claim);
+                drop(lease);
             });
         }
     }
+}
+
+/// Where a VM runs: its host's connection and backend, and its lease on a `[hosts]` host.
+struct Placement {
+    hv: Arc<Hypervisor>,
+    backend: Arc<dyn VmBackend>,
+    lease: Option<crate::hosts::HostLease>,
+}
+
+async fn open_channel(
+    hv: &Arc<Hypervisor>,
+    backend: &Arc<dyn VmBackend>,
+    vm: &PreparedVm,
+    timeout: Duration,
+) -> Result<UnixStream, BootError> {
+    let (hv, backend, vm) = (hv.clone(), backend.clone(), vm.clone());
+    let sock = tokio::task::spawn_blocking(move || backend.open_channel(&hv, &vm, timeout))
+        .await
+        .map_err(|source| BootError::Task {
+            what: "channel",
+            source,
+        })?
+        .map_err(BootError::Channel)?;
+    sock.set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(sock))
+        .map_err(|e| {
+            BootError::Channel(ProvisionError::Io {
+                op: "register the channel socket",
+                path: PathBuf::new(),
+                source: e,
+            })
+        })
 }
 
 /// The guest's host name: `minion-` and the first 8 characters of the VM id's UUID.
@@ -374,25 +445,62 @@ pub fn identity(vm_id: &str) -> minion_proto::guest::Identity {
     }
 }
 
-/// Image, libvirt connection, then the VM's files and XML under `vm_id`. On error nothing of
-/// the VM exists.
+/// Image, host (a `[hosts]` lease, or the pool's `libvirt_uri`), then the VM's disks and XML
+/// under `vm_id`. On error nothing of the VM exists.
 async fn provision(
     ctx: &VmContext,
     pool: &Arc<Pool>,
     vm_id: &str,
     start: &Start,
-) -> Result<(Arc<Hypervisor>, PreparedVm), BootError> {
-    let (ctx, pool, vm_id, start) = (ctx.clone(), pool.clone(), vm_id.to_string(), start.clone());
-    tokio::task::spawn_blocking(move || {
-        let image =
-            image::load(&ctx.images_dir, &pool.cfg().image).map_err(|source| BootError::Image {
-                name: pool.cfg().image.clone(),
-                source,
-            })?;
-        let hv = pool.hypervisor().map_err(|source| BootError::Libvirt {
-            uri: pool.cfg().libvirt_uri.clone(),
+    cancel: &CancellationToken,
+) -> Result<(Placement, PreparedVm), BootError> {
+    let cfg = pool.cfg();
+    let (dir, name) = (ctx.images_dir.clone(), cfg.image.clone());
+    let image = tokio::task::spawn_blocking(move || image::load(&dir, &name))
+        .await
+        .map_err(|source| BootError::Task {
+            what: "image",
+            source,
+        })?
+        .map_err(|source| BootError::Image {
+            name: cfg.image.clone(),
             source,
         })?;
+    let lease = if cfg.hosts.is_empty() {
+        None
+    } else {
+        let lease = ctx
+            .hosts
+            .lease(&cfg.hosts, &image, cancel)
+            .await
+            .map_err(|e| match e {
+                crate::hosts::LeaseError::Cancelled => BootError::Cancelled {
+                    while_booting: false,
+                },
+                e => BootError::Host(e),
+            })?;
+        Some(lease)
+    };
+    let (ctx, pool, vm_id, start) = (ctx.clone(), pool.clone(), vm_id.to_string(), start.clone());
+    tokio::task::spawn_blocking(move || {
+        let (hv, backend, host_image): (_, Arc<dyn VmBackend>, _) = match &lease {
+            Some(l) => (
+                l.host.hypervisor().map_err(|source| BootError::Libvirt {
+                    uri: l.host.cfg.uri.clone(),
+                    source,
+                })?,
+                l.host.backend.clone(),
+                Some(l.image.clone()),
+            ),
+            None => (
+                pool.hypervisor().map_err(|source| BootError::Libvirt {
+                    uri: pool.cfg().libvirt_uri.clone(),
+                    source,
+                })?,
+                ctx.local.clone(),
+                None,
+            ),
+        };
         let req = vm::VmRequest {
             state_dir: ctx.state_dir.clone(),
             job_id: vm_id.clone(),
@@ -408,14 +516,21 @@ async fn provision(
             },
             // A restored VM's disk is its template's, grown when the template was made.
             disk_bytes: pool.cfg().disk_gib.map(|g| g.saturating_mul(1 << 30)),
-            host_image: None,
+            host_image,
         };
         let prepared = match &start {
-            Start::Boot => vm::prepare(&req),
+            Start::Boot => backend.prepare(&hv, &req),
             Start::Restore(snapshot) => vm::prepare_restore(&req, snapshot),
         }
-        .map_err(BootError::Provision)?;
-        Ok((hv, prepared))
+        .map_err(|e| match (&lease, e) {
+            // A host that stopped answering mid-way is the host's fault, not the image's.
+            (Some(l), ProvisionError::Hypervisor(source)) if l.host.lost() => BootError::Libvirt {
+                uri: l.host.cfg.uri.clone(),
+                source,
+            },
+            (_, e) => BootError::Provision(e),
+        })?;
+        Ok((Placement { hv, backend, lease }, prepared))
     })
     .await
     .map_err(|source| BootError::Task {
@@ -439,7 +554,8 @@ pub async fn boot_to_ready(
     progress: &mut (dyn FnMut(BootStep) + Send),
 ) -> Result<ReadyVm, BootError> {
     let claim = ctx.live.claim(vm_id);
-    let (hv, prepared) = provision(ctx, pool, vm_id, start).await?;
+    let (placement, prepared) = provision(ctx, pool, vm_id, start, cancel).await?;
+    let (hv, backend) = (placement.hv.clone(), placement.backend.clone());
     let t = &prepared.timings;
     tracing::info!(
         vm = %vm_id,
@@ -449,7 +565,13 @@ pub async fn boot_to_ready(
         render_ms = t.render.as_secs_f64() * 1000.0,
         "provisioned"
     );
-    let guard = VmGuard::new(&hv, &prepared, keep_console, claim, ctx.recorder.clone());
+    let guard = VmGuard::new(
+        placement,
+        &prepared,
+        keep_console,
+        claim,
+        ctx.recorder.clone(),
+    );
     progress(BootStep::Prepared {
         restored: matches!(start, Start::Restore(_)),
     });
@@ -460,15 +582,16 @@ pub async fn boot_to_ready(
             });
         }
         let t_start = Instant::now();
-        let (hv, xml, start) = (hv.clone(), prepared.xml.clone(), start.clone());
-        let (name, saved) = (prepared.name.clone(), prepared.files.saved_state.clone());
+        let (hv_, backend_, vm, start) =
+            (hv.clone(), backend.clone(), prepared.clone(), start.clone());
         tokio::task::spawn_blocking(move || match &start {
-            Start::Boot => hv.create_transient(&xml).map(|_| ()),
+            Start::Boot => backend_.start(&hv_, &vm),
             Start::Restore(_) => {
-                let restored = hv.restore(&saved, &name);
+                let saved = &vm.files.saved_state;
+                let restored = hv_.restore(saved, &vm.name);
                 // libvirt has read it: the VM's copy of the image only takes space now.
-                let _ = std::fs::remove_file(&saved);
-                restored
+                let _ = std::fs::remove_file(saved);
+                restored.map_err(ProvisionError::from)
             }
         })
         .await
@@ -484,9 +607,7 @@ pub async fn boot_to_ready(
             });
         }
         let stream = tokio::select! {
-            s = connect_unix(&prepared.files.channel_socket, CONNECT_TIMEOUT) => {
-                s.map_err(BootError::Channel)?
-            }
+            s = open_channel(&hv, &backend, &prepared, CONNECT_TIMEOUT) => s?,
             _ = cancel.cancelled() => return Err(BootError::Cancelled { while_booting: true }),
         };
         let session = match handshake(stream, &session_limits(), cancel.clone()).await {
@@ -511,6 +632,20 @@ pub async fn boot_to_ready(
             if !matches!(e, BootError::Cancelled { .. }) {
                 ctx.recorder.boot_failed(&pool.name);
             }
+            // A `[hosts]` host that stopped answering fails the boot: the host's fault.
+            let e = match guard.host().cloned() {
+                Some(h) if !matches!(e, BootError::Cancelled { .. }) => {
+                    if h.lost() {
+                        BootError::HostLost {
+                            uri: h.cfg.uri.clone(),
+                            error: e.to_string(),
+                        }
+                    } else {
+                        e
+                    }
+                }
+                _ => e,
+            };
             if let Err(te) = guard.teardown().await {
                 tracing::error!(vm = %vm_id, "teardown after a failed boot: {te}");
             }

@@ -10,6 +10,7 @@ mod config;
 mod dashboard;
 mod fetching;
 mod guestvm;
+mod hosts;
 mod instance_api;
 mod instances;
 mod jobs;

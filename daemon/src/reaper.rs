@@ -10,9 +10,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use minion_provisioning::backend::VmBackend;
 use minion_provisioning::vm;
 
 use crate::guestvm::LiveVms;
+use crate::hosts::Hosts;
 use crate::pool::Pool;
 use crate::recorder::{Leftover, Recorder};
 
@@ -47,6 +49,8 @@ pub struct Reaper {
     state_dir: PathBuf,
     /// The pools now (a reload may add some); one per libvirt host is asked.
     pools: Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>,
+    /// `[hosts]`: their domains and volumes, while they are up.
+    hosts: Arc<Hosts>,
     interval: Duration,
     metrics: Recorder,
     judge: Mutex<TwoPass>,
@@ -57,6 +61,7 @@ impl Reaper {
         live: LiveVms,
         state_dir: PathBuf,
         pools: Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>,
+        hosts: Arc<Hosts>,
         interval: Duration,
         metrics: Recorder,
     ) -> Reaper {
@@ -64,6 +69,7 @@ impl Reaper {
             live,
             state_dir,
             pools,
+            hosts,
             interval,
             metrics,
             judge: Mutex::default(),
@@ -111,6 +117,27 @@ impl Reaper {
                     }
                 }
                 Err(e) => tracing::error!("reaper: libvirt {}: {e}", host.cfg().libvirt_uri),
+            }
+        }
+        for host in self.hosts.all().into_iter().filter(|h| h.is_up()) {
+            match host.hypervisor() {
+                Ok(hv) => {
+                    let report = host.backend.reap(&hv, &kept);
+                    for d in &report.destroyed {
+                        tracing::warn!(host = %host.name, domain = %d, "reaper: destroyed a domain no live VM owns (seen unowned twice)");
+                    }
+                    for v in &report.deleted_volumes {
+                        tracing::warn!(host = %host.name, volume = %v, "reaper: deleted a volume no live VM owns (seen unowned twice)");
+                    }
+                    self.metrics
+                        .reaped(Leftover::Domain, report.destroyed.len() as u64);
+                    self.metrics
+                        .reaped(Leftover::Volume, report.deleted_volumes.len() as u64);
+                    for e in report.errors {
+                        tracing::error!(host = %host.name, "reaper: {e}");
+                    }
+                }
+                Err(e) => tracing::error!(host = %host.name, "reaper: {e}"),
             }
         }
         let report = vm::sweep_dirs(&self.state_dir, &kept);

@@ -43,6 +43,8 @@ struct ResultLabel {
 pub enum Leftover {
     Domain,
     VmDir,
+    /// A VM's volume on a `[hosts]` host.
+    Volume,
 }
 
 /// What became of one ResultsDB POST.
@@ -188,6 +190,7 @@ impl Recorder {
         let kind = match kind {
             Leftover::Domain => "domain",
             Leftover::VmDir => "vm_dir",
+            Leftover::Volume => "volume",
         };
         self.reaped.get_or_create(&KindLabel { kind }).inc_by(n);
     }

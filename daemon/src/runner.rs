@@ -171,15 +171,50 @@ pub async fn run_job(
     let session = session.run_job(&job, &task_dir, &artifacts, &limits, tx, cancel.clone());
     let events = pump_events(jobs, id, &artifacts, rx);
     let run = async { tokio::join!(session, events).0 };
+    // A `[hosts]` host marked down ends the session at once: its VMs are lost (module hosts).
+    let host = guard.host().cloned();
+    let run = async {
+        match &host {
+            None => Ok(run.await),
+            Some(h) => tokio::select! {
+                r = run => Ok(r),
+                _ = h.down() => Err(h.clone()),
+            },
+        }
+    };
     let end = match tokio::time::timeout_at(hard_deadline, run).await {
         Err(_) => End::TimedOut(format!("exceeded its timeout of {}s", timeout.as_secs())),
-        Ok(Ok(o)) if o.cancelled => End::Cancelled("cancelled while running".into()),
-        Ok(Ok(o)) => End::Finished(Box::new(o)),
-        Ok(Err(ChannelError::Cancelled)) => End::Cancelled("cancelled while running".into()),
-        Ok(Err(ChannelError::JobTimeout(t))) => {
+        Ok(Err(h)) => End::HostLost {
+            uri: h.cfg.uri.clone(),
+            error: format!(
+                "{} stopped answering mid-job: {}",
+                h.name,
+                h.last_error().unwrap_or_default()
+            ),
+        },
+        Ok(Ok(Ok(o))) if o.cancelled => End::Cancelled("cancelled while running".into()),
+        Ok(Ok(Ok(o))) => End::Finished(Box::new(o)),
+        Ok(Ok(Err(ChannelError::Cancelled))) => End::Cancelled("cancelled while running".into()),
+        Ok(Ok(Err(ChannelError::JobTimeout(t)))) => {
             End::TimedOut(format!("exceeded its timeout of {}s", t.as_secs()))
         }
-        Ok(Err(e)) => End::Failed(RunError::Session(e)),
+        Ok(Ok(Err(e))) => End::Failed(RunError::Session(e)),
+    };
+    // The session broke because its `[hosts]` host stopped answering: the host's fault, so
+    // the job is requeued (the host's libvirtd destroys the domain when our connection dies).
+    let end = match (end, guard.host().cloned()) {
+        (End::Failed(RunError::Session(e)), Some(host)) => {
+            if host.lost() {
+                tracing::warn!(job = %id, host = %host.name, "host lost mid-job: {e}");
+                End::HostLost {
+                    uri: host.cfg.uri.clone(),
+                    error: e.to_string(),
+                }
+            } else {
+                End::Failed(RunError::Session(e))
+            }
+        }
+        (end, _) => end,
     };
 
     if jobs.is_shutting_down() {
@@ -396,6 +431,7 @@ async fn ready_vm(
                     uri,
                     error: source.to_string(),
                 }),
+                (Err(BootError::HostLost { uri, error }), _) => Err(End::HostLost { uri, error }),
                 // libvirt refused the domain because it went away under us (restarting): the
                 // host is lost, not the job's own fault.
                 (Err(e @ BootError::Start(_)), _) if !pool.reachable().await => {

@@ -119,6 +119,8 @@ pub struct PoolStatus {
     pub ready: u32,
     pub booting: u32,
     pub snapshot: crate::snapshots::SnapshotStatus,
+    /// Its `[hosts]`, each usable for it or why not.
+    pub hosts: Vec<(String, Result<(), crate::hosts::Unusable>)>,
 }
 
 /// The pools by name; a reload adds to it (entries are never removed while miniond runs).
@@ -189,6 +191,7 @@ impl Service {
                 hosts.extend(instance_hosts.pools());
                 hosts
             }),
+            vms.hosts.clone(),
             std::time::Duration::from_secs(cfg.reap_interval_secs.max(1)),
             vms.recorder.clone(),
         ));
@@ -323,6 +326,20 @@ impl Service {
         };
         tokio::spawn(Arc::new(pruner).run());
         tokio::spawn(self.reaper.clone().run());
+        // `[hosts]`: each connected, reaped and checked, then watched (module hosts).
+        let (hosts, live) = (self.run.vms.hosts.clone(), self.run.vms.live.clone());
+        let live: crate::hosts::IsLive = Arc::new(move |id: &str| live.contains(id));
+        let (pools, images_dir) = (self.pools.clone(), self.cfg.images_dir.clone());
+        let images: crate::hosts::ImagesOf = Arc::new(move |host: &str| {
+            read(&pools)
+                .values()
+                .filter(|e| e.pool.cfg().hosts.iter().any(|h| h == host))
+                .filter_map(|e| {
+                    minion_provisioning::image::load(&images_dir, &e.pool.cfg().image).ok()
+                })
+                .collect()
+        });
+        tokio::spawn(hosts.monitor(live, images, CancellationToken::new()));
         Ok(())
     }
 
@@ -377,6 +394,7 @@ impl Service {
                 Err(e) => tracing::error!("reconcile: libvirt {}: {e}", p.cfg().libvirt_uri),
             }
         }
+        self.run.vms.hosts.reap_all(&|_| false);
         let report = vm::sweep_dirs(&self.cfg.state_dir, &|_| false);
         for d in report.removed_dirs {
             tracing::info!("reconcile: removed {}", d.display());
@@ -817,9 +835,110 @@ impl Service {
                 ready: e.prebooted.ready(),
                 booting: e.prebooted.booting(),
                 snapshot: self.run.snapshots.status(&e.pool),
+                hosts: {
+                    let cfg = e.pool.cfg();
+                    let image =
+                        minion_provisioning::image::load(&self.cfg.images_dir, &cfg.image).ok();
+                    self.run.vms.hosts.usable_for(&cfg.hosts, image.as_ref())
+                },
             })
             .collect()
     }
+
+    /// Every `[hosts]` host, with the pools that use it.
+    pub fn hosts(&self) -> Vec<(crate::hosts::HostStatus, Vec<String>)> {
+        let entries = self.entries();
+        self.run
+            .vms
+            .hosts
+            .status()
+            .into_iter()
+            .map(|h| {
+                let pools = entries
+                    .iter()
+                    .filter(|e| e.pool.cfg().hosts.contains(&h.name))
+                    .map(|e| e.pool.name.clone())
+                    .collect();
+                (h, pools)
+            })
+            .collect()
+    }
+
+    /// Drains or undrains a `[hosts]` host. `by` is who asked (logged).
+    pub fn drain_host(
+        &self,
+        name: &str,
+        drain: bool,
+        by: &str,
+    ) -> Result<(crate::hosts::HostStatus, Vec<String>), HostAdminError> {
+        if !self.run.vms.hosts.set_drained(name, drain) {
+            return Err(HostAdminError::NoSuchHost(name.to_string()));
+        }
+        tracing::info!(host = %name, caller = %by, "admin: host {}", if drain { "drained" } else { "undrained" });
+        self.hosts()
+            .into_iter()
+            .find(|(h, _)| h.name == name)
+            .ok_or_else(|| HostAdminError::NoSuchHost(name.to_string()))
+    }
+
+    /// Pushes image `image` to `names` (every host when `all`): what each lacks is uploaded,
+    /// then the whole image is read back and checked. One result per host.
+    pub async fn push_image(
+        &self,
+        image: &str,
+        names: &[String],
+        all: bool,
+        by: &str,
+    ) -> Result<
+        Vec<(
+            String,
+            Result<(), crate::hosts::Unusable>,
+            std::time::Duration,
+        )>,
+        HostAdminError,
+    > {
+        let hosts = &self.run.vms.hosts;
+        let targets: Vec<_> = if all {
+            hosts.all()
+        } else {
+            if names.is_empty() {
+                return Err(HostAdminError::Invalid("name a host, or --all".into()));
+            }
+            names
+                .iter()
+                .map(|n| {
+                    hosts
+                        .get(n)
+                        .ok_or_else(|| HostAdminError::NoSuchHost(n.clone()))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let (dir, name) = (self.cfg.images_dir.clone(), image.to_string());
+        let img =
+            tokio::task::spawn_blocking(move || minion_provisioning::image::load(&dir, &name))
+                .await
+                .map_err(|e| HostAdminError::Invalid(e.to_string()))?
+                .map_err(|e| HostAdminError::Invalid(e.to_string()))?;
+        tracing::info!(image = %image, caller = %by, hosts = targets.len(), "admin: image push");
+        let pushes = targets.iter().map(|h| {
+            let img = img.clone();
+            async move {
+                let t = std::time::Instant::now();
+                let r = hosts.push(h, &img).await.map(|_| ());
+                (h.name.clone(), r, t.elapsed())
+            }
+        });
+        Ok(futures::future::join_all(pushes).await)
+    }
+}
+
+/// What a host admin call can refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum HostAdminError {
+    #[error("no host {0} in [hosts]")]
+    NoSuchHost(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 fn read(pools: &PoolMap) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<PoolEntry>>> {

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{GuestNetwork, PoolConfig, VmStart};
+use crate::config::{GuestNetwork, PoolConfig};
 use crate::guestvm::{self, BootError, BootStep, ReadyVm, Start, VmContext};
 use crate::pool::Pool;
 use crate::validations::Validations;
@@ -164,7 +164,7 @@ impl Snapshots {
     /// what the `snapshot` pools lack.
     pub async fn start(self: &Arc<Self>, pools: &[Arc<Pool>]) {
         let mut wanted = Vec::new();
-        for pool in pools.iter().filter(|p| p.cfg().start == VmStart::Snapshot) {
+        for pool in pools.iter().filter(|p| p.cfg().snapshots()) {
             match self.key(pool).await {
                 Ok(k) => wanted.push((pool.clone(), k)),
                 Err(e) => {
@@ -195,7 +195,7 @@ impl Snapshots {
     /// The state of `pool`'s snapshot, as far as this daemon has looked (a pool is looked at
     /// at start and whenever it starts a VM).
     pub fn status(&self, pool: &Pool) -> SnapshotStatus {
-        if pool.cfg().start != VmStart::Snapshot {
+        if !pool.cfg().snapshots() {
             return SnapshotStatus::Off;
         }
         // Every key a pool has had went through `pool_wants` first (usable, want).
@@ -291,7 +291,7 @@ impl Snapshots {
     /// The pool's whole snapshot, if it is a `snapshot` pool and has one that is not broken;
     /// else `None`, and one is built if it can be.
     async fn usable(self: &Arc<Self>, pool: &Arc<Pool>) -> Option<SnapshotFiles> {
-        if pool.cfg().start != VmStart::Snapshot {
+        if !pool.cfg().snapshots() {
             return None;
         }
         let key = match self.key(pool).await {
@@ -672,9 +672,9 @@ mod tests {
 
     #[test]
     fn a_pool_default_is_snapshot() {
-        assert_eq!(pool_cfg().start, VmStart::Snapshot);
+        assert_eq!(pool_cfg().start, crate::config::VmStart::Snapshot);
         let boot: PoolConfig = toml::from_str("image = \"t\"\nstart = \"boot\"").expect("pool");
-        assert_eq!(boot.start, VmStart::Boot);
+        assert_eq!(boot.start, crate::config::VmStart::Boot);
         let err = toml::from_str::<PoolConfig>("image = \"t\"\nstart = \"fork\"").expect_err("bad");
         assert!(err.to_string().contains("start"), "{err}");
     }

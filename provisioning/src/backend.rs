@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::domain::{self, AGENT_CHANNEL};
@@ -133,9 +133,13 @@ pub struct StorageVolumes {
     pub state_dir: PathBuf,
     /// The storage pool's name on the host.
     pub pool: String,
-    /// Console copies still running, by domain name: joined at teardown so the kept log is whole.
-    consoles: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Console copies still running, by domain name: waited for at teardown so the kept log is
+    /// whole.
+    consoles: Mutex<HashMap<String, Receiver<()>>>,
 }
+
+/// How long a teardown waits for the console copy to see the domain's end.
+const CONSOLE_END_WAIT: Duration = Duration::from_secs(5);
 
 /// Most of a console kept on the controller per VM.
 pub const CONSOLE_MAX_BYTES: u64 = 8 << 20;
@@ -153,7 +157,7 @@ impl StorageVolumes {
         vm::owner_of(&self.state_dir)
     }
 
-    fn consoles(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+    fn consoles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Receiver<()>>> {
         self.consoles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -345,8 +349,8 @@ impl VmBackend for StorageVolumes {
             first = Some(e.into());
         }
         // The domain is gone (or its host is): the console stream ends, its copy is whole.
-        if let Some(t) = self.consoles().remove(&vm.name) {
-            let _ = t.join();
+        if let Some(ended) = self.consoles().remove(&vm.name) {
+            let _ = ended.recv_timeout(CONSOLE_END_WAIT);
         }
         if let Some(dest) = keep_console_as {
             if let Err(e) = vm::keep_console(&vm.files, dest) {

@@ -150,6 +150,11 @@ pub fn render_xml(spec: &DomainSpec) -> Result<String, ProvisionError> {
     )
 }
 
+/// Whether `value` is a plain name: 1–200 of `[A-Za-z0-9._-]`, not starting with `-` or `.`.
+pub fn is_token(value: &str) -> bool {
+    check_token("name", value, 200).is_ok()
+}
+
 /// Names and ids: `[A-Za-z0-9._-]`, so they are safe as libvirt names, file names, in logs, and
 /// unquoted in the seed's YAML.
 pub(crate) fn check_token(field: &str, value: &str, max: usize) -> Result<(), ProvisionError> {

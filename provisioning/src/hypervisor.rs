@@ -220,22 +220,22 @@ impl Hypervisor {
             .map_err(|e| self.call_error("virDomainResume", name, &e))
     }
 
-    /// A stream on running domain `name`'s virtio channel `channel` (virDomainOpenChannel: the
+    /// A non-blocking stream on running domain `name`'s virtio channel `channel` (virDomainOpenChannel: the
     /// channel's socket is on the libvirt host, whichever host that is).
     pub fn open_channel(&self, name: &str, channel: &str) -> Result<Stream, HypervisorError> {
         let dom = self.existing(name, "virDomainOpenChannel")?;
-        let stream =
-            Stream::new(&self.conn()?, 0).map_err(|e| self.call_error("virStreamNew", name, &e))?;
+        let stream = Stream::new(&self.conn()?, crate::streams::NONBLOCK)
+            .map_err(|e| self.call_error("virStreamNew", name, &e))?;
         dom.open_channel(Some(channel), &stream, CHANNEL_FORCE)
             .map_err(|e| self.call_error("virDomainOpenChannel", name, &e))?;
         Ok(stream)
     }
 
-    /// A stream on domain `name`'s serial console (virDomainOpenConsole; a pty console).
+    /// A non-blocking stream on domain `name`'s serial console (virDomainOpenConsole; a pty console).
     pub fn open_console(&self, name: &str) -> Result<Stream, HypervisorError> {
         let dom = self.existing(name, "virDomainOpenConsole")?;
-        let stream =
-            Stream::new(&self.conn()?, 0).map_err(|e| self.call_error("virStreamNew", name, &e))?;
+        let stream = Stream::new(&self.conn()?, crate::streams::NONBLOCK)
+            .map_err(|e| self.call_error("virStreamNew", name, &e))?;
         dom.open_console(None, &stream, CONSOLE_FORCE)
             .map_err(|e| self.call_error("virDomainOpenConsole", name, &e))?;
         Ok(stream)
@@ -514,9 +514,9 @@ pub fn is_remote(uri: &str) -> bool {
     }
 }
 
-/// libvirt's keepalive needs an event loop in the client: one thread runs libvirt's default
-/// loop for the whole process, registered before the first remote connection opens.
-fn ensure_event_loop() {
+/// libvirt's keepalive and non-blocking streams need an event loop in the client: one thread
+/// runs libvirt's default loop for the whole process, registered before the first connection.
+pub(crate) fn ensure_event_loop() {
     static LOOP: Once = Once::new();
     LOOP.call_once(|| {
         if let Err(e) = virt::event::event_register_default_impl() {
@@ -540,9 +540,9 @@ fn ensure_event_loop() {
 /// Opens a connection; a remote one gets libvirt's keepalive.
 fn open(uri: &str) -> Result<Connect, HypervisorError> {
     let remote = is_remote(uri);
-    if remote {
-        ensure_event_loop();
-    }
+    // Before any connection opens: only then is its socket watched by the loop, which the
+    // streams of module streams (and keepalive) need.
+    ensure_event_loop();
     let conn = Connect::open(Some(uri)).map_err(|e| HypervisorError::Connect {
         uri: uri.to_string(),
         code: code_of(&e),

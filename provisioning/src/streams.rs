@@ -1,133 +1,430 @@
 //! libvirt streams (a guest channel from virDomainOpenChannel, a console from
 //! virDomainOpenConsole) turned into what the rest of Minion reads: a unix socket, a file.
 //!
-//! Each pump is a pair of plain threads doing blocking stream calls: libvirt's remote client
-//! lets one thread wait in virStreamRecv while another sends. A stream that ends (the domain
-//! went, the connection died: keepalive notices a silent host) ends its pump, so the socket's
-//! reader sees end-of-file.
+//! Both are driven from libvirt's event loop (the one thread [`crate::hypervisor`] runs), with
+//! non-blocking streams, the way `virsh console` does it. A thread blocked in virStreamRecv
+//! when its connection dies crashes libvirt 9.0's client (seen here: a segfault in the RPC
+//! client's event dispatch once a cut link came back), so no thread ever waits in a stream call.
+//!
+//! A channel pump moves bytes both ways with backpressure: what one side cannot take yet is
+//! held (one chunk at most) and that side's readiness is waited for before reading more. The
+//! stream ending (EOF, error: the domain went, the connection died) shuts the socket down; our
+//! side hanging up aborts the stream. A failed stream is only freed, never finished or aborted.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::raw::{c_char, c_int, c_void};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 
 use virt::stream::Stream;
+use virt::sys;
 
-/// Bytes per receive.
+/// Bytes per receive or read.
 const CHUNK: usize = 256 * 1024;
 
-/// A unix socket whose other end is `stream`: what is written to the returned socket is sent
-/// on the stream, what the stream receives can be read from it. `what` names it in logs.
-pub fn socket_for(stream: Stream, what: &str) -> std::io::Result<UnixStream> {
-    let (ours, theirs) = UnixStream::pair()?;
-    let mut to_sock = theirs.try_clone()?;
-    let mut from_sock = theirs;
-    let rx = stream.clone();
-    let name = what.to_string();
-    std::thread::Builder::new()
-        .name("chan-recv".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                match rx.recv(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) if n > 0 => {
-                        if to_sock.write_all(&buf[..n as usize]).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(channel = %name, "stream receive: {e}");
-                        break;
-                    }
+const ST_READABLE: c_int = 1;
+const ST_WRITABLE: c_int = 2;
+const ST_ERROR: c_int = 4;
+const ST_HANGUP: c_int = 8;
+const FD_READABLE: c_int = 1;
+const FD_WRITABLE: c_int = 2;
+
+/// `VIR_STREAM_NONBLOCK`: what [`socket_for`] and [`stream_to_file`] need their streams made with.
+pub const NONBLOCK: sys::virStreamFlags = 1;
+
+struct Channel {
+    stream: Stream,
+    sock: UnixStream,
+    watch: c_int,
+    /// Received from the stream, not yet written to the socket.
+    to_sock: Vec<u8>,
+    /// Read from the socket, not yet accepted by the stream.
+    to_stream: Vec<u8>,
+    done: bool,
+    name: String,
+}
+
+type Shared = Arc<Mutex<Channel>>;
+
+fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Channel> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How a channel ended.
+enum End {
+    /// The stream said EOF: finish it.
+    StreamEof,
+    /// The stream failed: free it only.
+    StreamFailed,
+    /// Our side hung up: abort it.
+    SocketClosed,
+}
+
+impl Channel {
+    fn stream_ptr(&self) -> sys::virStreamPtr {
+        // SAFETY: the pointer is only used while `self.stream` holds its reference.
+        unsafe { self.stream.as_ptr() }
+    }
+
+    /// The events each side is waited for, from what is held.
+    fn rearm(&self) {
+        let st = if self.to_stream.is_empty() {
+            0
+        } else {
+            ST_WRITABLE
+        } | if self.to_sock.is_empty() {
+            ST_READABLE
+        } else {
+            0
+        };
+        let fd = if self.to_sock.is_empty() {
+            0
+        } else {
+            FD_WRITABLE
+        } | if self.to_stream.is_empty() {
+            FD_READABLE
+        } else {
+            0
+        };
+        // SAFETY: the stream holds a callback (added in `socket_for`) and `watch` is live
+        // until `end`, after which nothing calls this.
+        unsafe {
+            sys::virStreamEventUpdateCallback(self.stream_ptr(), st);
+            sys::virEventUpdateHandle(self.watch, fd);
+        }
+    }
+
+    fn end(&mut self, how: End) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let st = self.stream_ptr();
+        // SAFETY: `st` is live (held by `self.stream`); removing a callback or handle from
+        // within its own dispatch is allowed (libvirt defers the free).
+        unsafe {
+            sys::virStreamEventRemoveCallback(st);
+            sys::virEventRemoveHandle(self.watch);
+            match how {
+                End::StreamEof => {
+                    sys::virStreamFinish(st);
                 }
+                End::SocketClosed => {
+                    sys::virStreamAbort(st);
+                }
+                End::StreamFailed => {}
             }
-            let _ = to_sock.shutdown(std::net::Shutdown::Write);
-        })?;
-    let name = what.to_string();
-    std::thread::Builder::new()
-        .name("chan-send".into())
-        .spawn(move || {
+        }
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        tracing::debug!(channel = %self.name, "channel pump ended");
+    }
+
+    /// Writes what is held for the socket; `false` once the socket is gone.
+    fn flush_to_sock(&mut self) -> bool {
+        while !self.to_sock.is_empty() {
+            match self.sock.write(&self.to_sock) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.to_sock.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Sends what is held for the stream; `Err` once the stream failed.
+    fn flush_to_stream(&mut self) -> Result<(), ()> {
+        while !self.to_stream.is_empty() {
+            // SAFETY: a live stream and a buffer of that length.
+            let n = unsafe {
+                sys::virStreamSend(
+                    self.stream_ptr(),
+                    self.to_stream.as_ptr() as *const c_char,
+                    self.to_stream.len(),
+                )
+            };
+            match n {
+                -2 => return Ok(()),
+                n if n > 0 => {
+                    self.to_stream.drain(..n as usize);
+                }
+                _ => return Err(()),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_stream(&mut self, events: c_int) {
+        if self.done {
+            return;
+        }
+        if events & ST_WRITABLE != 0 && self.flush_to_stream().is_err() {
+            return self.end(End::StreamFailed);
+        }
+        if events & ST_READABLE != 0 && self.to_sock.is_empty() {
             let mut buf = vec![0u8; CHUNK];
-            let ended = loop {
-                let n = match from_sock.read(&mut buf) {
-                    Ok(0) => break true,
-                    Ok(n) => n,
-                    Err(_) => break false,
-                };
-                let mut off = 0;
-                while off < n {
-                    match stream.send(&buf[off..n]) {
-                        Ok(k) if k > 0 => off += k as usize,
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::debug!(channel = %name, "stream send: {e}");
-                            let _ = from_sock.shutdown(std::net::Shutdown::Both);
-                            let _ = stream.abort();
-                            return;
-                        }
+            // SAFETY: a live stream and a buffer of that length.
+            let n = unsafe {
+                sys::virStreamRecv(
+                    self.stream_ptr(),
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len(),
+                )
+            };
+            match n {
+                -2 => {}
+                0 => return self.end(End::StreamEof),
+                n if n > 0 => {
+                    buf.truncate(n as usize);
+                    self.to_sock = buf;
+                    if !self.flush_to_sock() {
+                        return self.end(End::SocketClosed);
                     }
                 }
-            };
-            // Our side hung up: the stream is closed, which also ends the receiving thread.
-            let _ = if ended {
-                stream.finish()
-            } else {
-                stream.abort()
-            };
-        })?;
+                _ => return self.end(End::StreamFailed),
+            }
+        } else if events & (ST_ERROR | ST_HANGUP) != 0 {
+            return self.end(End::StreamFailed);
+        }
+        self.rearm();
+    }
+
+    fn on_socket(&mut self, events: c_int) {
+        if self.done {
+            return;
+        }
+        if events & FD_WRITABLE != 0 && !self.flush_to_sock() {
+            return self.end(End::SocketClosed);
+        }
+        if events & FD_READABLE != 0 && self.to_stream.is_empty() {
+            let mut buf = vec![0u8; CHUNK];
+            match self.sock.read(&mut buf) {
+                Ok(0) => return self.end(End::SocketClosed),
+                Ok(n) => {
+                    buf.truncate(n);
+                    self.to_stream = buf;
+                    if self.flush_to_stream().is_err() {
+                        return self.end(End::StreamFailed);
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(_) => return self.end(End::SocketClosed),
+            }
+        } else if events & (4 | 8) != 0 && events & FD_READABLE == 0 {
+            return self.end(End::SocketClosed);
+        }
+        self.rearm();
+    }
+}
+
+unsafe extern "C" fn channel_stream_cb(_st: sys::virStreamPtr, events: c_int, opaque: *mut c_void) {
+    // SAFETY: `opaque` is the Box<Shared> given at registration, freed only by `free_shared`.
+    let shared = unsafe { &*(opaque as *const Shared) };
+    lock(shared).on_stream(events);
+}
+
+unsafe extern "C" fn channel_fd_cb(_watch: c_int, _fd: c_int, events: c_int, opaque: *mut c_void) {
+    // SAFETY: as in `channel_stream_cb`.
+    let shared = unsafe { &*(opaque as *const Shared) };
+    lock(shared).on_socket(events);
+}
+
+unsafe extern "C" fn free_shared(opaque: *mut c_void) {
+    // SAFETY: `opaque` came from Box::into_raw in `socket_for`, and libvirt frees it once.
+    drop(unsafe { Box::from_raw(opaque as *mut Shared) });
+}
+
+fn last_error(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {}", virt::error::Error::last_error()))
+}
+
+/// A unix socket whose other end is `stream` (made with [`NONBLOCK`]): what is written to the
+/// returned socket is sent on the stream, what the stream receives can be read from it. `what`
+/// names it in logs.
+pub fn socket_for(stream: Stream, what: &str) -> std::io::Result<UnixStream> {
+    crate::hypervisor::ensure_event_loop();
+    let (ours, theirs) = UnixStream::pair()?;
+    theirs.set_nonblocking(true)?;
+    let fd = theirs.as_raw_fd();
+    // SAFETY: a live stream pointer, kept alive by `stream` inside the shared state.
+    let st = unsafe { stream.as_ptr() };
+    let shared: Shared = Arc::new(Mutex::new(Channel {
+        stream,
+        sock: theirs,
+        watch: -1,
+        to_sock: Vec::new(),
+        to_stream: Vec::new(),
+        done: false,
+        name: what.to_string(),
+    }));
+    // Held until both registrations are in: a callback may run as soon as each is.
+    let mut g = lock(&shared);
+    let for_fd = Box::into_raw(Box::new(shared.clone())) as *mut c_void;
+    // SAFETY: `fd` stays open while the state lives; `for_fd` is freed by `free_shared`.
+    let watch = unsafe {
+        sys::virEventAddHandle(
+            fd,
+            FD_READABLE,
+            Some(channel_fd_cb),
+            for_fd,
+            Some(free_shared),
+        )
+    };
+    if watch < 0 {
+        // SAFETY: not registered, so still ours to free.
+        unsafe { free_shared(for_fd) };
+        return Err(last_error("virEventAddHandle"));
+    }
+    g.watch = watch;
+    let for_st = Box::into_raw(Box::new(shared.clone())) as *mut c_void;
+    // SAFETY: as above; the stream takes its own reference while the callback is registered.
+    let rc = unsafe {
+        sys::virStreamEventAddCallback(
+            st,
+            ST_READABLE | ST_ERROR | ST_HANGUP,
+            Some(channel_stream_cb),
+            for_st,
+            Some(free_shared),
+        )
+    };
+    if rc < 0 {
+        // SAFETY: not registered, so still ours to free; the handle is removed.
+        unsafe {
+            free_shared(for_st);
+            sys::virEventRemoveHandle(watch);
+        }
+        return Err(last_error("virStreamEventAddCallback"));
+    }
+    drop(g);
     Ok(ours)
 }
 
-/// Appends what `stream` receives to `path` until it ends, keeping at most `max_bytes` (what
-/// comes after is read and dropped, so the guest never blocks on its console, and one line
-/// says so). Returns the thread, to be joined once the domain is gone.
+struct Console {
+    stream: Stream,
+    file: std::fs::File,
+    written: u64,
+    max: u64,
+    full: bool,
+    done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Console {
+    fn on_stream(&mut self, events: c_int) {
+        if self.done.is_none() {
+            return;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: a live stream and a buffer of that length.
+            let n = unsafe {
+                sys::virStreamRecv(
+                    self.stream.as_ptr(),
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len(),
+                )
+            };
+            match n {
+                -2 => break,
+                n if n > 0 => self.append(&buf[..n as usize]),
+                0 => return self.end(true),
+                _ => return self.end(false),
+            }
+        }
+        if events & (ST_ERROR | ST_HANGUP) != 0 {
+            self.end(false);
+        }
+    }
+
+    fn append(&mut self, data: &[u8]) {
+        if self.full {
+            return;
+        }
+        let room = self.max.saturating_sub(self.written).min(data.len() as u64) as usize;
+        if self.file.write_all(&data[..room]).is_err() {
+            self.full = true;
+            return;
+        }
+        self.written += room as u64;
+        if room < data.len() {
+            self.full = true;
+            let _ = writeln!(
+                self.file,
+                "\n[minion: console output over {} bytes dropped]",
+                self.max
+            );
+        }
+    }
+
+    fn end(&mut self, eof: bool) {
+        // SAFETY: a live stream; removal from within its dispatch is deferred by libvirt.
+        unsafe {
+            sys::virStreamEventRemoveCallback(self.stream.as_ptr());
+            if eof {
+                sys::virStreamFinish(self.stream.as_ptr());
+            }
+        }
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+unsafe extern "C" fn console_cb(_st: sys::virStreamPtr, events: c_int, opaque: *mut c_void) {
+    // SAFETY: `opaque` is the Box given at registration, freed only by `free_console`.
+    let c = unsafe { &*(opaque as *const Mutex<Console>) };
+    c.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .on_stream(events);
+}
+
+unsafe extern "C" fn free_console(opaque: *mut c_void) {
+    // SAFETY: `opaque` came from Box::into_raw in `stream_to_file`; libvirt frees it once.
+    drop(unsafe { Box::from_raw(opaque as *mut Mutex<Console>) });
+}
+
+/// Appends what `stream` (made with [`NONBLOCK`]) receives to `path` until it ends, keeping
+/// at most `max_bytes` (what comes after is read and dropped, so the guest never blocks on its
+/// console, and one line says so). The returned receiver hears once the stream has ended.
 pub fn stream_to_file(
     stream: Stream,
     path: &Path,
     max_bytes: u64,
-) -> std::io::Result<JoinHandle<()>> {
-    let mut f = std::fs::OpenOptions::new()
+) -> std::io::Result<std::sync::mpsc::Receiver<()>> {
+    crate::hypervisor::ensure_event_loop();
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
-    let name = path.display().to_string();
-    std::thread::Builder::new()
-        .name("console".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut written = 0u64;
-            let mut full = false;
-            loop {
-                match stream.recv(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) if n > 0 => {
-                        let n = n as usize;
-                        if full {
-                            continue;
-                        }
-                        let room = max_bytes.saturating_sub(written).min(n as u64) as usize;
-                        if f.write_all(&buf[..room]).is_err() {
-                            full = true;
-                            continue;
-                        }
-                        written += room as u64;
-                        if room < n {
-                            full = true;
-                            let _ = writeln!(
-                                f,
-                                "\n[minion: console output over {max_bytes} bytes dropped]"
-                            );
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(console = %name, "stream receive: {e}");
-                        break;
-                    }
-                }
-            }
-            let _ = stream.abort();
-        })
+    let (tx, rx) = std::sync::mpsc::channel();
+    // SAFETY: a live stream pointer, kept alive by `stream` inside the state.
+    let st = unsafe { stream.as_ptr() };
+    let state = Box::into_raw(Box::new(Mutex::new(Console {
+        stream,
+        file,
+        written: 0,
+        max: max_bytes,
+        full: false,
+        done: Some(tx),
+    }))) as *mut c_void;
+    // SAFETY: `state` is freed by `free_console` once libvirt drops the callback.
+    let rc = unsafe {
+        sys::virStreamEventAddCallback(
+            st,
+            ST_READABLE | ST_ERROR | ST_HANGUP,
+            Some(console_cb),
+            state,
+            Some(free_console),
+        )
+    };
+    if rc < 0 {
+        // SAFETY: not registered, so still ours to free.
+        unsafe { free_console(state) };
+        return Err(last_error("virStreamEventAddCallback"));
+    }
+    Ok(rx)
 }

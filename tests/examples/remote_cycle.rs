@@ -70,6 +70,24 @@ async fn main() -> Result<(), Box<dyn Error>> {
         let stream = tokio::net::UnixStream::from_std(sock)?;
         let ready = handshake(stream, &Limits::default(), CancellationToken::new()).await;
         let readied = t0.elapsed();
+        if std::env::var("CUT").is_ok() {
+            let k = std::env::var("CUT").unwrap_or_default();
+            let fh = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fake-hosts.sh");
+            std::process::Command::new(&fh).args(["cut", &k]).status()?;
+            println!("cut; waiting 15 s");
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            println!("ping: {:?}", hv.ping().is_ok());
+            std::process::Command::new(&fh)
+                .args(["mend", &k])
+                .status()?;
+            println!("mended; waiting 20 s");
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            println!("ping: {:?}", hv.ping().is_ok());
+            drop(ready);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            println!("survived");
+            return Ok(());
+        }
         backend.teardown(&hv, &p, Some(&PathBuf::from("/tmp/remote-console.log")))?;
         println!(
             "run {run}: prepared {prepared:?}, started {started:?}, ready {readied:?}: {}",

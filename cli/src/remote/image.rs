@@ -40,6 +40,16 @@ pub enum ImageCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Upload IMAGE to `[hosts]` hosts' storage pools through libvirt (what each lacks), then
+    /// read it back and check it. Exits 1 if any host fails.
+    Push {
+        image: String,
+        /// Host names (see `minion host list`).
+        hosts: Vec<String>,
+        /// Every host.
+        #[arg(long, conflicts_with = "hosts")]
+        all: bool,
+    },
     /// Build images from their recipes (minimal, standard, cloud: what `make image` builds) on
     /// this host (as root), showing their stages, then have miniond validate each (one boot to
     /// the agent's Ready).
@@ -79,6 +89,9 @@ pub async fn run(conn: &Connection, cmd: ImageCommand) -> Result<i32, ClientErro
     }
     if let ImageCommand::Validate { names } = cmd {
         return validate(conn, names).await;
+    }
+    if let ImageCommand::Push { image, hosts, all } = cmd {
+        return push(conn, image, hosts, all).await;
     }
     let mut c = client::connect(conn).await?;
     let images = match cmd {
@@ -136,7 +149,9 @@ pub async fn run(conn: &Connection, cmd: ImageCommand) -> Result<i32, ClientErro
             return Ok(if ok { 0 } else { 1 });
         }
         // Answered before the connection.
-        ImageCommand::Build { .. } | ImageCommand::Validate { .. } => return Ok(0),
+        ImageCommand::Build { .. } | ImageCommand::Validate { .. } | ImageCommand::Push { .. } => {
+            return Ok(0)
+        }
         ImageCommand::Remove { name } => {
             let r = c
                 .remove_image(pb::RemoveImageRequest { name: name.clone() })
@@ -247,6 +262,44 @@ fn upload(
     if progress {
         eprintln!("\nuploaded; validating (the image boots once to the agent's Ready)…");
     }
+}
+
+async fn push(
+    conn: &Connection,
+    image: String,
+    hosts: Vec<String>,
+    all: bool,
+) -> Result<i32, ClientError> {
+    let mut c = client::connect(conn).await?;
+    let results = c
+        .push_image(pb::PushImageRequest {
+            image: image.clone(),
+            hosts,
+            all,
+        })
+        .await?
+        .into_inner()
+        .results;
+    if conn.json {
+        super::print_json(&serde_json::Value::Array(
+            results
+                .iter()
+                .map(|r| serde_json::json!({"host": r.host, "ok": r.ok, "error": r.error, "seconds": r.seconds}))
+                .collect(),
+        ));
+    } else {
+        for r in &results {
+            if r.ok {
+                println!(
+                    "{image} on {}: pushed and verified ({:.1} s)",
+                    r.host, r.seconds
+                );
+            } else {
+                println!("{image} on {}: FAILED: {}", r.host, r.error);
+            }
+        }
+    }
+    Ok(if results.iter().all(|r| r.ok) { 0 } else { 1 })
 }
 
 #[cfg(test)]

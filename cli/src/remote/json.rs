@@ -64,6 +64,20 @@ pub fn pool(p: &pb::Pool) -> Value {
         "ready": p.ready, "booting": p.booting, "min_ready": p.min_ready, "drained": p.drained,
         "snapshot": p.snapshot, "snapshot_reason": p.snapshot_reason,
         "snapshot_bytes": p.snapshot_bytes,
+        "hosts": p.hosts.iter().map(|h| json!({
+            "name": h.name, "usable": h.usable, "reason": h.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn host(h: &pb::Host) -> Value {
+    json!({
+        "name": h.name, "uri": h.uri, "state": h.state, "vms": h.vms, "max_vms": h.max_vms,
+        "last_error": h.last_error, "since_unix_ms": h.since_unix_ms,
+        "storage_pool": h.storage_pool, "pools": h.pools,
+        "images": h.images.iter().map(|i| json!({
+            "image": i.image, "verified": i.verified, "reason": i.reason,
+        })).collect::<Vec<_>>(),
     })
 }
 

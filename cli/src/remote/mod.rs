@@ -1,6 +1,7 @@
 //! `minion submit | job | pool | instance | image`: the miniond client commands.
 
 mod client;
+mod host;
 mod image;
 mod image_build;
 mod instance;
@@ -69,7 +70,14 @@ pub enum RemoteCommand {
         #[command(subcommand)]
         cmd: instance::InstanceCommand,
     },
-    /// Images in the daemon's catalog: list; import, remove (admin).
+    /// libvirt hosts (`[hosts]`): list; drain, undrain (admin).
+    Host {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: host::HostCommand,
+    },
+    /// Images in the daemon's catalog: list; import, remove, push (admin).
     Image {
         #[command(flatten)]
         conn: Connection,
@@ -263,6 +271,7 @@ async fn dispatch(cmd: RemoteCommand) -> Result<i32, ClientError> {
             Ok(0)
         }
         RemoteCommand::Image { conn, cmd } => image::run(&conn, cmd).await,
+        RemoteCommand::Host { conn, cmd } => host::run(&conn, cmd).await,
     }
 }
 

@@ -237,7 +237,22 @@ pub fn pools_table(p: &[pb::Pool]) -> Table {
         t.add_row(vec![
             p.name.clone(),
             p.image.clone(),
-            p.libvirt_uri.clone(),
+            if p.hosts.is_empty() {
+                p.libvirt_uri.clone()
+            } else {
+                // Its hosts; one that takes none of its VMs says why.
+                p.hosts
+                    .iter()
+                    .map(|h| {
+                        if h.usable {
+                            h.name.clone()
+                        } else {
+                            format!("{} (unused: {})", h.name, h.reason)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
             p.max_vms.to_string(),
             p.vcpus.to_string(),
             format!("{} MiB", p.memory_mib),
@@ -258,6 +273,40 @@ pub fn pools_table(p: &[pb::Pool]) -> Table {
                 "broken" => format!("broken: {}", p.snapshot_reason),
                 s => s.to_string(),
             },
+        ]);
+    }
+    t
+}
+
+pub fn hosts_table(hosts: &[pb::Host]) -> Table {
+    let mut t = table(&[
+        "HOST",
+        "URI",
+        "STATE",
+        "VMS",
+        "POOLS",
+        "IMAGES",
+        "LAST ERROR",
+    ]);
+    for h in hosts {
+        t.add_row(vec![
+            h.name.clone(),
+            h.uri.clone(),
+            h.state.clone(),
+            format!("{}/{}", h.vms, h.max_vms),
+            h.pools.join(", "),
+            h.images
+                .iter()
+                .map(|i| {
+                    if i.verified {
+                        format!("{} ok", i.image)
+                    } else {
+                        format!("{}: {}", i.image, i.reason)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            h.last_error.clone(),
         ]);
     }
     t

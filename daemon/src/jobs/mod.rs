@@ -401,6 +401,8 @@ impl Jobs {
                 r.execution_status = None;
             },
         )?;
+        // The next attempt starts with no artifacts (a lost host's run may have left some).
+        let _ = std::fs::remove_dir_all(self.artifacts_dir(id));
         self.publish(&rec);
         Ok(rec)
     }

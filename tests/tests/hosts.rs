@@ -1,0 +1,410 @@
+//! Pools over `[hosts]`: three libvirt hosts on this machine (`scripts/fake-hosts.sh`: each its
+//! own network namespace with its own address and a mount namespace with its own libvirt
+//! directories and storage, libvirtd and virtlogd reachable only as qemu+tcp on its address),
+//! the controller in the root namespace reaching them only through libvirt.
+//!
+//! One test, in phases (the hosts are shared): a host holding other bytes under the image's
+//! volume name is not used; 12 jobs over the two good hosts never exceed 2 VMs per host; the
+//! image pushed to the third host makes it usable; a host's link cut mid-job fails its jobs
+//! (host lost), they are requeued and finish elsewhere; the link restored, the host's leftovers
+//! are reaped before it takes work. No domain or volume of the daemon is left on any host.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const HOSTS: usize = 3;
+
+fn uri(k: usize) -> String {
+    format!("qemu+tcp://10.77.{k}.2/system")
+}
+
+fn fake_hosts(args: &[&str]) {
+    let out = Command::new(workspace_root().join("scripts/fake-hosts.sh"))
+        .args(args)
+        .output()
+        .expect("fake-hosts.sh");
+    assert!(
+        out.status.success(),
+        "fake-hosts.sh {args:?}: {}",
+        output_text(&out)
+    );
+}
+
+/// Removes the fake hosts however the test ends.
+struct FakeHosts;
+
+impl Drop for FakeHosts {
+    fn drop(&mut self) {
+        let _ = Command::new(workspace_root().join("scripts/fake-hosts.sh"))
+            .arg("down")
+            .output();
+    }
+}
+
+fn virsh(k: usize, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg("virsh")
+        .args(["-q", "-c", &uri(k)])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(output_text(&out))
+    }
+}
+
+/// `minion-…` domains running on host k.
+fn domains_on(k: usize) -> Result<Vec<String>, String> {
+    Ok(virsh(k, &["list", "--name"])?
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("minion-"))
+        .map(String::from)
+        .collect())
+}
+
+/// Volumes of storage pool `minion` on host k that are not image volumes.
+fn vm_volumes_on(k: usize) -> Vec<String> {
+    let _ = virsh(k, &["pool-refresh", "minion"]);
+    virsh(k, &["vol-list", "minion"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("minion-") && !n.starts_with("minion-image-"))
+        .map(String::from)
+        .collect()
+}
+
+/// Samples every host's domains: the most seen at once per host, and which host each job's
+/// domain ran on.
+type Seen = (BTreeMap<usize, usize>, BTreeMap<String, BTreeSet<usize>>);
+
+struct HostSampler {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostSampler {
+    fn start() -> HostSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new((BTreeMap::new(), BTreeMap::new())));
+        let (flag, s) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                for k in 1..=HOSTS {
+                    if let Ok(doms) = domains_on(k) {
+                        let mut g = s.lock().expect("lock");
+                        let max = g.0.entry(k).or_insert(0);
+                        *max = (*max).max(doms.len());
+                        for d in doms {
+                            g.1.entry(d).or_default().insert(k);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        HostSampler {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn max_per_host(&self) -> BTreeMap<usize, usize> {
+        self.seen.lock().expect("lock").0.clone()
+    }
+
+    fn hosts_of(&self, job: &str) -> BTreeSet<usize> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .1
+            .get(&format!("minion-{job}"))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for HostSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const SLEEPING: &str = r#"---
+name: sleeping
+namespace: scratch
+desc: runs long enough for its host's link to be cut
+maintainer:
+  - minion
+input:
+  args: [koji_build]
+actions:
+  - name: work
+    shell:
+      - echo "started"
+      - sleep 45
+      - echo "slept"
+"#;
+
+#[test]
+fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
+    let t = "jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt";
+    if !image_env(
+        t,
+        "minimal",
+        &[
+            minion_testenv::Need::Program("ip"),
+            minion_testenv::Need::Program("unshare"),
+            minion_testenv::Need::Program("tini"),
+        ],
+    ) {
+        return;
+    }
+    fake_hosts(&["down"]);
+    let _hosts = FakeHosts;
+    fake_hosts(&["up", &HOSTS.to_string()]);
+
+    // mhost3 holds other bytes under the disk's volume name: it must not be used.
+    let img = images_dir().join("minimal");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(img.join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    let disk_sha = manifest["sha256"].as_str().expect("sha256").to_string();
+    let wrong = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(wrong.path(), vec![7u8; 1 << 20]).expect("write");
+    let disk_vol = format!("minion-image-{disk_sha}.disk");
+    virsh(
+        3,
+        &[
+            "vol-create-as",
+            "minion",
+            &disk_vol,
+            "1M",
+            "--format",
+            "raw",
+        ],
+    )
+    .expect("vol");
+    virsh(
+        3,
+        &[
+            "vol-upload",
+            "--pool",
+            "minion",
+            &disk_vol,
+            wrong.path().to_str().expect("utf8"),
+        ],
+    )
+    .expect("upload");
+
+    let hosts_cfg: String = (1..=HOSTS)
+        .map(|k| format!("\n[hosts.mhost{k}]\nuri = {:?}\nmax_vms = 2\n", uri(k)))
+        .collect();
+    let mut d = Daemon::prepare(
+        1,
+        0,
+        &format!(
+            "\n[pools.spread]\nimage = \"minimal\"\nhosts = [\"mhost1\", \"mhost2\", \"mhost3\"]\n\
+             max_vms = 6\nvcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n\
+             start = \"boot\"\n{hosts_cfg}"
+        ),
+    );
+    d.spawn();
+
+    // The image goes to the two hosts that lack it, through libvirt.
+    let push = d.cli(&["image", "push", "minimal", "mhost1", "mhost2"]);
+    assert!(push.status.success(), "push: {}", output_text(&push));
+    let pushed = output_text(&push);
+    assert_eq!(pushed.matches("pushed and verified").count(), 2, "{pushed}");
+    until(
+        "every host up, the image checked on each",
+        Duration::from_secs(90),
+        || {
+            d.json(&["host", "list"]).as_array().is_some_and(|a| {
+                a.len() == HOSTS
+                    && a.iter().all(|h| {
+                        h["state"] == "up" && h["images"].as_array().is_some_and(|i| !i.is_empty())
+                    })
+            })
+        },
+    );
+    let hosts = d.json(&["host", "list"]);
+    let host = |name: &str| {
+        hosts
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {hosts:#}"))
+    };
+    assert_eq!(host("mhost1")["images"][0]["verified"], true, "{hosts:#}");
+    let refused = &host("mhost3")["images"][0];
+    assert_eq!(refused["verified"], false, "{hosts:#}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("holds sha256"),
+        "{hosts:#}"
+    );
+    let pools = d.json(&["pool", "list"]);
+    let spread = pools
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "spread"))
+        .cloned()
+        .expect("pool spread");
+    let unused: Vec<_> = spread["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .filter(|h| h["usable"] == false)
+        .collect();
+    assert_eq!(unused.len(), 1, "{spread:#}");
+    assert_eq!(unused[0]["name"], "mhost3", "{spread:#}");
+    assert!(
+        unused[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&disk_vol),
+        "{spread:#}"
+    );
+
+    // 12 jobs, 2 good hosts of 2 VMs each: never more than 2 at once on a host, none on mhost3.
+    let sampler = HostSampler::start();
+    let repo = task_repo(PASSING);
+    let ids: Vec<String> = (0..12)
+        .map(|_| d.submit(repo.path(), &["-p", "spread"]))
+        .collect();
+    for id in &ids {
+        let j = d.wait_state(
+            id,
+            &["FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"],
+            Duration::from_secs(600),
+        );
+        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
+    }
+    let max = sampler.max_per_host();
+    assert!(
+        max.values().all(|&n| n <= 2),
+        "more than 2 VMs on a host: {max:?}"
+    );
+    assert_eq!(
+        max.get(&3).copied().unwrap_or(0),
+        0,
+        "mhost3 was used: {max:?}"
+    );
+    let used: BTreeSet<usize> = ids.iter().flat_map(|id| sampler.hosts_of(id)).collect();
+    assert_eq!(used, BTreeSet::from([1, 2]), "hosts used: {used:?}");
+
+    // Pushed again, mhost3's wrong volume is replaced and it takes work.
+    let push = d.cli(&["image", "push", "minimal", "mhost3"]);
+    assert!(push.status.success(), "push: {}", output_text(&push));
+    let disk_on_3 = virsh(3, &["vol-path", "--pool", "minion", &disk_vol]).expect("vol-path");
+    assert!(!disk_on_3.trim().is_empty());
+    let listed = virsh(3, &["vol-info", "--pool", "minion", &disk_vol, "--bytes"]).expect("info");
+    assert!(
+        !listed.contains("1048576 bytes"),
+        "still the wrong bytes: {listed}"
+    );
+
+    // Three long jobs, one per host; cut the link of one of their hosts mid-job.
+    let long_repo = task_repo(SLEEPING);
+    let long: Vec<String> = (0..3)
+        .map(|_| d.submit(long_repo.path(), &["-p", "spread"]))
+        .collect();
+    for id in &long {
+        d.wait_state(id, &["RUNNING"], Duration::from_secs(180));
+    }
+    let placed: BTreeMap<&String, usize> = long
+        .iter()
+        .filter_map(|id| {
+            (1..=HOSTS)
+                .find(|&k| {
+                    domains_on(k)
+                        .unwrap_or_default()
+                        .contains(&format!("minion-{id}"))
+                })
+                .map(|k| (id, k))
+        })
+        .collect();
+    assert_eq!(placed.len(), 3, "each long job on a host: {placed:?}");
+    let k = *placed.values().next().expect("a host");
+    let victims: Vec<&String> = placed
+        .iter()
+        .filter(|(_, &h)| h == k)
+        .map(|(id, _)| *id)
+        .collect();
+    fake_hosts(&["cut", &k.to_string()]);
+    let cut = Instant::now();
+    let name = format!("mhost{k}");
+    until("the cut host marked down", Duration::from_secs(60), || {
+        d.json(&["host", "list"]).as_array().is_some_and(|a| {
+            a.iter()
+                .any(|h| h["name"] == name.as_str() && h["state"] == "down")
+        })
+    });
+    let detected = cut.elapsed();
+    for id in &long {
+        let j = d.wait_state(
+            id,
+            &["FINISHED", "CANCELLED", "TIMED_OUT"],
+            Duration::from_secs(400),
+        );
+        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
+        let st = states(&j);
+        if victims.contains(&id) {
+            let text = j.to_string();
+            assert!(text.contains("host lost"), "{j:#}");
+            assert!(st.iter().any(|s| s == "FAILED"), "{st:?}");
+            let on = sampler.hosts_of(id);
+            assert!(on.len() == 2 && on.contains(&k), "ran on {on:?}");
+        } else {
+            assert!(!st.iter().any(|s| s == "FAILED"), "{id}: {st:?}");
+        }
+    }
+    eprintln!("host {name} marked down {detected:?} after its link was cut");
+
+    // Back: its leftovers (the lost VMs' volumes) are reaped before it is up again.
+    fake_hosts(&["mend", &k.to_string()]);
+    until(
+        "the host up again, nothing of ours left on it",
+        Duration::from_secs(90),
+        || {
+            d.json(&["host", "list"]).as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|h| h["name"] == name.as_str() && h["state"] == "up")
+            })
+        },
+    );
+    assert!(
+        vm_volumes_on(k).is_empty(),
+        "left on {name}: {:?}",
+        vm_volumes_on(k)
+    );
+    drop(sampler);
+    d.terminate();
+    for k in 1..=HOSTS {
+        assert_eq!(
+            domains_on(k).expect("domains"),
+            Vec::<String>::new(),
+            "mhost{k}"
+        );
+        assert_eq!(vm_volumes_on(k), Vec::<String>::new(), "mhost{k}");
+    }
+}
