@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# A pool over a [hosts] libvirt host (a fake host: scripts/fake-hosts.sh, reached only as
+# qemu+tcp through its own network namespace) vs a pool on this machine's libvirtd, side by side
+# in one run, same image, VMs booted:
+#  1. per-job controller overhead: submit → first action (queued, provisioning, boot) and first
+#     action → final state, medians of N one-at-a-time jobs;
+#  2. throughput: M trivial jobs at once on 2 VM slots, jobs/minute;
+#  3. the guest channel: a job writes a 200 MiB artifact (urandom); COLLECTING → final state is
+#     its transfer over virDomainOpenChannel (remote) vs the local unix socket, MiB/s, median of A.
+# With OLD_BIN (a directory holding an older build's miniond and minion), the local pool is also
+# measured with it, in the same run, at its default start (snapshot) and with start = boot: the
+# single-host setup's numbers before and after.
+# Needs root, libvirtd, `make image`, scripts/build-agent.sh, iproute2, tini. Env: IMAGE
+# (minimal), N (10), M (20), A (3), OLD_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IMAGE="${IMAGE:-minimal}"
+N="${N:-10}"
+M="${M:-20}"
+A="${A:-3}"
+AGENT="${MINION_AGENT_BINARY:-$PWD/target/agent/minion-agent}"
+[[ -x "$AGENT" ]] || { echo "bench-hosts: $AGENT missing (scripts/build-agent.sh)" >&2; exit 1; }
+
+cargo build --release --quiet -p miniond -p minion-cli
+NEW_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
+
+mkdir -p /var/lib/minion
+WORK="$(mktemp -d /var/lib/minion/bench-hosts-XXXX)"
+chmod 755 "$WORK"
+PID=""
+cleanup() {
+    [[ -n "$PID" ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+    scripts/fake-hosts.sh down > /dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+scripts/fake-hosts.sh down > /dev/null
+scripts/fake-hosts.sh up 1 > /dev/null
+
+mkdir -p "$WORK/task" "$WORK/big"
+cat > "$WORK/task/runtask.yml" <<'YML'
+name: bench
+desc: one trivial shell step
+maintainer: minion
+actions:
+  - name: first
+    shell:
+      - echo bench
+YML
+cat > "$WORK/big/runtask.yml" <<'YML'
+name: big-artifact
+desc: a 200 MiB artifact through the guest channel
+maintainer: minion
+actions:
+  - name: write
+    shell:
+      - head -c 209715200 /dev/urandom > ${artifactsdir}/big.bin
+YML
+
+# run_mode NAME BIN POOL_TOML: one daemon; writes $WORK/NAME.json.
+run_mode() {
+    local name="$1" bin="$2" pool="$3" dir="$WORK/$1"
+    mkdir -p "$dir"
+    local sock="$dir/miniond.sock"
+    cat > "$dir/miniond.toml" <<TOML
+state_dir = "$dir/state"
+agent_binary = "$AGENT"
+listen = "$sock"
+log_format = "json"
+keep_free_mib = 64
+[submissions]
+local_repo_roots = ["$WORK"]
+[pools.bench]
+image = "$IMAGE"
+vcpus = 1
+memory_mib = 512
+default_timeout_seconds = 600
+$pool
+TOML
+    "$bin/miniond" --config "$dir/miniond.toml" 2> "$dir/miniond.log" &
+    PID=$!
+    for _ in $(seq 100); do [[ -S "$sock" ]] && break; sleep 0.1; done
+    export MINION_SOCKET="$sock"
+    if grep -q '^hosts' "$dir/miniond.toml"; then
+        "$bin/minion" image push "$IMAGE" mhost1 > /dev/null
+    fi
+    # The first VM start validates the image or makes a snapshot: not part of what is measured.
+    local warm; warm=$("$bin/minion" submit "$WORK/task" -i warm -t koji_build)
+    "$bin/minion" job logs "$warm" --follow > /dev/null 2>&1 || true
+    if grep -q 'start = "snapshot"' "$dir/miniond.toml"; then
+        for _ in $(seq 600); do compgen -G "$dir/state/snapshots/*/snapshot.json" > /dev/null && break; sleep 0.1; done
+    fi
+    echo "== $name: $N jobs one at a time" >&2
+    : > "$dir/ids"
+    for i in $(seq "$N"); do
+        id=$("$bin/minion" submit "$WORK/task" -i "seq-$i" -t koji_build)
+        echo "$id" >> "$dir/ids"
+        "$bin/minion" job logs "$id" --follow > /dev/null 2>&1 || true
+    done
+    echo "== $name: $M jobs at once" >&2
+    local t0 t1 ids=()
+    t0=$(date +%s%N)
+    for i in $(seq "$M"); do ids+=("$("$bin/minion" submit "$WORK/task" -i "burst-$i" -t koji_build)"); done
+    for id in "${ids[@]}"; do "$bin/minion" job logs "$id" --follow > /dev/null 2>&1 || true; done
+    t1=$(date +%s%N)
+    : > "$dir/big-ids"
+    if [[ "$name" != old-* ]]; then
+        echo "== $name: $A jobs with a 200 MiB artifact" >&2
+        for i in $(seq "$A"); do
+            id=$("$bin/minion" submit "$WORK/big" -i "big-$i" -t koji_build)
+            echo "$id" >> "$dir/big-ids"
+            "$bin/minion" job logs "$id" --follow > /dev/null 2>&1 || true
+            rm -rf "$dir/state/artifacts/$id"
+        done
+    fi
+    sleep 3
+    for id in $(cat "$dir/ids" "$dir/big-ids"); do
+        "$bin/minion" job show "$id" --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'
+    done > "$dir/jobs.jsonl"
+    local states; states=$("$bin/minion" job list --json | python3 -c "import json,sys; from collections import Counter; print(json.dumps(dict(Counter(j['state'] for j in json.load(sys.stdin)))))")
+    kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+    python3 - "$dir" "$name" "$M" "$(( t1 - t0 ))" "$states" > "$WORK/$name.json" <<'PY'
+import json, statistics, sys
+d, name, m, wall_ns, states = sys.argv[1:]
+ids = [l.strip() for l in open(f"{d}/ids") if l.strip()]
+big = [l.strip() for l in open(f"{d}/big-ids") if l.strip()]
+first, submit = {}, {}
+for line in open(f"{d}/miniond.log"):
+    try:
+        ev = json.loads(line)
+    except ValueError:
+        continue
+    f = ev.get("fields", {})
+    if f.get("message") == "first formula action running":
+        first[f["job"]] = f
+    elif f.get("message") == "queued":
+        submit[f["job"]] = float(f["submit_ms"])
+jobs = {}
+for line in open(f"{d}/jobs.jsonl"):
+    if line.strip():
+        j = json.loads(line)
+        jobs[j["id"]] = j
+def at(j, state):
+    ev = [e for e in j["events"] if e["state"] == state]
+    return ev[-1]["at_unix_ms"] if ev else None
+to_action, final_after, boot = [], [], []
+for i in ids:
+    if i in first:
+        to_action.append(submit.get(i, 0.0) + first[i]["total_ms"])
+        boot.append(first[i]["booting_ms"])
+        fin = at(jobs[i], "FINISHED")
+        if fin:
+            final_after.append(fin - first[i]["at_unix_ms"])
+transfer = []
+for i in big:
+    j = jobs[i]
+    c, f = at(j, "COLLECTING"), at(j, "FINISHED")
+    if j["state"] == "FINISHED" and c and f:
+        transfer.append(200 / ((f - c) / 1000))
+med = lambda v: statistics.median(v) if v else None
+print(json.dumps({
+    "name": name, "n": len(to_action),
+    "submit_to_action_ms": med(to_action), "booting_ms": med(boot),
+    "final_after_action_ms": med(final_after),
+    "jobs_per_min": int(m) * 60 / (int(wall_ns) / 1e9),
+    "artifact_mib_s": med(transfer), "artifact_runs": len(transfer),
+    "states": json.loads(states),
+}))
+PY
+}
+
+LOCAL_BOOT='libvirt_uri = "qemu:///system"
+max_vms = 2
+start = "boot"'
+LOCAL_SNAP='libvirt_uri = "qemu:///system"
+max_vms = 2'
+REMOTE='max_vms = 2
+start = "boot"
+hosts = ["mhost1"]
+[hosts.mhost1]
+uri = "qemu+tcp://10.77.1.2/system"
+max_vms = 2'
+
+modes=()
+if [[ -n "${OLD_BIN:-}" ]]; then
+    run_mode old-local-snapshot "$OLD_BIN" "$LOCAL_SNAP"; modes+=(old-local-snapshot)
+fi
+run_mode local-snapshot "$NEW_BIN" "$LOCAL_SNAP"; modes+=(local-snapshot)
+if [[ -n "${OLD_BIN:-}" ]]; then
+    run_mode old-local-boot "$OLD_BIN" "$LOCAL_BOOT"; modes+=(old-local-boot)
+fi
+run_mode local-boot "$NEW_BIN" "$LOCAL_BOOT"; modes+=(local-boot)
+run_mode remote-boot "$NEW_BIN" "$REMOTE"; modes+=(remote-boot)
+
+python3 - "${modes[@]/#/$WORK/}" <<'PY'
+import json, sys
+rows = [json.load(open(p + ".json")) for p in sys.argv[1:]]
+print(f"\n== {rows[0]['n']} sequential jobs, then a burst, then 200 MiB artifacts (image and VM shape alike)")
+cols = [r["name"] for r in rows]
+print(f"{'':40s}" + "".join(f"{c:>20s}" for c in cols))
+def row(label, k, fmt):
+    print(f"{label:40s}" + "".join((fmt.format(r[k]) if r.get(k) is not None else "-").rjust(20) for r in rows))
+row("submit → first action, median (ms)", "submit_to_action_ms", "{:.1f}")
+row("  of which booting, median (ms)", "booting_ms", "{:.1f}")
+row("first action → final state, median (ms)", "final_after_action_ms", "{:.1f}")
+row("throughput, 2 VM slots (jobs/min)", "jobs_per_min", "{:.1f}")
+row("200 MiB artifact (MiB/s, median)", "artifact_mib_s", "{:.1f}")
+print(f"{'states':40s}" + "".join(json.dumps(r["states"]).rjust(20) for r in rows))
+PY
