@@ -550,6 +550,16 @@ impl Config {
                     "must be an absolute path".into(),
                 ));
             }
+            if p.hosts.is_empty() && minion_provisioning::hypervisor::is_remote(&p.libvirt_uri) {
+                return Err(invalid(
+                    &format!("pools.{name}.libvirt_uri"),
+                    format!(
+                        "`{}` is another machine: a pool's own libvirt_uri keeps its VMs' files on this one; \
+                         put the host in [hosts.NAME] and list it in pools.{name}.hosts",
+                        p.libvirt_uri
+                    ),
+                ));
+            }
             for h in &p.hosts {
                 if !cfg.hosts.contains_key(h) {
                     return Err(invalid(
@@ -664,6 +674,44 @@ mod tests {
         let text = include_str!("../miniond.example.toml");
         let c = Config::parse(Path::new("example"), text).expect("example is valid");
         assert!(c.pools.contains_key("minimal"));
+    }
+
+    #[test]
+    fn hosts_are_checked_and_a_pool_s_own_uri_is_this_machine() {
+        let parse = |t: &str| Config::parse(Path::new("m.toml"), t);
+        let e = parse("[pools.p]\nimage = \"x\"\nlibvirt_uri = \"qemu+ssh://kvm1/system\"\n")
+            .expect_err("remote libvirt_uri");
+        assert!(
+            e.to_string().starts_with(
+                "m.toml: pools.p.libvirt_uri: `qemu+ssh://kvm1/system` is another machine"
+            ),
+            "{e}"
+        );
+        let e = parse("[pools.p]\nimage = \"x\"\nhosts = [\"kvm9\"]\n").expect_err("unknown host");
+        assert_eq!(
+            e.to_string(),
+            "m.toml: pools.p.hosts: `kvm9` is not a [hosts.NAME] of this file"
+        );
+        let e = parse(
+            "[pools.p]\nimage = \"x\"\n[hosts.h]\nuri = \"qemu+tls://h/system\"\nmax_vms = 0\n",
+        )
+        .expect_err("no slots");
+        assert_eq!(e.to_string(), "m.toml: hosts.h.max_vms: must be ≥ 1");
+        let e = parse("[pools.p]\nimage = \"x\"\n[hosts.h]\nuri = \"h\"\n").expect_err("not a uri");
+        assert!(e.to_string().starts_with("m.toml: hosts.h.uri:"), "{e}");
+        let e = parse("[pools.p]\nimage = \"x\"\n[hosts.h]\nuri = \"qemu+tls://h/system\"\nstorage_pool = \"a b\"\n")
+            .expect_err("bad pool name");
+        assert!(
+            e.to_string().starts_with("m.toml: hosts.h.storage_pool:"),
+            "{e}"
+        );
+        let ok = parse(
+            "[pools.p]\nimage = \"x\"\nhosts = [\"h\"]\n[hosts.h]\nuri = \"qemu+tls://h/system\"\n",
+        )
+        .expect("a pool over a host");
+        assert_eq!(ok.hosts["h"].storage_pool, "minion");
+        assert_eq!(ok.hosts["h"].max_vms, 2);
+        assert!(!ok.pools["p"].snapshots(), "VMs over hosts boot");
     }
 
     #[test]

@@ -151,6 +151,10 @@ impl Pool {
     /// A job found the host unreachable (libvirtd restarting, a link down): the dispatcher
     /// waits for it in [`Pool::host_answering`] instead of failing the jobs behind it.
     pub fn mark_host_down(&self) {
+        // A pool over [hosts] has no one host: module hosts watches each of them.
+        if !self.cfg().hosts.is_empty() {
+            return;
+        }
         if !self.host_down.swap(true, Ordering::SeqCst) {
             tracing::warn!(pool = %self.name, uri = %self.cfg().libvirt_uri, "libvirt host unreachable: no job starts until it answers");
         }

@@ -274,31 +274,18 @@ impl VmBackend for StorageVolumes {
                 ),
             )
         })?;
-        let files = VmFiles::new(&self.state_dir, &req.job_id)?;
-        if files.exists() {
-            return Err(ProvisionError::invalid(
-                "job id",
-                format!(
-                    "{} already exists: a VM of job {} was not cleaned up",
-                    files.dir.display(),
-                    req.job_id
-                ),
-            ));
-        }
-        files.create()?;
-        let mut made = Vec::new();
-        let built = self.build(hv, req, image, &files, &mut made);
-        if built.is_err() {
-            for v in made {
-                if let Err(e) = hv.delete_volume(&self.pool, &v) {
-                    tracing::warn!("after a failed prepare: {e}");
+        vm::in_new_dir(req, |files| {
+            let mut made = Vec::new();
+            let built = self.build(hv, req, image, files, &mut made);
+            if built.is_err() {
+                for v in made {
+                    if let Err(e) = hv.delete_volume(&self.pool, &v) {
+                        tracing::warn!("after a failed prepare: {e}");
+                    }
                 }
             }
-            if let Err(e) = files.remove_all() {
-                tracing::warn!("after a failed prepare: {e}");
-            }
-        }
-        built
+            built
+        })
     }
 
     fn start(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError> {

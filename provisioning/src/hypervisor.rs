@@ -609,6 +609,27 @@ mod tests {
     use crate::domain::{render_xml, DomainSpec};
 
     #[test]
+    fn remote_uris_are_told_from_this_machine_s() {
+        for local in [
+            "qemu:///system",
+            "qemu:///session",
+            "qemu+unix:///system",
+            "test:///default",
+        ] {
+            assert!(!is_remote(local), "{local}");
+        }
+        for remote in [
+            "qemu+tcp://10.77.1.2/system",
+            "qemu+ssh://root@kvm1/system",
+            "qemu+tls://kvm1/system",
+            "qemu://kvm1/system",
+        ] {
+            assert!(is_remote(remote), "{remote}");
+        }
+        assert!(!is_remote("not a uri"));
+    }
+
+    #[test]
     fn hypervisor_can_be_shared_across_threads() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Hypervisor>();

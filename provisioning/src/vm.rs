@@ -66,7 +66,7 @@ pub fn prepare(req: &VmRequest) -> Result<PreparedVm, ProvisionError> {
 
 /// Creates the VM's directory (refusing one an earlier attempt left), runs `build` in it, and
 /// removes the directory again when `build` fails.
-fn in_new_dir(
+pub(crate) fn in_new_dir(
     req: &VmRequest,
     build: impl FnOnce(&VmFiles) -> Result<PreparedVm, ProvisionError>,
 ) -> Result<PreparedVm, ProvisionError> {
