@@ -7,11 +7,14 @@
 #  2. throughput: M trivial jobs at once on 2 VM slots, jobs/minute;
 #  3. the guest channel: a job writes a 200 MiB artifact (urandom); COLLECTING → final state is
 #     its transfer over virDomainOpenChannel (remote) vs the local unix socket, MiB/s, median of A.
+# local-volumes: the same host as local-boot through the storage-volume backend (a [hosts] entry
+# for qemu:///system with a storage pool of the bench's own): the seam's cost on one machine.
 # With OLD_BIN (a directory holding an older build's miniond and minion), the local pool is also
 # measured with it, in the same run, at its default start (snapshot) and with start = boot: the
 # single-host setup's numbers before and after.
 # Needs root, libvirtd, `make image`, scripts/build-agent.sh, iproute2, tini. Env: IMAGE
-# (minimal), N (10), M (20), A (3), OLD_BIN.
+# (minimal), N (10), M (20), A (3), OLD_BIN, MODES (a subset of the mode names below), KEEP=1
+# (keep the work dir with every daemon's log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE="${IMAGE:-minimal}"
@@ -25,17 +28,22 @@ cargo build --release --quiet -p miniond -p minion-cli
 NEW_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
 
 mkdir -p /var/lib/minion
-WORK="$(mktemp -d /var/lib/minion/bench-hosts-XXXX)"
+WORK="$(mktemp -d /var/lib/minion/bh-XXXX)"
 chmod 755 "$WORK"
 PID=""
 cleanup() {
     [[ -n "$PID" ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
     scripts/fake-hosts.sh down > /dev/null 2>&1 || true
-    rm -rf "$WORK"
+    virsh -q pool-destroy minion-bench > /dev/null 2>&1 || true
+    virsh -q pool-undefine minion-bench > /dev/null 2>&1 || true
+    if [[ -n "${KEEP:-}" ]]; then echo "bench-hosts: kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 scripts/fake-hosts.sh down > /dev/null
 scripts/fake-hosts.sh up 1 > /dev/null
+# The storage-volume backend on this machine's own libvirtd too (mode local-volumes).
+mkdir -p "$WORK/pool"
+virsh -q pool-create-as minion-bench dir --target "$WORK/pool" > /dev/null
 
 mkdir -p "$WORK/task" "$WORK/big"
 cat > "$WORK/task/runtask.yml" <<'YML'
@@ -59,7 +67,9 @@ YML
 
 # run_mode NAME BIN POOL_TOML: one daemon; writes $WORK/NAME.json.
 run_mode() {
-    local name="$1" bin="$2" pool="$3" dir="$WORK/$1"
+    # Short: the VMs' channel sockets live under it (107 bytes at most).
+    RUN=$((RUN + 1))
+    local name="$1" bin="$2" pool="$3" dir="$WORK/$RUN"
     mkdir -p "$dir"
     local sock="$dir/miniond.sock"
     cat > "$dir/miniond.toml" <<TOML
@@ -82,7 +92,7 @@ TOML
     for _ in $(seq 100); do [[ -S "$sock" ]] && break; sleep 0.1; done
     export MINION_SOCKET="$sock"
     if grep -q '^hosts' "$dir/miniond.toml"; then
-        "$bin/minion" image push "$IMAGE" mhost1 > /dev/null
+        "$bin/minion" image push "$IMAGE" --all > /dev/null
     fi
     # The first VM start validates the image or makes a snapshot: not part of what is measured.
     local warm; warm=$("$bin/minion" submit "$WORK/task" -i warm -t koji_build)
@@ -181,21 +191,34 @@ hosts = ["mhost1"]
 uri = "qemu+tcp://10.77.1.2/system"
 max_vms = 2'
 
+LOCAL_VOLUMES='max_vms = 2
+start = "boot"
+hosts = ["here"]
+[hosts.here]
+uri = "qemu:///system"
+storage_pool = "minion-bench"
+max_vms = 2'
+
 modes=()
-if [[ -n "${OLD_BIN:-}" ]]; then
-    run_mode old-local-snapshot "$OLD_BIN" "$LOCAL_SNAP"; modes+=(old-local-snapshot)
-fi
-run_mode local-snapshot "$NEW_BIN" "$LOCAL_SNAP"; modes+=(local-snapshot)
-if [[ -n "${OLD_BIN:-}" ]]; then
-    run_mode old-local-boot "$OLD_BIN" "$LOCAL_BOOT"; modes+=(old-local-boot)
-fi
-run_mode local-boot "$NEW_BIN" "$LOCAL_BOOT"; modes+=(local-boot)
-run_mode remote-boot "$NEW_BIN" "$REMOTE"; modes+=(remote-boot)
+RUN=0
+want() { [[ -z "${MODES:-}" || " $MODES " == *" $1 "* ]]; }
+measure() {
+    if want "$1"; then
+        run_mode "$@"
+        modes+=("$1")
+    fi
+}
+if [[ -n "${OLD_BIN:-}" ]]; then measure old-local-snapshot "$OLD_BIN" "$LOCAL_SNAP"; fi
+measure local-snapshot "$NEW_BIN" "$LOCAL_SNAP"
+if [[ -n "${OLD_BIN:-}" ]]; then measure old-local-boot "$OLD_BIN" "$LOCAL_BOOT"; fi
+measure local-boot "$NEW_BIN" "$LOCAL_BOOT"
+measure local-volumes "$NEW_BIN" "$LOCAL_VOLUMES"
+measure remote-boot "$NEW_BIN" "$REMOTE"
 
 python3 - "${modes[@]/#/$WORK/}" <<'PY'
 import json, sys
 rows = [json.load(open(p + ".json")) for p in sys.argv[1:]]
-print(f"\n== {rows[0]['n']} sequential jobs, then a burst, then 200 MiB artifacts (image and VM shape alike)")
+print(f"\n== {max(r['n'] for r in rows)} sequential jobs, then a burst, then 200 MiB artifacts (image and VM shape alike)")
 cols = [r["name"] for r in rows]
 print(f"{'':40s}" + "".join(f"{c:>20s}" for c in cols))
 def row(label, k, fmt):

@@ -85,6 +85,24 @@ fn vm_volumes_on(k: usize) -> Vec<String> {
         .collect()
 }
 
+/// The qemu processes inside host k's namespace that run job `id`'s domain (seen from here,
+/// whatever its link).
+fn qemu_of_on(k: usize, id: &str) -> Vec<u32> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", &format!("mhost{k}")])
+        .output()
+        .expect("ip netns pids");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&format!("guest=minion-{id}")))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// Samples every host's domains: the most seen at once per host, and which host each job's
 /// domain ran on.
 type Seen = (BTreeMap<usize, usize>, BTreeMap<String, BTreeSet<usize>>);
@@ -360,6 +378,20 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
         })
     });
     let detected = cut.elapsed();
+    // Nothing runs twice at once: by the time a lost job can be requeued, the cut host's
+    // libvirtd has destroyed its domain (autodestroy, its keepalive shorter than our bound).
+    for id in &victims {
+        until(
+            "the lost job failed (host lost)",
+            Duration::from_secs(60),
+            || d.job(id).to_string().contains("host lost"),
+        );
+        let running = qemu_of_on(k, id);
+        assert!(
+            running.is_empty(),
+            "{id} still runs on {name} after its job was failed: {running:?}"
+        );
+    }
     for id in &long {
         let j = d.wait_state(
             id,
