@@ -6,6 +6,9 @@
 //! when its connection dies crashes libvirt 9.0's client (seen here: a segfault in the RPC
 //! client's event dispatch once a cut link came back), so no thread ever waits in a stream call.
 //!
+//! Volume uploads and downloads (an image's push and check, a VM's seed) run the same way:
+//! [`upload`] and [`download`] are driven from the loop and report to a waiting caller.
+//!
 //! A channel pump moves bytes both ways with backpressure: what one side cannot take yet is
 //! held (one chunk at most) and that side's readiness is waited for before reading more. The
 //! stream ending (EOF, error: the domain went, the connection died) shuts the socket down; our
@@ -427,4 +430,208 @@ pub fn stream_to_file(
         return Err(last_error("virStreamEventAddCallback"));
     }
     Ok(rx)
+}
+
+/// Where a download's bytes go, chunk by chunk.
+pub(crate) type Sink = Box<dyn FnMut(&[u8]) + Send>;
+
+struct Transfer {
+    stream: Stream,
+    /// Upload: the file read from; download: none.
+    src: Option<std::fs::File>,
+    /// Read from `src`, not yet accepted by the stream.
+    pending: Vec<u8>,
+    /// Download: what each received chunk goes to.
+    sink: Option<Sink>,
+    sent: u64,
+    progress: Option<Box<dyn FnMut(u64) + Send>>,
+    done: Option<std::sync::mpsc::Sender<Result<u64, String>>>,
+}
+
+impl Transfer {
+    /// Ends the transfer. `abort`: our side gave up (a file error) on a healthy stream; a
+    /// stream that failed on its own is only freed (see the module's comment).
+    fn finish(&mut self, r: Result<u64, String>, abort: bool) {
+        // SAFETY: used while `self.stream` holds its reference.
+        let st = unsafe { self.stream.as_ptr() };
+        // SAFETY: a live stream; removal from within its dispatch is deferred by libvirt.
+        let r = unsafe {
+            sys::virStreamEventRemoveCallback(st);
+            match &r {
+                Ok(_) if sys::virStreamFinish(st) < 0 => {
+                    Err(last_error("virStreamFinish").to_string())
+                }
+                Err(_) if abort => {
+                    sys::virStreamAbort(st);
+                    r
+                }
+                _ => r,
+            }
+        };
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(r);
+        }
+    }
+
+    fn on_stream(&mut self, events: c_int) {
+        if self.done.is_none() {
+            return;
+        }
+        if events & (ST_ERROR | ST_HANGUP) != 0 && events & ST_READABLE == 0 {
+            return self.finish(Err("the stream failed (connection lost?)".into()), false);
+        }
+        if self.src.is_some() {
+            self.on_writable()
+        } else {
+            self.on_readable()
+        }
+    }
+
+    fn on_writable(&mut self) {
+        loop {
+            if self.pending.is_empty() {
+                let mut buf = vec![0u8; CHUNK];
+                let n = match self.src.as_mut().map(|f| f.read(&mut buf)) {
+                    Some(Ok(n)) => n,
+                    Some(Err(e)) => {
+                        return self.finish(Err(format!("reading the file: {e}")), true)
+                    }
+                    None => 0,
+                };
+                if n == 0 {
+                    return self.finish(Ok(self.sent), false);
+                }
+                buf.truncate(n);
+                self.pending = buf;
+            }
+            // SAFETY: a live stream and a buffer of that length.
+            let n = unsafe {
+                sys::virStreamSend(
+                    self.stream.as_ptr(),
+                    self.pending.as_ptr() as *const c_char,
+                    self.pending.len(),
+                )
+            };
+            match n {
+                -2 => return,
+                n if n > 0 => {
+                    self.pending.drain(..n as usize);
+                    self.sent += n as u64;
+                    if let Some(p) = self.progress.as_mut() {
+                        p(self.sent);
+                    }
+                }
+                _ => return self.finish(Err(last_error("virStreamSend").to_string()), false),
+            }
+        }
+    }
+
+    fn on_readable(&mut self) {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            // SAFETY: a live stream and a buffer of that length.
+            let n = unsafe {
+                sys::virStreamRecv(
+                    self.stream.as_ptr(),
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len(),
+                )
+            };
+            match n {
+                -2 => return,
+                0 => return self.finish(Ok(self.sent), false),
+                n if n > 0 => {
+                    if let Some(s) = self.sink.as_mut() {
+                        s(&buf[..n as usize]);
+                    }
+                    self.sent += n as u64;
+                }
+                _ => return self.finish(Err(last_error("virStreamRecv").to_string()), false),
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn transfer_cb(_st: sys::virStreamPtr, events: c_int, opaque: *mut c_void) {
+    // SAFETY: `opaque` is the Box given at registration, freed only by `free_transfer`.
+    let t = unsafe { &*(opaque as *const Mutex<Transfer>) };
+    t.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .on_stream(events);
+}
+
+unsafe extern "C" fn free_transfer(opaque: *mut c_void) {
+    // SAFETY: `opaque` came from Box::into_raw in `transfer`; libvirt frees it once.
+    drop(unsafe { Box::from_raw(opaque as *mut Mutex<Transfer>) });
+}
+
+fn transfer(
+    t: Transfer,
+    events: c_int,
+) -> std::io::Result<std::sync::mpsc::Receiver<Result<u64, String>>> {
+    crate::hypervisor::ensure_event_loop();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // SAFETY: a live stream pointer, kept alive by the state.
+    let st = unsafe { t.stream.as_ptr() };
+    let state = Box::into_raw(Box::new(Mutex::new(Transfer {
+        done: Some(tx),
+        ..t
+    }))) as *mut c_void;
+    // SAFETY: `state` is freed by `free_transfer` once libvirt drops the callback.
+    let rc = unsafe {
+        sys::virStreamEventAddCallback(
+            st,
+            events | ST_ERROR | ST_HANGUP,
+            Some(transfer_cb),
+            state,
+            Some(free_transfer),
+        )
+    };
+    if rc < 0 {
+        // SAFETY: not registered, so still ours to free.
+        unsafe { free_transfer(state) };
+        return Err(last_error("virStreamEventAddCallback"));
+    }
+    Ok(rx)
+}
+
+/// Sends the whole of `src` on `stream` (made with [`NONBLOCK`], already given to
+/// virStorageVolUpload) from the event loop; the receiver hears the bytes sent, or why not.
+pub(crate) fn upload(
+    stream: Stream,
+    src: std::fs::File,
+    progress: Box<dyn FnMut(u64) + Send>,
+) -> std::io::Result<std::sync::mpsc::Receiver<Result<u64, String>>> {
+    transfer(
+        Transfer {
+            stream,
+            src: Some(src),
+            pending: Vec::new(),
+            sink: None,
+            sent: 0,
+            progress: Some(progress),
+            done: None,
+        },
+        ST_WRITABLE,
+    )
+}
+
+/// Receives `stream` (made with [`NONBLOCK`], already given to virStorageVolDownload) into
+/// `sink` from the event loop; the receiver hears the bytes received, or why not.
+pub(crate) fn download(
+    stream: Stream,
+    sink: Sink,
+) -> std::io::Result<std::sync::mpsc::Receiver<Result<u64, String>>> {
+    transfer(
+        Transfer {
+            stream,
+            src: None,
+            pending: Vec::new(),
+            sink: Some(sink),
+            sent: 0,
+            progress: None,
+            done: None,
+        },
+        ST_READABLE,
+    )
 }

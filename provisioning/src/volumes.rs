@@ -8,6 +8,10 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use virt::error::ErrorNumber;
@@ -23,9 +27,6 @@ pub const VM_VOLUME_PREFIX: &str = "minion-";
 pub const IMAGE_VOLUME_PREFIX: &str = "minion-image-";
 pub const OVERLAY_SUFFIX: &str = ".overlay.qcow2";
 pub const SEED_SUFFIX: &str = ".seed.iso";
-
-/// Bytes per stream send or receive.
-const CHUNK: usize = 256 * 1024;
 
 /// The 12 hex digits that mark a daemon's volumes: its owner string's (its state dir's) sha256.
 pub fn owner_tag(owner: &str) -> String {
@@ -126,6 +127,15 @@ impl Hypervisor {
         }
     }
 
+    fn stream_error(&self, op: &'static str, name: &str, message: String) -> HypervisorError {
+        HypervisorError::Call {
+            op,
+            target: name.to_string(),
+            code: 0,
+            message,
+        }
+    }
+
     fn volume(
         &self,
         pool: &StoragePool,
@@ -203,7 +213,7 @@ impl Hypervisor {
             code: 0,
             message: e.to_string(),
         };
-        let mut f = std::fs::File::open(src).map_err(io_error)?;
+        let f = std::fs::File::open(src).map_err(io_error)?;
         let len = f.metadata().map_err(io_error)?.len();
         let p = self.storage_pool(pool)?;
         let xml = format!(
@@ -216,39 +226,21 @@ impl Hypervisor {
             .map_err(|e| self.call_error("virStorageVolCreateXML", name, &e))?;
         let sent = (|| {
             let conn = self.conn()?;
-            let stream =
-                Stream::new(&conn, 0).map_err(|e| self.call_error("virStreamNew", name, &e))?;
+            let stream = Stream::new(&conn, crate::streams::NONBLOCK)
+                .map_err(|e| self.call_error("virStreamNew", name, &e))?;
             v.upload(&stream, 0, len, 0)
                 .map_err(|e| self.call_error("virStorageVolUpload", name, &e))?;
-            let mut buf = vec![0u8; CHUNK];
-            let mut done = 0u64;
-            loop {
-                let n = match f.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = stream.abort();
-                        return Err(io_error(e));
-                    }
-                };
-                let mut off = 0;
-                while off < n {
-                    match stream.send(&buf[off..n]) {
-                        Ok(k) if k > 0 => off += k as usize,
-                        Ok(_) => {}
-                        Err(e) => {
-                            let err = self.call_error("virStreamSend", name, &e);
-                            let _ = stream.abort();
-                            return Err(err);
-                        }
-                    }
-                }
-                done += n as u64;
-                progress(done);
-            }
-            stream
-                .finish()
-                .map_err(|e| self.call_error("virStreamFinish", name, &e))
+            let done = Arc::new(AtomicU64::new(0));
+            let counter = done.clone();
+            let rx = crate::streams::upload(
+                stream,
+                f,
+                Box::new(move |n| counter.store(n, Ordering::Relaxed)),
+            )
+            .map_err(|e| self.stream_error("virStorageVolUpload", name, e.to_string()))?;
+            wait_transfer(&rx, &done, &mut *progress)
+                .map(|_| ())
+                .map_err(|e| self.stream_error("virStorageVolUpload", name, e))
         })();
         if let Err(e) = sent {
             let _ = v.delete(0);
@@ -270,31 +262,24 @@ impl Hypervisor {
             return Ok(None);
         };
         let conn = self.conn()?;
-        let stream =
-            Stream::new(&conn, 0).map_err(|e| self.call_error("virStreamNew", name, &e))?;
+        let stream = Stream::new(&conn, crate::streams::NONBLOCK)
+            .map_err(|e| self.call_error("virStreamNew", name, &e))?;
         v.download(&stream, 0, 0, 0)
             .map_err(|e| self.call_error("virStorageVolDownload", name, &e))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut len = 0u64;
-        loop {
-            match stream.recv(&mut buf) {
-                Ok(0) => break,
-                Ok(n) if n > 0 => {
-                    h.update(&buf[..n as usize]);
-                    len += n as u64;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let err = self.call_error("virStreamRecv", name, &e);
-                    let _ = stream.abort();
-                    return Err(err);
-                }
-            }
-        }
-        stream
-            .finish()
-            .map_err(|e| self.call_error("virStreamFinish", name, &e))?;
+        let hasher = Arc::new(Mutex::new(Sha256::new()));
+        let (sink, done) = (hasher.clone(), Arc::new(AtomicU64::new(0)));
+        let counter = done.clone();
+        let rx = crate::streams::download(
+            stream,
+            Box::new(move |data| {
+                sink.lock().unwrap_or_else(|p| p.into_inner()).update(data);
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }),
+        )
+        .map_err(|e| self.stream_error("virStorageVolDownload", name, e.to_string()))?;
+        let len = wait_transfer(&rx, &done, &mut |_| {})
+            .map_err(|e| self.stream_error("virStorageVolDownload", name, e))?;
+        let h = std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(Some((hex(&h.finalize()), len)))
     }
 
@@ -330,6 +315,33 @@ impl Hypervisor {
             .collect();
         names.sort();
         Ok(names)
+    }
+}
+
+/// A transfer that makes no progress for this long is given up.
+const TRANSFER_STALL: Duration = Duration::from_secs(15);
+
+/// Waits for a transfer driven by the event loop, telling `progress` its bytes as they grow.
+fn wait_transfer(
+    rx: &Receiver<Result<u64, String>>,
+    done: &AtomicU64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, String> {
+    let (mut last, mut moved) = (0, Instant::now());
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => return r,
+            Err(RecvTimeoutError::Disconnected) => return Err("the transfer ended unheard".into()),
+            Err(RecvTimeoutError::Timeout) => {
+                let now = done.load(Ordering::Relaxed);
+                if now != last {
+                    (last, moved) = (now, Instant::now());
+                    progress(now);
+                } else if moved.elapsed() > TRANSFER_STALL {
+                    return Err(format!("no progress for {} s", TRANSFER_STALL.as_secs()));
+                }
+            }
+        }
     }
 }
 
