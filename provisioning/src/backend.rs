@@ -135,7 +135,7 @@ pub struct StorageVolumes {
     pub pool: String,
     /// Console copies still running, by domain name: waited for at teardown so the kept log is
     /// whole.
-    consoles: Mutex<HashMap<String, Receiver<()>>>,
+    consoles: Mutex<HashMap<String, Receiver<Result<u64, String>>>>,
 }
 
 /// How long a teardown waits for the console copy to see the domain's end.
@@ -157,7 +157,9 @@ impl StorageVolumes {
         vm::owner_of(&self.state_dir)
     }
 
-    fn consoles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Receiver<()>>> {
+    fn consoles(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Receiver<Result<u64, String>>>> {
         self.consoles.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -307,89 +307,6 @@ pub fn socket_for(stream: Stream, what: &str) -> std::io::Result<UnixStream> {
     Ok(ours)
 }
 
-struct Console {
-    stream: Stream,
-    file: std::fs::File,
-    written: u64,
-    max: u64,
-    full: bool,
-    done: Option<std::sync::mpsc::Sender<()>>,
-}
-
-impl Console {
-    fn on_stream(&mut self, events: c_int) {
-        if self.done.is_none() {
-            return;
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            // SAFETY: a live stream and a buffer of that length.
-            let n = unsafe {
-                sys::virStreamRecv(
-                    self.stream.as_ptr(),
-                    buf.as_mut_ptr() as *mut c_char,
-                    buf.len(),
-                )
-            };
-            match n {
-                -2 => break,
-                n if n > 0 => self.append(&buf[..n as usize]),
-                0 => return self.end(true),
-                _ => return self.end(false),
-            }
-        }
-        if events & (ST_ERROR | ST_HANGUP) != 0 {
-            self.end(false);
-        }
-    }
-
-    fn append(&mut self, data: &[u8]) {
-        if self.full {
-            return;
-        }
-        let room = self.max.saturating_sub(self.written).min(data.len() as u64) as usize;
-        if self.file.write_all(&data[..room]).is_err() {
-            self.full = true;
-            return;
-        }
-        self.written += room as u64;
-        if room < data.len() {
-            self.full = true;
-            let _ = writeln!(
-                self.file,
-                "\n[minion: console output over {} bytes dropped]",
-                self.max
-            );
-        }
-    }
-
-    fn end(&mut self, eof: bool) {
-        // SAFETY: a live stream; removal from within its dispatch is deferred by libvirt.
-        unsafe {
-            sys::virStreamEventRemoveCallback(self.stream.as_ptr());
-            if eof {
-                sys::virStreamFinish(self.stream.as_ptr());
-            }
-        }
-        if let Some(tx) = self.done.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-unsafe extern "C" fn console_cb(_st: sys::virStreamPtr, events: c_int, opaque: *mut c_void) {
-    // SAFETY: `opaque` is the Box given at registration, freed only by `free_console`.
-    let c = unsafe { &*(opaque as *const Mutex<Console>) };
-    c.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .on_stream(events);
-}
-
-unsafe extern "C" fn free_console(opaque: *mut c_void) {
-    // SAFETY: `opaque` came from Box::into_raw in `stream_to_file`; libvirt frees it once.
-    drop(unsafe { Box::from_raw(opaque as *mut Mutex<Console>) });
-}
-
 /// Appends what `stream` (made with [`NONBLOCK`]) receives to `path` until it ends, keeping
 /// at most `max_bytes` (what comes after is read and dropped, so the guest never blocks on its
 /// console, and one line says so). The returned receiver hears once the stream has ended.
@@ -397,43 +314,37 @@ pub fn stream_to_file(
     stream: Stream,
     path: &Path,
     max_bytes: u64,
-) -> std::io::Result<std::sync::mpsc::Receiver<()>> {
-    crate::hypervisor::ensure_event_loop();
-    let file = std::fs::OpenOptions::new()
+) -> std::io::Result<std::sync::mpsc::Receiver<Result<u64, String>>> {
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    // SAFETY: a live stream pointer, kept alive by `stream` inside the state.
-    let st = unsafe { stream.as_ptr() };
-    let state = Box::into_raw(Box::new(Mutex::new(Console {
+    let (mut written, mut full) = (0u64, false);
+    download(
         stream,
-        file,
-        written: 0,
-        max: max_bytes,
-        full: false,
-        done: Some(tx),
-    }))) as *mut c_void;
-    // SAFETY: `state` is freed by `free_console` once libvirt drops the callback.
-    let rc = unsafe {
-        sys::virStreamEventAddCallback(
-            st,
-            ST_READABLE | ST_ERROR | ST_HANGUP,
-            Some(console_cb),
-            state,
-            Some(free_console),
-        )
-    };
-    if rc < 0 {
-        // SAFETY: not registered, so still ours to free.
-        unsafe { free_console(state) };
-        return Err(last_error("virStreamEventAddCallback"));
-    }
-    Ok(rx)
+        Box::new(move |data: &[u8]| {
+            if full {
+                return;
+            }
+            let room = max_bytes.saturating_sub(written).min(data.len() as u64) as usize;
+            if file.write_all(&data[..room]).is_err() {
+                full = true;
+                return;
+            }
+            written += room as u64;
+            if room < data.len() {
+                full = true;
+                let _ = writeln!(
+                    file,
+                    "\n[minion: console output over {max_bytes} bytes dropped]"
+                );
+            }
+        }),
+    )
 }
 
 /// Where a download's bytes go, chunk by chunk.
-pub(crate) type Sink = Box<dyn FnMut(&[u8]) + Send>;
+pub type Sink = Box<dyn FnMut(&[u8]) + Send>;
 
 struct Transfer {
     stream: Stream,
@@ -597,7 +508,7 @@ fn transfer(
 
 /// Sends the whole of `src` on `stream` (made with [`NONBLOCK`], already given to
 /// virStorageVolUpload) from the event loop; the receiver hears the bytes sent, or why not.
-pub(crate) fn upload(
+pub fn upload(
     stream: Stream,
     src: std::fs::File,
     progress: Box<dyn FnMut(u64) + Send>,
@@ -618,7 +529,7 @@ pub(crate) fn upload(
 
 /// Receives `stream` (made with [`NONBLOCK`], already given to virStorageVolDownload) into
 /// `sink` from the event loop; the receiver hears the bytes received, or why not.
-pub(crate) fn download(
+pub fn download(
     stream: Stream,
     sink: Sink,
 ) -> std::io::Result<std::sync::mpsc::Receiver<Result<u64, String>>> {
