@@ -18,12 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use minion_provisioning::backend::{StorageVolumes, VmBackend};
-use minion_provisioning::hostimage::{self, HostImage, ImageFiles};
+use minion_provisioning::hostimage::{self, HostImage, HostImageError, ImageFiles};
 use minion_provisioning::{Hypervisor, Image};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HostConfig;
+use crate::pool::Connection;
 
 /// How often an up host is asked whether it still answers.
 const PING_EVERY: Duration = Duration::from_secs(2);
@@ -70,7 +71,7 @@ pub struct Host {
     pub cfg: HostConfig,
     pub backend: Arc<StorageVolumes>,
     slots: Arc<Semaphore>,
-    hv: Mutex<Option<Arc<Hypervisor>>>,
+    hv: Connection,
     state: Mutex<HostState>,
     drained: AtomicBool,
     /// By image directory.
@@ -125,13 +126,7 @@ impl Host {
 
     /// The host's connection, opened on first use. Blocks.
     pub fn hypervisor(&self) -> Result<Arc<Hypervisor>, minion_provisioning::HypervisorError> {
-        let mut g = lock(&self.hv);
-        if let Some(h) = g.as_ref() {
-            return Ok(h.clone());
-        }
-        let h = Arc::new(Hypervisor::connect(&self.cfg.uri)?);
-        *g = Some(h.clone());
-        Ok(h)
+        self.hv.get(&self.cfg.uri)
     }
 
     fn set_up(&self, up: bool, error: Option<String>) {
@@ -169,7 +164,7 @@ impl Host {
         if !self.is_up() {
             return true;
         }
-        let Some(hv) = lock(&self.hv).clone() else {
+        let Some(hv) = self.hv.current() else {
             return false;
         };
         !hv.is_alive()
@@ -225,7 +220,7 @@ impl Hosts {
                     cfg: c.clone(),
                     backend: Arc::new(StorageVolumes::new(state_dir, &c.storage_pool)),
                     slots: Arc::new(Semaphore::new(c.max_vms as usize)),
-                    hv: Mutex::new(None),
+                    hv: Connection::default(),
                     state: Mutex::new(HostState::default()),
                     drained: AtomicBool::new(c.drained),
                     images: Mutex::new(HashMap::new()),
@@ -278,6 +273,28 @@ impl Hosts {
 
     /// Looks (again) whether `host` holds `image`, reading its volumes back, and records it.
     pub async fn verify(&self, host: &Arc<Host>, image: &Image) -> ImageOnHost {
+        self.record(host, image, "verification", hostimage::verify)
+            .await
+    }
+
+    /// Uploads `image` to `host` (what it lacks), then records it verified. Blocks the host's
+    /// verifications meanwhile.
+    pub async fn push(&self, host: &Arc<Host>, image: &Image) -> Result<HostImage, Unusable> {
+        match self.record(host, image, "push", hostimage::push).await {
+            ImageOnHost::Verified(hi) => Ok(hi),
+            ImageOnHost::Refused(why) => Err(Unusable(why)),
+        }
+    }
+
+    /// Runs `op` (a verification or a push) for `image` on `host`, one at a time per host, and
+    /// records what it found (an image whose own files cannot be read is refused, not recorded).
+    async fn record(
+        &self,
+        host: &Arc<Host>,
+        image: &Image,
+        what: &'static str,
+        op: fn(&Hypervisor, &str, &ImageFiles) -> Result<HostImage, HostImageError>,
+    ) -> ImageOnHost {
         let guard = self.verify_lock(&host.name);
         let _one = guard.lock().await;
         let digests = match self.digests(image) {
@@ -287,10 +304,10 @@ impl Hosts {
         let h = host.clone();
         let found = tokio::task::spawn_blocking(move || {
             let hv = h.hypervisor().map_err(|e| e.to_string())?;
-            hostimage::verify(&hv, &h.cfg.storage_pool, &digests).map_err(|e| e.to_string())
+            op(&hv, &h.cfg.storage_pool, &digests).map_err(|e| e.to_string())
         })
         .await
-        .unwrap_or_else(|e| Err(format!("verification task: {e}")));
+        .unwrap_or_else(|e| Err(format!("{what} task: {e}")));
         let state = match found {
             Ok(hi) => ImageOnHost::Verified(hi),
             Err(e) => {
@@ -301,29 +318,6 @@ impl Hosts {
         lock(&host.images).insert(image.dir.clone(), state.clone());
         self.changed.notify_waiters();
         state
-    }
-
-    /// Uploads `image` to `host` (what it lacks), then records it verified. Blocks the host's
-    /// verifications meanwhile.
-    pub async fn push(&self, host: &Arc<Host>, image: &Image) -> Result<HostImage, Unusable> {
-        let guard = self.verify_lock(&host.name);
-        let _one = guard.lock().await;
-        let digests = self.digests(image)?;
-        let h = host.clone();
-        let pushed = tokio::task::spawn_blocking(move || {
-            let hv = h.hypervisor().map_err(|e| e.to_string())?;
-            hostimage::push(&hv, &h.cfg.storage_pool, &digests, &mut |_, _| {})
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("push task: {e}")));
-        let state = match &pushed {
-            Ok(hi) => ImageOnHost::Verified(hi.clone()),
-            Err(e) => ImageOnHost::Refused(e.clone()),
-        };
-        lock(&host.images).insert(image.dir.clone(), state);
-        self.changed.notify_waiters();
-        pushed.map_err(Unusable)
     }
 
     /// A slot on the least-loaded of `names` that is up, undrained and holds `image` verified
@@ -436,7 +430,7 @@ impl Hosts {
             let (h, l) = (host.clone(), live.clone());
             let back = tokio::task::spawn_blocking(move || {
                 // A fresh connection: the old one died with the link.
-                *lock(&h.hv) = None;
+                h.hv.reset();
                 let hv = h.hypervisor().map_err(|e| e.to_string())?;
                 hv.ping().map_err(|e| e.to_string())?;
                 // Before new work: what this daemon left there (domains, volumes) goes.

@@ -29,7 +29,7 @@ pub struct Pool {
     /// (or boot) until the VM is torn down.
     pub slots: Arc<Semaphore>,
     running: AtomicU32,
-    hv: Mutex<Option<Arc<Hypervisor>>>,
+    hv: Connection,
     /// Where the guests' `environment` packages come from (`packages = DIR`).
     pub packages: Option<Arc<PackageSource>>,
     /// A job found the libvirt host unreachable: no job is started until it answers again.
@@ -53,7 +53,7 @@ impl Pool {
             cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
             slots: Arc::new(Semaphore::new(cfg.max_vms as usize)),
             running: AtomicU32::new(0),
-            hv: Mutex::new(None),
+            hv: Connection::default(),
             packages,
             host_down: AtomicBool::new(false),
             drained: AtomicBool::new(cfg.drained),
@@ -75,7 +75,7 @@ impl Pool {
         self.set_limits(Some(new.max_vms), Some(new.min_ready))?;
         let old = self.cfg();
         if old.libvirt_uri != new.libvirt_uri {
-            *self.hv.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.hv.reset();
         }
         let mut next = new.clone();
         next.packages = old.packages.clone();
@@ -186,13 +186,7 @@ impl Pool {
     /// The pool's libvirt connection, opened on first use. `Hypervisor` itself reconnects when
     /// libvirtd restarts under it, so the one handle lives as long as the pool. Blocks.
     pub fn hypervisor(&self) -> Result<Arc<Hypervisor>, HypervisorError> {
-        let mut g = self.hv.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = g.as_ref() {
-            return Ok(h.clone());
-        }
-        let h = Arc::new(Hypervisor::connect(&self.cfg().libvirt_uri)?);
-        *g = Some(h.clone());
-        Ok(h)
+        self.hv.get(&self.cfg().libvirt_uri)
     }
 
     /// Jobs running on the pool now.
@@ -204,6 +198,37 @@ impl Pool {
     pub fn run_one(self: &Arc<Self>) -> RunningJob {
         self.running.fetch_add(1, Ordering::SeqCst);
         RunningJob(self.clone())
+    }
+}
+
+/// A libvirt connection opened on first use and then kept (a pool's, a `[hosts]` host's);
+/// [`Connection::reset`] drops it, so the next use opens a fresh one.
+#[derive(Debug, Default)]
+pub struct Connection(Mutex<Option<Arc<Hypervisor>>>);
+
+impl Connection {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Hypervisor>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection to `uri`, opened now if there is none. Blocks.
+    pub fn get(&self, uri: &str) -> Result<Arc<Hypervisor>, HypervisorError> {
+        let mut g = self.lock();
+        if let Some(h) = g.as_ref() {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(Hypervisor::connect(uri)?);
+        *g = Some(h.clone());
+        Ok(h)
+    }
+
+    /// The connection if one is open.
+    pub fn current(&self) -> Option<Arc<Hypervisor>> {
+        self.lock().clone()
+    }
+
+    pub fn reset(&self) {
+        *self.lock() = None;
     }
 }
 

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Receiver;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,18 +20,13 @@ use crate::error::ProvisionError;
 use crate::hostimage::HostImage;
 use crate::hypervisor::Hypervisor;
 use crate::seed::{self, SeedSpec};
+use crate::streams::Progress;
 use crate::vm::{self, PrepareTimings, PreparedVm, ReconcileReport, VmRequest};
 use crate::vmfiles::VmFiles;
 use crate::volumes;
 
 /// A VM's plumbing on one kind of host. Every method blocks.
 pub trait VmBackend: Send + Sync + std::fmt::Debug {
-    /// `files` or `volumes`, for logs and listings.
-    fn kind(&self) -> &'static str;
-
-    /// Whether VMs may be restored from snapshots here (save images are files on the controller).
-    fn snapshots(&self) -> bool;
-
     /// The VM's disks where its host's qemu reads them, its directory on the controller (console
     /// log), and its XML. On failure nothing of it is left.
     fn prepare(&self, hv: &Hypervisor, req: &VmRequest) -> Result<PreparedVm, ProvisionError>;
@@ -72,14 +66,6 @@ pub struct LocalFiles {
 const CONNECT_RETRY: Duration = Duration::from_millis(5);
 
 impl VmBackend for LocalFiles {
-    fn kind(&self) -> &'static str {
-        "files"
-    }
-
-    fn snapshots(&self) -> bool {
-        true
-    }
-
     fn prepare(&self, _hv: &Hypervisor, req: &VmRequest) -> Result<PreparedVm, ProvisionError> {
         vm::prepare(req)
     }
@@ -135,7 +121,7 @@ pub struct StorageVolumes {
     pub pool: String,
     /// Console copies still running, by domain name: waited for at teardown so the kept log is
     /// whole.
-    consoles: Mutex<HashMap<String, Receiver<Result<u64, String>>>>,
+    consoles: Mutex<HashMap<String, Progress>>,
 }
 
 /// How long a teardown waits for the console copy to see the domain's end.
@@ -157,9 +143,7 @@ impl StorageVolumes {
         vm::owner_of(&self.state_dir)
     }
 
-    fn consoles(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Receiver<Result<u64, String>>>> {
+    fn consoles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Progress>> {
         self.consoles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -208,7 +192,7 @@ impl StorageVolumes {
         )?;
         let seed_name = volumes::seed_volume(&owner, &req.job_id);
         made.push(seed_name.clone());
-        let seed = hv.upload_volume(&self.pool, &seed_name, &files.seed, 0o644, &mut |_| {})?;
+        let seed = hv.upload_volume(&self.pool, &seed_name, &files.seed, 0o644)?;
         // The host has it now; the controller's copy is not needed.
         let _ = std::fs::remove_file(&files.seed);
         timings.seed = t.elapsed();
@@ -257,14 +241,6 @@ impl StorageVolumes {
 }
 
 impl VmBackend for StorageVolumes {
-    fn kind(&self) -> &'static str {
-        "volumes"
-    }
-
-    fn snapshots(&self) -> bool {
-        false
-    }
-
     fn prepare(&self, hv: &Hypervisor, req: &VmRequest) -> Result<PreparedVm, ProvisionError> {
         let image = req.host_image.as_ref().ok_or_else(|| {
             ProvisionError::invalid(
@@ -304,8 +280,8 @@ impl VmBackend for StorageVolumes {
                 })
         });
         match attached {
-            Ok(thread) => {
-                self.consoles().insert(name.clone(), thread);
+            Ok(console) => {
+                self.consoles().insert(name.clone(), console);
             }
             // A VM without its console still runs its job; the log says why it is empty.
             Err(e) => tracing::warn!(domain = %name, "console not attached: {e}"),
@@ -338,8 +314,8 @@ impl VmBackend for StorageVolumes {
             first = Some(e.into());
         }
         // The domain is gone (or its host is): the console stream ends, its copy is whole.
-        if let Some(ended) = self.consoles().remove(&vm.name) {
-            let _ = ended.recv_timeout(CONSOLE_END_WAIT);
+        if let Some(console) = self.consoles().remove(&vm.name) {
+            let _ = console.wait(CONSOLE_END_WAIT);
         }
         if let Some(dest) = keep_console_as {
             if let Err(e) = vm::keep_console(&vm.files, dest) {

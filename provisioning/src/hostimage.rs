@@ -167,13 +167,7 @@ pub fn verify(
 }
 
 /// Uploads every file of `files` the host lacks or holds wrongly, then verifies the whole image.
-/// `progress(role, bytes sent)` hears each upload.
-pub fn push(
-    hv: &Hypervisor,
-    pool: &str,
-    files: &ImageFiles,
-    progress: &mut dyn FnMut(&str, u64),
-) -> Result<HostImage, HostImageError> {
+pub fn push(hv: &Hypervisor, pool: &str, files: &ImageFiles) -> Result<HostImage, HostImageError> {
     for f in &files.files {
         let volume = f.volume();
         match hv.volume_sha256(pool, &volume)? {
@@ -182,7 +176,7 @@ pub fn push(
             None => {}
         }
         // Readable by qemu whatever user the host runs it as: an image is no secret.
-        hv.upload_volume(pool, &volume, &f.path, 0o644, &mut |n| progress(f.role, n))?;
+        hv.upload_volume(pool, &volume, &f.path, 0o644)?;
     }
     verify(hv, pool, files)
 }

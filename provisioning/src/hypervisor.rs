@@ -255,12 +255,7 @@ impl Hypervisor {
     /// the libvirt host.
     pub fn save(&self, name: &str, path: &std::path::Path) -> Result<(), HypervisorError> {
         let started = Instant::now();
-        let dom = self.lookup(name)?.ok_or_else(|| HypervisorError::Call {
-            op: "virDomainSaveFlags",
-            target: name.to_string(),
-            code: ErrorNumber::NoDomain as i32,
-            message: "no such domain".into(),
-        })?;
+        let dom = self.existing(name, "virDomainSaveFlags")?;
         let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
             HypervisorError::Call {
                 op: "virDomainSaveFlags",

@@ -19,7 +19,10 @@ use std::os::fd::AsRawFd;
 use std::os::raw::{c_char, c_int, c_void};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use virt::stream::Stream;
 use virt::sys;
@@ -309,12 +312,8 @@ pub fn socket_for(stream: Stream, what: &str) -> std::io::Result<UnixStream> {
 
 /// Appends what `stream` (made with [`NONBLOCK`]) receives to `path` until it ends, keeping
 /// at most `max_bytes` (what comes after is read and dropped, so the guest never blocks on its
-/// console, and one line says so). The returned receiver hears once the stream has ended.
-pub fn stream_to_file(
-    stream: Stream,
-    path: &Path,
-    max_bytes: u64,
-) -> std::io::Result<std::sync::mpsc::Receiver<Result<u64, String>>> {
+/// console, and one line says so).
+pub fn stream_to_file(stream: Stream, path: &Path, max_bytes: u64) -> std::io::Result<Progress> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -354,8 +353,8 @@ struct Transfer {
     pending: Vec<u8>,
     /// Download: what each received chunk goes to.
     sink: Option<Sink>,
-    sent: u64,
-    progress: Option<Box<dyn FnMut(u64) + Send>>,
+    /// Bytes sent or received so far (read by [`Progress::wait`]).
+    moved: Arc<AtomicU64>,
     done: Option<std::sync::mpsc::Sender<Result<u64, String>>>,
 }
 
@@ -410,7 +409,7 @@ impl Transfer {
                     None => 0,
                 };
                 if n == 0 {
-                    return self.finish(Ok(self.sent), false);
+                    return self.finish(Ok(self.moved.load(Ordering::Relaxed)), false);
                 }
                 buf.truncate(n);
                 self.pending = buf;
@@ -427,10 +426,7 @@ impl Transfer {
                 -2 => return,
                 n if n > 0 => {
                     self.pending.drain(..n as usize);
-                    self.sent += n as u64;
-                    if let Some(p) = self.progress.as_mut() {
-                        p(self.sent);
-                    }
+                    self.moved.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 _ => return self.finish(Err(last_error("virStreamSend").to_string()), false),
             }
@@ -450,12 +446,12 @@ impl Transfer {
             };
             match n {
                 -2 => return,
-                0 => return self.finish(Ok(self.sent), false),
+                0 => return self.finish(Ok(self.moved.load(Ordering::Relaxed)), false),
                 n if n > 0 => {
                     if let Some(s) = self.sink.as_mut() {
                         s(&buf[..n as usize]);
                     }
-                    self.sent += n as u64;
+                    self.moved.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 _ => return self.finish(Err(last_error("virStreamRecv").to_string()), false),
             }
@@ -476,17 +472,55 @@ unsafe extern "C" fn free_transfer(opaque: *mut c_void) {
     drop(unsafe { Box::from_raw(opaque as *mut Mutex<Transfer>) });
 }
 
+/// A transfer under way in the event loop.
+#[derive(Debug)]
+pub struct Progress {
+    ended: std::sync::mpsc::Receiver<Result<u64, String>>,
+    moved: Arc<AtomicU64>,
+}
+
+impl Progress {
+    /// Waits for the end: the bytes moved, or why not; gives up once no byte has moved for
+    /// `stall` (the transfer itself then ends whenever its stream does).
+    pub fn wait(&self, stall: Duration) -> Result<u64, String> {
+        let (mut last, mut moved_at) = (0, Instant::now());
+        loop {
+            match self.ended.recv_timeout(Duration::from_millis(200)) {
+                Ok(r) => return r,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err("the transfer ended unheard".into())
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = self.moved.load(Ordering::Relaxed);
+                    if now != last {
+                        (last, moved_at) = (now, Instant::now());
+                    } else if moved_at.elapsed() > stall {
+                        return Err(format!("no progress for {} s", stall.as_secs()));
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn transfer(
-    t: Transfer,
+    stream: Stream,
+    src: Option<std::fs::File>,
+    sink: Option<Sink>,
     events: c_int,
-) -> std::io::Result<std::sync::mpsc::Receiver<Result<u64, String>>> {
+) -> std::io::Result<Progress> {
     crate::hypervisor::ensure_event_loop();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, ended) = std::sync::mpsc::channel();
+    let moved = Arc::new(AtomicU64::new(0));
     // SAFETY: a live stream pointer, kept alive by the state.
-    let st = unsafe { t.stream.as_ptr() };
+    let st = unsafe { stream.as_ptr() };
     let state = Box::into_raw(Box::new(Mutex::new(Transfer {
+        stream,
+        src,
+        pending: Vec::new(),
+        sink,
+        moved: moved.clone(),
         done: Some(tx),
-        ..t
     }))) as *mut c_void;
     // SAFETY: `state` is freed by `free_transfer` once libvirt drops the callback.
     let rc = unsafe {
@@ -503,46 +537,17 @@ fn transfer(
         unsafe { free_transfer(state) };
         return Err(last_error("virStreamEventAddCallback"));
     }
-    Ok(rx)
+    Ok(Progress { ended, moved })
 }
 
 /// Sends the whole of `src` on `stream` (made with [`NONBLOCK`], already given to
-/// virStorageVolUpload) from the event loop; the receiver hears the bytes sent, or why not.
-pub fn upload(
-    stream: Stream,
-    src: std::fs::File,
-    progress: Box<dyn FnMut(u64) + Send>,
-) -> std::io::Result<std::sync::mpsc::Receiver<Result<u64, String>>> {
-    transfer(
-        Transfer {
-            stream,
-            src: Some(src),
-            pending: Vec::new(),
-            sink: None,
-            sent: 0,
-            progress: Some(progress),
-            done: None,
-        },
-        ST_WRITABLE,
-    )
+/// virStorageVolUpload) from the event loop.
+pub fn upload(stream: Stream, src: std::fs::File) -> std::io::Result<Progress> {
+    transfer(stream, Some(src), None, ST_WRITABLE)
 }
 
-/// Receives `stream` (made with [`NONBLOCK`], already given to virStorageVolDownload) into
-/// `sink` from the event loop; the receiver hears the bytes received, or why not.
-pub fn download(
-    stream: Stream,
-    sink: Sink,
-) -> std::io::Result<std::sync::mpsc::Receiver<Result<u64, String>>> {
-    transfer(
-        Transfer {
-            stream,
-            src: None,
-            pending: Vec::new(),
-            sink: Some(sink),
-            sent: 0,
-            progress: None,
-            done: None,
-        },
-        ST_READABLE,
-    )
+/// Receives `stream` (made with [`NONBLOCK`], already given to virStorageVolDownload or
+/// virDomainOpenConsole) into `sink` from the event loop.
+pub fn download(stream: Stream, sink: Sink) -> std::io::Result<Progress> {
+    transfer(stream, None, Some(sink), ST_READABLE)
 }

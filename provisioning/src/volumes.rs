@@ -8,10 +8,8 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use virt::error::ErrorNumber;
@@ -19,7 +17,8 @@ use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
-use crate::hypervisor::{code_of, is, Hypervisor, HypervisorError};
+use crate::hypervisor::{is, Hypervisor, HypervisorError};
+use crate::templates::escape_xml;
 
 /// What every volume a daemon makes for a VM starts with.
 pub const VM_VOLUME_PREFIX: &str = "minion-";
@@ -99,14 +98,6 @@ impl VolumeFormat {
     }
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
-}
-
 impl Hypervisor {
     fn storage_pool(&self, pool: &str) -> Result<StoragePool, HypervisorError> {
         let p = self
@@ -148,17 +139,6 @@ impl Hypervisor {
         }
     }
 
-    /// Checks that storage pool `pool` exists and runs; returns its target directory on the host.
-    pub fn storage_pool_target(&self, pool: &str) -> Result<String, HypervisorError> {
-        let p = self.storage_pool(pool)?;
-        let xml = p
-            .xml_desc(0)
-            .map_err(|e| self.call_error("virStoragePoolGetXMLDesc", pool, &e))?;
-        Ok(between(&xml, "<path>", "</path>")
-            .unwrap_or_default()
-            .to_string())
-    }
-
     /// The host path of volume `name`, `None` when there is none.
     pub fn volume_path(&self, pool: &str, name: &str) -> Result<Option<String>, HypervisorError> {
         let p = self.storage_pool(pool)?;
@@ -186,8 +166,8 @@ impl Hypervisor {
             "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity>\
              <target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>\
              <backingStore><path>{}</path><format type='{}'/></backingStore></volume>",
-            xml_escape(name),
-            xml_escape(backing),
+            escape_xml(name),
+            escape_xml(backing),
             backing_format.as_str()
         );
         let v = StorageVol::create_xml(&p, &xml, 0)
@@ -198,14 +178,13 @@ impl Hypervisor {
 
     /// Creates volume `name` holding exactly the bytes of local file `src` (sent over the
     /// connection with virStorageVolUpload); returns its host path. On any error the volume is
-    /// deleted again. `progress` hears the bytes sent so far.
+    /// deleted again.
     pub fn upload_volume(
         &self,
         pool: &str,
         name: &str,
         src: &Path,
         mode: u32,
-        progress: &mut dyn FnMut(u64),
     ) -> Result<String, HypervisorError> {
         let io_error = |e: std::io::Error| HypervisorError::Call {
             op: "read",
@@ -220,7 +199,7 @@ impl Hypervisor {
             "<volume><name>{}</name><capacity unit='bytes'>{len}</capacity>\
              <allocation unit='bytes'>0</allocation>\
              <target><format type='raw'/><permissions><mode>{mode:04o}</mode></permissions></target></volume>",
-            xml_escape(name)
+            escape_xml(name)
         );
         let v = StorageVol::create_xml(&p, &xml, 0)
             .map_err(|e| self.call_error("virStorageVolCreateXML", name, &e))?;
@@ -230,15 +209,9 @@ impl Hypervisor {
                 .map_err(|e| self.call_error("virStreamNew", name, &e))?;
             v.upload(&stream, 0, len, 0)
                 .map_err(|e| self.call_error("virStorageVolUpload", name, &e))?;
-            let done = Arc::new(AtomicU64::new(0));
-            let counter = done.clone();
-            let rx = crate::streams::upload(
-                stream,
-                f,
-                Box::new(move |n| counter.store(n, Ordering::Relaxed)),
-            )
-            .map_err(|e| self.stream_error("virStorageVolUpload", name, e.to_string()))?;
-            wait_transfer(&rx, &done, &mut *progress)
+            crate::streams::upload(stream, f)
+                .map_err(|e| self.stream_error("virStorageVolUpload", name, e.to_string()))?
+                .wait(TRANSFER_STALL)
                 .map(|_| ())
                 .map_err(|e| self.stream_error("virStorageVolUpload", name, e))
         })();
@@ -267,18 +240,14 @@ impl Hypervisor {
         v.download(&stream, 0, 0, 0)
             .map_err(|e| self.call_error("virStorageVolDownload", name, &e))?;
         let hasher = Arc::new(Mutex::new(Sha256::new()));
-        let (sink, done) = (hasher.clone(), Arc::new(AtomicU64::new(0)));
-        let counter = done.clone();
-        let rx = crate::streams::download(
+        let sink = hasher.clone();
+        let len = crate::streams::download(
             stream,
-            Box::new(move |data| {
-                sink.lock().unwrap_or_else(|p| p.into_inner()).update(data);
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }),
+            Box::new(move |data| sink.lock().unwrap_or_else(|p| p.into_inner()).update(data)),
         )
-        .map_err(|e| self.stream_error("virStorageVolDownload", name, e.to_string()))?;
-        let len = wait_transfer(&rx, &done, &mut |_| {})
-            .map_err(|e| self.stream_error("virStorageVolDownload", name, e))?;
+        .map_err(|e| self.stream_error("virStorageVolDownload", name, e.to_string()))?
+        .wait(TRANSFER_STALL)
+        .map_err(|e| self.stream_error("virStorageVolDownload", name, e))?;
         let h = std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(Some((hex(&h.finalize()), len)))
     }
@@ -292,12 +261,7 @@ impl Hypervisor {
         match v.delete(0) {
             Ok(()) => Ok(()),
             Err(e) if is(&e, ErrorNumber::NoStorageVolume) => Ok(()),
-            Err(e) => Err(HypervisorError::Call {
-                op: "virStorageVolDelete",
-                target: name.to_string(),
-                code: code_of(&e),
-                message: e.message().to_string(),
-            }),
+            Err(e) => Err(self.call_error("virStorageVolDelete", name, &e)),
         }
     }
 
@@ -320,37 +284,6 @@ impl Hypervisor {
 
 /// A transfer that makes no progress for this long is given up.
 const TRANSFER_STALL: Duration = Duration::from_secs(15);
-
-/// Waits for a transfer driven by the event loop, telling `progress` its bytes as they grow.
-fn wait_transfer(
-    rx: &Receiver<Result<u64, String>>,
-    done: &AtomicU64,
-    progress: &mut dyn FnMut(u64),
-) -> Result<u64, String> {
-    let (mut last, mut moved) = (0, Instant::now());
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(r) => return r,
-            Err(RecvTimeoutError::Disconnected) => return Err("the transfer ended unheard".into()),
-            Err(RecvTimeoutError::Timeout) => {
-                let now = done.load(Ordering::Relaxed);
-                if now != last {
-                    (last, moved) = (now, Instant::now());
-                    progress(now);
-                } else if moved.elapsed() > TRANSFER_STALL {
-                    return Err(format!("no progress for {} s", TRANSFER_STALL.as_secs()));
-                }
-            }
-        }
-    }
-}
-
-/// The text between the first `open` and the next `close`.
-fn between<'a>(xml: &'a str, open: &str, close: &str) -> Option<&'a str> {
-    let start = xml.find(open)? + open.len();
-    let len = xml[start..].find(close)?;
-    Some(xml[start..start + len].trim())
-}
 
 #[cfg(test)]
 mod tests {

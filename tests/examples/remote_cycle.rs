@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         Ok(h) => h,
         Err(e) => {
             println!("{e}; pushing");
-            hostimage::push(&hv, pool, &files, &mut |_, _| {})?
+            hostimage::push(&hv, pool, &files)?
         }
     };
     println!("image on host in {:?}: {on_host:?}", t.elapsed());
