@@ -59,7 +59,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), endpoint = ?args.endpoint, "minion-agent starting");
     let (reader, writer) = port::open(&args.endpoint)?;
     let outbox = outbox::Outbox::new(writer);
-    match serve::serve(reader, outbox, &args.workdir)? {
+    let on_host_lost = if args.poweroff {
+        serve::OnHostLost::PowerOff
+    } else {
+        serve::OnHostLost::Exit
+    };
+    match serve::serve(reader, outbox, &args.workdir, on_host_lost)? {
         serve::Served::Job(outcome) => tracing::info!(
             ok = outcome.execution_ok,
             exit_code = outcome.exit_code,

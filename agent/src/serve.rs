@@ -51,7 +51,23 @@ pub enum Served {
     Instance,
 }
 
-pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result<Served> {
+/// What the agent does when the host hangs up in the middle of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnHostLost {
+    /// Powers the guest off at once. The host is gone (its controller lost the link, or died):
+    /// the job is failed and may run again elsewhere, so this VM must stop, and nothing can be
+    /// sent any more (virtio-serial writes block while no host is connected).
+    PowerOff,
+    /// Exits the agent (a test run on the host, `--no-poweroff`).
+    Exit,
+}
+
+pub fn serve(
+    reader: ReadHalf,
+    outbox: Outbox,
+    base: &std::path::Path,
+    on_host_lost: OnHostLost,
+) -> Result<Served> {
     let mut frames = FrameReader::new(reader, MAX_FRAME);
     // A kept job's next session may have begun before its reader saw the hang-up.
     let mut next_hello: Option<guest::Hello> = None;
@@ -88,7 +104,8 @@ pub fn serve(reader: ReadHalf, outbox: Outbox, base: &std::path::Path) -> Result
         let beats = spawn_heartbeats(outbox.clone(), heartbeat, done_rx);
         match next_frame(&mut frames, "the job")? {
             H::Job(job) => {
-                let (outcome, kept) = serve_job(frames, &outbox, base, &job, done_tx)?;
+                let (outcome, kept) =
+                    serve_job(frames, &outbox, base, &job, done_tx, on_host_lost)?;
                 let _ = beats.join();
                 match kept {
                     Some((f, hello)) => {
@@ -145,6 +162,7 @@ fn serve_job(
     base: &std::path::Path,
     job: &Job,
     done_tx: mpsc::Sender<()>,
+    on_host_lost: OnHostLost,
 ) -> Result<(Outcome, Option<NextSession>)> {
     tracing::info!(job = %job.id, item = %job.item, formula = %job.formula_path, "job received");
     if let Some(id) = &job.identity {
@@ -181,6 +199,7 @@ fn serve_job(
                 fetch_tx,
                 hung_up_tx,
                 result_sent.clone(),
+                on_host_lost,
             ));
             let fetcher = Arc::new(ChannelFetcher::new(
                 outbox.clone(),
@@ -326,6 +345,7 @@ fn spawn_host_listener(
     fetches: mpsc::Sender<H>,
     hung_up: mpsc::Sender<()>,
     result_sent: Arc<std::sync::atomic::AtomicBool>,
+    on_host_lost: OnHostLost,
 ) -> thread::JoinHandle<NextSession> {
     thread::spawn(move || loop {
         match frames.read_frame::<HostFrame>() {
@@ -353,9 +373,14 @@ fn spawn_host_listener(
                 if result_sent.load(std::sync::atomic::Ordering::SeqCst) {
                     tracing::info!("the host hung up after the Result");
                 } else {
-                    // Nobody is listening any more: stop the work rather than run it for no one.
-                    tracing::warn!("the host hung up; cancelling the job");
+                    // Nobody is listening any more, and the job may be run again elsewhere: stop
+                    // now rather than run it for no one (or twice).
+                    tracing::warn!("the host hung up mid-job; stopping");
                     cancel.cancel();
+                    match on_host_lost {
+                        OnHostLost::PowerOff => crate::init::power_off_syscall(),
+                        OnHostLost::Exit => std::process::exit(3),
+                    }
                 }
                 let _ = hung_up.send(());
                 return (frames, None);
