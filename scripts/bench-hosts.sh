@@ -9,6 +9,8 @@
 #     its transfer over virDomainOpenChannel (remote) vs the local unix socket, MiB/s, median of A.
 # local-volumes: the same host as local-boot through the storage-volume backend (a [hosts] entry
 # for qemu:///system with a storage pool of the bench's own): the seam's cost on one machine.
+# local-volumes-snapshot, remote-snapshot: the same at start = snapshot (the host's snapshot as
+# volumes there).
 # With OLD_BIN (a directory holding an older build's miniond and minion), the local pool is also
 # measured with it, in the same run, at its default start (snapshot) and with start = boot: the
 # single-host setup's numbers before and after.
@@ -97,8 +99,9 @@ TOML
     # The first VM start validates the image or makes a snapshot: not part of what is measured.
     local warm; warm=$("$bin/minion" submit "$WORK/task" -i warm -t koji_build)
     "$bin/minion" job logs "$warm" --follow > /dev/null 2>&1 || true
-    if grep -q 'start = "snapshot"' "$dir/miniond.toml"; then
-        for _ in $(seq 600); do compgen -G "$dir/state/snapshots/*/snapshot.json" > /dev/null && break; sleep 0.1; done
+    if ! grep -q 'start = "boot"' "$dir/miniond.toml"; then
+        # Local or on a host: the daemon says when the snapshot is whole.
+        for _ in $(seq 600); do grep -q 'snapshot ready' "$dir/miniond.log" && break; sleep 0.1; done
     fi
     echo "== $name: $N jobs one at a time" >&2
     : > "$dir/ids"
@@ -191,6 +194,19 @@ hosts = ["mhost1"]
 uri = "qemu+tcp://10.77.1.2/system"
 max_vms = 2'
 
+REMOTE_SNAP='max_vms = 2
+hosts = ["mhost1"]
+[hosts.mhost1]
+uri = "qemu+tcp://10.77.1.2/system"
+max_vms = 2'
+
+LOCAL_VOLUMES_SNAP='max_vms = 2
+hosts = ["here"]
+[hosts.here]
+uri = "qemu:///system"
+storage_pool = "minion-bench"
+max_vms = 2'
+
 LOCAL_VOLUMES='max_vms = 2
 start = "boot"
 hosts = ["here"]
@@ -213,7 +229,9 @@ measure local-snapshot "$NEW_BIN" "$LOCAL_SNAP"
 if [[ -n "${OLD_BIN:-}" ]]; then measure old-local-boot "$OLD_BIN" "$LOCAL_BOOT"; fi
 measure local-boot "$NEW_BIN" "$LOCAL_BOOT"
 measure local-volumes "$NEW_BIN" "$LOCAL_VOLUMES"
+measure local-volumes-snapshot "$NEW_BIN" "$LOCAL_VOLUMES_SNAP"
 measure remote-boot "$NEW_BIN" "$REMOTE"
+measure remote-snapshot "$NEW_BIN" "$REMOTE_SNAP"
 
 python3 - "${modes[@]/#/$WORK/}" <<'PY'
 import json, sys

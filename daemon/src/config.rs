@@ -389,10 +389,10 @@ fn default_storage_pool() -> String {
 }
 
 impl PoolConfig {
-    /// Whether the pool's VMs are restored from snapshots: `start = snapshot` on this machine's
-    /// libvirtd (a save image is a file the controller writes; over `hosts` VMs boot).
+    /// Whether the pool's VMs are restored from snapshots (`start = snapshot`): on this
+    /// machine's libvirtd, or one snapshot on each of its `hosts`.
     pub fn snapshots(&self) -> bool {
-        self.start == VmStart::Snapshot && self.hosts.is_empty()
+        self.start == VmStart::Snapshot
     }
 }
 
@@ -711,7 +711,7 @@ mod tests {
         .expect("a pool over a host");
         assert_eq!(ok.hosts["h"].storage_pool, "minion");
         assert_eq!(ok.hosts["h"].max_vms, 2);
-        assert!(!ok.pools["p"].snapshots(), "VMs over hosts boot");
+        assert!(ok.pools["p"].snapshots(), "VMs over hosts are restored too");
     }
 
     #[test]

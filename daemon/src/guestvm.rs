@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use minion_channel::{handshake, ChannelError, Limits, ReadySession};
 use minion_provisioning::backend::{LocalFiles, VmBackend};
-use minion_provisioning::snapshot::SnapshotFiles;
 use minion_provisioning::vm::PreparedVm;
 use minion_provisioning::vmfiles::VmFiles;
 use minion_provisioning::{accel::Accel, image, vm, Hypervisor, HypervisorError, ProvisionError};
@@ -186,8 +185,11 @@ pub enum TeardownError {
 pub enum Start {
     /// Booted from its image: kernel, init, agent.
     Boot,
-    /// Restored from a snapshot's saved memory: the agent is already running, waiting for Hello.
-    Restore(SnapshotFiles),
+    /// Restored from snapshot `key`'s saved memory (on the VM's host): the agent is already
+    /// running, waiting for Hello.
+    Restore(String),
+    /// Booted as the template of snapshot `key`, to be frozen into it.
+    Template(String),
 }
 
 impl BootStep {
@@ -295,6 +297,24 @@ impl VmGuard {
             .await
             .map_err(|source| BootError::Task {
                 what: "domain",
+                source,
+            })?
+            .map_err(BootError::Provision)
+    }
+
+    /// Saves the VM, a template booted with [`Start::Template`] and its agent quiesced, as
+    /// snapshot `key` on its host; the domain is gone after. Returns the snapshot's bytes.
+    pub async fn freeze(&self, key: &str, meta: serde_json::Value) -> Result<u64, BootError> {
+        let (hv, backend, vm, key) = (
+            self.hv.clone(),
+            self.backend.clone(),
+            self.vm.clone(),
+            key.to_string(),
+        );
+        tokio::task::spawn_blocking(move || backend.freeze(&hv, &vm, &key, &meta))
+            .await
+            .map_err(|source| BootError::Task {
+                what: "snapshot",
                 source,
             })?
             .map_err(BootError::Provision)
@@ -445,13 +465,43 @@ pub fn identity(vm_id: &str) -> minion_proto::guest::Identity {
     }
 }
 
-/// Image, host (a `[hosts]` lease, or the pool's `libvirt_uri`), then the VM's disks and XML
+/// A slot on one of `pool`'s `[hosts]` (only `host` if given) for a VM of `image`, waiting for
+/// one; `None` for a pool on its own `libvirt_uri`.
+pub async fn lease_on(
+    ctx: &VmContext,
+    pool: &Pool,
+    image: &minion_provisioning::Image,
+    host: Option<&str>,
+    cancel: &CancellationToken,
+) -> Result<Option<crate::hosts::HostLease>, BootError> {
+    let cfg = pool.cfg();
+    if cfg.hosts.is_empty() {
+        return Ok(None);
+    }
+    let names = match host {
+        Some(h) => vec![h.to_string()],
+        None => cfg.hosts.clone(),
+    };
+    ctx.hosts
+        .lease(&names, image, cancel)
+        .await
+        .map(Some)
+        .map_err(|e| match e {
+            crate::hosts::LeaseError::Cancelled => BootError::Cancelled {
+                while_booting: false,
+            },
+            e => BootError::Host(e),
+        })
+}
+
+/// Image, host (`lease`, else a `[hosts]` lease, or the pool's `libvirt_uri`), then the VM's disks and XML
 /// under `vm_id`. On error nothing of the VM exists.
 async fn provision(
     ctx: &VmContext,
     pool: &Arc<Pool>,
     vm_id: &str,
     start: &Start,
+    lease: Option<crate::hosts::HostLease>,
     cancel: &CancellationToken,
 ) -> Result<(Placement, PreparedVm), BootError> {
     let cfg = pool.cfg();
@@ -466,20 +516,9 @@ async fn provision(
             name: cfg.image.clone(),
             source,
         })?;
-    let lease = if cfg.hosts.is_empty() {
-        None
-    } else {
-        let lease = ctx
-            .hosts
-            .lease(&cfg.hosts, &image, cancel)
-            .await
-            .map_err(|e| match e {
-                crate::hosts::LeaseError::Cancelled => BootError::Cancelled {
-                    while_booting: false,
-                },
-                e => BootError::Host(e),
-            })?;
-        Some(lease)
+    let lease = match lease {
+        Some(l) => Some(l),
+        None => lease_on(ctx, pool, &image, None, cancel).await?,
     };
     let (ctx, pool, vm_id, start) = (ctx.clone(), pool.clone(), vm_id.to_string(), start.clone());
     tokio::task::spawn_blocking(move || {
@@ -517,10 +556,14 @@ async fn provision(
             // A restored VM's disk is its template's, grown when the template was made.
             disk_bytes: pool.cfg().disk_gib.map(|g| g.saturating_mul(1 << 30)),
             host_image,
+            template_of: match &start {
+                Start::Template(key) => Some(key.clone()),
+                _ => None,
+            },
         };
         let prepared = match &start {
-            Start::Boot => backend.prepare(&hv, &req),
-            Start::Restore(snapshot) => vm::prepare_restore(&req, snapshot),
+            Start::Boot | Start::Template(_) => backend.prepare(&hv, &req),
+            Start::Restore(key) => backend.prepare_restore(&hv, &req, key),
         }
         .map_err(|e| match (&lease, e) {
             // A host that stopped answering mid-way is the host's fault, not the image's.
@@ -544,17 +587,20 @@ async fn provision(
 /// wait is bounded (channel connect, the session's ready timeout) and `cancel` stops it at
 /// once. On any error the VM is torn down (its console log copied to `keep_console` if given)
 /// before this returns.
+// Each argument is a different thing the caller decides; a struct of them would only move the list.
+#[allow(clippy::too_many_arguments)]
 pub async fn boot_to_ready(
     ctx: &VmContext,
     pool: &Arc<Pool>,
     vm_id: &str,
     keep_console: Option<PathBuf>,
     start: &Start,
+    lease: Option<crate::hosts::HostLease>,
     cancel: &CancellationToken,
     progress: &mut (dyn FnMut(BootStep) + Send),
 ) -> Result<ReadyVm, BootError> {
     let claim = ctx.live.claim(vm_id);
-    let (placement, prepared) = provision(ctx, pool, vm_id, start, cancel).await?;
+    let (placement, prepared) = provision(ctx, pool, vm_id, start, lease, cancel).await?;
     let (hv, backend) = (placement.hv.clone(), placement.backend.clone());
     let t = &prepared.timings;
     tracing::info!(
@@ -585,14 +631,8 @@ pub async fn boot_to_ready(
         let (hv_, backend_, vm, start) =
             (hv.clone(), backend.clone(), prepared.clone(), start.clone());
         tokio::task::spawn_blocking(move || match &start {
-            Start::Boot => backend_.start(&hv_, &vm),
-            Start::Restore(_) => {
-                let saved = &vm.files.saved_state;
-                let restored = hv_.restore(saved, &vm.name);
-                // libvirt has read it: the VM's copy of the image only takes space now.
-                let _ = std::fs::remove_file(saved);
-                restored.map_err(ProvisionError::from)
-            }
+            Start::Boot | Start::Template(_) => backend_.start(&hv_, &vm),
+            Start::Restore(_) => backend_.restore(&hv_, &vm),
         })
         .await
         .map_err(|source| BootError::Task {

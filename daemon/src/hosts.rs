@@ -441,6 +441,15 @@ impl Hosts {
                 for v in &report.deleted_volumes {
                     tracing::info!(host = %h.name, "reaped leftover volume {v}");
                 }
+                // A template cut off with its host leaves a half-made snapshot.
+                match h.backend.sweep_snapshots(&hv, &|_| true) {
+                    Ok(keys) => {
+                        for k in keys {
+                            tracing::info!(host = %h.name, key = %k, "half-made snapshot removed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(host = %h.name, "sweeping snapshots: {e}"),
+                }
                 match report.errors.first() {
                     Some(e) => Err(format!("reaping leftovers: {e}")),
                     None => Ok(()),
@@ -559,6 +568,16 @@ impl Hosts {
                     }
                     for e in report.errors {
                         tracing::error!(host = %h.name, "reconcile: {e}");
+                    }
+                    match h.backend.sweep_snapshots(&hv, &|_| true) {
+                        Ok(keys) => {
+                            for k in keys {
+                                tracing::info!(host = %h.name, key = %k, "reconcile: half-made snapshot removed");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(host = %h.name, "reconcile: sweeping snapshots: {e}")
+                        }
                     }
                 }
                 Err(e) => {

@@ -22,14 +22,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use minion_provisioning::backend::VmBackend;
 use minion_provisioning::snapshot::{self, SnapshotFiles};
-use minion_provisioning::{image, Image};
+use minion_provisioning::{image, Hypervisor, Image};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{GuestNetwork, PoolConfig};
 use crate::guestvm::{self, BootError, BootStep, ReadyVm, Start, VmContext};
+use crate::hosts::Host;
 use crate::pool::Pool;
 use crate::validations::Validations;
 
@@ -127,10 +129,13 @@ fn stamp(path: &Path) -> Result<Stamp, SnapshotError> {
 pub struct Snapshots {
     ctx: VmContext,
     keys: Mutex<HashMap<String, KeyState>>,
-    /// Pool name → the key of its snapshot (a new one replaces it on disk).
+    /// Site (a pool, or a pool on one of its hosts: [`site`]) → the key of its snapshot (a new
+    /// one replaces it).
     pool_keys: Mutex<HashMap<String, String>>,
-    /// Pool name → the key last asked for (being built, broken or whole).
+    /// Site → the key last asked for (being built, broken or whole).
     pool_wants: Mutex<HashMap<String, String>>,
+    /// The bytes of each whole snapshot on a host, by key (a local one's are read from disk).
+    host_bytes: Mutex<HashMap<String, u64>>,
     /// The agent binary's digest, by its stamp.
     agent: Mutex<Option<(Stamp, String)>>,
     /// libvirt's and qemu's versions by libvirt URI.
@@ -148,6 +153,7 @@ impl Snapshots {
             keys: Mutex::default(),
             pool_keys: Mutex::default(),
             pool_wants: Mutex::default(),
+            host_bytes: Mutex::default(),
             agent: Mutex::default(),
             versions: Mutex::default(),
             validations: Validations::new(ctx),
@@ -164,8 +170,12 @@ impl Snapshots {
     /// what the `snapshot` pools lack.
     pub async fn start(self: &Arc<Self>, pools: &[Arc<Pool>]) {
         let mut wanted = Vec::new();
-        for pool in pools.iter().filter(|p| p.cfg().snapshots()) {
-            match self.key(pool).await {
+        // A pool over hosts gets its snapshots on each host at its first VM there.
+        for pool in pools
+            .iter()
+            .filter(|p| p.cfg().snapshots() && p.cfg().hosts.is_empty())
+        {
+            match self.key(pool, None).await {
                 Ok(k) => wanted.push((pool.clone(), k)),
                 Err(e) => {
                     tracing::warn!(pool = %pool.name, "no snapshot for the pool: {e}; its VMs boot")
@@ -188,7 +198,7 @@ impl Snapshots {
             Err(e) => tracing::warn!("sweeping snapshots: {e}"),
         }
         for (pool, key) in wanted {
-            self.want(&pool, &key);
+            self.want(&pool, None, &key);
         }
     }
 
@@ -198,8 +208,40 @@ impl Snapshots {
         if !pool.cfg().snapshots() {
             return SnapshotStatus::Off;
         }
-        // Every key a pool has had went through `pool_wants` first (usable, want).
-        let Some(key) = Self::lock(&self.pool_wants).get(&pool.name).cloned() else {
+        if pool.cfg().hosts.is_empty() {
+            return self.site_status(&pool.name, true);
+        }
+        // Over hosts: ready where any host has one (its bytes summed), else the first state.
+        let all: Vec<SnapshotStatus> = pool
+            .cfg()
+            .hosts
+            .iter()
+            .map(|h| self.site_status(&format!("{}@{h}", pool.name), false))
+            .collect();
+        let ready: u64 = all
+            .iter()
+            .filter_map(|s| match s {
+                SnapshotStatus::Ready { disk_bytes } => Some(*disk_bytes),
+                _ => None,
+            })
+            .sum();
+        if all
+            .iter()
+            .any(|s| matches!(s, SnapshotStatus::Ready { .. }))
+        {
+            return SnapshotStatus::Ready { disk_bytes: ready };
+        }
+        for want in ["building", "broken"] {
+            if let Some(s) = all.iter().find(|s| s.as_str() == want) {
+                return s.clone();
+            }
+        }
+        SnapshotStatus::None
+    }
+
+    fn site_status(&self, site: &str, local: bool) -> SnapshotStatus {
+        // Every key a site has had went through `pool_wants` first (usable, want).
+        let Some(key) = Self::lock(&self.pool_wants).get(site).cloned() else {
             return SnapshotStatus::None;
         };
         match Self::lock(&self.keys).get(&key) {
@@ -210,6 +252,12 @@ impl Snapshots {
                 }
             }
             None => {}
+        }
+        if !local {
+            return match Self::lock(&self.host_bytes).get(&key) {
+                Some(b) => SnapshotStatus::Ready { disk_bytes: *b },
+                None => SnapshotStatus::None,
+            };
         }
         match SnapshotFiles::new(&self.ctx.state_dir, &key) {
             Ok(f) if f.is_complete() => SnapshotStatus::Ready {
@@ -255,25 +303,54 @@ impl Snapshots {
                 progress(step);
             }
         };
-        if let Some(files) = self.usable(pool).await {
-            let start = Start::Restore(files.clone());
+        // Over hosts the VM's host is chosen first: the snapshot is that host's.
+        let mut lease = if pool.cfg().hosts.is_empty() || !pool.cfg().snapshots() {
+            None
+        } else {
+            let (dir, name) = (self.ctx.images_dir.clone(), pool.cfg().image.clone());
+            let image = tokio::task::spawn_blocking(move || image::load(&dir, &name))
+                .await
+                .map_err(|source| BootError::Task {
+                    what: "image",
+                    source,
+                })?
+                .map_err(|source| BootError::Image {
+                    name: pool.cfg().image.clone(),
+                    source,
+                })?;
+            guestvm::lease_on(&self.ctx, pool, &image, None, cancel).await?
+        };
+        let host = lease.as_ref().map(|l| l.host.clone());
+        if let Some(key) = self.usable(pool, host.as_ref()).await {
+            let start = Start::Restore(key.clone());
             match guestvm::boot_to_ready(
                 &self.ctx,
                 pool,
                 vm_id,
                 keep_console.clone(),
                 &start,
+                lease.take(),
                 cancel,
                 &mut once,
             )
             .await
             {
                 Ok(vm) => return Ok(vm),
-                Err(e @ (BootError::Cancelled { .. } | BootError::Libvirt { .. })) => {
-                    return Err(e)
-                }
+                Err(
+                    e @ (BootError::Cancelled { .. }
+                    | BootError::Libvirt { .. }
+                    | BootError::HostLost { .. }),
+                ) => return Err(e),
                 Err(e) if !pool.reachable().await => return Err(e),
-                Err(e) => self.broken(pool, &files, &format!("restoring it failed: {e}")),
+                Err(e) => {
+                    self.broken(
+                        pool,
+                        host.as_ref(),
+                        &key,
+                        &format!("restoring it failed: {e}"),
+                    )
+                    .await
+                }
             }
         }
         guestvm::boot_to_ready(
@@ -282,19 +359,61 @@ impl Snapshots {
             vm_id,
             keep_console,
             &Start::Boot,
+            lease,
             cancel,
             &mut once,
         )
         .await
     }
 
-    /// The pool's whole snapshot, if it is a `snapshot` pool and has one that is not broken;
-    /// else `None`, and one is built if it can be.
-    async fn usable(self: &Arc<Self>, pool: &Arc<Pool>) -> Option<SnapshotFiles> {
+    /// The hypervisor and backend of a site: the pool's own libvirt, or `host`.
+    fn connection(
+        &self,
+        pool: &Pool,
+        host: Option<&Arc<Host>>,
+    ) -> Result<(Arc<Hypervisor>, Arc<dyn VmBackend>), SnapshotError> {
+        match host {
+            None => pool
+                .hypervisor()
+                .map(|hv| (hv, self.ctx.local.clone() as Arc<dyn VmBackend>))
+                .map_err(|source| SnapshotError::Libvirt {
+                    uri: pool.cfg().libvirt_uri.clone(),
+                    source,
+                }),
+            Some(h) => h
+                .hypervisor()
+                .map(|hv| (hv, h.backend.clone() as Arc<dyn VmBackend>))
+                .map_err(|source| SnapshotError::Libvirt {
+                    uri: h.cfg.uri.clone(),
+                    source,
+                }),
+        }
+    }
+
+    /// Runs `f` with a site's hypervisor and backend on a blocking thread.
+    async fn on_site<T: Send + 'static>(
+        &self,
+        pool: &Pool,
+        host: Option<&Arc<Host>>,
+        f: impl FnOnce(&Hypervisor, &dyn VmBackend) -> Result<T, minion_provisioning::ProvisionError>
+            + Send
+            + 'static,
+    ) -> Result<T, SnapshotError> {
+        let (hv, backend) = self.connection(pool, host)?;
+        Ok(tokio::task::spawn_blocking(move || f(&hv, backend.as_ref())).await??)
+    }
+
+    /// The key of the pool's whole snapshot (on `host`, for a pool over hosts), if it is a
+    /// `snapshot` pool and has one that is not broken; else `None`, and one is built if it can be.
+    async fn usable(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        host: Option<&Arc<Host>>,
+    ) -> Option<String> {
         if !pool.cfg().snapshots() {
             return None;
         }
-        let key = match self.key(pool).await {
+        let key = match self.key(pool, host).await {
             Ok(k) => k,
             // The boot reports what is wrong with the image or the host.
             Err(e) => {
@@ -302,72 +421,99 @@ impl Snapshots {
                 return None;
             }
         };
-        Self::lock(&self.pool_wants).insert(pool.name.clone(), key.clone());
-        let files = SnapshotFiles::new(&self.ctx.state_dir, &key).ok()?;
+        let site = site(pool, host);
+        Self::lock(&self.pool_wants).insert(site.clone(), key.clone());
         if Self::lock(&self.keys).contains_key(&key) {
             return None;
         }
-        if files.is_complete() {
-            Self::lock(&self.pool_keys).insert(pool.name.clone(), key);
-            return Some(files);
+        let k = key.clone();
+        let whole = self
+            .on_site(pool, host, move |hv, b| b.snapshot_complete(hv, &k))
+            .await;
+        match whole {
+            Ok(true) => {
+                Self::lock(&self.pool_keys).insert(site, key.clone());
+                Some(key)
+            }
+            Ok(false) => {
+                self.want(pool, host, &key);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(pool = %pool.name, "snapshot {key}: {e}");
+                None
+            }
         }
-        self.want(pool, &key);
-        None
     }
 
-    /// Starts building `key`'s snapshot for `pool` unless it is being built or is broken.
-    fn want(self: &Arc<Self>, pool: &Arc<Pool>, key: &str) {
-        Self::lock(&self.pool_wants).insert(pool.name.clone(), key.to_string());
+    /// Starts building `key`'s snapshot for `pool` (on `host`) unless it is being built or is
+    /// broken.
+    fn want(self: &Arc<Self>, pool: &Arc<Pool>, host: Option<&Arc<Host>>, key: &str) {
+        Self::lock(&self.pool_wants).insert(site(pool, host), key.to_string());
         {
             let mut keys = Self::lock(&self.keys);
             if keys.contains_key(key) {
                 return;
             }
-            if SnapshotFiles::new(&self.ctx.state_dir, key).is_ok_and(|f| f.is_complete()) {
+            // Made before this daemon started (a host's are found by `usable`).
+            if host.is_none()
+                && SnapshotFiles::new(&self.ctx.state_dir, key).is_ok_and(|f| f.is_complete())
+            {
                 drop(keys);
-                self.replaces(pool, key);
+                let (me, pool, key) = (self.clone(), pool.clone(), key.to_string());
+                self.tasks
+                    .spawn(async move { me.replaces(&pool, None, &key).await });
                 return;
             }
             keys.insert(key.to_string(), KeyState::Building);
         }
-        let (me, pool, key) = (self.clone(), pool.clone(), key.to_string());
-        self.tasks.spawn(async move { me.build(pool, key).await });
+        let (me, pool, host, key) = (self.clone(), pool.clone(), host.cloned(), key.to_string());
+        self.tasks
+            .spawn(async move { me.build(pool, host, key).await });
     }
 
-    /// A restore from `files` failed: the key is not used again, its files go, VMs boot.
-    fn broken(&self, pool: &Pool, files: &SnapshotFiles, why: &str) {
+    /// A restore from snapshot `key` failed: the key is not used again, the snapshot goes, VMs
+    /// boot.
+    async fn broken(&self, pool: &Pool, host: Option<&Arc<Host>>, key: &str, why: &str) {
         let first = !matches!(
-            Self::lock(&self.keys).insert(files.key.clone(), KeyState::Broken(why.to_string())),
+            Self::lock(&self.keys).insert(key.to_string(), KeyState::Broken(why.to_string())),
             Some(KeyState::Broken(_))
         );
         if first {
-            tracing::warn!(pool = %pool.name, key = %files.key, "snapshot not usable: {why}; the pool's VMs boot from now on");
+            tracing::warn!(pool = %pool.name, key = %key, "snapshot not usable: {why}; the pool's VMs boot from now on");
         }
-        if let Err(e) = files.remove() {
-            tracing::warn!(key = %files.key, "removing a broken snapshot: {e}");
+        Self::lock(&self.host_bytes).remove(key);
+        let k = key.to_string();
+        if let Err(e) = self
+            .on_site(pool, host, move |hv, b| b.remove_snapshot(hv, &k))
+            .await
+        {
+            tracing::warn!(key = %key, "removing a broken snapshot: {e}");
         }
     }
 
-    /// `key` is now `pool`'s snapshot: the one it had before goes, unless another pool uses it.
-    fn replaces(&self, pool: &Pool, key: &str) {
-        let old = Self::lock(&self.pool_keys).insert(pool.name.clone(), key.to_string());
+    /// `key` is now the snapshot of `pool` (on `host`): the one it had before goes, unless
+    /// another site uses it.
+    async fn replaces(&self, pool: &Pool, host: Option<&Arc<Host>>, key: &str) {
+        let old = Self::lock(&self.pool_keys).insert(site(pool, host), key.to_string());
         let Some(old) = old.filter(|o| o != key) else {
             return;
         };
         if Self::lock(&self.pool_keys).values().any(|k| *k == old) {
             return;
         }
-        if let Ok(files) = SnapshotFiles::new(&self.ctx.state_dir, &old) {
-            match files.remove() {
-                Ok(()) => {
-                    tracing::info!(pool = %pool.name, key = %old, "replaced snapshot removed")
-                }
-                Err(e) => tracing::warn!(key = %old, "removing a replaced snapshot: {e}"),
-            }
+        Self::lock(&self.host_bytes).remove(&old);
+        let o = old.clone();
+        match self
+            .on_site(pool, host, move |hv, b| b.remove_snapshot(hv, &o))
+            .await
+        {
+            Ok(()) => tracing::info!(pool = %pool.name, key = %old, "replaced snapshot removed"),
+            Err(e) => tracing::warn!(key = %old, "removing a replaced snapshot: {e}"),
         }
     }
 
-    async fn build(self: Arc<Self>, pool: Arc<Pool>, key: String) {
+    async fn build(self: Arc<Self>, pool: Arc<Pool>, host: Option<Arc<Host>>, key: String) {
         // A template is a VM like any other: it waits for a slot of the pool.
         let permit = tokio::select! {
             p = pool.slots.clone().acquire_owned() => p,
@@ -381,22 +527,31 @@ impl Snapshots {
             return;
         };
         let t0 = Instant::now();
-        let made = self.make(&pool, &key).await;
+        let made = self.make(&pool, host.as_ref(), &key).await;
         drop(permit);
         match made {
-            Ok(files) => {
+            Ok(bytes) => {
                 Self::lock(&self.keys).remove(&key);
+                if host.is_some() {
+                    Self::lock(&self.host_bytes).insert(key.clone(), bytes);
+                }
                 tracing::info!(
                     pool = %pool.name,
+                    host = host.as_ref().map(|h| h.name.as_str()).unwrap_or(""),
                     key = %key,
                     secs = format_args!("{:.2}", t0.elapsed().as_secs_f64()),
-                    disk_mib = format_args!("{:.1}", files.disk_bytes() as f64 / 1048576.0),
+                    disk_mib = format_args!("{:.1}", bytes as f64 / 1048576.0),
                     "snapshot ready: the pool's VMs are restored from it"
                 );
-                self.replaces(&pool, &key);
+                self.replaces(&pool, host.as_ref(), &key).await;
             }
             Err(_) if self.stop.is_cancelled() => {
                 Self::lock(&self.keys).remove(&key);
+            }
+            // A host lost while its template ran: tried again once it is back.
+            Err(e) if host.as_ref().is_some_and(|h| !h.is_up() || h.lost()) => {
+                Self::lock(&self.keys).remove(&key);
+                tracing::warn!(pool = %pool.name, key = %key, "making a snapshot failed with its host: {e}");
             }
             Err(e) => {
                 Self::lock(&self.keys).insert(
@@ -408,12 +563,26 @@ impl Snapshots {
         }
     }
 
-    /// Boots the template, quiesces it, saves and freezes it; the template is gone on return.
-    async fn make(&self, pool: &Arc<Pool>, key: &str) -> Result<SnapshotFiles, SnapshotError> {
+    /// Boots the template (on `host`, for a pool over hosts), quiesces it, saves and freezes it;
+    /// the template is gone on return. Returns the snapshot's bytes.
+    async fn make(
+        &self,
+        pool: &Arc<Pool>,
+        host: Option<&Arc<Host>>,
+        key: &str,
+    ) -> Result<u64, SnapshotError> {
         tokio::select! {
             v = self.validations.ensure(pool) => v.map_err(BootError::from)?,
             _ = self.stop.cancelled() => return Err(BootError::Cancelled { while_booting: false }.into()),
         }
+        let lease = match host {
+            None => None,
+            Some(h) => {
+                let (dir, name) = (self.ctx.images_dir.clone(), pool.cfg().image.clone());
+                let image = tokio::task::spawn_blocking(move || image::load(&dir, &name)).await??;
+                guestvm::lease_on(&self.ctx, pool, &image, Some(&h.name), &self.stop).await?
+            }
+        };
         let id = template_id();
         let t0 = Instant::now();
         let vm = guestvm::boot_to_ready(
@@ -421,7 +590,8 @@ impl Snapshots {
             pool,
             &id,
             None,
-            &Start::Boot,
+            &Start::Template(key.to_string()),
+            lease,
             &self.stop,
             &mut |_| {},
         )
@@ -433,7 +603,6 @@ impl Snapshots {
         let frozen = match quiesced {
             Err(e) => Err(SnapshotError::Quiesce(e)),
             Ok(()) => {
-                let files = SnapshotFiles::new(&self.ctx.state_dir, key)?;
                 let cfg = pool.cfg();
                 let meta = serde_json::json!({
                     "key": key,
@@ -442,36 +611,20 @@ impl Snapshots {
                     "image": cfg.image,
                     "vcpus": cfg.vcpus,
                     "memory_mib": cfg.memory_mib,
-                    "libvirt_uri": cfg.libvirt_uri,
+                    "libvirt_uri": host.map(|h| h.cfg.uri.clone()).unwrap_or(cfg.libvirt_uri.clone()),
                     "agent_version": agent_version,
                     "minion_version": env!("CARGO_PKG_VERSION"),
                     "template_boot_ms": boot_ms,
                     "created_at_ms": crate::jobs::now_ms(),
                 });
-                let (pool2, name, vmfiles, f) = (
-                    pool.clone(),
-                    guard.name().to_string(),
-                    guard.files().clone(),
-                    files.clone(),
-                );
                 let t_save = Instant::now();
-                tokio::task::spawn_blocking(move || {
-                    let hv = pool2
-                        .hypervisor()
-                        .map_err(|source| SnapshotError::Libvirt {
-                            uri: pool2.cfg().libvirt_uri.clone(),
-                            source,
-                        })?;
-                    snapshot::freeze(&hv, &name, &vmfiles, &f, &meta)?;
-                    Ok::<_, SnapshotError>(())
-                })
-                .await
-                .map_err(SnapshotError::Task)
-                .and_then(|r| r)
-                .map(|()| {
-                    tracing::info!(vm = %id, boot_ms, save_ms = t_save.elapsed().as_millis() as u64, "template saved");
-                    files
-                })
+                guard
+                    .freeze(key, meta)
+                    .await
+                    .map_err(SnapshotError::from)
+                    .inspect(|_| {
+                        tracing::info!(vm = %id, boot_ms, save_ms = t_save.elapsed().as_millis() as u64, "template saved");
+                    })
             }
         };
         if let Err(e) = guard.teardown().await {
@@ -480,16 +633,28 @@ impl Snapshots {
         frozen
     }
 
-    /// The snapshot key of `pool` now: everything a saved VM depends on.
-    async fn key(&self, pool: &Arc<Pool>) -> Result<String, SnapshotError> {
+    /// The snapshot key of `pool` (on `host`) now: everything a saved VM depends on.
+    async fn key(
+        &self,
+        pool: &Arc<Pool>,
+        host: Option<&Arc<Host>>,
+    ) -> Result<String, SnapshotError> {
         let cfg = pool.cfg();
         let image = {
             let (dir, name) = (self.ctx.images_dir.clone(), cfg.image.clone());
             tokio::task::spawn_blocking(move || image::load(&dir, &name)).await??
         };
         let agent = self.agent_digest()?;
-        let versions = self.versions(pool).await?;
-        key_of(&cfg, &image, &agent, versions, self.ctx.accel.domain_type())
+        let versions = self.versions(pool, host).await?;
+        let uri = host.map_or(cfg.libvirt_uri.as_str(), |h| h.cfg.uri.as_str());
+        key_of(
+            &cfg,
+            &image,
+            &agent,
+            versions,
+            self.ctx.accel.domain_type(),
+            uri,
+        )
     }
 
     fn agent_digest(&self) -> Result<String, SnapshotError> {
@@ -509,13 +674,17 @@ impl Snapshots {
         Ok(digest)
     }
 
-    async fn versions(&self, pool: &Arc<Pool>) -> Result<(u32, u32), SnapshotError> {
-        let uri = pool.cfg().libvirt_uri.clone();
+    async fn versions(
+        &self,
+        pool: &Arc<Pool>,
+        host: Option<&Arc<Host>>,
+    ) -> Result<(u32, u32), SnapshotError> {
+        let uri = host.map_or(pool.cfg().libvirt_uri.clone(), |h| h.cfg.uri.clone());
         if let Some(v) = Self::lock(&self.versions).get(&uri) {
             return Ok(*v);
         }
-        let p = pool.clone();
-        let v = tokio::task::spawn_blocking(move || p.hypervisor().and_then(|h| h.versions()))
+        let (hv, _) = self.connection(pool, host)?;
+        let v = tokio::task::spawn_blocking(move || hv.versions())
             .await?
             .map_err(|source| SnapshotError::Libvirt {
                 uri: uri.clone(),
@@ -523,6 +692,14 @@ impl Snapshots {
             })?;
         Self::lock(&self.versions).insert(uri, v);
         Ok(v)
+    }
+}
+
+/// The name of where a pool's snapshot is: the pool's own, or the pool's on one of its hosts.
+fn site(pool: &Pool, host: Option<&Arc<Host>>) -> String {
+    match host {
+        None => pool.name.clone(),
+        Some(h) => format!("{}@{}", pool.name, h.name),
     }
 }
 
@@ -541,6 +718,7 @@ fn key_of(
     agent_digest: &str,
     (libvirt, qemu): (u32, u32),
     domain_type: &str,
+    libvirt_uri: &str,
 ) -> Result<String, SnapshotError> {
     let mut h = Sha256::new();
     let mut part = |k: &str, v: &str| {
@@ -584,7 +762,7 @@ fn key_of(
             GuestNetwork::User => "user",
         },
     );
-    part("libvirt_uri", &cfg.libvirt_uri);
+    part("libvirt_uri", libvirt_uri);
     part("versions", &format!("{libvirt} {qemu}"));
     part("domain_type", domain_type);
     Ok(hex(&h.finalize())[..32].to_string())
@@ -614,22 +792,33 @@ mod tests {
 
     #[test]
     fn the_key_follows_everything_a_saved_vm_depends_on() {
+        const U: &str = "qemu:///system";
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path().join("t");
         fs::create_dir_all(&dir).expect("mkdir");
         let img = image(&dir);
         let cfg = pool_cfg();
-        let base = key_of(&cfg, &img, "agent1", (9000000, 7002000), "qemu").expect("key");
+        let base = key_of(&cfg, &img, "agent1", (9000000, 7002000), "qemu", U).expect("key");
         assert_eq!(base.len(), 32);
         assert_eq!(
-            key_of(&cfg, &img, "agent1", (9000000, 7002000), "qemu").expect("key"),
+            key_of(&cfg, &img, "agent1", (9000000, 7002000), "qemu", U).expect("key"),
             base,
             "stable"
         );
         let mut others = vec![
-            key_of(&cfg, &img, "agent2", (9000000, 7002000), "qemu").expect("key"),
-            key_of(&cfg, &img, "agent1", (9000000, 8000000), "qemu").expect("key"),
-            key_of(&cfg, &img, "agent1", (9000000, 7002000), "kvm").expect("key"),
+            key_of(&cfg, &img, "agent2", (9000000, 7002000), "qemu", U).expect("key"),
+            key_of(&cfg, &img, "agent1", (9000000, 8000000), "qemu", U).expect("key"),
+            key_of(&cfg, &img, "agent1", (9000000, 7002000), "kvm", U).expect("key"),
+            // Each host of a pool has its own.
+            key_of(
+                &cfg,
+                &img,
+                "agent1",
+                (9000000, 7002000),
+                "qemu",
+                "qemu+tcp://h1/system",
+            )
+            .expect("key"),
         ];
         for changed in [
             PoolConfig {
@@ -649,13 +838,15 @@ mod tests {
                 ..cfg.clone()
             },
         ] {
-            others.push(key_of(&changed, &img, "agent1", (9000000, 7002000), "qemu").expect("key"));
+            others.push(
+                key_of(&changed, &img, "agent1", (9000000, 7002000), "qemu", U).expect("key"),
+            );
         }
         // A rebuilt disk (new file in place) is a new key too.
         std::thread::sleep(Duration::from_millis(20));
         fs::remove_file(dir.join("disk.qcow2")).expect("rm");
         fs::write(dir.join("disk.qcow2"), b"disk2").expect("disk");
-        others.push(key_of(&cfg, &img, "agent1", (9000000, 7002000), "qemu").expect("key"));
+        others.push(key_of(&cfg, &img, "agent1", (9000000, 7002000), "qemu", U).expect("key"));
         for k in &others {
             assert_ne!(*k, base);
         }

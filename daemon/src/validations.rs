@@ -212,6 +212,7 @@ impl Validations {
             &vm_id,
             Some(image.dir.join(CONSOLE_FILE)),
             &guestvm::Start::Boot,
+            None,
             &self.stop,
             &mut |_| {},
         )

@@ -62,6 +62,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             network: None,
             disk_bytes: None,
             host_image: None,
+            template_of: None,
         };
         let t = Instant::now();
         let p = vm::prepare(&req)?;

@@ -19,11 +19,13 @@ use crate::domain::{self, AGENT_CHANNEL};
 use crate::error::ProvisionError;
 use crate::hostimage::HostImage;
 use crate::hypervisor::Hypervisor;
+use crate::saveimage::SaveImage;
 use crate::seed::{self, SeedSpec};
+use crate::snapshot::{self, SnapshotFiles};
 use crate::streams::Progress;
 use crate::vm::{self, PrepareTimings, PreparedVm, ReconcileReport, VmRequest};
 use crate::vmfiles::VmFiles;
-use crate::volumes;
+use crate::volumes::{self, SnapshotPart};
 
 /// A VM's plumbing on one kind of host. Every method blocks.
 pub trait VmBackend: Send + Sync + std::fmt::Debug {
@@ -54,6 +56,44 @@ pub trait VmBackend: Send + Sync + std::fmt::Debug {
     /// After a restart or a host's return: destroys this daemon's domains and deletes its disks
     /// on `hv` that no live VM (`is_live`, by VM id) owns.
     fn reap(&self, hv: &Hypervisor, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport;
+
+    /// Whether snapshot `key` is whole where `hv`'s VMs can be restored from it.
+    fn snapshot_complete(&self, hv: &Hypervisor, key: &str) -> Result<bool, ProvisionError>;
+
+    /// Saves the running template `vm` (prepared with `template_of`, its agent quiesced) as
+    /// snapshot `key` with `meta` (JSON) describing it: the domain stops and is gone. Returns the
+    /// bytes the snapshot takes. On error nothing of the snapshot is whole; the template's own
+    /// disks are left for its teardown.
+    fn freeze(
+        &self,
+        hv: &Hypervisor,
+        vm: &PreparedVm,
+        key: &str,
+        meta: &serde_json::Value,
+    ) -> Result<u64, ProvisionError>;
+
+    /// Like [`VmBackend::prepare`], for VM `req.job_id` restored from snapshot `key`: its own
+    /// overlay on the snapshot's disk and its own save image carrying its name, UUID and paths.
+    fn prepare_restore(
+        &self,
+        hv: &Hypervisor,
+        req: &VmRequest,
+        key: &str,
+    ) -> Result<PreparedVm, ProvisionError>;
+
+    /// Starts a VM prepared by [`VmBackend::prepare_restore`]; its save image goes once read.
+    fn restore(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError>;
+
+    /// Deletes snapshot `key` (gone already is success).
+    fn remove_snapshot(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError>;
+
+    /// Removes every half-made snapshot of this daemon, and each whole one `keep` refuses;
+    /// returns what went. Only while no snapshot is being made.
+    fn sweep_snapshots(
+        &self,
+        hv: &Hypervisor,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>, ProvisionError>;
 }
 
 /// libvirtd on this machine, sharing the controller's file system.
@@ -111,6 +151,64 @@ impl VmBackend for LocalFiles {
     fn reap(&self, hv: &Hypervisor, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
         vm::destroy_marked(hv, &self.state_dir, is_live)
     }
+
+    fn snapshot_complete(&self, _hv: &Hypervisor, key: &str) -> Result<bool, ProvisionError> {
+        Ok(SnapshotFiles::new(&self.state_dir, key)?.is_complete())
+    }
+
+    fn freeze(
+        &self,
+        hv: &Hypervisor,
+        vm: &PreparedVm,
+        key: &str,
+        meta: &serde_json::Value,
+    ) -> Result<u64, ProvisionError> {
+        let files = SnapshotFiles::new(&self.state_dir, key)?;
+        snapshot::freeze(hv, &vm.name, &vm.files, &files, meta)?;
+        Ok(files.disk_bytes())
+    }
+
+    fn prepare_restore(
+        &self,
+        _hv: &Hypervisor,
+        req: &VmRequest,
+        key: &str,
+    ) -> Result<PreparedVm, ProvisionError> {
+        vm::prepare_restore(req, &SnapshotFiles::new(&self.state_dir, key)?)
+    }
+
+    fn restore(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError> {
+        let saved = saved_state(vm)?;
+        let restored = hv.restore(saved, &vm.name, false);
+        // libvirt has read it: the VM's copy of the image only takes space now.
+        let _ = std::fs::remove_file(saved);
+        Ok(restored?)
+    }
+
+    fn remove_snapshot(&self, _hv: &Hypervisor, key: &str) -> Result<(), ProvisionError> {
+        SnapshotFiles::new(&self.state_dir, key)?.remove()
+    }
+
+    fn sweep_snapshots(
+        &self,
+        _hv: &Hypervisor,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>, ProvisionError> {
+        Ok(snapshot::sweep(&self.state_dir, keep)?
+            .removed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect())
+    }
+}
+
+fn saved_state(vm: &PreparedVm) -> Result<&Path, ProvisionError> {
+    vm.saved_state.as_deref().ok_or_else(|| {
+        ProvisionError::invalid(
+            "restore",
+            format!("VM {} was prepared to boot, not to be restored", vm.name),
+        )
+    })
 }
 
 /// Any libvirt host, through its connection only: disks are volumes of `pool` on the host.
@@ -122,6 +220,9 @@ pub struct StorageVolumes {
     /// Console copies still running, by domain name: waited for at teardown so the kept log is
     /// whole.
     consoles: Mutex<HashMap<String, Progress>>,
+    /// The start of each snapshot's save image (its domain XML), by key: read from the host
+    /// once, rewritten into every VM's own copy.
+    saved: Mutex<HashMap<String, std::sync::Arc<SaveImage>>>,
 }
 
 /// How long a teardown waits for the console copy to see the domain's end.
@@ -136,6 +237,7 @@ impl StorageVolumes {
             state_dir: state_dir.to_path_buf(),
             pool: pool.to_string(),
             consoles: Mutex::new(HashMap::new()),
+            saved: Mutex::new(HashMap::new()),
         }
     }
 
@@ -170,7 +272,21 @@ impl StorageVolumes {
                     ),
                 )
             })?;
-        let overlay_name = volumes::overlay_volume(&owner, &req.job_id);
+        // A template's disks are its snapshot's from the start: libvirt cannot rename a volume,
+        // and copying a qcow2 overlay would flatten it.
+        let (overlay_name, seed_name) = match &req.template_of {
+            Some(key) => {
+                self.remove_parts(hv, key)?;
+                (
+                    volumes::snapshot_volume(&owner, key, SnapshotPart::Disk),
+                    volumes::snapshot_volume(&owner, key, SnapshotPart::Seed),
+                )
+            }
+            None => (
+                volumes::overlay_volume(&owner, &req.job_id),
+                volumes::seed_volume(&owner, &req.job_id),
+            ),
+        };
         made.push(overlay_name.clone());
         let overlay = hv.create_overlay_volume(
             &self.pool,
@@ -190,7 +306,6 @@ impl StorageVolumes {
             },
             &files.seed,
         )?;
-        let seed_name = volumes::seed_volume(&owner, &req.job_id);
         made.push(seed_name.clone());
         let seed = hv.upload_volume(&self.pool, &seed_name, &files.seed, 0o644)?;
         // The host has it now; the controller's copy is not needed.
@@ -222,7 +337,78 @@ impl StorageVolumes {
             spec,
             xml,
             timings,
+            template_of: req.template_of.clone(),
+            saved_state: None,
         })
+    }
+
+    /// Deletes every part of snapshot `key`, the marker first.
+    fn remove_parts(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError> {
+        let owner = self.owner();
+        self.saved_images().remove(key);
+        for part in SnapshotPart::ALL {
+            hv.delete_volume(&self.pool, &volumes::snapshot_volume(&owner, key, part))?;
+        }
+        Ok(())
+    }
+
+    fn saved_images(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, std::sync::Arc<SaveImage>>> {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The start of snapshot `key`'s save image, read from the host the first time.
+    fn saved_image(
+        &self,
+        hv: &Hypervisor,
+        key: &str,
+    ) -> Result<std::sync::Arc<SaveImage>, ProvisionError> {
+        if let Some(i) = self.saved_images().get(key) {
+            return Ok(i.clone());
+        }
+        let name = volumes::snapshot_volume(&self.owner(), key, SnapshotPart::Memory);
+        // libvirt's data area is 64 KiB and a bit; a larger one is read again in whole.
+        let mut head = hv.read_volume_head(&self.pool, &name, 1 << 20)?;
+        let what = Path::new(&name);
+        let image = match SaveImage::parse(&head, what) {
+            Ok(i) => i,
+            Err(_) if head.len() == 1 << 20 => {
+                head = hv.read_volume_head(&self.pool, &name, SaveImage::MAX_HEAD as u64)?;
+                SaveImage::parse(&head, what)?
+            }
+            Err(e) => return Err(e),
+        };
+        let image = std::sync::Arc::new(image);
+        self.saved_images().insert(key.to_string(), image.clone());
+        Ok(image)
+    }
+
+    /// Attaches the paused domain's console (copied into `console.log`) and resumes it.
+    fn attach_console_and_resume(
+        &self,
+        hv: &Hypervisor,
+        vm: &PreparedVm,
+    ) -> Result<(), ProvisionError> {
+        let name = &vm.name;
+        let attached = hv.open_console(name).and_then(|stream| {
+            crate::streams::stream_to_file(stream, &vm.files.console_log, CONSOLE_MAX_BYTES)
+                .map_err(|e| crate::hypervisor::HypervisorError::Call {
+                    op: "console copy",
+                    target: vm.files.console_log.display().to_string(),
+                    code: 0,
+                    message: e.to_string(),
+                })
+        });
+        match attached {
+            Ok(console) => {
+                self.consoles().insert(name.clone(), console);
+            }
+            // A VM without its console still runs its job; the log says why it is empty.
+            Err(e) => tracing::warn!(domain = %name, "console not attached: {e}"),
+        }
+        hv.resume(name)?;
+        Ok(())
     }
 
     fn delete_volumes(&self, hv: &Hypervisor, vm_id: &str) -> Result<(), ProvisionError> {
@@ -231,6 +417,7 @@ impl StorageVolumes {
         for name in [
             volumes::overlay_volume(&owner, vm_id),
             volumes::seed_volume(&owner, vm_id),
+            volumes::memory_volume(&owner, vm_id),
         ] {
             if let Err(e) = hv.delete_volume(&self.pool, &name) {
                 first.get_or_insert(e);
@@ -269,25 +456,8 @@ impl VmBackend for StorageVolumes {
     fn start(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError> {
         // Paused until the console is attached, so the log holds the whole boot; and destroyed
         // by the host's libvirtd if this connection dies (a controller gone, a link cut).
-        let name = hv.create_paused(&vm.xml, true)?;
-        let attached = hv.open_console(&name).and_then(|stream| {
-            crate::streams::stream_to_file(stream, &vm.files.console_log, CONSOLE_MAX_BYTES)
-                .map_err(|e| crate::hypervisor::HypervisorError::Call {
-                    op: "console copy",
-                    target: vm.files.console_log.display().to_string(),
-                    code: 0,
-                    message: e.to_string(),
-                })
-        });
-        match attached {
-            Ok(console) => {
-                self.consoles().insert(name.clone(), console);
-            }
-            // A VM without its console still runs its job; the log says why it is empty.
-            Err(e) => tracing::warn!(domain = %name, "console not attached: {e}"),
-        }
-        hv.resume(&name)?;
-        Ok(())
+        hv.create_paused(&vm.xml, true)?;
+        self.attach_console_and_resume(hv, vm)
     }
 
     fn open_channel(
@@ -326,6 +496,16 @@ impl VmBackend for StorageVolumes {
             tracing::warn!("teardown of {}: {e}", vm.name);
             first.get_or_insert(e);
         }
+        // A template that was not frozen whole leaves no part of its snapshot.
+        if let Some(key) = &vm.template_of {
+            let whole = self.snapshot_complete(hv, key);
+            if !matches!(whole, Ok(true)) {
+                if let Err(e) = self.remove_parts(hv, key) {
+                    tracing::warn!("teardown of {}: {e}", vm.name);
+                    first.get_or_insert(e);
+                }
+            }
+        }
         if let Err(e) = vm.files.remove_all() {
             first.get_or_insert(e);
         }
@@ -353,5 +533,192 @@ impl VmBackend for StorageVolumes {
             Err(e) => report.errors.push(e.to_string()),
         }
         report
+    }
+
+    fn snapshot_complete(&self, hv: &Hypervisor, key: &str) -> Result<bool, ProvisionError> {
+        let owner = self.owner();
+        for part in SnapshotPart::ALL {
+            if !hv.has_volume(&self.pool, &volumes::snapshot_volume(&owner, key, part))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn freeze(
+        &self,
+        hv: &Hypervisor,
+        vm: &PreparedVm,
+        key: &str,
+        meta: &serde_json::Value,
+    ) -> Result<u64, ProvisionError> {
+        if vm.template_of.as_deref() != Some(key) {
+            return Err(ProvisionError::invalid(
+                "snapshot",
+                format!("VM {} was not prepared as the template of {key}", vm.name),
+            ));
+        }
+        let owner = self.owner();
+        let name = |part| volumes::snapshot_volume(&owner, key, part);
+        for part in [SnapshotPart::Marker, SnapshotPart::Memory] {
+            hv.delete_volume(&self.pool, &name(part))?;
+        }
+        // libvirtd writes the save image into the pool's directory on its host: a volume once
+        // the pool is refreshed.
+        let dir = hv.storage_pool_dir(&self.pool)?;
+        let memory = PathBuf::from(dir).join(name(SnapshotPart::Memory));
+        hv.save(&vm.name, &memory)?;
+        hv.refresh_pool(&self.pool)?;
+        let text = serde_json::to_vec_pretty(meta).map_err(|e| {
+            ProvisionError::invalid("snapshot metadata", format!("cannot encode: {e}"))
+        })?;
+        let local = vm.files.dir.join("snapshot.json");
+        std::fs::write(&local, text).map_err(ProvisionError::io("write", &local))?;
+        // The marker last: a snapshot without it is half-made.
+        hv.upload_volume(&self.pool, &name(SnapshotPart::Marker), &local, 0o644)?;
+        let mut bytes = 0;
+        for part in SnapshotPart::ALL {
+            bytes += hv.volume_allocation(&self.pool, &name(part))?;
+        }
+        Ok(bytes)
+    }
+
+    fn prepare_restore(
+        &self,
+        hv: &Hypervisor,
+        req: &VmRequest,
+        key: &str,
+    ) -> Result<PreparedVm, ProvisionError> {
+        let owner = self.owner();
+        let snap = |part| volumes::snapshot_volume(&owner, key, part);
+        vm::in_new_dir(req, |files| {
+            let mut made = Vec::new();
+            let built = (|| {
+                let mut timings = PrepareTimings::default();
+                let t = Instant::now();
+                let disk = hv
+                    .volume_path(&self.pool, &snap(SnapshotPart::Disk))?
+                    .ok_or_else(|| {
+                        ProvisionError::invalid(
+                            "snapshot",
+                            format!("{key} has no disk on {}", hv.uri()),
+                        )
+                    })?;
+                let seed = hv
+                    .volume_path(&self.pool, &snap(SnapshotPart::Seed))?
+                    .ok_or_else(|| {
+                        ProvisionError::invalid(
+                            "snapshot",
+                            format!("{key} has no seed on {}", hv.uri()),
+                        )
+                    })?;
+                let capacity = req
+                    .disk_bytes
+                    .or(req.image.manifest.virtual_size)
+                    .unwrap_or(0);
+                let overlay_name = volumes::overlay_volume(&owner, &req.job_id);
+                made.push(overlay_name.clone());
+                let overlay = hv.create_overlay_volume(
+                    &self.pool,
+                    &overlay_name,
+                    &disk,
+                    volumes::VolumeFormat::Qcow2,
+                    capacity,
+                )?;
+                timings.overlay = t.elapsed();
+
+                let t = Instant::now();
+                let image = self.saved_image(hv, key)?;
+                let memory_name = volumes::memory_volume(&owner, &req.job_id);
+                made.push(memory_name.clone());
+                let memory =
+                    hv.clone_volume(&self.pool, &snap(SnapshotPart::Memory), &memory_name)?;
+                // The saved XML names the template's disk (the snapshot's): this VM writes to
+                // its own overlay on top of it. The seed stays the snapshot's, read-only.
+                let xml = snapshot::restore_xml(&image.xml, &req.job_id)?.replace(
+                    &format!("'{disk}'"),
+                    &format!("'{}'", crate::templates::escape_xml(&overlay)),
+                );
+                let head = image.head_with_xml(&xml, Path::new(&memory_name))?;
+                hv.write_volume_at(&self.pool, &memory_name, 0, head)?;
+                timings.saved_state = t.elapsed();
+
+                let spec = domain::DomainSpec {
+                    name: crate::domain_name(&req.job_id),
+                    job_id: req.job_id.clone(),
+                    owner: owner.clone(),
+                    vcpus: req.vcpus,
+                    memory_mib: req.memory_mib,
+                    accel: req.accel.clone(),
+                    image: req.image.clone(),
+                    overlay: PathBuf::from(&overlay),
+                    seed: PathBuf::from(seed),
+                    kernel: None,
+                    initrd: None,
+                    console_log: None,
+                    channel_socket: None,
+                    network: req.network.clone(),
+                };
+                Ok(PreparedVm {
+                    name: spec.name.clone(),
+                    files: files.clone(),
+                    // For the record: the domain is described by the XML in its save image.
+                    xml,
+                    spec,
+                    timings,
+                    template_of: None,
+                    saved_state: Some(PathBuf::from(memory)),
+                })
+            })();
+            if built.is_err() {
+                for v in made {
+                    if let Err(e) = hv.delete_volume(&self.pool, &v) {
+                        tracing::warn!("after a failed prepare: {e}");
+                    }
+                }
+            }
+            built
+        })
+    }
+
+    fn restore(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError> {
+        let saved = saved_state(vm)?;
+        // Paused until the console is attached, as a booted VM. No autodestroy exists for a
+        // restore: a VM whose host loses this connection is stopped by its agent, which sees
+        // its channel close when libvirtd drops the connection.
+        let restored = hv.restore(saved, &vm.name, true);
+        let memory = volumes::memory_volume(&self.owner(), &vm.files.job_id);
+        if let Err(e) = hv.delete_volume(&self.pool, &memory) {
+            tracing::warn!(domain = %vm.name, "deleting the restored save image: {e}");
+        }
+        restored?;
+        self.attach_console_and_resume(hv, vm)
+    }
+
+    fn remove_snapshot(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError> {
+        self.remove_parts(hv, key)
+    }
+
+    fn sweep_snapshots(
+        &self,
+        hv: &Hypervisor,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>, ProvisionError> {
+        let owner = self.owner();
+        let names = hv.list_volumes(&self.pool, &volumes::snapshot_volume_prefix(&owner))?;
+        let mut keys: Vec<&str> = names
+            .iter()
+            .filter_map(|n| volumes::snapshot_of_volume(&owner, n))
+            .collect();
+        keys.dedup();
+        let mut removed = Vec::new();
+        for key in keys {
+            if keep(key) && self.snapshot_complete(hv, key)? {
+                continue;
+            }
+            self.remove_parts(hv, key)?;
+            removed.push(key.to_string());
+        }
+        Ok(removed)
     }
 }

@@ -51,17 +51,32 @@ impl SaveImage {
     /// magic) are accepted.
     pub fn read(path: &Path) -> Result<SaveImage, ProvisionError> {
         let mut f = fs::File::open(path).map_err(ProvisionError::io("open", path))?;
-        let mut header = vec![0u8; HEADER_LEN];
-        f.read_exact(&mut header)
+        let mut head = vec![0u8; HEADER_LEN];
+        f.read_exact(&mut head)
             .map_err(|_| bad(path, "shorter than a save image's header"))?;
-        if &header[..16] != MAGIC {
+        let data_len = Self::data_len(&head, path)?;
+        head.resize(HEADER_LEN + data_len, 0);
+        f.read_exact(&mut head[HEADER_LEN..])
+            .map_err(|_| bad(path, "truncated in its data area"))?;
+        SaveImage::parse(&head, path)
+    }
+
+    /// How many bytes of an image's start [`SaveImage::parse`] needs at most.
+    pub const MAX_HEAD: usize = HEADER_LEN + MAX_DATA;
+
+    /// The data area's length a header (at least its first 92 bytes) announces, checked.
+    fn data_len(head: &[u8], path: &Path) -> Result<usize, ProvisionError> {
+        if head.len() < HEADER_LEN {
+            return Err(bad(path, "shorter than a save image's header"));
+        }
+        if &head[..16] != MAGIC {
             return Err(bad(path, "not a whole libvirt save image (bad magic)"));
         }
         let (version, data_len, compressed, cookie_offset) = (
-            u32_at(&header, 16),
-            u32_at(&header, 20),
-            u32_at(&header, 28),
-            u32_at(&header, 32),
+            u32_at(head, 16),
+            u32_at(head, 20),
+            u32_at(head, 28),
+            u32_at(head, 32),
         );
         if version != 2 {
             return Err(bad(path, format!("save image version {version}, not 2")));
@@ -72,9 +87,17 @@ impl SaveImage {
         if data_len == 0 || data_len > MAX_DATA || cookie_offset > data_len {
             return Err(bad(path, format!("a data area of {data_len} bytes")));
         }
-        let mut data = vec![0u8; data_len];
-        f.read_exact(&mut data)
-            .map_err(|_| bad(path, "truncated in its data area"))?;
+        Ok(data_len)
+    }
+
+    /// Parses an image's start (header and data area; more is ignored), read from `path`
+    /// (named in errors) by whatever means: a file, or a volume's download.
+    pub fn parse(head: &[u8], path: &Path) -> Result<SaveImage, ProvisionError> {
+        let data_len = Self::data_len(head, path)?;
+        let cookie_offset = u32_at(head, 32);
+        let data = head
+            .get(HEADER_LEN..HEADER_LEN + data_len)
+            .ok_or_else(|| bad(path, "truncated in its data area"))?;
         let xml_end = data
             .iter()
             .position(|&b| b == 0)
@@ -87,16 +110,17 @@ impl SaveImage {
             xml_end + 1
         };
         Ok(SaveImage {
-            header,
+            header: head[..HEADER_LEN].to_vec(),
             xml,
             cookie: data[cookie_start..].to_vec(),
             data_len,
         })
     }
 
-    /// Writes the image at `src` (this one's source) to `dest` with `xml` in place of its domain
-    /// XML: same data area length, same migration stream.
-    pub fn write_with_xml(&self, src: &Path, xml: &str, dest: &Path) -> Result<(), ProvisionError> {
+    /// The image's header and data area with `xml` in place of its domain XML: as long as the
+    /// original's, so written over an image's start it leaves the migration stream where it was.
+    /// `dest` is named in errors.
+    pub fn head_with_xml(&self, xml: &str, dest: &Path) -> Result<Vec<u8>, ProvisionError> {
         let cookie_offset = xml.len() + 1;
         let used = cookie_offset + self.cookie.len();
         // The cookie's own tail is padding: trim it if the new XML is longer.
@@ -110,16 +134,21 @@ impl SaveImage {
             }
             cookie.truncate(cookie.len() - over);
         }
-        let mut header = self.header.clone();
+        let mut head = self.header.clone();
         let off = u32::try_from(cookie_offset)
             .map_err(|_| bad(dest, "the new domain XML does not fit the data area"))?;
-        header[32..36].copy_from_slice(&off.to_le_bytes());
-        let mut data = Vec::with_capacity(self.data_len);
-        data.extend_from_slice(xml.as_bytes());
-        data.push(0);
-        data.extend_from_slice(&cookie);
-        data.resize(self.data_len, 0);
+        head[32..36].copy_from_slice(&off.to_le_bytes());
+        head.extend_from_slice(xml.as_bytes());
+        head.push(0);
+        head.extend_from_slice(&cookie);
+        head.resize(HEADER_LEN + self.data_len, 0);
+        Ok(head)
+    }
 
+    /// Writes the image at `src` (this one's source) to `dest` with `xml` in place of its domain
+    /// XML: same data area length, same migration stream.
+    pub fn write_with_xml(&self, src: &Path, xml: &str, dest: &Path) -> Result<(), ProvisionError> {
+        let head = self.head_with_xml(xml, dest)?;
         let mut from = fs::File::open(src).map_err(ProvisionError::io("open", src))?;
         from.seek(SeekFrom::Start((HEADER_LEN + self.data_len) as u64))
             .map_err(ProvisionError::io("seek", src))?;
@@ -128,8 +157,7 @@ impl SaveImage {
             .create_new(true)
             .open(dest)
             .map_err(ProvisionError::io("create", dest))?;
-        to.write_all(&header)
-            .and_then(|()| to.write_all(&data))
+        to.write_all(&head)
             .map_err(ProvisionError::io("write", dest))?;
         // File to file: the kernel copies it (copy_file_range), no pass through user space.
         std::io::copy(&mut from, &mut to).map_err(ProvisionError::io("copy into", dest))?;

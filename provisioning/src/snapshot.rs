@@ -168,16 +168,22 @@ fn sync_dir(dir: &Path) -> Result<(), ProvisionError> {
         .map_err(ProvisionError::io("sync", dir))
 }
 
-/// Writes VM `job_id`'s own copy of the snapshot's save image to `dest`: the template's domain
-/// XML with the template's id replaced by the job's (name, metadata, every path under its VM
-/// directory) and a new UUID and generation id. Everything the guest sees stays as saved.
+/// Writes VM `job_id`'s own copy of the snapshot's save image to `dest`, its XML
+/// [`restore_xml`]'s. Everything the guest sees stays as saved.
 pub fn write_restore_image(
     files: &SnapshotFiles,
     job_id: &str,
     dest: &Path,
 ) -> Result<(), ProvisionError> {
     let image = SaveImage::read(&files.state)?;
-    let name = element(&image.xml, "name")
+    let xml = restore_xml(&image.xml, job_id)?;
+    image.write_with_xml(&files.state, &xml, dest)
+}
+
+/// The template's saved domain XML as VM `job_id`'s: the template's id replaced by the job's
+/// (name, metadata, every path named after it) and a new UUID and generation id.
+pub fn restore_xml(template_xml: &str, job_id: &str) -> Result<String, ProvisionError> {
+    let name = element(template_xml, "name")
         .ok_or_else(|| ProvisionError::invalid("save image", "its domain XML has no name"))?;
     let template_id = name
         .strip_prefix(crate::DOMAIN_PREFIX)
@@ -185,13 +191,13 @@ pub fn write_restore_image(
         .ok_or_else(|| {
             ProvisionError::invalid("save image", format!("domain {name} is not Minion's"))
         })?;
-    let mut xml = image.xml.replace(template_id, job_id);
+    let mut xml = template_xml.replace(template_id, job_id);
     for tag in ["uuid", "genid"] {
         xml = replace_element(&xml, tag, &uuid::Uuid::new_v4().to_string()).ok_or_else(|| {
             ProvisionError::invalid("save image", format!("its domain XML has no <{tag}>"))
         })?;
     }
-    image.write_with_xml(&files.state, &xml, dest)
+    Ok(xml)
 }
 
 /// What [`sweep`] found under `<state_dir>/snapshots`.

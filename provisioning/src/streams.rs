@@ -348,7 +348,7 @@ pub type Sink = Box<dyn FnMut(&[u8]) + Send>;
 struct Transfer {
     stream: Stream,
     /// Upload: the file read from; download: none.
-    src: Option<std::fs::File>,
+    src: Option<Box<dyn Read + Send>>,
     /// Read from `src`, not yet accepted by the stream.
     pending: Vec<u8>,
     /// Download: what each received chunk goes to.
@@ -505,7 +505,7 @@ impl Progress {
 
 fn transfer(
     stream: Stream,
-    src: Option<std::fs::File>,
+    src: Option<Box<dyn Read + Send>>,
     sink: Option<Sink>,
     events: c_int,
 ) -> std::io::Result<Progress> {
@@ -543,7 +543,17 @@ fn transfer(
 /// Sends the whole of `src` on `stream` (made with [`NONBLOCK`], already given to
 /// virStorageVolUpload) from the event loop.
 pub fn upload(stream: Stream, src: std::fs::File) -> std::io::Result<Progress> {
-    transfer(stream, Some(src), None, ST_WRITABLE)
+    transfer(stream, Some(Box::new(src)), None, ST_WRITABLE)
+}
+
+/// Sends `bytes` on `stream` like [`upload`].
+pub fn upload_bytes(stream: Stream, bytes: Vec<u8>) -> std::io::Result<Progress> {
+    transfer(
+        stream,
+        Some(Box::new(std::io::Cursor::new(bytes))),
+        None,
+        ST_WRITABLE,
+    )
 }
 
 /// Receives `stream` (made with [`NONBLOCK`], already given to virStorageVolDownload or

@@ -35,6 +35,9 @@ pub struct VmRequest {
     /// Where the VM's host holds the image, for a host reached through storage volumes
     /// ([`crate::backend::StorageVolumes`]); `None` on the local file backend.
     pub host_image: Option<crate::hostimage::HostImage>,
+    /// This VM is the template of snapshot `key`: on storage volumes its disks are made under
+    /// the snapshot's names, to become the snapshot when it is frozen.
+    pub template_of: Option<String>,
 }
 
 /// Where the time of [`prepare`] went.
@@ -55,6 +58,10 @@ pub struct PreparedVm {
     pub spec: DomainSpec,
     pub xml: String,
     pub timings: PrepareTimings,
+    /// The template of snapshot `key` (see [`VmRequest::template_of`]).
+    pub template_of: Option<String>,
+    /// A VM to be restored: its own save image, where its host's libvirtd reads it.
+    pub saved_state: Option<PathBuf>,
 }
 
 /// Creates the VM directory, overlay and seed, and renders the domain XML. On failure nothing is
@@ -132,6 +139,8 @@ fn rendered(
         spec,
         xml,
         timings,
+        template_of: req.template_of.clone(),
+        saved_state: None,
     })
 }
 
@@ -165,7 +174,9 @@ pub fn prepare_restore(
         crate::snapshot::write_restore_image(snapshot, &req.job_id, &files.saved_state)?;
         timings.saved_state = t.elapsed();
         // For the record: the domain itself is described by the XML in its restore image.
-        rendered(req, files, timings)
+        let mut vm = rendered(req, files, timings)?;
+        vm.saved_state = Some(files.saved_state.clone());
+        Ok(vm)
     })
 }
 
@@ -385,6 +396,7 @@ mod tests {
             network: None,
             disk_bytes: None,
             host_image: None,
+            template_of: None,
         }
     }
 

@@ -26,6 +26,39 @@ pub const VM_VOLUME_PREFIX: &str = "minion-";
 pub const IMAGE_VOLUME_PREFIX: &str = "minion-image-";
 pub const OVERLAY_SUFFIX: &str = ".overlay.qcow2";
 pub const SEED_SUFFIX: &str = ".seed.iso";
+/// A restored VM's own copy of its snapshot's save image, until libvirt has read it.
+pub const MEMORY_SUFFIX: &str = ".memory";
+/// What a daemon's snapshot volumes start with (before its owner tag).
+pub const SNAPSHOT_VOLUME_PREFIX: &str = "minion-snap-";
+
+/// The parts of a snapshot on a host, each a volume: the template's overlay (the restored VMs'
+/// backing file), its seed (shared read-only), its save image, and the marker written last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotPart {
+    Disk,
+    Seed,
+    Memory,
+    Marker,
+}
+
+impl SnapshotPart {
+    /// In the order a whole one is removed: the marker first, so a half-removed one is not whole.
+    pub const ALL: [SnapshotPart; 4] = [
+        SnapshotPart::Marker,
+        SnapshotPart::Memory,
+        SnapshotPart::Disk,
+        SnapshotPart::Seed,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            SnapshotPart::Disk => "disk.qcow2",
+            SnapshotPart::Seed => "seed.iso",
+            SnapshotPart::Memory => "memory",
+            SnapshotPart::Marker => "json",
+        }
+    }
+}
 
 /// The 12 hex digits that mark a daemon's volumes: its owner string's (its state dir's) sha256.
 pub fn owner_tag(owner: &str) -> String {
@@ -48,6 +81,38 @@ pub fn seed_volume(owner: &str, vm_id: &str) -> String {
     )
 }
 
+/// The name of a restored VM's copy of its snapshot's save image.
+pub fn memory_volume(owner: &str, vm_id: &str) -> String {
+    format!(
+        "{VM_VOLUME_PREFIX}{}-{vm_id}{MEMORY_SUFFIX}",
+        owner_tag(owner)
+    )
+}
+
+/// The name of part `part` of `owner`'s snapshot `key`.
+pub fn snapshot_volume(owner: &str, key: &str, part: SnapshotPart) -> String {
+    format!(
+        "{SNAPSHOT_VOLUME_PREFIX}{}-{key}.{}",
+        owner_tag(owner),
+        part.suffix()
+    )
+}
+
+/// The prefix of every snapshot volume of `owner`.
+pub fn snapshot_volume_prefix(owner: &str) -> String {
+    format!("{SNAPSHOT_VOLUME_PREFIX}{}-", owner_tag(owner))
+}
+
+/// The snapshot key of one of `owner`'s snapshot volumes; `None` for any other volume.
+pub fn snapshot_of_volume<'a>(owner: &str, volume: &'a str) -> Option<&'a str> {
+    let rest = volume.strip_prefix(snapshot_volume_prefix(owner).as_str())?;
+    let (key, part) = rest.split_once('.')?;
+    SnapshotPart::ALL
+        .iter()
+        .any(|p| p.suffix() == part)
+        .then_some(key)
+}
+
 /// The VM id of one of `owner`'s VM volumes; `None` for anyone else's volume.
 pub fn vm_of_volume<'a>(owner: &str, volume: &'a str) -> Option<&'a str> {
     let rest = volume
@@ -56,6 +121,7 @@ pub fn vm_of_volume<'a>(owner: &str, volume: &'a str) -> Option<&'a str> {
         .strip_prefix('-')?;
     rest.strip_suffix(OVERLAY_SUFFIX)
         .or_else(|| rest.strip_suffix(SEED_SUFFIX))
+        .or_else(|| rest.strip_suffix(MEMORY_SUFFIX))
 }
 
 /// The name of an image file's volume: its content's sha256 and its role (`disk`, `kernel`,
@@ -262,6 +328,154 @@ impl Hypervisor {
             Ok(()) => Ok(()),
             Err(e) if is(&e, ErrorNumber::NoStorageVolume) => Ok(()),
             Err(e) => Err(self.call_error("virStorageVolDelete", name, &e)),
+        }
+    }
+
+    /// The directory on the host that holds the pool's volumes (its `<target><path>`): where a
+    /// domain's save image is written so that it becomes one of the pool's volumes.
+    pub fn storage_pool_dir(&self, pool: &str) -> Result<String, HypervisorError> {
+        let p = self.storage_pool(pool)?;
+        let xml = p
+            .xml_desc(0)
+            .map_err(|e| self.call_error("virStoragePoolGetXMLDesc", pool, &e))?;
+        xml.split_once("<target>")
+            .and_then(|(_, t)| t.split_once("<path>"))
+            .and_then(|(_, t)| t.split_once("</path>"))
+            .map(|(path, _)| path.trim().to_string())
+            .filter(|p| p.starts_with('/'))
+            .ok_or_else(|| HypervisorError::Call {
+                op: "virStoragePoolGetXMLDesc",
+                target: pool.to_string(),
+                code: 0,
+                message: format!(
+                    "storage pool {pool} has no target path on {} (use a `dir` pool)",
+                    self.uri()
+                ),
+            })
+    }
+
+    /// Makes the pool see files written on the host by libvirt itself (a save image).
+    pub fn refresh_pool(&self, pool: &str) -> Result<(), HypervisorError> {
+        self.storage_pool(pool)?
+            .refresh(0)
+            .map_err(|e| self.call_error("virStoragePoolRefresh", pool, &e))
+    }
+
+    /// Copies volume `from` into a new raw volume `to` on the host (libvirt copies the bytes
+    /// there; nothing passes through the connection); returns its host path.
+    pub fn clone_volume(
+        &self,
+        pool: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<String, HypervisorError> {
+        let p = self.storage_pool(pool)?;
+        let src = self
+            .volume(&p, from)?
+            .ok_or_else(|| HypervisorError::Call {
+                op: "virStorageVolLookupByName",
+                target: from.to_string(),
+                code: 0,
+                message: format!("no volume {from} in storage pool {pool} on {}", self.uri()),
+            })?;
+        let xml = format!(
+            "<volume><name>{}</name><capacity unit='bytes'>0</capacity>\
+             <target><format type='raw'/><permissions><mode>0600</mode></permissions></target></volume>",
+            escape_xml(to)
+        );
+        let v = StorageVol::create_xml_from(&p, &xml, &src, 0)
+            .map_err(|e| self.call_error("virStorageVolCreateXMLFrom", to, &e))?;
+        v.path()
+            .map_err(|e| self.call_error("virStorageVolGetPath", to, &e))
+    }
+
+    /// Writes `bytes` over volume `name` from `offset` on (virStorageVolUpload of that range;
+    /// the rest of the volume stays).
+    pub fn write_volume_at(
+        &self,
+        pool: &str,
+        name: &str,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), HypervisorError> {
+        let p = self.storage_pool(pool)?;
+        let v = self
+            .volume(&p, name)?
+            .ok_or_else(|| HypervisorError::Call {
+                op: "virStorageVolLookupByName",
+                target: name.to_string(),
+                code: 0,
+                message: format!("no volume {name} in storage pool {pool} on {}", self.uri()),
+            })?;
+        let conn = self.conn()?;
+        let stream = Stream::new(&conn, crate::streams::NONBLOCK)
+            .map_err(|e| self.call_error("virStreamNew", name, &e))?;
+        v.upload(&stream, offset, bytes.len() as u64, 0)
+            .map_err(|e| self.call_error("virStorageVolUpload", name, &e))?;
+        crate::streams::upload_bytes(stream, bytes)
+            .map_err(|e| self.stream_error("virStorageVolUpload", name, e.to_string()))?
+            .wait(TRANSFER_STALL)
+            .map(|_| ())
+            .map_err(|e| self.stream_error("virStorageVolUpload", name, e))
+    }
+
+    /// The first `len` bytes of volume `name` (fewer if it is shorter), read over the connection.
+    pub fn read_volume_head(
+        &self,
+        pool: &str,
+        name: &str,
+        len: u64,
+    ) -> Result<Vec<u8>, HypervisorError> {
+        let p = self.storage_pool(pool)?;
+        let v = self
+            .volume(&p, name)?
+            .ok_or_else(|| HypervisorError::Call {
+                op: "virStorageVolLookupByName",
+                target: name.to_string(),
+                code: 0,
+                message: format!("no volume {name} in storage pool {pool} on {}", self.uri()),
+            })?;
+        let size = v
+            .info()
+            .map_err(|e| self.call_error("virStorageVolGetInfo", name, &e))?
+            .capacity;
+        let conn = self.conn()?;
+        let stream = Stream::new(&conn, crate::streams::NONBLOCK)
+            .map_err(|e| self.call_error("virStreamNew", name, &e))?;
+        v.download(&stream, 0, len.min(size), 0)
+            .map_err(|e| self.call_error("virStorageVolDownload", name, &e))?;
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        crate::streams::download(
+            stream,
+            Box::new(move |data| {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(data)
+            }),
+        )
+        .map_err(|e| self.stream_error("virStorageVolDownload", name, e.to_string()))?
+        .wait(TRANSFER_STALL)
+        .map_err(|e| self.stream_error("virStorageVolDownload", name, e))?;
+        let out = std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(out)
+    }
+
+    /// Whether volume `name` exists (no refresh: the pool knows what libvirt made).
+    pub fn has_volume(&self, pool: &str, name: &str) -> Result<bool, HypervisorError> {
+        let p = self.storage_pool(pool)?;
+        Ok(self.volume(&p, name)?.is_some())
+    }
+
+    /// The bytes volume `name` takes on the host's disk; 0 when there is none.
+    pub fn volume_allocation(&self, pool: &str, name: &str) -> Result<u64, HypervisorError> {
+        let p = self.storage_pool(pool)?;
+        match self.volume(&p, name)? {
+            None => Ok(0),
+            Some(v) => v
+                .info()
+                .map(|i| i.allocation)
+                .map_err(|e| self.call_error("virStorageVolGetInfo", name, &e)),
         }
     }
 

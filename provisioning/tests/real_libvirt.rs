@@ -200,6 +200,7 @@ fn prepare(scratch: &Scratch, variant: &str, power_off: bool, accel: &Accel) -> 
         network: None,
         disk_bytes: None,
         host_image: None,
+        template_of: None,
     };
     let prepared = vm::prepare(&req).expect("prepare the VM");
     eprintln!("{variant}: {:?}", prepared.timings);
@@ -502,6 +503,7 @@ fn real_libvirt_cloud_init_user_data_starts_the_agent() {
         network: None,
         disk_bytes: None,
         host_image: None,
+        template_of: None,
     };
     let p = vm::prepare(&req).expect("prepare");
     let hv = Hypervisor::connect(URI).expect("connect");

@@ -59,6 +59,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             network: None,
             disk_bytes: None,
             host_image: Some(on_host.clone()),
+            template_of: None,
         };
         let t0 = Instant::now();
         let p = backend.prepare(&hv, &req)?;

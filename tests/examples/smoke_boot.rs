@@ -63,6 +63,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             network: None,
             disk_bytes: None,
             host_image: None,
+            template_of: None,
         };
         let p = vm::prepare(&req)?;
         let t0 = Instant::now();

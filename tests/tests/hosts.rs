@@ -8,6 +8,9 @@
 //! image pushed to the third host makes it usable; a host's link cut mid-job fails its jobs
 //! (host lost), they are requeued and finish elsewhere; the link restored, the host's leftovers
 //! are reaped before it takes work. No domain or volume of the daemon is left on any host.
+//! A `snapshot` pool over the hosts gets a snapshot on each host its VMs run on (storage
+//! volumes there) and its jobs are restored from it; the cut link's job is one of those, which
+//! have no autodestroy: their agent stops them when libvirtd drops the channel.
 
 mod common;
 
@@ -80,9 +83,39 @@ fn vm_volumes_on(k: usize) -> Vec<String> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("minion-") && !n.starts_with("minion-image-"))
+        .filter(|n| {
+            n.starts_with("minion-")
+                && !n.starts_with("minion-image-")
+                && !n.starts_with("minion-snap-")
+        })
         .map(String::from)
         .collect()
+}
+
+/// The keys of the whole snapshots on host k (their marker volume is there).
+fn snapshots_on(k: usize) -> Vec<String> {
+    let _ = virsh(k, &["pool-refresh", "minion"]);
+    virsh(k, &["vol-list", "minion"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("minion-snap-") && n.ends_with(".json"))
+        .map(String::from)
+        .collect()
+}
+
+/// The BOOTING event's detail of job `j` (its first attempt's).
+fn booting_detail(j: &serde_json::Value) -> String {
+    j["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .find(|e| e["state"] == "BOOTING")
+                .and_then(|e| e["message"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default()
 }
 
 /// The qemu processes inside host k's namespace that run job `id`'s domain (seen from here,
@@ -241,7 +274,10 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
         &format!(
             "\n[pools.spread]\nimage = \"minimal\"\nhosts = [\"mhost1\", \"mhost2\", \"mhost3\"]\n\
              max_vms = 6\nvcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n\
-             start = \"boot\"\n{hosts_cfg}"
+             start = \"boot\"\n\
+             \n[pools.warm]\nimage = \"minimal\"\nhosts = [\"mhost1\", \"mhost2\", \"mhost3\"]\n\
+             max_vms = 6\nvcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n\
+             start = \"snapshot\"\n{hosts_cfg}"
         ),
     );
     d.spawn();
@@ -341,10 +377,53 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
         "still the wrong bytes: {listed}"
     );
 
-    // Three long jobs, one per host; cut the link of one of their hosts mid-job.
+    // A snapshot pool over the hosts: its first jobs boot and have a template made on each
+    // host they ran on; then its jobs are restored there.
+    let first: Vec<String> = (0..3)
+        .map(|_| d.submit(repo.path(), &["-p", "warm"]))
+        .collect();
+    for id in &first {
+        let j = d.wait_state(
+            id,
+            &["FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"],
+            Duration::from_secs(300),
+        );
+        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
+    }
+    until("a snapshot on each host", Duration::from_secs(300), || {
+        (1..=HOSTS).all(|k| snapshots_on(k).len() == 1)
+    });
+    let warm: Vec<String> = (0..6)
+        .map(|_| d.submit(repo.path(), &["-p", "warm"]))
+        .collect();
+    for id in &warm {
+        let j = d.wait_state(
+            id,
+            &["FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"],
+            Duration::from_secs(300),
+        );
+        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
+        assert_eq!(
+            booting_detail(&j),
+            "restored from a snapshot",
+            "{j:#}\n{}",
+            d.log()
+        );
+    }
+    let used: BTreeSet<usize> = warm.iter().flat_map(|id| sampler.hosts_of(id)).collect();
+    assert!(used.len() >= 2, "restored on hosts {used:?}");
+    let pools = d.json(&["pool", "list"]);
+    let warm_pool = pools
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "warm"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(warm_pool["snapshot"], "ready", "{warm_pool:#}");
+
+    // Three long jobs, one per host, restored; cut the link of one of their hosts mid-job.
     let long_repo = task_repo(SLEEPING);
     let long: Vec<String> = (0..3)
-        .map(|_| d.submit(long_repo.path(), &["-p", "spread"]))
+        .map(|_| d.submit(long_repo.path(), &["-p", "warm"]))
         .collect();
     for id in &long {
         d.wait_state(id, &["RUNNING"], Duration::from_secs(180));
@@ -378,8 +457,9 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
         })
     });
     let detected = cut.elapsed();
-    // Nothing runs twice at once: by the time a lost job can be requeued, the cut host's
-    // libvirtd has destroyed its domain (autodestroy, its keepalive shorter than our bound).
+    // Nothing runs twice at once: by the time a lost job can be requeued, its VM on the cut
+    // host has stopped (its agent sees the channel close when the host's libvirtd drops the
+    // connection, its keepalive shorter than our bound).
     for id in &victims {
         until(
             "the lost job failed (host lost)",
@@ -399,6 +479,7 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
             Duration::from_secs(400),
         );
         assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
+        assert_eq!(booting_detail(&j), "restored from a snapshot", "{j:#}");
         let st = states(&j);
         if victims.contains(&id) {
             let text = j.to_string();
@@ -429,6 +510,7 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
         "left on {name}: {:?}",
         vm_volumes_on(k)
     );
+    assert_eq!(snapshots_on(k).len(), 1, "its whole snapshot stays");
     drop(sampler);
     d.terminate();
     for k in 1..=HOSTS {

@@ -236,6 +236,7 @@ async fn prepare_vm(variant: &str, tag: &str, agent: PathBuf) -> Prepared {
         network: None,
         disk_bytes: None,
         host_image: None,
+        template_of: None,
     };
     let uri = libvirt_uri();
     let (hv, prepared) = tokio::task::spawn_blocking(move || {
