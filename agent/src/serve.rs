@@ -236,6 +236,9 @@ fn serve_job(
     for s in &packed.skipped {
         tracing::warn!(path = %s, "artifact skipped: not a regular file or directory");
     }
+    // Set before the Result goes: the host may hang up as soon as it has it, before this thread
+    // runs again, and that hang-up is the end of the job, not a host lost mid-job.
+    result_sent.store(true, std::sync::atomic::Ordering::SeqCst);
     outbox.send(Kind::Result(guest::Result {
         execution_ok: outcome.execution_ok,
         status_message: outcome.status_message.clone(),
@@ -250,7 +253,6 @@ fn serve_job(
         ok = outcome.execution_ok,
         "result sent"
     );
-    result_sent.store(true, std::sync::atomic::Ordering::SeqCst);
     if job.keep {
         if let Some(listener) = listener {
             // The host hangs up once it has the Result, then connects again to attach.
