@@ -3,11 +3,17 @@
 # namespace (a veth pair, its own address 10.77.N.2, the controller's end 10.77.N.1) and a mount
 # namespace with its own /run, /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt and
 # /var/log/libvirt, running its own virtlogd and libvirtd (under tini), reachable only as
-# qemu+tcp://10.77.N.2/system (no TLS, no auth: the link exists only inside this machine).
+# qemu+tcp://10.77.N.2/system (no TLS, no auth: the link exists only inside this machine), or,
+# made with `up-tls`, only as qemu+tls://10.77.N.2/system with client certificates.
 # Its storage (/var/lib/minion-host inside it, libvirt storage pool `minion`) is a directory the
 # controller's namespace never mounts there, so nothing may assume a shared filesystem.
 #
 #   scripts/fake-hosts.sh up [N]     N hosts (default 3): mhost1..mhostN; prints their URIs
+#   scripts/fake-hosts.sh up-tls K PKI  host K over TLS only: PKI holds cacert.pem,
+#                                    servercert.pem (for IP 10.77.K.2), serverkey.pem, and
+#                                    client/{cacert,clientcert,clientkey}.pem for this script's own
+#                                    calls; a client's certificate must come from that CA with the
+#                                    DN CN=minion-controller (tls_allowed_dn_list)
 #   scripts/fake-hosts.sh down       stops their daemons and VMs, removes namespaces and files
 #   scripts/fake-hosts.sh cut K      cuts host K's link (its libvirtd keeps running)
 #   scripts/fake-hosts.sh mend K     restores it
@@ -18,11 +24,14 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "fake-hosts: must run as root" >&2; exit 1; }
 BASE=/var/lib/minion-fakehosts
 say() { printf 'fake-hosts: %s\n' "$*"; }
-uri() { echo "qemu+tcp://10.77.$1.2/system"; }
+# A host's URI for this script's calls: written at `up` (a TLS host's names the script's PKI).
+uri() {
+    if [ -f "$BASE/mhost$1/uri" ]; then cat "$BASE/mhost$1/uri"; else echo "qemu+tcp://10.77.$1.2/system"; fi
+}
 answers() { timeout 5 virsh -c "$(uri "$1")" version >/dev/null 2>&1; }
 
 up_one() {
-    local k="$1" ns="mhost$1" dir="$BASE/mhost$1"
+    local k="$1" pki="${2:-}" ns="mhost$1" dir="$BASE/mhost$1"
     if ip netns list | grep -qw "$ns" && answers "$k"; then
         say "$ns answers at $(uri "$k")"
         return
@@ -30,11 +39,33 @@ up_one() {
     down_one "$k"
     mkdir -p "$dir"/{etc,lib,cache,log,storage}
     cp -a /etc/libvirt/. "$dir/etc/"
-    cat > "$dir/etc/libvirtd.conf" <<EOF
+    if [ -n "$pki" ]; then
+        for f in cacert.pem servercert.pem serverkey.pem client/cacert.pem client/clientcert.pem client/clientkey.pem; do
+            [ -f "$pki/$f" ] || { say "up-tls: $pki/$f is missing"; exit 1; }
+        done
+        # Inside the host's mount namespace $dir/etc is /etc/libvirt.
+        install -d -m 0700 "$dir/etc/pki"
+        install -m 0644 "$pki/cacert.pem" "$pki/servercert.pem" "$dir/etc/pki/"
+        install -m 0600 "$pki/serverkey.pem" "$dir/etc/pki/"
+        echo "qemu+tls://10.77.$k.2/system?pkipath=$pki/client" > "$dir/uri"
+        cat > "$dir/etc/libvirtd.conf" <<EOF
+listen_tls = 1
+listen_tcp = 0
+listen_addr = "10.77.$k.2"
+ca_file = "/etc/libvirt/pki/cacert.pem"
+cert_file = "/etc/libvirt/pki/servercert.pem"
+key_file = "/etc/libvirt/pki/serverkey.pem"
+tls_allowed_dn_list = ["CN=minion-controller"]
+EOF
+    else
+        cat > "$dir/etc/libvirtd.conf" <<EOF
 listen_tls = 0
 listen_tcp = 1
 listen_addr = "10.77.$k.2"
 auth_tcp = "none"
+EOF
+    fi
+    cat >> "$dir/etc/libvirtd.conf" <<EOF
 # Shorter than the controller's keepalive (2 s x 3): when a link is cut, this host kills the
 # controller's autodestroy domains before the controller gives their jobs to other hosts.
 keepalive_interval = 1
@@ -97,6 +128,10 @@ case "${1:-}" in
         n="${2:-3}"
         for k in $(seq "$n"); do up_one "$k"; done
         ;;
+    up-tls)
+        [ $# -eq 3 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
+        up_one "$2" "$(realpath "$3")"
+        ;;
     down)
         for ns in $(ip netns list | awk '/^mhost[0-9]+/{print $1}'); do down_one "${ns#mhost}"; done
         rm -rf "$BASE"
@@ -107,7 +142,7 @@ case "${1:-}" in
     cut) ip netns exec "mhost$2" ip link set "mh$2-in" down; say "mhost$2's link cut" ;;
     mend) ip netns exec "mhost$2" ip link set "mh$2-in" up; say "mhost$2's link restored" ;;
     *)
-        sed -n '2,16p' "$0" >&2
+        sed -n '2,22p' "$0" >&2
         exit 2
         ;;
 esac

@@ -11,7 +11,7 @@
 //!
 //! Knows nothing of jobs; a job whose VM's host is lost is the runner's to fail and requeue.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +48,11 @@ pub type IsLive = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// The images to check on a host (by its name): those of the pools that use it.
 pub type ImagesOf = Arc<dyn Fn(&str) -> Vec<Image> + Send + Sync>;
+
+/// The snapshots to keep on a host (by its name and URI, through its connection): the keys its
+/// pools restore from now; `None` when not known. Blocks.
+pub type SnapshotKeys =
+    Arc<dyn Fn(&str, &str, &Hypervisor) -> Option<HashSet<String>> + Send + Sync>;
 
 /// Whether a host holds an image, as last looked.
 #[derive(Debug, Clone)]
@@ -168,6 +173,22 @@ impl Host {
             return false;
         };
         !hv.is_alive()
+    }
+
+    /// Removes this daemon's half-made snapshots on the host, and its whole ones not in `keep`
+    /// (when known: the keys its pools restore from now). Blocks.
+    fn sweep_snapshots(&self, hv: &Hypervisor, keep: Option<&HashSet<String>>) {
+        match self
+            .backend
+            .sweep_snapshots(hv, &|k| keep.is_none_or(|keep| keep.contains(k)))
+        {
+            Ok(keys) => {
+                for k in keys {
+                    tracing::info!(host = %self.name, key = %k, "snapshot removed (half-made, or no pool's any more)");
+                }
+            }
+            Err(e) => tracing::warn!(host = %self.name, "sweeping snapshots: {e}"),
+        }
     }
 
     fn image(&self, image: &Image) -> Option<ImageOnHost> {
@@ -378,13 +399,24 @@ impl Hosts {
     /// Watches every host until `stop`: see the module's diagram. `live` says which VM ids
     /// are this daemon's now (the reaping at a host's return leaves those alone).
     /// `images(host)`: the images of the pools that use the host, checked each time it is up.
-    pub async fn monitor(self: Arc<Self>, live: IsLive, images: ImagesOf, stop: CancellationToken) {
+    pub async fn monitor(
+        self: Arc<Self>,
+        live: IsLive,
+        images: ImagesOf,
+        snapshots: SnapshotKeys,
+        stop: CancellationToken,
+    ) {
         let mut tasks = Vec::new();
         for h in self.all() {
-            let (hosts, live, images, stop) =
-                (self.clone(), live.clone(), images.clone(), stop.clone());
+            let (hosts, live, images, snapshots, stop) = (
+                self.clone(),
+                live.clone(),
+                images.clone(),
+                snapshots.clone(),
+                stop.clone(),
+            );
             tasks.push(tokio::spawn(async move {
-                hosts.watch(h, live, images, stop).await
+                hosts.watch(h, live, images, snapshots, stop).await
             }));
         }
         for t in tasks {
@@ -397,6 +429,7 @@ impl Hosts {
         host: Arc<Host>,
         live: IsLive,
         images: ImagesOf,
+        snapshots: SnapshotKeys,
         stop: CancellationToken,
     ) {
         let mut wait = RETRY_FIRST;
@@ -427,7 +460,7 @@ impl Hosts {
                 }
                 continue;
             }
-            let (h, l) = (host.clone(), live.clone());
+            let (h, l, keys) = (host.clone(), live.clone(), snapshots.clone());
             let back = tokio::task::spawn_blocking(move || {
                 // A fresh connection: the old one died with the link.
                 h.hv.reset();
@@ -441,15 +474,9 @@ impl Hosts {
                 for v in &report.deleted_volumes {
                     tracing::info!(host = %h.name, "reaped leftover volume {v}");
                 }
-                // A template cut off with its host leaves a half-made snapshot.
-                match h.backend.sweep_snapshots(&hv, &|_| true) {
-                    Ok(keys) => {
-                        for k in keys {
-                            tracing::info!(host = %h.name, key = %k, "half-made snapshot removed");
-                        }
-                    }
-                    Err(e) => tracing::warn!(host = %h.name, "sweeping snapshots: {e}"),
-                }
+                // A template cut off with its host leaves a half-made snapshot; one made for
+                // an older agent, image or shape is no use any more.
+                h.sweep_snapshots(&hv, keys(&h.name, &h.cfg.uri, &hv).as_ref());
                 match report.errors.first() {
                     Some(e) => Err(format!("reaping leftovers: {e}")),
                     None => Ok(()),
@@ -554,8 +581,9 @@ impl Hosts {
     }
 
     /// Destroys this daemon's domains and deletes its volumes on every host that answers
-    /// (at start, nothing is live; at shutdown, what is live is abandoned). Blocks.
-    pub fn reap_all(&self, is_live: &dyn Fn(&str) -> bool) {
+    /// (at start, nothing is live; at shutdown, what is live is abandoned), and the snapshots
+    /// there that are half-made or, with `snapshots`, no pool's now. Blocks.
+    pub fn reap_all(&self, is_live: &dyn Fn(&str) -> bool, snapshots: Option<&SnapshotKeys>) {
         for h in self.all() {
             match h.hypervisor().and_then(|hv| hv.ping().map(|()| hv)) {
                 Ok(hv) => {
@@ -569,16 +597,8 @@ impl Hosts {
                     for e in report.errors {
                         tracing::error!(host = %h.name, "reconcile: {e}");
                     }
-                    match h.backend.sweep_snapshots(&hv, &|_| true) {
-                        Ok(keys) => {
-                            for k in keys {
-                                tracing::info!(host = %h.name, key = %k, "reconcile: half-made snapshot removed");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(host = %h.name, "reconcile: sweeping snapshots: {e}")
-                        }
-                    }
+                    let keep = snapshots.and_then(|k| k(&h.name, &h.cfg.uri, &hv));
+                    h.sweep_snapshots(&hv, keep.as_ref());
                 }
                 Err(e) => {
                     tracing::warn!(host = %h.name, "reconcile: not reachable ({e}); reaped when it answers")

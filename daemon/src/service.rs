@@ -339,7 +339,7 @@ impl Service {
                 })
                 .collect()
         });
-        tokio::spawn(hosts.monitor(live, images, CancellationToken::new()));
+        tokio::spawn(hosts.monitor(live, images, self.snapshot_keys(), CancellationToken::new()));
         Ok(())
     }
 
@@ -354,7 +354,8 @@ impl Service {
             p.prebooted.shutdown().await;
         }
         let s = self.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || s.destroy_vms()).await {
+        // Every whole snapshot stays: this daemon's next start judges them.
+        if let Err(e) = tokio::task::spawn_blocking(move || s.destroy_vms(None)).await {
             tracing::error!("destroying VMs at shutdown: {e}");
         }
     }
@@ -363,7 +364,7 @@ impl Service {
     /// the budget), and every VM this daemon left is destroyed.
     fn reconcile(&self) -> Result<(), JobsError> {
         self.jobs.interrupt_in_flight()?;
-        self.destroy_vms();
+        self.destroy_vms(Some(&self.snapshot_keys()));
         self.instances.start();
         Ok(())
     }
@@ -371,7 +372,7 @@ impl Service {
     /// Destroys every domain marked as this daemon's (its jobs' and its pre-booted VMs') on
     /// every libvirt host of its pools, then deletes every per-VM dir. Used at start (nothing is
     /// live yet) and at shutdown (what is live is abandoned). Blocks.
-    fn destroy_vms(&self) {
+    fn destroy_vms(&self, snapshots: Option<&crate::hosts::SnapshotKeys>) {
         let mut seen: Vec<String> = Vec::new();
         let mut hosts: Vec<Arc<Pool>> = self.entries().iter().map(|e| e.pool.clone()).collect();
         hosts.push(self.instances.host_pool());
@@ -394,7 +395,7 @@ impl Service {
                 Err(e) => tracing::error!("reconcile: libvirt {}: {e}", p.cfg().libvirt_uri),
             }
         }
-        self.run.vms.hosts.reap_all(&|_| false);
+        self.run.vms.hosts.reap_all(&|_| false, snapshots);
         let report = vm::sweep_dirs(&self.cfg.state_dir, &|_| false);
         for d in report.removed_dirs {
             tracing::info!("reconcile: removed {}", d.display());
@@ -402,6 +403,17 @@ impl Service {
         for e in report.errors {
             tracing::error!("reconcile: {e}");
         }
+    }
+
+    /// The snapshots a host's pools restore from now (the others there are swept).
+    fn snapshot_keys(&self) -> crate::hosts::SnapshotKeys {
+        let (snapshots, pools) = (self.run.snapshots.clone(), self.pools.clone());
+        Arc::new(
+            move |host: &str, uri: &str, hv: &minion_provisioning::Hypervisor| {
+                let pools: Vec<Arc<Pool>> = read(&pools).values().map(|e| e.pool.clone()).collect();
+                snapshots.keys_on_host(&pools, host, uri, hv)
+            },
+        )
     }
 
     fn cancels_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {

@@ -15,7 +15,7 @@
 //! snapshot per pool shape in use; a replaced one is removed, and at start every snapshot no pool
 //! uses and every half-written one is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -655,6 +655,65 @@ impl Snapshots {
             self.ctx.accel.domain_type(),
             uri,
         )
+    }
+
+    /// The keys of the snapshots that `pools` (those over host `host`, reached through `hv`)
+    /// would restore from there now; `None` when one cannot be worked out (then every whole
+    /// snapshot there stays). Blocks.
+    pub fn keys_on_host(
+        &self,
+        pools: &[Arc<Pool>],
+        host: &str,
+        uri: &str,
+        hv: &Hypervisor,
+    ) -> Option<HashSet<String>> {
+        let mut keys = HashSet::new();
+        let over: Vec<&Arc<Pool>> = pools
+            .iter()
+            .filter(|p| p.cfg().snapshots() && p.cfg().hosts.iter().any(|h| h == host))
+            .collect();
+        if over.is_empty() {
+            return Some(keys);
+        }
+        let worked_out = (|| {
+            let agent = self.agent_digest()?;
+            // Bound first: a guard in the match's scrutinee would live through its arms.
+            let known = Self::lock(&self.versions).get(uri).copied();
+            let versions = match known {
+                Some(v) => v,
+                None => {
+                    let v = hv.versions().map_err(|source| SnapshotError::Libvirt {
+                        uri: uri.to_string(),
+                        source,
+                    })?;
+                    Self::lock(&self.versions).insert(uri.to_string(), v);
+                    v
+                }
+            };
+            for pool in over {
+                let cfg = pool.cfg();
+                let image = image::load(&self.ctx.images_dir, &cfg.image)?;
+                keys.insert(key_of(
+                    &cfg,
+                    &image,
+                    &agent,
+                    versions,
+                    self.ctx.accel.domain_type(),
+                    uri,
+                )?);
+            }
+            Ok::<_, SnapshotError>(())
+        })();
+        match worked_out {
+            Ok(()) => Some(keys),
+            Err(e) => {
+                tracing::warn!(
+                    host,
+                    "the snapshots its pools use are not known ({e}): the whole ones there stay"
+                );
+                None
+            }
+        }
     }
 
     fn agent_digest(&self) -> Result<String, SnapshotError> {

@@ -521,4 +521,268 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
         );
         assert_eq!(vm_volumes_on(k), Vec::<String>::new(), "mhost{k}");
     }
+
+    // A new shape for the snapshot pool: at the next start, the hosts' snapshots are no pool's
+    // any more and go.
+    let cfg = std::fs::read_to_string(&d.config).expect("config");
+    let at = cfg.find("[pools.warm]").expect("the warm pool");
+    let (head, tail) = cfg.split_at(at);
+    let changed = format!(
+        "{head}{}",
+        tail.replacen("memory_mib = 512", "memory_mib = 640", 1)
+    );
+    assert_ne!(changed, cfg);
+    std::fs::write(&d.config, changed).expect("write");
+    d.spawn();
+    until("every host up again", Duration::from_secs(90), || {
+        d.json(&["host", "list"])
+            .as_array()
+            .is_some_and(|a| a.iter().all(|h| h["state"] == "up"))
+    });
+    for k in 1..=HOSTS {
+        assert_eq!(
+            snapshots_on(k),
+            Vec::<String>::new(),
+            "mhost{k}: a stale snapshot stays"
+        );
+    }
+    d.terminate();
+}
+
+/// A libvirt PKI for a TLS host at `ip` (openssl, RSA as libvirt's docs use): the CA, the
+/// host's certificate and key, and client directories for `pkipath=`: `client` (CN
+/// minion-controller, the DN the host allows), `intruder` (same CA, another DN) and `stranger`
+/// (the right DN from another CA).
+fn libvirt_pki(dir: &std::path::Path, ip: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            output_text(&out)
+        );
+    };
+    let ca = |name: &str| {
+        run(&[
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN=minion test libvirt CA {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &format!("{name}-ca.key"),
+            "-out",
+            &format!("{name}-ca.pem"),
+        ]);
+    };
+    let signed = |ca: &str, cn: &str, ext: &str, cert: &str, key: &str| {
+        std::fs::write(dir.join("ext.cnf"), ext).expect("ext file");
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            key,
+            "-out",
+            "req.csr",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "req.csr",
+            "-CA",
+            &format!("{ca}-ca.pem"),
+            "-CAkey",
+            &format!("{ca}-ca.key"),
+            "-CAcreateserial",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            cert,
+        ]);
+    };
+    let usage = "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n";
+    ca("good");
+    ca("other");
+    std::fs::copy(dir.join("good-ca.pem"), dir.join("cacert.pem")).expect("cacert");
+    signed(
+        "good",
+        &format!("mhost {ip}"),
+        &format!("{usage}extendedKeyUsage=serverAuth\nsubjectAltName=IP:{ip}\n"),
+        "servercert.pem",
+        "serverkey.pem",
+    );
+    for (sub, ca, cn) in [
+        ("client", "good", "minion-controller"),
+        ("intruder", "good", "intruder"),
+        ("stranger", "other", "minion-controller"),
+    ] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+        // libvirt checks its own certificate against the CA it is given: each its own.
+        std::fs::copy(
+            dir.join(format!("{ca}-ca.pem")),
+            dir.join(sub).join("cacert.pem"),
+        )
+        .expect("cacert");
+        signed(
+            ca,
+            cn,
+            &format!("{usage}extendedKeyUsage=clientAuth\n"),
+            &format!("{sub}/clientcert.pem"),
+            &format!("{sub}/clientkey.pem"),
+        );
+    }
+}
+
+#[test]
+fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
+    let t = "a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow";
+    if !image_env(
+        t,
+        "minimal",
+        &[
+            minion_testenv::Need::Program("ip"),
+            minion_testenv::Need::Program("unshare"),
+            minion_testenv::Need::Program("tini"),
+            minion_testenv::Need::Program("openssl"),
+        ],
+    ) {
+        return;
+    }
+    const K: usize = 4;
+    let ip = format!("10.77.{K}.2");
+    let pki = tempfile::tempdir().expect("tmp");
+    libvirt_pki(pki.path(), &ip);
+    fake_hosts(&["down"]);
+    let _hosts = FakeHosts;
+    fake_hosts(&["up-tls", &K.to_string(), pki.path().to_str().expect("utf8")]);
+    let tls_uri = |sub: &str| {
+        format!(
+            "qemu+tls://{ip}/system?pkipath={}",
+            pki.path().join(sub).display()
+        )
+    };
+    let virsh_tls = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .arg("10")
+            .arg("virsh")
+            .args(["-q", "-c", &tls_uri("client")])
+            .args(args)
+            .output()
+            .expect("virsh");
+        assert!(
+            out.status.success(),
+            "virsh {args:?}: {}",
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // TLS only: the plain TCP port is closed.
+    let plain = Command::new("timeout")
+        .args([
+            "10",
+            "virsh",
+            "-c",
+            &format!("qemu+tcp://{ip}/system"),
+            "version",
+        ])
+        .output()
+        .expect("virsh");
+    assert!(
+        !plain.status.success(),
+        "plain tcp answered: {}",
+        output_text(&plain)
+    );
+
+    let hosts_cfg: String = ["client", "intruder", "stranger"]
+        .iter()
+        .map(|sub| format!("\n[hosts.{sub}]\nuri = {:?}\nmax_vms = 2\n", tls_uri(sub)))
+        .collect();
+    let mut d = Daemon::prepare(
+        1,
+        0,
+        &format!(
+            "\n[pools.secure]\nimage = \"minimal\"\nhosts = [\"client\", \"intruder\", \"stranger\"]\n\
+             max_vms = 2\nvcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n\
+             start = \"boot\"\n{hosts_cfg}"
+        ),
+    );
+    d.spawn();
+    until(
+        "the allowed client's host up",
+        Duration::from_secs(60),
+        || {
+            d.json(&["host", "list"]).as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|h| h["name"] == "client" && h["state"] == "up")
+            })
+        },
+    );
+    let push = d.cli(&["image", "push", "minimal", "client"]);
+    assert!(
+        push.status.success(),
+        "push over TLS: {}",
+        output_text(&push)
+    );
+
+    let repo = task_repo(PASSING);
+    let ids: Vec<String> = (0..2)
+        .map(|_| d.submit(repo.path(), &["-p", "secure"]))
+        .collect();
+    for id in &ids {
+        let j = d.wait_state(
+            id,
+            &["FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"],
+            Duration::from_secs(300),
+        );
+        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
+    }
+    // The other two certificates never got a connection: down, saying why.
+    let hosts = d.json(&["host", "list"]);
+    for refused in ["intruder", "stranger"] {
+        let h = hosts
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == refused))
+            .cloned()
+            .unwrap_or_else(|| panic!("{refused} in {hosts:#}"));
+        assert_eq!(h["state"], "down", "{h:#}");
+        assert!(
+            !h["last_error"].as_str().unwrap_or("").is_empty(),
+            "no reason for {refused}: {h:#}"
+        );
+        eprintln!("{refused}: {}", h["last_error"]);
+    }
+    d.terminate();
+    let left: Vec<String> = virsh_tls(&["list", "--all", "--name"])
+        .lines()
+        .filter(|l| l.starts_with("minion-"))
+        .map(String::from)
+        .collect();
+    assert!(left.is_empty(), "domains left: {left:?}");
+    let _ = virsh_tls(&["pool-refresh", "minion"]);
+    let vols: Vec<String> = virsh_tls(&["vol-list", "minion"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("minion-") && !n.starts_with("minion-image-"))
+        .map(String::from)
+        .collect();
+    assert!(vols.is_empty(), "volumes left: {vols:?}");
 }
