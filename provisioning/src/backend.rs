@@ -479,14 +479,19 @@ impl VmBackend for StorageVolumes {
         keep_console_as: Option<&Path>,
     ) -> Result<(), ProvisionError> {
         let mut first: Option<ProvisionError> = None;
+        let t = Instant::now();
         if let Err(e) = hv.destroy(&vm.name) {
             tracing::warn!("teardown of {}: {e}", vm.name);
             first = Some(e.into());
         }
-        // The domain is gone (or its host is): the console stream ends, its copy is whole.
-        if let Some(console) = self.consoles().remove(&vm.name) {
+        let destroyed = t.elapsed();
+        // The domain is gone (or its host is): the console stream ends, its copy is whole. Taken
+        // out first: the map stays free for other VMs while this one is waited for.
+        let console = self.consoles().remove(&vm.name);
+        if let Some(console) = console {
             let _ = console.wait(CONSOLE_END_WAIT);
         }
+        let console_ended = t.elapsed();
         if let Some(dest) = keep_console_as {
             if let Err(e) = vm::keep_console(&vm.files, dest) {
                 first.get_or_insert(e);
@@ -496,6 +501,13 @@ impl VmBackend for StorageVolumes {
             tracing::warn!("teardown of {}: {e}", vm.name);
             first.get_or_insert(e);
         }
+        tracing::info!(
+            vm = %vm.files.job_id,
+            destroy_ms = destroyed.as_secs_f64() * 1e3,
+            console_ms = (console_ended - destroyed).as_secs_f64() * 1e3,
+            volumes_ms = (t.elapsed() - console_ended).as_secs_f64() * 1e3,
+            "torn down"
+        );
         // A template that was not frozen whole leaves no part of its snapshot.
         if let Some(key) = &vm.template_of {
             let whole = self.snapshot_complete(hv, key);

@@ -80,6 +80,11 @@ pub struct MarkedDomain {
 pub struct Hypervisor {
     /// Replaced when libvirtd went away and came back (see [`Hypervisor::conn`]).
     conn: RwLock<Connect>,
+    /// A second connection for destroys and volume deletions, opened at the first one: libvirt's
+    /// client holds back the other calls on a connection while a long one runs (a destroy waits
+    /// ~200 ms for qemu to die, libvirt's kill poll; a domain's creation as long as qemu's
+    /// start), and a VM's teardown overlaps the next VM's provisioning and start.
+    teardown: RwLock<Option<Connect>>,
     uri: String,
 }
 
@@ -126,6 +131,7 @@ impl Hypervisor {
         let conn = open(uri)?;
         Ok(Hypervisor {
             conn: RwLock::new(conn),
+            teardown: RwLock::new(None),
             uri: uri.to_string(),
         })
     }
@@ -147,6 +153,29 @@ impl Hypervisor {
         } else {
             self.reconnect()
         }
+    }
+
+    /// The connection for destroys and deletions (see [`Hypervisor`]), opened when there is
+    /// none or it died.
+    pub(crate) fn teardown_conn(&self) -> Result<Connect, HypervisorError> {
+        // Each connection to libvirt's test driver is a world of its own.
+        if self.uri.starts_with("test:") {
+            return self.conn();
+        }
+        let current = self
+            .teardown
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(c) = current.filter(|c| c.is_alive().unwrap_or(false)) {
+            return Ok(c);
+        }
+        let fresh = open(&self.uri)?;
+        *self
+            .teardown
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(fresh.clone());
+        Ok(fresh)
     }
 
     fn reconnect(&self) -> Result<Connect, HypervisorError> {
@@ -334,8 +363,10 @@ impl Hypervisor {
     /// is success. Our domains are transient; a persistent one of that name (defined by hand) is
     /// also undefined, so "destroyed" always means "gone from `virsh list --all`".
     pub fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
-        let Some(dom) = self.lookup(name)? else {
-            return Ok(());
+        let dom = match self.teardown_conn()?.lookup_domain_by_name(name) {
+            Ok(d) => d,
+            Err(e) if is(&e, ErrorNumber::NoDomain) => return Ok(()),
+            Err(e) => return Err(self.call_error("virDomainLookupByName", name, &e)),
         };
         let destroy_error = |e: VirtError| HypervisorError::Destroy {
             name: name.to_string(),

@@ -318,9 +318,13 @@ impl Hypervisor {
         Ok(Some((hex(&h.finalize()), len)))
     }
 
-    /// Deletes volume `name`; none there is success.
+    /// Deletes volume `name`; none there is success. On the teardown connection: a VM's
+    /// volumes go while the next VM is made on the main one.
     pub fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HypervisorError> {
-        let p = self.storage_pool(pool)?;
+        let p = self
+            .teardown_conn()?
+            .lookup_storage_pool_by_name(pool)
+            .map_err(|e| self.call_error("virStoragePoolLookupByName", pool, &e))?;
         let Some(v) = self.volume(&p, name)? else {
             return Ok(());
         };
