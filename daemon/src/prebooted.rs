@@ -51,6 +51,8 @@ type Reply = oneshot::Sender<ParkedVm>;
 
 struct Entry {
     id: String,
+    /// The `[hosts]` host it runs on, if any.
+    host: Option<String>,
     /// The watcher hands the VM over on the sender it receives here.
     take: oneshot::Sender<Reply>,
 }
@@ -105,6 +107,20 @@ impl Prebooted {
         self.refill.notify_one();
     }
 
+    /// Destroys the VMs parked on `[hosts]` host `host` (drained: it is to be emptied); the
+    /// pool boots their replacements on its other hosts.
+    pub fn leave_host(&self, host: &str) {
+        let mut parked = self.lock();
+        let before = parked.len();
+        parked.retain(|e| e.host.as_deref() != Some(host));
+        let gone = before - parked.len();
+        drop(parked);
+        if gone > 0 {
+            tracing::info!(pool = %self.pool.name, host, vms = gone, "parked VMs on a drained host destroyed");
+            self.refill.notify_one();
+        }
+    }
+
     /// Stops booting, and destroys every booting and parked VM of the pool (waits for it,
     /// bounded).
     pub async fn shutdown(&self) {
@@ -145,9 +161,11 @@ impl Prebooted {
     pub fn park(self: &Arc<Self>, vm: ParkedVm) {
         let (tx, rx) = oneshot::channel();
         let id = vm.vm.id.clone();
+        let host = vm.vm.guard.host().map(|h| h.name.clone());
         // Registered before the watcher runs, so a VM that dies at once is still removed.
         self.lock().push(Entry {
             id: id.clone(),
+            host,
             take: tx,
         });
         self.tasks.spawn(watch(self.clone(), vm, rx));

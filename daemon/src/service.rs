@@ -887,6 +887,12 @@ impl Service {
             return Err(HostAdminError::NoSuchHost(name.to_string()));
         }
         tracing::info!(host = %name, caller = %by, "admin: host {}", if drain { "drained" } else { "undrained" });
+        if drain {
+            // Running jobs finish there; idle VMs would only keep the host from emptying.
+            for e in self.entries() {
+                e.prebooted.leave_host(name);
+            }
+        }
         self.hosts()
             .into_iter()
             .find(|(h, _)| h.name == name)

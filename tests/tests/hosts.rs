@@ -786,3 +786,132 @@ fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
         .collect();
     assert!(vols.is_empty(), "volumes left: {vols:?}");
 }
+
+const DOZING: &str = r#"---
+name: dozing
+namespace: scratch
+desc: runs while its host is drained
+maintainer:
+  - minion
+input:
+  args: [koji_build]
+actions:
+  - name: work
+    shell:
+      - sleep 15
+      - echo "woke"
+"#;
+
+/// `minion-prebooted-…` domains on host k.
+fn parked_on(k: usize) -> Vec<String> {
+    domains_on(k)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.starts_with("minion-prebooted-"))
+        .collect()
+}
+
+#[test]
+fn min_ready_parks_across_hosts_and_a_drained_host_empties_while_its_job_finishes() {
+    let t = "min_ready_parks_across_hosts_and_a_drained_host_empties_while_its_job_finishes";
+    if !image_env(
+        t,
+        "minimal",
+        &[
+            minion_testenv::Need::Program("ip"),
+            minion_testenv::Need::Program("unshare"),
+            minion_testenv::Need::Program("tini"),
+        ],
+    ) {
+        return;
+    }
+    fake_hosts(&["down"]);
+    let _hosts = FakeHosts;
+    fake_hosts(&["up", "2"]);
+    let hosts_cfg: String = (1..=2)
+        .map(|k| format!("\n[hosts.mhost{k}]\nuri = {:?}\nmax_vms = 1\n", uri(k)))
+        .collect();
+    let mut d = Daemon::prepare(
+        1,
+        0,
+        &format!(
+            "\n[pools.parked]\nimage = \"minimal\"\nhosts = [\"mhost1\", \"mhost2\"]\n\
+             max_vms = 2\nmin_ready = 2\nvcpus = 1\nmemory_mib = 512\n\
+             default_timeout_seconds = 300\nstart = \"boot\"\n{hosts_cfg}"
+        ),
+    );
+    d.spawn();
+    let push = d.cli(&["image", "push", "minimal", "--all"]);
+    assert!(push.status.success(), "push: {}", output_text(&push));
+    // min_ready over two hosts of one slot each: one parked VM on each.
+    until("a parked VM on each host", Duration::from_secs(120), || {
+        parked_on(1).len() == 1 && parked_on(2).len() == 1
+    });
+
+    let repo = task_repo(DOZING);
+    let id = d.submit(repo.path(), &["-p", "parked"]);
+    let j = d.wait_state(&id, &["RUNNING"], Duration::from_secs(60));
+    let detail = booting_detail(&j);
+    let k = (1..=2)
+        .find(|&k| {
+            parked_on(k)
+                .iter()
+                .any(|dom| detail.contains(&dom["minion-".len()..]))
+        })
+        .unwrap_or_else(|| panic!("the job's parked VM ({detail}) on no host"));
+    let other = 3 - k;
+    let other_parked = parked_on(other);
+
+    // Drained mid-job: the job runs on, nothing new starts there, the other host is untouched.
+    let drain = d.cli(&["host", "drain", &format!("mhost{k}")]);
+    assert!(drain.status.success(), "drain: {}", output_text(&drain));
+    let j = d.wait_state(
+        &id,
+        &["FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"],
+        Duration::from_secs(120),
+    );
+    assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
+    until("the drained host empty", Duration::from_secs(30), || {
+        domains_on(k).is_ok_and(|d| d.is_empty())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        domains_on(k).expect("domains"),
+        Vec::<String>::new(),
+        "a VM on drained mhost{k}"
+    );
+    assert_eq!(
+        parked_on(other),
+        other_parked,
+        "mhost{other}'s parked VM was touched"
+    );
+
+    // The other host drained too: its parked VM goes; undrained, both park again.
+    let drain = d.cli(&["host", "drain", &format!("mhost{other}")]);
+    assert!(drain.status.success(), "drain: {}", output_text(&drain));
+    until("no VM on any host", Duration::from_secs(30), || {
+        (1..=2).all(|k| domains_on(k).is_ok_and(|d| d.is_empty()))
+    });
+    for h in [k, other] {
+        let undrain = d.cli(&["host", "undrain", &format!("mhost{h}")]);
+        assert!(
+            undrain.status.success(),
+            "undrain: {}",
+            output_text(&undrain)
+        );
+    }
+    until(
+        "a parked VM on each host again",
+        Duration::from_secs(120),
+        || parked_on(1).len() == 1 && parked_on(2).len() == 1,
+    );
+    d.terminate();
+    for k in 1..=2 {
+        assert_eq!(
+            domains_on(k).expect("domains"),
+            Vec::<String>::new(),
+            "mhost{k}"
+        );
+        assert_eq!(vm_volumes_on(k), Vec::<String>::new(), "mhost{k}");
+    }
+}
