@@ -465,6 +465,24 @@ pub fn identity(vm_id: &str) -> minion_proto::guest::Identity {
     }
 }
 
+/// The pool's image from the catalog, as it is now.
+pub async fn pool_image(
+    ctx: &VmContext,
+    pool: &Pool,
+) -> Result<minion_provisioning::Image, BootError> {
+    let (dir, name) = (ctx.images_dir.clone(), pool.cfg().image.clone());
+    tokio::task::spawn_blocking(move || image::load(&dir, &name))
+        .await
+        .map_err(|source| BootError::Task {
+            what: "image",
+            source,
+        })?
+        .map_err(|source| BootError::Image {
+            name: pool.cfg().image.clone(),
+            source,
+        })
+}
+
 /// A slot on one of `pool`'s `[hosts]` (only `host` if given) for a VM of `image`, waiting for
 /// one; `None` for a pool on its own `libvirt_uri`.
 pub async fn lease_on(
@@ -504,18 +522,7 @@ async fn provision(
     lease: Option<crate::hosts::HostLease>,
     cancel: &CancellationToken,
 ) -> Result<(Placement, PreparedVm), BootError> {
-    let cfg = pool.cfg();
-    let (dir, name) = (ctx.images_dir.clone(), cfg.image.clone());
-    let image = tokio::task::spawn_blocking(move || image::load(&dir, &name))
-        .await
-        .map_err(|source| BootError::Task {
-            what: "image",
-            source,
-        })?
-        .map_err(|source| BootError::Image {
-            name: cfg.image.clone(),
-            source,
-        })?;
+    let image = pool_image(ctx, pool).await?;
     let lease = match lease {
         Some(l) => Some(l),
         None => lease_on(ctx, pool, &image, None, cancel).await?,

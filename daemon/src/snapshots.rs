@@ -307,17 +307,7 @@ impl Snapshots {
         let mut lease = if pool.cfg().hosts.is_empty() || !pool.cfg().snapshots() {
             None
         } else {
-            let (dir, name) = (self.ctx.images_dir.clone(), pool.cfg().image.clone());
-            let image = tokio::task::spawn_blocking(move || image::load(&dir, &name))
-                .await
-                .map_err(|source| BootError::Task {
-                    what: "image",
-                    source,
-                })?
-                .map_err(|source| BootError::Image {
-                    name: pool.cfg().image.clone(),
-                    source,
-                })?;
+            let image = guestvm::pool_image(&self.ctx, pool).await?;
             guestvm::lease_on(&self.ctx, pool, &image, None, cancel).await?
         };
         let host = lease.as_ref().map(|l| l.host.clone());
@@ -578,8 +568,7 @@ impl Snapshots {
         let lease = match host {
             None => None,
             Some(h) => {
-                let (dir, name) = (self.ctx.images_dir.clone(), pool.cfg().image.clone());
-                let image = tokio::task::spawn_blocking(move || image::load(&dir, &name)).await??;
+                let image = guestvm::pool_image(&self.ctx, pool).await?;
                 guestvm::lease_on(&self.ctx, pool, &image, Some(&h.name), &self.stop).await?
             }
         };
@@ -644,12 +633,23 @@ impl Snapshots {
             let (dir, name) = (self.ctx.images_dir.clone(), cfg.image.clone());
             tokio::task::spawn_blocking(move || image::load(&dir, &name)).await??
         };
-        let agent = self.agent_digest()?;
         let versions = self.versions(pool, host).await?;
         let uri = host.map_or(cfg.libvirt_uri.as_str(), |h| h.cfg.uri.as_str());
+        self.key_with(&cfg, &image, versions, uri)
+    }
+
+    /// The key of a pool with `cfg` on `uri`, whose libvirt and qemu are `versions`.
+    fn key_with(
+        &self,
+        cfg: &PoolConfig,
+        image: &Image,
+        versions: (u32, u32),
+        uri: &str,
+    ) -> Result<String, SnapshotError> {
+        let agent = self.agent_digest()?;
         key_of(
-            &cfg,
-            &image,
+            cfg,
+            image,
             &agent,
             versions,
             self.ctx.accel.domain_type(),
@@ -676,7 +676,6 @@ impl Snapshots {
             return Some(keys);
         }
         let worked_out = (|| {
-            let agent = self.agent_digest()?;
             // Bound first: a guard in the match's scrutinee would live through its arms.
             let known = Self::lock(&self.versions).get(uri).copied();
             let versions = match known {
@@ -693,14 +692,7 @@ impl Snapshots {
             for pool in over {
                 let cfg = pool.cfg();
                 let image = image::load(&self.ctx.images_dir, &cfg.image)?;
-                keys.insert(key_of(
-                    &cfg,
-                    &image,
-                    &agent,
-                    versions,
-                    self.ctx.accel.domain_type(),
-                    uri,
-                )?);
+                keys.insert(self.key_with(&cfg, &image, versions, uri)?);
             }
             Ok::<_, SnapshotError>(())
         })();

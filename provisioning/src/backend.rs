@@ -342,6 +342,23 @@ impl StorageVolumes {
         })
     }
 
+    /// `built`; when it failed, the volumes `made` for it are deleted first.
+    fn undone_on_error<T>(
+        &self,
+        hv: &Hypervisor,
+        made: Vec<String>,
+        built: Result<T, ProvisionError>,
+    ) -> Result<T, ProvisionError> {
+        if built.is_err() {
+            for v in made {
+                if let Err(e) = hv.delete_volume(&self.pool, &v) {
+                    tracing::warn!("after a failed prepare: {e}");
+                }
+            }
+        }
+        built
+    }
+
     /// Deletes every part of snapshot `key`, the marker first.
     fn remove_parts(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError> {
         let owner = self.owner();
@@ -442,14 +459,7 @@ impl VmBackend for StorageVolumes {
         vm::in_new_dir(req, |files| {
             let mut made = Vec::new();
             let built = self.build(hv, req, image, files, &mut made);
-            if built.is_err() {
-                for v in made {
-                    if let Err(e) = hv.delete_volume(&self.pool, &v) {
-                        tracing::warn!("after a failed prepare: {e}");
-                    }
-                }
-            }
-            built
+            self.undone_on_error(hv, made, built)
         })
     }
 
@@ -603,27 +613,19 @@ impl VmBackend for StorageVolumes {
     ) -> Result<PreparedVm, ProvisionError> {
         let owner = self.owner();
         let snap = |part| volumes::snapshot_volume(&owner, key, part);
+        // The host path of one of the snapshot's parts, which must be there.
+        let part_path = |part, what: &str| -> Result<String, ProvisionError> {
+            hv.volume_path(&self.pool, &snap(part))?.ok_or_else(|| {
+                ProvisionError::invalid("snapshot", format!("{key} has no {what} on {}", hv.uri()))
+            })
+        };
         vm::in_new_dir(req, |files| {
             let mut made = Vec::new();
             let built = (|| {
                 let mut timings = PrepareTimings::default();
                 let t = Instant::now();
-                let disk = hv
-                    .volume_path(&self.pool, &snap(SnapshotPart::Disk))?
-                    .ok_or_else(|| {
-                        ProvisionError::invalid(
-                            "snapshot",
-                            format!("{key} has no disk on {}", hv.uri()),
-                        )
-                    })?;
-                let seed = hv
-                    .volume_path(&self.pool, &snap(SnapshotPart::Seed))?
-                    .ok_or_else(|| {
-                        ProvisionError::invalid(
-                            "snapshot",
-                            format!("{key} has no seed on {}", hv.uri()),
-                        )
-                    })?;
+                let disk = part_path(SnapshotPart::Disk, "disk")?;
+                let seed = part_path(SnapshotPart::Seed, "seed")?;
                 let capacity = req
                     .disk_bytes
                     .or(req.image.manifest.virtual_size)
@@ -682,14 +684,7 @@ impl VmBackend for StorageVolumes {
                     saved_state: Some(PathBuf::from(memory)),
                 })
             })();
-            if built.is_err() {
-                for v in made {
-                    if let Err(e) = hv.delete_volume(&self.pool, &v) {
-                        tracing::warn!("after a failed prepare: {e}");
-                    }
-                }
-            }
-            built
+            self.undone_on_error(hv, made, built)
         })
     }
 

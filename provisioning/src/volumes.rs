@@ -205,6 +205,21 @@ impl Hypervisor {
         }
     }
 
+    /// Volume `name` of `p` (storage pool `pool`), which must be there.
+    fn existing_volume(
+        &self,
+        p: &StoragePool,
+        pool: &str,
+        name: &str,
+    ) -> Result<StorageVol, HypervisorError> {
+        self.volume(p, name)?.ok_or_else(|| HypervisorError::Call {
+            op: "virStorageVolLookupByName",
+            target: name.to_string(),
+            code: 0,
+            message: format!("no volume {name} in storage pool {pool} on {}", self.uri()),
+        })
+    }
+
     /// The host path of volume `name`, `None` when there is none.
     pub fn volume_path(&self, pool: &str, name: &str) -> Result<Option<String>, HypervisorError> {
         let p = self.storage_pool(pool)?;
@@ -374,14 +389,7 @@ impl Hypervisor {
         to: &str,
     ) -> Result<String, HypervisorError> {
         let p = self.storage_pool(pool)?;
-        let src = self
-            .volume(&p, from)?
-            .ok_or_else(|| HypervisorError::Call {
-                op: "virStorageVolLookupByName",
-                target: from.to_string(),
-                code: 0,
-                message: format!("no volume {from} in storage pool {pool} on {}", self.uri()),
-            })?;
+        let src = self.existing_volume(&p, pool, from)?;
         let xml = format!(
             "<volume><name>{}</name><capacity unit='bytes'>0</capacity>\
              <target><format type='raw'/><permissions><mode>0600</mode></permissions></target></volume>",
@@ -403,14 +411,7 @@ impl Hypervisor {
         bytes: Vec<u8>,
     ) -> Result<(), HypervisorError> {
         let p = self.storage_pool(pool)?;
-        let v = self
-            .volume(&p, name)?
-            .ok_or_else(|| HypervisorError::Call {
-                op: "virStorageVolLookupByName",
-                target: name.to_string(),
-                code: 0,
-                message: format!("no volume {name} in storage pool {pool} on {}", self.uri()),
-            })?;
+        let v = self.existing_volume(&p, pool, name)?;
         let conn = self.conn()?;
         let stream = Stream::new(&conn, crate::streams::NONBLOCK)
             .map_err(|e| self.call_error("virStreamNew", name, &e))?;
@@ -431,14 +432,7 @@ impl Hypervisor {
         len: u64,
     ) -> Result<Vec<u8>, HypervisorError> {
         let p = self.storage_pool(pool)?;
-        let v = self
-            .volume(&p, name)?
-            .ok_or_else(|| HypervisorError::Call {
-                op: "virStorageVolLookupByName",
-                target: name.to_string(),
-                code: 0,
-                message: format!("no volume {name} in storage pool {pool} on {}", self.uri()),
-            })?;
+        let v = self.existing_volume(&p, pool, name)?;
         let size = v
             .info()
             .map_err(|e| self.call_error("virStorageVolGetInfo", name, &e))?

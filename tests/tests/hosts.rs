@@ -51,6 +51,27 @@ impl Drop for FakeHosts {
     }
 }
 
+/// Whether this machine can make fake hosts and boot `minimal` on them (else the test skips,
+/// or fails under CI); `extra` adds needs.
+fn hosts_env(t: &str, extra: &[minion_testenv::Need]) -> bool {
+    let mut needs = vec![
+        minion_testenv::Need::Program("ip"),
+        minion_testenv::Need::Program("unshare"),
+        minion_testenv::Need::Program("tini"),
+    ];
+    needs.extend_from_slice(extra);
+    image_env(t, "minimal", &needs)
+}
+
+/// Fake hosts made by `fake-hosts.sh ARGS` (any left over removed first), removed again when
+/// the guard drops.
+fn fake_hosts_up(args: &[&str]) -> FakeHosts {
+    fake_hosts(&["down"]);
+    let guard = FakeHosts;
+    fake_hosts(args);
+    guard
+}
+
 fn virsh(k: usize, args: &[&str]) -> Result<String, String> {
     let out = Command::new("timeout")
         .arg("10")
@@ -90,6 +111,18 @@ fn vm_volumes_on(k: usize) -> Vec<String> {
         })
         .map(String::from)
         .collect()
+}
+
+/// Waits for each of `ids` to end; each must end FINISHED.
+fn all_finish(d: &Daemon, ids: &[String], within: Duration) {
+    for id in ids {
+        let j = d.wait_state(
+            id,
+            &["FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"],
+            within,
+        );
+        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
+    }
 }
 
 /// The keys of the whole snapshots on host k (their marker volume is there).
@@ -216,20 +249,10 @@ actions:
 #[test]
 fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
     let t = "jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt";
-    if !image_env(
-        t,
-        "minimal",
-        &[
-            minion_testenv::Need::Program("ip"),
-            minion_testenv::Need::Program("unshare"),
-            minion_testenv::Need::Program("tini"),
-        ],
-    ) {
+    if !hosts_env(t, &[]) {
         return;
     }
-    fake_hosts(&["down"]);
-    let _hosts = FakeHosts;
-    fake_hosts(&["up", &HOSTS.to_string()]);
+    let _hosts = fake_hosts_up(&["up", &HOSTS.to_string()]);
 
     // mhost3 holds other bytes under the disk's volume name: it must not be used.
     let img = images_dir().join("minimal");
@@ -345,14 +368,7 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
     let ids: Vec<String> = (0..12)
         .map(|_| d.submit(repo.path(), &["-p", "spread"]))
         .collect();
-    for id in &ids {
-        let j = d.wait_state(
-            id,
-            &["FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"],
-            Duration::from_secs(600),
-        );
-        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
-    }
+    all_finish(&d, &ids, Duration::from_secs(600));
     let max = sampler.max_per_host();
     assert!(
         max.values().all(|&n| n <= 2),
@@ -382,14 +398,7 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
     let first: Vec<String> = (0..3)
         .map(|_| d.submit(repo.path(), &["-p", "warm"]))
         .collect();
-    for id in &first {
-        let j = d.wait_state(
-            id,
-            &["FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"],
-            Duration::from_secs(300),
-        );
-        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
-    }
+    all_finish(&d, &first, Duration::from_secs(300));
     until("a snapshot on each host", Duration::from_secs(300), || {
         (1..=HOSTS).all(|k| snapshots_on(k).len() == 1)
     });
@@ -655,25 +664,14 @@ fn libvirt_pki(dir: &std::path::Path, ip: &str) {
 #[test]
 fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
     let t = "a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow";
-    if !image_env(
-        t,
-        "minimal",
-        &[
-            minion_testenv::Need::Program("ip"),
-            minion_testenv::Need::Program("unshare"),
-            minion_testenv::Need::Program("tini"),
-            minion_testenv::Need::Program("openssl"),
-        ],
-    ) {
+    if !hosts_env(t, &[minion_testenv::Need::Program("openssl")]) {
         return;
     }
     const K: usize = 4;
     let ip = format!("10.77.{K}.2");
     let pki = tempfile::tempdir().expect("tmp");
     libvirt_pki(pki.path(), &ip);
-    fake_hosts(&["down"]);
-    let _hosts = FakeHosts;
-    fake_hosts(&["up-tls", &K.to_string(), pki.path().to_str().expect("utf8")]);
+    let _hosts = fake_hosts_up(&["up-tls", &K.to_string(), pki.path().to_str().expect("utf8")]);
     let tls_uri = |sub: &str| {
         format!(
             "qemu+tls://{ip}/system?pkipath={}",
@@ -747,14 +745,7 @@ fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
     let ids: Vec<String> = (0..2)
         .map(|_| d.submit(repo.path(), &["-p", "secure"]))
         .collect();
-    for id in &ids {
-        let j = d.wait_state(
-            id,
-            &["FINISHED", "FAILED", "CANCELLED", "TIMED_OUT"],
-            Duration::from_secs(300),
-        );
-        assert_eq!(j["state"], "FINISHED", "{j:#}\n{}", d.log());
-    }
+    all_finish(&d, &ids, Duration::from_secs(300));
     // The other two certificates never got a connection: down, saying why.
     let hosts = d.json(&["host", "list"]);
     for refused in ["intruder", "stranger"] {
@@ -814,20 +805,10 @@ fn parked_on(k: usize) -> Vec<String> {
 #[test]
 fn min_ready_parks_across_hosts_and_a_drained_host_empties_while_its_job_finishes() {
     let t = "min_ready_parks_across_hosts_and_a_drained_host_empties_while_its_job_finishes";
-    if !image_env(
-        t,
-        "minimal",
-        &[
-            minion_testenv::Need::Program("ip"),
-            minion_testenv::Need::Program("unshare"),
-            minion_testenv::Need::Program("tini"),
-        ],
-    ) {
+    if !hosts_env(t, &[]) {
         return;
     }
-    fake_hosts(&["down"]);
-    let _hosts = FakeHosts;
-    fake_hosts(&["up", "2"]);
+    let _hosts = fake_hosts_up(&["up", "2"]);
     let hosts_cfg: String = (1..=2)
         .map(|k| format!("\n[hosts.mhost{k}]\nuri = {:?}\nmax_vms = 1\n", uri(k)))
         .collect();
