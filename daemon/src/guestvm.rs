@@ -465,6 +465,28 @@ pub fn identity(vm_id: &str) -> minion_proto::guest::Identity {
     }
 }
 
+/// The libvirt connection and backend of `pool`'s VMs: on `host`, one of its `[hosts]`, or on
+/// the pool's own `libvirt_uri` with the local file backend. Blocks (a first connection).
+pub fn connection(
+    ctx: &VmContext,
+    pool: &Pool,
+    host: Option<&Arc<crate::hosts::Host>>,
+) -> Result<(Arc<Hypervisor>, Arc<dyn VmBackend>), BootError> {
+    let (hv, uri, backend): (_, _, Arc<dyn VmBackend>) = match host {
+        Some(h) => (h.hypervisor(), &h.cfg.uri, h.backend.clone()),
+        None => (
+            pool.hypervisor(),
+            &pool.cfg().libvirt_uri,
+            ctx.local.clone(),
+        ),
+    };
+    let hv = hv.map_err(|source| BootError::Libvirt {
+        uri: uri.clone(),
+        source,
+    })?;
+    Ok((hv, backend))
+}
+
 /// The pool's image from the catalog, as it is now.
 pub async fn pool_image(
     ctx: &VmContext,
@@ -529,24 +551,8 @@ async fn provision(
     };
     let (ctx, pool, vm_id, start) = (ctx.clone(), pool.clone(), vm_id.to_string(), start.clone());
     tokio::task::spawn_blocking(move || {
-        let (hv, backend, host_image): (_, Arc<dyn VmBackend>, _) = match &lease {
-            Some(l) => (
-                l.host.hypervisor().map_err(|source| BootError::Libvirt {
-                    uri: l.host.cfg.uri.clone(),
-                    source,
-                })?,
-                l.host.backend.clone(),
-                Some(l.image.clone()),
-            ),
-            None => (
-                pool.hypervisor().map_err(|source| BootError::Libvirt {
-                    uri: pool.cfg().libvirt_uri.clone(),
-                    source,
-                })?,
-                ctx.local.clone(),
-                None,
-            ),
-        };
+        let (hv, backend) = connection(&ctx, &pool, lease.as_ref().map(|l| &l.host))?;
+        let host_image = lease.as_ref().map(|l| l.image.clone());
         let req = vm::VmRequest {
             state_dir: ctx.state_dir.clone(),
             job_id: vm_id.clone(),

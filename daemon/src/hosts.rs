@@ -581,9 +581,9 @@ impl Hosts {
     }
 
     /// Destroys this daemon's domains and deletes its volumes on every host that answers
-    /// (at start, nothing is live; at shutdown, what is live is abandoned), and the snapshots
-    /// there that are half-made or, with `snapshots`, no pool's now. Blocks.
-    pub fn reap_all(&self, is_live: &dyn Fn(&str) -> bool, snapshots: Option<&SnapshotKeys>) {
+    /// (at start, nothing is live; at shutdown, what is live is abandoned). Blocks. Their
+    /// snapshots are swept by the watch, when each host is first (or again) up.
+    pub fn reap_all(&self, is_live: &dyn Fn(&str) -> bool) {
         for h in self.all() {
             match h.hypervisor().and_then(|hv| hv.ping().map(|()| hv)) {
                 Ok(hv) => {
@@ -597,8 +597,6 @@ impl Hosts {
                     for e in report.errors {
                         tracing::error!(host = %h.name, "reconcile: {e}");
                     }
-                    let keep = snapshots.and_then(|k| k(&h.name, &h.cfg.uri, &hv));
-                    h.sweep_snapshots(&hv, keep.as_ref());
                 }
                 Err(e) => {
                     tracing::warn!(host = %h.name, "reconcile: not reachable ({e}); reaped when it answers")

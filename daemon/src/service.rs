@@ -354,8 +354,7 @@ impl Service {
             p.prebooted.shutdown().await;
         }
         let s = self.clone();
-        // Every whole snapshot stays: this daemon's next start judges them.
-        if let Err(e) = tokio::task::spawn_blocking(move || s.destroy_vms(None)).await {
+        if let Err(e) = tokio::task::spawn_blocking(move || s.destroy_vms()).await {
             tracing::error!("destroying VMs at shutdown: {e}");
         }
     }
@@ -364,7 +363,7 @@ impl Service {
     /// the budget), and every VM this daemon left is destroyed.
     fn reconcile(&self) -> Result<(), JobsError> {
         self.jobs.interrupt_in_flight()?;
-        self.destroy_vms(Some(&self.snapshot_keys()));
+        self.destroy_vms();
         self.instances.start();
         Ok(())
     }
@@ -372,7 +371,7 @@ impl Service {
     /// Destroys every domain marked as this daemon's (its jobs' and its pre-booted VMs') on
     /// every libvirt host of its pools, then deletes every per-VM dir. Used at start (nothing is
     /// live yet) and at shutdown (what is live is abandoned). Blocks.
-    fn destroy_vms(&self, snapshots: Option<&crate::hosts::SnapshotKeys>) {
+    fn destroy_vms(&self) {
         let mut seen: Vec<String> = Vec::new();
         let mut hosts: Vec<Arc<Pool>> = self.entries().iter().map(|e| e.pool.clone()).collect();
         hosts.push(self.instances.host_pool());
@@ -395,7 +394,7 @@ impl Service {
                 Err(e) => tracing::error!("reconcile: libvirt {}: {e}", p.cfg().libvirt_uri),
             }
         }
-        self.run.vms.hosts.reap_all(&|_| false, snapshots);
+        self.run.vms.hosts.reap_all(&|_| false);
         let report = vm::sweep_dirs(&self.cfg.state_dir, &|_| false);
         for d in report.removed_dirs {
             tracing::info!("reconcile: removed {}", d.display());

@@ -640,19 +640,23 @@ pub struct Pki {
     pub key: PathBuf,
 }
 
+/// Runs `openssl ARGS` in `dir` (relative paths are under it); it must succeed.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn make_pki(dir: &Path, name: &str) -> Pki {
     let p = |f: &str| dir.join(format!("{name}-{f}"));
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     let s = |p: &PathBuf| p.to_str().expect("utf8 path").to_string();
     let (ca, ca_key, csr, cert, key, ext) = (
         p("ca.pem"),
