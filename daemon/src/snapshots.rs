@@ -209,14 +209,14 @@ impl Snapshots {
             return SnapshotStatus::Off;
         }
         if pool.cfg().hosts.is_empty() {
-            return self.site_status(&pool.name, true);
+            return self.site_status(&site(&pool.name, None), true);
         }
         // Over hosts: ready where any host has one (its bytes summed), else the first state.
         let all: Vec<SnapshotStatus> = pool
             .cfg()
             .hosts
             .iter()
-            .map(|h| self.site_status(&format!("{}@{h}", pool.name), false))
+            .map(|h| self.site_status(&site(&pool.name, Some(h)), false))
             .collect();
         let ready: u64 = all
             .iter()
@@ -356,41 +356,22 @@ impl Snapshots {
         .await
     }
 
-    /// The hypervisor and backend of a site: the pool's own libvirt, or `host`.
-    fn connection(
-        &self,
-        pool: &Pool,
-        host: Option<&Arc<Host>>,
-    ) -> Result<(Arc<Hypervisor>, Arc<dyn VmBackend>), SnapshotError> {
-        match host {
-            None => pool
-                .hypervisor()
-                .map(|hv| (hv, self.ctx.local.clone() as Arc<dyn VmBackend>))
-                .map_err(|source| SnapshotError::Libvirt {
-                    uri: pool.cfg().libvirt_uri.clone(),
-                    source,
-                }),
-            Some(h) => h
-                .hypervisor()
-                .map(|hv| (hv, h.backend.clone() as Arc<dyn VmBackend>))
-                .map_err(|source| SnapshotError::Libvirt {
-                    uri: h.cfg.uri.clone(),
-                    source,
-                }),
-        }
-    }
-
-    /// Runs `f` with a site's hypervisor and backend on a blocking thread.
+    /// Runs `f` with a site's hypervisor and backend on a blocking thread (a first connection
+    /// blocks too).
     async fn on_site<T: Send + 'static>(
         &self,
-        pool: &Pool,
+        pool: &Arc<Pool>,
         host: Option<&Arc<Host>>,
         f: impl FnOnce(&Hypervisor, &dyn VmBackend) -> Result<T, minion_provisioning::ProvisionError>
             + Send
             + 'static,
     ) -> Result<T, SnapshotError> {
-        let (hv, backend) = self.connection(pool, host)?;
-        Ok(tokio::task::spawn_blocking(move || f(&hv, backend.as_ref())).await??)
+        let (ctx, pool, host) = (self.ctx.clone(), pool.clone(), host.cloned());
+        tokio::task::spawn_blocking(move || {
+            let (hv, backend) = guestvm::connection(&ctx, &pool, host.as_ref())?;
+            Ok(f(&hv, backend.as_ref())?)
+        })
+        .await?
     }
 
     /// The key of the pool's whole snapshot (on `host`, for a pool over hosts), if it is a
@@ -411,7 +392,7 @@ impl Snapshots {
                 return None;
             }
         };
-        let site = site(pool, host);
+        let site = site(&pool.name, host.map(|h| h.name.as_str()));
         Self::lock(&self.pool_wants).insert(site.clone(), key.clone());
         if Self::lock(&self.keys).contains_key(&key) {
             return None;
@@ -422,6 +403,21 @@ impl Snapshots {
             .await;
         match whole {
             Ok(true) => {
+                // Found whole but not made by this daemon (it was running before): what it
+                // takes is asked once, for the pool's status.
+                let unknown = !Self::lock(&self.host_bytes).contains_key(&key);
+                if host.is_some() && unknown {
+                    let k = key.clone();
+                    match self
+                        .on_site(pool, host, move |hv, b| b.snapshot_bytes(hv, &k))
+                        .await
+                    {
+                        Ok(b) => {
+                            Self::lock(&self.host_bytes).insert(key.clone(), b);
+                        }
+                        Err(e) => tracing::debug!(pool = %pool.name, "snapshot {key}: {e}"),
+                    }
+                }
                 Self::lock(&self.pool_keys).insert(site, key.clone());
                 Some(key)
             }
@@ -439,7 +435,10 @@ impl Snapshots {
     /// Starts building `key`'s snapshot for `pool` (on `host`) unless it is being built or is
     /// broken.
     fn want(self: &Arc<Self>, pool: &Arc<Pool>, host: Option<&Arc<Host>>, key: &str) {
-        Self::lock(&self.pool_wants).insert(site(pool, host), key.to_string());
+        Self::lock(&self.pool_wants).insert(
+            site(&pool.name, host.map(|h| h.name.as_str())),
+            key.to_string(),
+        );
         {
             let mut keys = Self::lock(&self.keys);
             if keys.contains_key(key) {
@@ -464,7 +463,7 @@ impl Snapshots {
 
     /// A restore from snapshot `key` failed: the key is not used again, the snapshot goes, VMs
     /// boot.
-    async fn broken(&self, pool: &Pool, host: Option<&Arc<Host>>, key: &str, why: &str) {
+    async fn broken(&self, pool: &Arc<Pool>, host: Option<&Arc<Host>>, key: &str, why: &str) {
         let first = !matches!(
             Self::lock(&self.keys).insert(key.to_string(), KeyState::Broken(why.to_string())),
             Some(KeyState::Broken(_))
@@ -484,8 +483,11 @@ impl Snapshots {
 
     /// `key` is now the snapshot of `pool` (on `host`): the one it had before goes, unless
     /// another site uses it.
-    async fn replaces(&self, pool: &Pool, host: Option<&Arc<Host>>, key: &str) {
-        let old = Self::lock(&self.pool_keys).insert(site(pool, host), key.to_string());
+    async fn replaces(&self, pool: &Arc<Pool>, host: Option<&Arc<Host>>, key: &str) {
+        let old = Self::lock(&self.pool_keys).insert(
+            site(&pool.name, host.map(|h| h.name.as_str())),
+            key.to_string(),
+        );
         let Some(old) = old.filter(|o| o != key) else {
             return;
         };
@@ -734,23 +736,23 @@ impl Snapshots {
         if let Some(v) = Self::lock(&self.versions).get(&uri) {
             return Ok(*v);
         }
-        let (hv, _) = self.connection(pool, host)?;
-        let v = tokio::task::spawn_blocking(move || hv.versions())
-            .await?
-            .map_err(|source| SnapshotError::Libvirt {
-                uri: uri.clone(),
-                source,
-            })?;
+        let (ctx, pool, host, u) = (self.ctx.clone(), pool.clone(), host.cloned(), uri.clone());
+        let v = tokio::task::spawn_blocking(move || {
+            let (hv, _) = guestvm::connection(&ctx, &pool, host.as_ref())?;
+            hv.versions()
+                .map_err(|source| SnapshotError::Libvirt { uri: u, source })
+        })
+        .await??;
         Self::lock(&self.versions).insert(uri, v);
         Ok(v)
     }
 }
 
 /// The name of where a pool's snapshot is: the pool's own, or the pool's on one of its hosts.
-fn site(pool: &Pool, host: Option<&Arc<Host>>) -> String {
+fn site(pool: &str, host: Option<&str>) -> String {
     match host {
-        None => pool.name.clone(),
-        Some(h) => format!("{}@{}", pool.name, h.name),
+        None => pool.to_string(),
+        Some(h) => format!("{pool}@{h}"),
     }
 }
 

@@ -60,6 +60,9 @@ pub trait VmBackend: Send + Sync + std::fmt::Debug {
     /// Whether snapshot `key` is whole where `hv`'s VMs can be restored from it.
     fn snapshot_complete(&self, hv: &Hypervisor, key: &str) -> Result<bool, ProvisionError>;
 
+    /// The bytes snapshot `key` takes there (what is there of it).
+    fn snapshot_bytes(&self, hv: &Hypervisor, key: &str) -> Result<u64, ProvisionError>;
+
     /// Saves the running template `vm` (prepared with `template_of`, its agent quiesced) as
     /// snapshot `key` with `meta` (JSON) describing it: the domain stops and is gone. Returns the
     /// bytes the snapshot takes. On error nothing of the snapshot is whole; the template's own
@@ -156,6 +159,10 @@ impl VmBackend for LocalFiles {
         Ok(SnapshotFiles::new(&self.state_dir, key)?.is_complete())
     }
 
+    fn snapshot_bytes(&self, _hv: &Hypervisor, key: &str) -> Result<u64, ProvisionError> {
+        Ok(SnapshotFiles::new(&self.state_dir, key)?.disk_bytes())
+    }
+
     fn freeze(
         &self,
         hv: &Hypervisor,
@@ -165,7 +172,7 @@ impl VmBackend for LocalFiles {
     ) -> Result<u64, ProvisionError> {
         let files = SnapshotFiles::new(&self.state_dir, key)?;
         snapshot::freeze(hv, &vm.name, &vm.files, &files, meta)?;
-        Ok(files.disk_bytes())
+        self.snapshot_bytes(hv, key)
     }
 
     fn prepare_restore(
@@ -567,6 +574,16 @@ impl VmBackend for StorageVolumes {
         Ok(true)
     }
 
+    fn snapshot_bytes(&self, hv: &Hypervisor, key: &str) -> Result<u64, ProvisionError> {
+        let owner = self.owner();
+        let mut bytes = 0;
+        for part in SnapshotPart::ALL {
+            bytes +=
+                hv.volume_allocation(&self.pool, &volumes::snapshot_volume(&owner, key, part))?;
+        }
+        Ok(bytes)
+    }
+
     fn freeze(
         &self,
         hv: &Hypervisor,
@@ -598,11 +615,7 @@ impl VmBackend for StorageVolumes {
         std::fs::write(&local, text).map_err(ProvisionError::io("write", &local))?;
         // The marker last: a snapshot without it is half-made.
         hv.upload_volume(&self.pool, &name(SnapshotPart::Marker), &local, 0o644)?;
-        let mut bytes = 0;
-        for part in SnapshotPart::ALL {
-            bytes += hv.volume_allocation(&self.pool, &name(part))?;
-        }
-        Ok(bytes)
+        self.snapshot_bytes(hv, key)
     }
 
     fn prepare_restore(

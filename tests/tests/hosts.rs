@@ -51,6 +51,22 @@ impl Drop for FakeHosts {
     }
 }
 
+/// `[hosts.NAME]` tables for (name, URI) pairs, each taking `max_vms` VMs.
+fn hosts_toml(hosts: &[(String, String)], max_vms: u32) -> String {
+    hosts
+        .iter()
+        .map(|(name, uri)| format!("\n[hosts.{name}]\nuri = {uri:?}\nmax_vms = {max_vms}\n"))
+        .collect()
+}
+
+/// A pool of `minimal` VMs (1 vCPU, 512 MiB) over `hosts`, with `settings` (TOML lines).
+fn pool_toml(name: &str, hosts: &[&str], settings: &str) -> String {
+    format!(
+        "\n[pools.{name}]\nimage = \"minimal\"\nhosts = {hosts:?}\nvcpus = 1\nmemory_mib = 512\n\
+         default_timeout_seconds = 300\n{settings}\n"
+    )
+}
+
 /// Whether this machine can make fake hosts and boot `minimal` on them (else the test skips,
 /// or fails under CI); `extra` adds needs.
 fn hosts_env(t: &str, extra: &[minion_testenv::Need]) -> bool {
@@ -288,19 +304,16 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
     )
     .expect("upload");
 
-    let hosts_cfg: String = (1..=HOSTS)
-        .map(|k| format!("\n[hosts.mhost{k}]\nuri = {:?}\nmax_vms = 2\n", uri(k)))
-        .collect();
+    let all = ["mhost1", "mhost2", "mhost3"];
+    let hosts: Vec<(String, String)> = (1..=HOSTS).map(|k| (format!("mhost{k}"), uri(k))).collect();
     let mut d = Daemon::prepare(
         1,
         0,
         &format!(
-            "\n[pools.spread]\nimage = \"minimal\"\nhosts = [\"mhost1\", \"mhost2\", \"mhost3\"]\n\
-             max_vms = 6\nvcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n\
-             start = \"boot\"\n\
-             \n[pools.warm]\nimage = \"minimal\"\nhosts = [\"mhost1\", \"mhost2\", \"mhost3\"]\n\
-             max_vms = 6\nvcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n\
-             start = \"snapshot\"\n{hosts_cfg}"
+            "{}{}{}",
+            pool_toml("spread", &all, "max_vms = 6\nstart = \"boot\""),
+            pool_toml("warm", &all, "max_vms = 6\nstart = \"snapshot\""),
+            hosts_toml(&hosts, 2)
         ),
     );
     d.spawn();
@@ -531,6 +544,29 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
         assert_eq!(vm_volumes_on(k), Vec::<String>::new(), "mhost{k}");
     }
 
+    // Started again as it was: the hosts' snapshots are found, restored from, and said ready.
+    d.spawn();
+    until("every host up again", Duration::from_secs(90), || {
+        d.json(&["host", "list"])
+            .as_array()
+            .is_some_and(|a| a.iter().all(|h| h["state"] == "up"))
+    });
+    let again = d.submit(repo.path(), &["-p", "warm"]);
+    all_finish(&d, std::slice::from_ref(&again), Duration::from_secs(300));
+    assert_eq!(
+        booting_detail(&d.job(&again)),
+        "restored from a snapshot",
+        "{}",
+        d.log()
+    );
+    let warm_pool = d
+        .json(&["pool", "list"])
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "warm").cloned())
+        .unwrap_or_default();
+    assert_eq!(warm_pool["snapshot"], "ready", "{warm_pool:#}");
+    d.terminate();
+
     // A new shape for the snapshot pool: at the next start, the hosts' snapshots are no pool's
     // any more and go.
     let cfg = std::fs::read_to_string(&d.config).expect("config");
@@ -563,18 +599,7 @@ fn jobs_spread_over_three_libvirt_hosts_reached_only_through_libvirt() {
 /// minion-controller, the DN the host allows), `intruder` (same CA, another DN) and `stranger`
 /// (the right DN from another CA).
 fn libvirt_pki(dir: &std::path::Path, ip: &str) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            output_text(&out)
-        );
-    };
+    let run = |args: &[&str]| openssl(dir, args);
     let ca = |name: &str| {
         run(&[
             "req",
@@ -710,17 +735,15 @@ fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
         output_text(&plain)
     );
 
-    let hosts_cfg: String = ["client", "intruder", "stranger"]
-        .iter()
-        .map(|sub| format!("\n[hosts.{sub}]\nuri = {:?}\nmax_vms = 2\n", tls_uri(sub)))
-        .collect();
+    let certs = ["client", "intruder", "stranger"];
+    let hosts: Vec<(String, String)> = certs.iter().map(|c| (c.to_string(), tls_uri(c))).collect();
     let mut d = Daemon::prepare(
         1,
         0,
         &format!(
-            "\n[pools.secure]\nimage = \"minimal\"\nhosts = [\"client\", \"intruder\", \"stranger\"]\n\
-             max_vms = 2\nvcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n\
-             start = \"boot\"\n{hosts_cfg}"
+            "{}{}",
+            pool_toml("secure", &certs, "max_vms = 2\nstart = \"boot\""),
+            hosts_toml(&hosts, 2)
         ),
     );
     d.spawn();
@@ -809,16 +832,18 @@ fn min_ready_parks_across_hosts_and_a_drained_host_empties_while_its_job_finishe
         return;
     }
     let _hosts = fake_hosts_up(&["up", "2"]);
-    let hosts_cfg: String = (1..=2)
-        .map(|k| format!("\n[hosts.mhost{k}]\nuri = {:?}\nmax_vms = 1\n", uri(k)))
-        .collect();
+    let hosts: Vec<(String, String)> = (1..=2).map(|k| (format!("mhost{k}"), uri(k))).collect();
     let mut d = Daemon::prepare(
         1,
         0,
         &format!(
-            "\n[pools.parked]\nimage = \"minimal\"\nhosts = [\"mhost1\", \"mhost2\"]\n\
-             max_vms = 2\nmin_ready = 2\nvcpus = 1\nmemory_mib = 512\n\
-             default_timeout_seconds = 300\nstart = \"boot\"\n{hosts_cfg}"
+            "{}{}",
+            pool_toml(
+                "parked",
+                &["mhost1", "mhost2"],
+                "max_vms = 2\nmin_ready = 2\nstart = \"boot\""
+            ),
+            hosts_toml(&hosts, 1)
         ),
     );
     d.spawn();
