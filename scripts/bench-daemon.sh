@@ -27,6 +27,7 @@ SOCK="$WORK/miniond.sock"
 PID=""
 cleanup() {
     [[ -n "$PID" ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+    scripts/forget-volumes.sh "$WORK" || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -13,6 +13,7 @@ WORK="$(mktemp -d /tmp/bench-dashboard-XXXX)"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+    scripts/forget-volumes.sh "$WORK" || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT

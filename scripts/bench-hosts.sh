@@ -7,10 +7,8 @@
 #  2. throughput: M trivial jobs at once on 2 VM slots, jobs/minute;
 #  3. the guest channel: a job writes a 200 MiB artifact (urandom); COLLECTING → final state is
 #     its transfer over virDomainOpenChannel (remote) vs the local unix socket, MiB/s, median of A.
-# local-volumes: the same host as local-boot through the storage-volume backend (a [hosts] entry
-# for qemu:///system with a storage pool of the bench's own): the seam's cost on one machine.
-# local-volumes-snapshot, remote-snapshot: the same at start = snapshot (the host's snapshot as
-# volumes there).
+# remote-snapshot: the same at start = snapshot (the host's snapshot as volumes there). Local
+# pools run on this machine as host `local`, through the same storage-volume backend.
 # With OLD_BIN (a directory holding an older build's miniond and minion), the local pool is also
 # measured with it, in the same run, at its default start (snapshot) and with start = boot: the
 # single-host setup's numbers before and after.
@@ -36,16 +34,12 @@ PID=""
 cleanup() {
     [[ -n "$PID" ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
     scripts/fake-hosts.sh down > /dev/null 2>&1 || true
-    virsh -q pool-destroy minion-bench > /dev/null 2>&1 || true
-    virsh -q pool-undefine minion-bench > /dev/null 2>&1 || true
+    scripts/forget-volumes.sh "$WORK" || true
     if [[ -n "${KEEP:-}" ]]; then echo "bench-hosts: kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 scripts/fake-hosts.sh down > /dev/null
 scripts/fake-hosts.sh up 1 > /dev/null
-# The storage-volume backend on this machine's own libvirtd too (mode local-volumes).
-mkdir -p "$WORK/pool"
-virsh -q pool-create-as minion-bench dir --target "$WORK/pool" > /dev/null
 
 mkdir -p "$WORK/task" "$WORK/big"
 cat > "$WORK/task/runtask.yml" <<'YML'
@@ -200,21 +194,6 @@ hosts = ["mhost1"]
 uri = "qemu+tcp://10.77.1.2/system"
 max_vms = 2'
 
-LOCAL_VOLUMES_SNAP='max_vms = 2
-hosts = ["here"]
-[hosts.here]
-uri = "qemu:///system"
-storage_pool = "minion-bench"
-max_vms = 2'
-
-LOCAL_VOLUMES='max_vms = 2
-start = "boot"
-hosts = ["here"]
-[hosts.here]
-uri = "qemu:///system"
-storage_pool = "minion-bench"
-max_vms = 2'
-
 modes=()
 RUN=0
 want() { [[ -z "${MODES:-}" || " $MODES " == *" $1 "* ]]; }
@@ -228,8 +207,6 @@ if [[ -n "${OLD_BIN:-}" ]]; then measure old-local-snapshot "$OLD_BIN" "$LOCAL_S
 measure local-snapshot "$NEW_BIN" "$LOCAL_SNAP"
 if [[ -n "${OLD_BIN:-}" ]]; then measure old-local-boot "$OLD_BIN" "$LOCAL_BOOT"; fi
 measure local-boot "$NEW_BIN" "$LOCAL_BOOT"
-measure local-volumes "$NEW_BIN" "$LOCAL_VOLUMES"
-measure local-volumes-snapshot "$NEW_BIN" "$LOCAL_VOLUMES_SNAP"
 measure remote-boot "$NEW_BIN" "$REMOTE"
 measure remote-snapshot "$NEW_BIN" "$REMOTE_SNAP"
 

@@ -43,6 +43,7 @@ cleanup() {
         virsh -c qemu:///session destroy "$d" >/dev/null 2>&1 || true
         virsh -c qemu:///session undefine "$d" >/dev/null 2>&1 || true
     done
+    scripts/forget-volumes.sh "$WORK" || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -27,6 +27,7 @@ chmod 755 "$WORK"
 PID=""
 cleanup() {
     [[ -n "$PID" ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+    scripts/forget-volumes.sh "$WORK" || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT

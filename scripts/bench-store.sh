@@ -14,6 +14,7 @@ WORK="$(mktemp -d /tmp/bench-store-XXXX)"
 PID=""
 cleanup() {
     [[ -n "$PID" ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+    scripts/forget-volumes.sh "$WORK" || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT

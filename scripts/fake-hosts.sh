@@ -39,6 +39,10 @@ up_one() {
     down_one "$k"
     mkdir -p "$dir"/{etc,lib,cache,log,storage}
     cp -a /etc/libvirt/. "$dir/etc/"
+    # Its own storage pools only: this machine's (miniond's `minion` on /var/lib/minion/volumes)
+    # are not the host's.
+    rm -rf "$dir/etc/storage"
+    mkdir -p "$dir/etc/storage"
     if [ -n "$pki" ]; then
         for f in cacert.pem servercert.pem serverkey.pem client/cacert.pem client/clientcert.pem client/clientkey.pem; do
             [ -f "$pki/$f" ] || { say "up-tls: $pki/$f is missing"; exit 1; }

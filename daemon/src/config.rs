@@ -76,6 +76,10 @@ pub struct Config {
     /// Default: none (every pool runs on its `libvirt_uri`).
     #[serde(default)]
     pub hosts: BTreeMap<String, HostConfig>,
+    /// This machine's libvirt storage pool, where the VMs of pools without `hosts` keep their
+    /// disks (as every host does).
+    #[serde(default)]
+    pub local: LocalConfig,
     /// Reporting results to ResultsDB. Default: off.
     #[serde(default)]
     pub reporting: Option<ReportingConfig>,
@@ -150,6 +154,9 @@ pub struct InstancesConfig {
     /// shape boots, later ones are restored from its snapshot.
     #[serde(default)]
     pub start: VmStart,
+    /// The host instances run on: this machine's libvirtd on `libvirt_uri` (set at load).
+    #[serde(skip)]
+    pub hosts: Vec<String>,
 }
 
 impl Default for InstancesConfig {
@@ -164,6 +171,7 @@ impl Default for InstancesConfig {
             max_memory_mib: default_instance_max_memory(),
             max_disk_gib: default_instance_max_disk(),
             start: VmStart::default(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -192,7 +200,7 @@ impl InstancesConfig {
             network,
             start: self.start,
             disk_gib,
-            hosts: Vec::new(),
+            hosts: self.hosts.clone(),
         }
     }
 }
@@ -359,10 +367,40 @@ pub struct PoolConfig {
     #[serde(default)]
     pub start: VmStart,
     /// `[hosts]` names the pool's VMs run on (each job's VM on the least-loaded one with a free
-    /// slot that holds the image); `libvirt_uri` is then unused, and VMs boot (no snapshots).
-    /// Default: none (the pool's VMs run on `libvirt_uri`, with files on this machine).
+    /// slot that holds the image); `libvirt_uri` is then unused. Default: none, and then the
+    /// pool runs on host [`LOCAL_HOST`], this machine's libvirtd on `libvirt_uri` (set at load).
     #[serde(default)]
     pub hosts: Vec<String>,
+}
+
+/// The host of pools without `hosts`: this machine's libvirtd, reached as every host is.
+pub const LOCAL_HOST: &str = "local";
+
+/// `[local]`: this machine as a host of the pools without `hosts`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// The storage pool of this machine's libvirtd for VM disks, snapshots and images' copies;
+    /// miniond defines it (a directory pool on `storage_dir`, autostarted) when there is none of
+    /// that name. Default `minion`.
+    #[serde(default = "default_storage_pool")]
+    pub storage_pool: String,
+    /// Where miniond makes that pool. Default `/var/lib/minion/volumes`. Must be absolute.
+    #[serde(default = "default_storage_dir")]
+    pub storage_dir: PathBuf,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            storage_pool: default_storage_pool(),
+            storage_dir: default_storage_dir(),
+        }
+    }
+}
+
+fn default_storage_dir() -> PathBuf {
+    PathBuf::from("/var/lib/minion/volumes")
 }
 
 /// `[hosts.NAME]`: one libvirt host, reached only through its libvirt connection (its disks
@@ -382,6 +420,10 @@ pub struct HostConfig {
     /// Takes no new VM until undrained (`minion host undrain`). Default false.
     #[serde(default)]
     pub drained: bool,
+    /// Set at load for [`LOCAL_HOST`]: miniond makes its storage pool (`[local]`) and puts the
+    /// images its pools use there itself.
+    #[serde(skip)]
+    pub local: Option<PathBuf>,
 }
 
 fn default_storage_pool() -> String {
@@ -471,7 +513,7 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -595,6 +637,20 @@ impl Config {
                 ));
             }
         }
+        if !minion_provisioning::domain::is_token(&cfg.local.storage_pool) {
+            return Err(invalid(
+                "local.storage_pool",
+                format!("`{}`: use [A-Za-z0-9._-]", cfg.local.storage_pool),
+            ));
+        }
+        if !cfg.local.storage_dir.is_absolute() {
+            return Err(invalid(
+                "local.storage_dir",
+                "must be an absolute path".into(),
+            ));
+        }
+        cfg.place_on_local_host()
+            .map_err(|(field, message)| invalid(&field, message))?;
         if let Some(r) = &cfg.reporting {
             for (field, url) in [
                 ("reporting.resultsdb_url", &r.resultsdb_url),
@@ -636,6 +692,61 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Puts every pool without `hosts` (and the instances) on [`LOCAL_HOST`]: a `[hosts]` entry
+    /// for this machine's libvirtd on their `libvirt_uri`, one per URI (`local`, `local-2`, …),
+    /// with as many VM slots as its pools have together (plus the instances' and one validation
+    /// boot), so that only the pools' own limits apply.
+    fn place_on_local_host(&mut self) -> Result<(), (String, String)> {
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        let mut slots: BTreeMap<String, u32> = BTreeMap::new();
+        let mut host_of = |uri: &str, vms: u32, taken: &BTreeMap<String, HostConfig>| {
+            let next = names.len() + 1;
+            let name = names
+                .entry(uri.to_string())
+                .or_insert_with(|| match next {
+                    1 => LOCAL_HOST.to_string(),
+                    n => format!("{LOCAL_HOST}-{n}"),
+                })
+                .clone();
+            if taken.contains_key(&name) {
+                return Err((
+                    format!("hosts.{name}"),
+                    format!(
+                        "`{name}` is the name of this machine's libvirtd (pools without hosts run there): name that host otherwise"
+                    ),
+                ));
+            }
+            *slots.entry(name.clone()).or_default() += vms;
+            Ok(name)
+        };
+        for p in self.pools.values_mut().filter(|p| p.hosts.is_empty()) {
+            p.hosts = vec![host_of(&p.libvirt_uri, p.max_vms, &self.hosts)?];
+        }
+        let i = &mut self.instances;
+        // Each instance, and one template at a time.
+        i.hosts = vec![host_of(
+            &i.libvirt_uri,
+            i.max.saturating_add(1),
+            &self.hosts,
+        )?];
+        for (uri, name) in names {
+            self.hosts.insert(
+                name.clone(),
+                HostConfig {
+                    uri,
+                    storage_pool: self.local.storage_pool.clone(),
+                    // And an image's validation boot.
+                    max_vms: slots.get(&name).copied().unwrap_or(0).saturating_add(1),
+                    drained: false,
+                    local: Some(self.local.storage_dir.clone()),
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,6 +778,58 @@ mod tests {
         .expect("ok");
         assert_eq!(c.pools["p"].network, GuestNetwork::User);
         assert_eq!(c.pools["p"].packages, Some(PathBuf::from("/srv/debs")));
+    }
+
+    #[test]
+    fn pools_without_hosts_run_on_this_machine_as_host_local() {
+        let parse = |t: &str| Config::parse(Path::new("m.toml"), t);
+        let c = parse(
+            "[pools.a]\nimage = \"x\"\nmax_vms = 3\n[pools.b]\nimage = \"x\"\n\
+             [pools.c]\nimage = \"x\"\nlibvirt_uri = \"qemu:///session\"\n\
+             [pools.r]\nimage = \"x\"\nhosts = [\"kvm1\"]\n\
+             [hosts.kvm1]\nuri = \"qemu+tls://kvm1/system\"\n",
+        )
+        .expect("ok");
+        assert_eq!(c.pools["a"].hosts, ["local"]);
+        assert_eq!(c.pools["b"].hosts, ["local"]);
+        assert_eq!(c.pools["c"].hosts, ["local-2"]);
+        assert_eq!(c.pools["r"].hosts, ["kvm1"]);
+        assert_eq!(c.instances.hosts, ["local"]);
+        let local = &c.hosts["local"];
+        assert_eq!(local.uri, "qemu:///system");
+        assert_eq!(local.storage_pool, "minion");
+        assert_eq!(local.local, Some(PathBuf::from("/var/lib/minion/volumes")));
+        // a's 3, b's 2, the instances' 4 + 1, one validation boot.
+        assert_eq!(local.max_vms, 3 + 2 + 5 + 1);
+        assert_eq!(c.hosts["local-2"].uri, "qemu:///session");
+        assert_eq!(c.hosts["kvm1"].local, None);
+
+        let c = parse(
+            "[local]\nstorage_pool = \"mine\"\nstorage_dir = \"/srv/vols\"\n[pools.a]\nimage = \"x\"\n",
+        )
+        .expect("ok");
+        assert_eq!(c.hosts["local"].storage_pool, "mine");
+        assert_eq!(c.hosts["local"].local, Some(PathBuf::from("/srv/vols")));
+
+        let e = parse("[pools.a]\nimage = \"x\"\n[hosts.local]\nuri = \"qemu+tls://h/system\"\n")
+            .expect_err("a [hosts.local]");
+        assert!(
+            e.to_string()
+                .starts_with("m.toml: hosts.local: `local` is the name of this machine's libvirtd"),
+            "{e}"
+        );
+        let e = parse("[local]\nstorage_dir = \"vols\"\n[pools.a]\nimage = \"x\"\n")
+            .expect_err("relative");
+        assert_eq!(
+            e.to_string(),
+            "m.toml: local.storage_dir: must be an absolute path"
+        );
+        let e = parse("[local]\nstorage_pool = \"a b\"\n[pools.a]\nimage = \"x\"\n")
+            .expect_err("bad name");
+        assert!(
+            e.to_string().starts_with("m.toml: local.storage_pool:"),
+            "{e}"
+        );
     }
 
     #[test]

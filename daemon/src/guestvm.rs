@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use minion_channel::{handshake, ChannelError, Limits, ReadySession};
-use minion_provisioning::backend::{LocalFiles, VmBackend};
+use minion_provisioning::backend::VmBackend;
 use minion_provisioning::vm::PreparedVm;
-use minion_provisioning::vmfiles::VmFiles;
 use minion_provisioning::{accel::Accel, image, vm, Hypervisor, HypervisorError, ProvisionError};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
@@ -48,10 +47,8 @@ pub struct VmContext {
     pub live: LiveVms,
     /// Boot failures and teardown times.
     pub recorder: Recorder,
-    /// `[hosts]`: where pools with `hosts` run their VMs.
+    /// Where the pools run their VMs: `[hosts]`, and this machine's libvirtd as host `local`.
     pub hosts: Arc<crate::hosts::Hosts>,
-    /// The backend of pools on `libvirt_uri` (this machine's files).
-    pub local: Arc<LocalFiles>,
 }
 
 /// The VMs this daemon owns right now, by VM id: claimed before a VM's first file is made,
@@ -105,9 +102,6 @@ impl VmContext {
             live: LiveVms::default(),
             recorder: Recorder::default(),
             hosts: Arc::new(crate::hosts::Hosts::new(&cfg.state_dir, &cfg.hosts)),
-            local: Arc::new(LocalFiles {
-                state_dir: cfg.state_dir.clone(),
-            }),
         }
     }
 
@@ -251,7 +245,7 @@ impl VmGuard {
             keep_console,
             done: false,
             claim: Some(claim),
-            lease: placement.lease,
+            lease: Some(placement.lease),
             recorder,
         }
     }
@@ -261,18 +255,18 @@ impl VmGuard {
         &self.vm.name
     }
 
-    /// The VM's files.
-    pub fn files(&self) -> &VmFiles {
-        &self.vm.files
-    }
-
-    /// The `[hosts]` host the VM runs on; `None` on a pool's `libvirt_uri`.
+    /// The host the VM runs on (`None` once its teardown let go of it).
     pub fn host(&self) -> Option<&Arc<crate::hosts::Host>> {
         self.lease.as_ref().map(|l| &l.host)
     }
 
     fn host_down(&self) -> bool {
         self.host().is_some_and(|h| !h.is_up())
+    }
+
+    /// A new connection to the VM's agent channel: a kept or restarted VM's agent waits for one.
+    pub async fn open_channel(&self, timeout: Duration) -> Result<UnixStream, BootError> {
+        open_channel(&self.hv, &self.backend, &self.vm, timeout).await
     }
 
     /// Where the console log is copied at teardown.
@@ -399,11 +393,11 @@ impl Drop for VmGuard {
     }
 }
 
-/// Where a VM runs: its host's connection and backend, and its lease on a `[hosts]` host.
+/// Where a VM runs: its host's connection and backend, and its lease on that host.
 struct Placement {
     hv: Arc<Hypervisor>,
     backend: Arc<dyn VmBackend>,
-    lease: Option<crate::hosts::HostLease>,
+    lease: crate::hosts::HostLease,
 }
 
 async fn open_channel(
@@ -465,26 +459,15 @@ pub fn identity(vm_id: &str) -> minion_proto::guest::Identity {
     }
 }
 
-/// The libvirt connection and backend of `pool`'s VMs: on `host`, one of its `[hosts]`, or on
-/// the pool's own `libvirt_uri` with the local file backend. Blocks (a first connection).
+/// The libvirt connection and backend of VMs on `host`. Blocks (a first connection).
 pub fn connection(
-    ctx: &VmContext,
-    pool: &Pool,
-    host: Option<&Arc<crate::hosts::Host>>,
+    host: &crate::hosts::Host,
 ) -> Result<(Arc<Hypervisor>, Arc<dyn VmBackend>), BootError> {
-    let (hv, uri, backend): (_, _, Arc<dyn VmBackend>) = match host {
-        Some(h) => (h.hypervisor(), &h.cfg.uri, h.backend.clone()),
-        None => (
-            pool.hypervisor(),
-            &pool.cfg().libvirt_uri,
-            ctx.local.clone(),
-        ),
-    };
-    let hv = hv.map_err(|source| BootError::Libvirt {
-        uri: uri.clone(),
+    let hv = host.hypervisor().map_err(|source| BootError::Libvirt {
+        uri: host.cfg.uri.clone(),
         source,
     })?;
-    Ok((hv, backend))
+    Ok((hv, host.backend.clone()))
 }
 
 /// The pool's image from the catalog, as it is now.
@@ -505,27 +488,21 @@ pub async fn pool_image(
         })
 }
 
-/// A slot on one of `pool`'s `[hosts]` (only `host` if given) for a VM of `image`, waiting for
-/// one; `None` for a pool on its own `libvirt_uri`.
+/// A slot on one of `pool`'s hosts (only `host` if given) for a VM of `image`, waiting for one.
 pub async fn lease_on(
     ctx: &VmContext,
     pool: &Pool,
     image: &minion_provisioning::Image,
     host: Option<&str>,
     cancel: &CancellationToken,
-) -> Result<Option<crate::hosts::HostLease>, BootError> {
-    let cfg = pool.cfg();
-    if cfg.hosts.is_empty() {
-        return Ok(None);
-    }
+) -> Result<crate::hosts::HostLease, BootError> {
     let names = match host {
         Some(h) => vec![h.to_string()],
-        None => cfg.hosts.clone(),
+        None => pool.cfg().hosts.clone(),
     };
     ctx.hosts
         .lease(&names, image, cancel)
         .await
-        .map(Some)
         .map_err(|e| match e {
             crate::hosts::LeaseError::Cancelled => BootError::Cancelled {
                 while_booting: false,
@@ -534,7 +511,7 @@ pub async fn lease_on(
         })
 }
 
-/// Image, host (`lease`, else a `[hosts]` lease, or the pool's `libvirt_uri`), then the VM's disks and XML
+/// Image, host (`lease`, else a slot on one of the pool's hosts), then the VM's disks and XML
 /// under `vm_id`. On error nothing of the VM exists.
 async fn provision(
     ctx: &VmContext,
@@ -546,13 +523,13 @@ async fn provision(
 ) -> Result<(Placement, PreparedVm), BootError> {
     let image = pool_image(ctx, pool).await?;
     let lease = match lease {
-        Some(l) => Some(l),
+        Some(l) => l,
         None => lease_on(ctx, pool, &image, None, cancel).await?,
     };
     let (ctx, pool, vm_id, start) = (ctx.clone(), pool.clone(), vm_id.to_string(), start.clone());
     tokio::task::spawn_blocking(move || {
-        let (hv, backend) = connection(&ctx, &pool, lease.as_ref().map(|l| &l.host))?;
-        let host_image = lease.as_ref().map(|l| l.image.clone());
+        let (hv, backend) = connection(&lease.host)?;
+        let host_image = Some(lease.image.clone());
         let req = vm::VmRequest {
             state_dir: ctx.state_dir.clone(),
             job_id: vm_id.clone(),
@@ -578,13 +555,13 @@ async fn provision(
             Start::Boot | Start::Template(_) => backend.prepare(&hv, &req),
             Start::Restore(key) => backend.prepare_restore(&hv, &req, key),
         }
-        .map_err(|e| match (&lease, e) {
+        .map_err(|e| match e {
             // A host that stopped answering mid-way is the host's fault, not the image's.
-            (Some(l), ProvisionError::Hypervisor(source)) if l.host.lost() => BootError::Libvirt {
-                uri: l.host.cfg.uri.clone(),
+            ProvisionError::Hypervisor(source) if lease.host.lost() => BootError::Libvirt {
+                uri: lease.host.cfg.uri.clone(),
                 source,
             },
-            (_, e) => BootError::Provision(e),
+            e => BootError::Provision(e),
         })?;
         Ok((Placement { hv, backend, lease }, prepared))
     })
@@ -675,12 +652,23 @@ pub async fn boot_to_ready(
         Ok((session, t_start.elapsed()))
     };
     match started.await {
-        Ok((session, boot)) => Ok(ReadyVm {
-            id: vm_id.to_string(),
-            guard,
-            session,
-            boot,
-        }),
+        Ok((session, boot)) => {
+            // The next restores find their save image copied ahead.
+            if let Start::Restore(key) = start {
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = backend.stock_spares(&hv, &key) {
+                        tracing::warn!(key = %key, "copying a snapshot's save image ahead: {e}");
+                    }
+                });
+            }
+            Ok(ReadyVm {
+                id: vm_id.to_string(),
+                guard,
+                session,
+                boot,
+            })
+        }
         Err(e) => {
             if !matches!(e, BootError::Cancelled { .. }) {
                 ctx.recorder.boot_failed(&pool.name);

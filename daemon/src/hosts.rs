@@ -1,9 +1,11 @@
-//! The libvirt hosts pools run their VMs on (`[hosts.NAME]`): each one's connection, VM slots,
-//! state (up, down, drained), last error, and which images it holds verified; and the lease a
-//! VM holds on its host from its first volume to its teardown.
+//! The libvirt hosts pools run their VMs on (`[hosts.NAME]`, and `local`: this machine's
+//! libvirtd, for the pools without `hosts`): each one's connection, VM slots, state (up, down,
+//! drained), last error, and which images it holds verified; and the lease a VM holds on its
+//! host from its first volume to its teardown. On `local` miniond also makes the storage pool
+//! and puts the images there itself.
 //!
 //! ```text
-//! monitor, per host:  down ──connects, answers──▶ reap leftovers ▶ verify images ▶ up
+//! monitor, per host:  down ──connects, answers──▶ (local: storage pool) ▶ reap leftovers ▶ verify images ▶ up
 //!                     up ──a ping fails / keepalive closed the connection──▶ down (backoff)
 //! lease(pool, image): the least-loaded up, undrained host of the pool holding the image
 //!                     verified, with a free slot; else wait for a change
@@ -19,12 +21,11 @@ use std::time::{Duration, SystemTime};
 
 use minion_provisioning::backend::{StorageVolumes, VmBackend};
 use minion_provisioning::hostimage::{self, HostImage, HostImageError, ImageFiles};
-use minion_provisioning::{Hypervisor, Image};
+use minion_provisioning::{Hypervisor, HypervisorError, Image};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HostConfig;
-use crate::pool::Connection;
 
 /// How often an up host is asked whether it still answers.
 const PING_EVERY: Duration = Duration::from_secs(2);
@@ -130,7 +131,7 @@ impl Host {
     }
 
     /// The host's connection, opened on first use. Blocks.
-    pub fn hypervisor(&self) -> Result<Arc<Hypervisor>, minion_provisioning::HypervisorError> {
+    pub fn hypervisor(&self) -> Result<Arc<Hypervisor>, HypervisorError> {
         self.hv.get(&self.cfg.uri)
     }
 
@@ -154,9 +155,18 @@ impl Host {
 
     /// Returns once the host is down (at once if it is).
     pub async fn down(&self) {
+        self.until(|h| !h.is_up()).await
+    }
+
+    /// Returns once the host is up (at once if it is).
+    pub async fn up(&self) {
+        self.until(Host::is_up).await
+    }
+
+    async fn until(&self, state: impl Fn(&Host) -> bool) {
         loop {
             let changed = self.changed.notified();
-            if !self.is_up() {
+            if state(self) {
                 return;
             }
             changed.await;
@@ -293,7 +303,12 @@ impl Hosts {
     }
 
     /// Looks (again) whether `host` holds `image`, reading its volumes back, and records it.
+    /// This machine's libvirtd ([`crate::config::LOCAL_HOST`]) is given what it lacks: its
+    /// images are the catalog's own.
     pub async fn verify(&self, host: &Arc<Host>, image: &Image) -> ImageOnHost {
+        if host.cfg.local.is_some() {
+            return self.record(host, image, "push", hostimage::push).await;
+        }
         self.record(host, image, "verification", hostimage::verify)
             .await
     }
@@ -466,6 +481,10 @@ impl Hosts {
                 h.hv.reset();
                 let hv = h.hypervisor().map_err(|e| e.to_string())?;
                 hv.ping().map_err(|e| e.to_string())?;
+                if let Some(dir) = &h.cfg.local {
+                    hv.ensure_dir_pool(&h.cfg.storage_pool, dir)
+                        .map_err(|e| e.to_string())?;
+                }
                 // Before new work: what this daemon left there (domains, volumes) goes.
                 let report = h.backend.reap(&hv, &|id| l(id));
                 for d in &report.destroyed {
@@ -585,7 +604,14 @@ impl Hosts {
     /// snapshots are swept by the watch, when each host is first (or again) up.
     pub fn reap_all(&self, is_live: &dyn Fn(&str) -> bool) {
         for h in self.all() {
-            match h.hypervisor().and_then(|hv| hv.ping().map(|()| hv)) {
+            let connected = h.hypervisor().and_then(|hv| {
+                hv.ping()?;
+                if let Some(dir) = &h.cfg.local {
+                    hv.ensure_dir_pool(&h.cfg.storage_pool, dir)?;
+                }
+                Ok(hv)
+            });
+            match connected {
                 Ok(hv) => {
                     let report = h.backend.reap(&hv, is_live);
                     for d in report.destroyed {
@@ -603,6 +629,37 @@ impl Hosts {
                 }
             }
         }
+    }
+}
+
+/// A libvirt connection opened on first use and then kept (a host's);
+/// [`Connection::reset`] drops it, so the next use opens a fresh one.
+#[derive(Debug, Default)]
+pub struct Connection(Mutex<Option<Arc<Hypervisor>>>);
+
+impl Connection {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Hypervisor>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection to `uri`, opened now if there is none. Blocks.
+    pub fn get(&self, uri: &str) -> Result<Arc<Hypervisor>, HypervisorError> {
+        let mut g = self.lock();
+        if let Some(h) = g.as_ref() {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(Hypervisor::connect(uri)?);
+        *g = Some(h.clone());
+        Ok(h)
+    }
+
+    /// The connection if one is open.
+    pub fn current(&self) -> Option<Arc<Hypervisor>> {
+        self.lock().clone()
+    }
+
+    pub fn reset(&self) {
+        *self.lock() = None;
     }
 }
 

@@ -242,23 +242,6 @@ impl Instances {
         })
     }
 
-    /// The pool instances' VMs are made in when none was made yet: where the daemon's reconcile
-    /// and reaper look for leftovers of instances.
-    pub fn host_pool(&self) -> Arc<Pool> {
-        self.pool(&self.cfg.pool_config(
-            "",
-            self.cfg.vcpus,
-            self.cfg.memory_mib,
-            GuestNetwork::None,
-            None,
-        ))
-    }
-
-    /// Every pool instances have used.
-    pub fn pools(&self) -> Vec<Arc<Pool>> {
-        lock(&self.pools).values().cloned().collect()
-    }
-
     fn pool(&self, pc: &crate::config::PoolConfig) -> Arc<Pool> {
         let name = format!(
             "instances/{}/{}x{}{}{}",
@@ -714,8 +697,7 @@ impl Instances {
         if !r.machine_id.is_empty() {
             identity.machine_id = r.machine_id.clone();
         }
-        let attached =
-            Self::reattach(guard.files(), Some(identity), r.network, &session_stop).await;
+        let attached = Self::reattach(guard, Some(identity), r.network, &session_stop).await;
         let Attached {
             link,
             session,
@@ -743,15 +725,16 @@ impl Instances {
     /// Connects to a VM whose agent waits for a new session (a kept job's, a started one's),
     /// hands it the identity and attaches. Returns the link, the session and the agent's version.
     async fn reattach(
-        files: &minion_provisioning::VmFiles,
+        guard: &VmGuard,
         identity: Option<minion_proto::guest::Identity>,
         network: bool,
         stop: &CancellationToken,
     ) -> Result<Attached, InstanceError> {
         let limits = guestvm::session_limits();
-        let stream = minion_channel::connect_unix(&files.channel_socket, ATTACH_CONNECT)
+        let stream = guard
+            .open_channel(ATTACH_CONNECT)
             .await
-            .map_err(InstanceError::Attach)?;
+            .map_err(InstanceError::Boot)?;
         let ready = minion_channel::handshake(stream, &limits, stop.clone())
             .await
             .map_err(InstanceError::Attach)?;
@@ -846,7 +829,7 @@ impl Instances {
             Err(e) => return Err((guard, e)),
         };
         let t0 = Instant::now();
-        let attached = Self::reattach(guard.files(), None, false, &live.stop).await;
+        let attached = Self::reattach(&guard, None, false, &live.stop).await;
         let Attached {
             link,
             session,

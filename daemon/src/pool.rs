@@ -1,13 +1,11 @@
 //! One pool at run time: its configuration, its VM slots (`max_vms`), how many jobs run on it,
-//! its libvirt connection and its package source, and what an admin may change while it runs
+//! its package source, and what an admin may change while it runs
 //! (drained, `max_vms`, `min_ready`). Knows nothing of jobs or of how VMs are booted.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use minion_fetch::PackageSource;
-use minion_provisioning::{Hypervisor, HypervisorError};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::PoolConfig;
@@ -29,11 +27,8 @@ pub struct Pool {
     /// (or boot) until the VM is torn down.
     pub slots: Arc<Semaphore>,
     running: AtomicU32,
-    hv: Connection,
     /// Where the guests' `environment` packages come from (`packages = DIR`).
     pub packages: Option<Arc<PackageSource>>,
-    /// A job found the libvirt host unreachable: no job is started until it answers again.
-    host_down: AtomicBool,
     /// Set at run time (`minion pool drain|undrain|set`); `cfg` holds the file's values.
     drained: AtomicBool,
     max_vms: AtomicU32,
@@ -42,10 +37,6 @@ pub struct Pool {
     pub changed: Notify,
 }
 
-/// Waits between tries of a host that does not answer.
-const HOST_RETRY_FIRST: Duration = Duration::from_millis(500);
-const HOST_RETRY_MAX: Duration = Duration::from_secs(30);
-
 impl Pool {
     pub fn new(name: &str, cfg: &PoolConfig, packages: Option<Arc<PackageSource>>) -> Pool {
         Pool {
@@ -53,9 +44,7 @@ impl Pool {
             cfg: std::sync::RwLock::new(Arc::new(cfg.clone())),
             slots: Arc::new(Semaphore::new(cfg.max_vms as usize)),
             running: AtomicU32::new(0),
-            hv: Connection::default(),
             packages,
-            host_down: AtomicBool::new(false),
             drained: AtomicBool::new(cfg.drained),
             max_vms: AtomicU32::new(cfg.max_vms),
             min_ready: AtomicU32::new(cfg.min_ready),
@@ -69,16 +58,16 @@ impl Pool {
     }
 
     /// A reloaded config file's settings: new jobs use them, and `drained`, `max_vms` and
-    /// `min_ready` take their values (what an admin set at run time is replaced). A new
-    /// `libvirt_uri` gets a new connection. `packages` needs a restart (kept as it was).
+    /// `min_ready` take their values (what an admin set at run time is replaced). `packages`,
+    /// `hosts` and `libvirt_uri` need a restart (kept as they were: the hosts are watched from
+    /// the start).
     pub fn reload(&self, new: &PoolConfig) -> Result<(), LimitError> {
         self.set_limits(Some(new.max_vms), Some(new.min_ready))?;
         let old = self.cfg();
-        if old.libvirt_uri != new.libvirt_uri {
-            self.hv.reset();
-        }
         let mut next = new.clone();
         next.packages = old.packages.clone();
+        next.hosts = old.hosts.clone();
+        next.libvirt_uri = old.libvirt_uri.clone();
         *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.set_drained(new.drained);
         Ok(())
@@ -148,47 +137,6 @@ impl Pool {
         Ok(())
     }
 
-    /// A job found the host unreachable (libvirtd restarting, a link down): the dispatcher
-    /// waits for it in [`Pool::host_answering`] instead of failing the jobs behind it.
-    pub fn mark_host_down(&self) {
-        // A pool over [hosts] has no one host: module hosts watches each of them.
-        if !self.cfg().hosts.is_empty() {
-            return;
-        }
-        if !self.host_down.swap(true, Ordering::SeqCst) {
-            tracing::warn!(pool = %self.name, uri = %self.cfg().libvirt_uri, "libvirt host unreachable: no job starts until it answers");
-        }
-    }
-
-    /// Returns at once when the host is not known to be down; else once it answers again,
-    /// trying with a backoff (0.5 s doubling to 30 s).
-    pub async fn host_answering(self: &Arc<Self>) {
-        let mut wait = HOST_RETRY_FIRST;
-        while self.host_down.load(Ordering::SeqCst) {
-            tokio::time::sleep(wait).await;
-            if self.reachable().await {
-                self.host_down.store(false, Ordering::SeqCst);
-                tracing::info!(pool = %self.name, uri = %self.cfg().libvirt_uri, "libvirt host answers again");
-                return;
-            }
-            wait = (wait * 2).min(HOST_RETRY_MAX);
-        }
-    }
-
-    /// Whether the host answers now (a libvirt call, off the runtime).
-    pub async fn reachable(self: &Arc<Self>) -> bool {
-        let p = self.clone();
-        tokio::task::spawn_blocking(move || p.hypervisor().and_then(|h| h.ping()).is_ok())
-            .await
-            .unwrap_or(false)
-    }
-
-    /// The pool's libvirt connection, opened on first use. `Hypervisor` itself reconnects when
-    /// libvirtd restarts under it, so the one handle lives as long as the pool. Blocks.
-    pub fn hypervisor(&self) -> Result<Arc<Hypervisor>, HypervisorError> {
-        self.hv.get(&self.cfg().libvirt_uri)
-    }
-
     /// Jobs running on the pool now.
     pub fn running(&self) -> u32 {
         self.running.load(Ordering::SeqCst)
@@ -198,37 +146,6 @@ impl Pool {
     pub fn run_one(self: &Arc<Self>) -> RunningJob {
         self.running.fetch_add(1, Ordering::SeqCst);
         RunningJob(self.clone())
-    }
-}
-
-/// A libvirt connection opened on first use and then kept (a pool's, a `[hosts]` host's);
-/// [`Connection::reset`] drops it, so the next use opens a fresh one.
-#[derive(Debug, Default)]
-pub struct Connection(Mutex<Option<Arc<Hypervisor>>>);
-
-impl Connection {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Hypervisor>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The connection to `uri`, opened now if there is none. Blocks.
-    pub fn get(&self, uri: &str) -> Result<Arc<Hypervisor>, HypervisorError> {
-        let mut g = self.lock();
-        if let Some(h) = g.as_ref() {
-            return Ok(h.clone());
-        }
-        let h = Arc::new(Hypervisor::connect(uri)?);
-        *g = Some(h.clone());
-        Ok(h)
-    }
-
-    /// The connection if one is open.
-    pub fn current(&self) -> Option<Arc<Hypervisor>> {
-        self.lock().clone()
-    }
-
-    pub fn reset(&self) {
-        *self.lock() = None;
     }
 }
 

@@ -15,7 +15,6 @@ use minion_provisioning::vm;
 
 use crate::guestvm::LiveVms;
 use crate::hosts::Hosts;
-use crate::pool::Pool;
 use crate::recorder::{Leftover, Recorder};
 
 /// Two-pass judgement over VM ids, the reaper's memory between passes.
@@ -47,9 +46,7 @@ impl TwoPass {
 pub struct Reaper {
     live: LiveVms,
     state_dir: PathBuf,
-    /// The pools now (a reload may add some); one per libvirt host is asked.
-    pools: Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>,
-    /// `[hosts]`: their domains and volumes, while they are up.
+    /// Every host (this machine's too): their domains and volumes, while they are up.
     hosts: Arc<Hosts>,
     interval: Duration,
     metrics: Recorder,
@@ -60,7 +57,6 @@ impl Reaper {
     pub fn new(
         live: LiveVms,
         state_dir: PathBuf,
-        pools: Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>,
         hosts: Arc<Hosts>,
         interval: Duration,
         metrics: Recorder,
@@ -68,7 +64,6 @@ impl Reaper {
         Reaper {
             live,
             state_dir,
-            pools,
             hosts,
             interval,
             metrics,
@@ -93,32 +88,6 @@ impl Reaper {
         let mut guard = self.judge.lock().unwrap_or_else(|p| p.into_inner());
         let judge = std::cell::RefCell::new(&mut *guard);
         let kept = |id: &str| !judge.borrow_mut().doomed(id, self.live.contains(id));
-        // One pool per libvirt host (their connections).
-        let mut hosts: Vec<Arc<Pool>> = Vec::new();
-        for p in (self.pools)() {
-            if !hosts
-                .iter()
-                .any(|h| h.cfg().libvirt_uri == p.cfg().libvirt_uri)
-            {
-                hosts.push(p);
-            }
-        }
-        for host in &hosts {
-            match host.hypervisor() {
-                Ok(hv) => {
-                    let report = vm::destroy_marked(&hv, &self.state_dir, &kept);
-                    for d in &report.destroyed {
-                        tracing::warn!(domain = %d, "reaper: destroyed a domain no live VM owns (seen unowned twice)");
-                    }
-                    self.metrics
-                        .reaped(Leftover::Domain, report.destroyed.len() as u64);
-                    for e in report.errors {
-                        tracing::error!("reaper on {}: {e}", hv.uri());
-                    }
-                }
-                Err(e) => tracing::error!("reaper: libvirt {}: {e}", host.cfg().libvirt_uri),
-            }
-        }
         for host in self.hosts.all().into_iter().filter(|h| h.is_up()) {
             match host.hypervisor() {
                 Ok(hv) => {

@@ -130,12 +130,7 @@ pub async fn run_job(
         match ready_vm(rc, pool, &rec, &artifacts, &cancel, hard_deadline, vm).await {
             Ok(v) => v,
             // Nothing of a VM is left at this point: the final state can be written.
-            Err(end) => {
-                if matches!(end, End::HostLost { .. }) {
-                    pool.mark_host_down();
-                }
-                return finish(jobs, id, started, end);
-            }
+            Err(end) => return finish(jobs, id, started, end),
         };
     let ReadyVm {
         id: vm_id,
@@ -432,14 +427,6 @@ async fn ready_vm(
                     error: source.to_string(),
                 }),
                 (Err(BootError::HostLost { uri, error }), _) => Err(End::HostLost { uri, error }),
-                // libvirt refused the domain because it went away under us (restarting): the
-                // host is lost, not the job's own fault.
-                (Err(e @ BootError::Start(_)), _) if !pool.reachable().await => {
-                    Err(End::HostLost {
-                        uri: pool.cfg().libvirt_uri.clone(),
-                        error: e.to_string(),
-                    })
-                }
                 (Err(e), _) => Err(End::Failed(e.into())),
             }
         }

@@ -181,16 +181,9 @@ impl Service {
             .map(|r| Reporter::new(&jobs, r, bus.clone(), vms.recorder.clone()));
         let fetch = crate::fetching::open(cfg.sources(), &cfg.state_dir, &cfg.fetch)?;
         let instances = Instances::new(&cfg.instances, &vms, &snapshots, jobs.instances_tree()?);
-        let hosts_of = pools.clone();
-        let instance_hosts = instances.clone();
         let reaper = Arc::new(Reaper::new(
             vms.live.clone(),
             cfg.state_dir.clone(),
-            Box::new(move || {
-                let mut hosts: Vec<_> = read(&hosts_of).values().map(|e| e.pool.clone()).collect();
-                hosts.extend(instance_hosts.pools());
-                hosts
-            }),
             vms.hosts.clone(),
             std::time::Duration::from_secs(cfg.reap_interval_secs.max(1)),
             vms.recorder.clone(),
@@ -368,32 +361,10 @@ impl Service {
         Ok(())
     }
 
-    /// Destroys every domain marked as this daemon's (its jobs' and its pre-booted VMs') on
-    /// every libvirt host of its pools, then deletes every per-VM dir. Used at start (nothing is
+    /// Destroys every domain marked as this daemon's (its jobs' and its pre-booted VMs') and
+    /// deletes its volumes on every host that answers, then deletes every per-VM dir. Used at start (nothing is
     /// live yet) and at shutdown (what is live is abandoned). Blocks.
     fn destroy_vms(&self) {
-        let mut seen: Vec<String> = Vec::new();
-        let mut hosts: Vec<Arc<Pool>> = self.entries().iter().map(|e| e.pool.clone()).collect();
-        hosts.push(self.instances.host_pool());
-        for p in &hosts {
-            let uri = p.cfg().libvirt_uri.clone();
-            if seen.contains(&uri) {
-                continue;
-            }
-            seen.push(uri);
-            match p.hypervisor() {
-                Ok(hv) => {
-                    let report = vm::destroy_marked(&hv, &self.cfg.state_dir, &|_| false);
-                    for e in report.errors {
-                        tracing::error!("reconcile on {}: {e}", p.cfg().libvirt_uri);
-                    }
-                    for d in report.destroyed {
-                        tracing::info!("reconcile: destroyed leftover domain {d}");
-                    }
-                }
-                Err(e) => tracing::error!("reconcile: libvirt {}: {e}", p.cfg().libvirt_uri),
-            }
-        }
         self.run.vms.hosts.reap_all(&|_| false);
         let report = vm::sweep_dirs(&self.cfg.state_dir, &|_| false);
         for d in report.removed_dirs {
@@ -443,8 +414,6 @@ impl Service {
             if !self.jobs.is_queued(&id) {
                 continue;
             }
-            // A host that stopped answering is waited for: the jobs behind are not failed on it.
-            entry.pool.host_answering().await;
             let Some(vm) = obtain_vm(&entry).await else {
                 return;
             };

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use minion_provisioning::backend::VmBackend;
-use minion_provisioning::snapshot::{self, SnapshotFiles};
 use minion_provisioning::{image, Hypervisor, Image};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -166,39 +165,37 @@ impl Snapshots {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// At start: removes half-written snapshots and those no pool uses, then starts building
-    /// what the `snapshot` pools lack.
+    /// At start: removes what an older miniond kept in the state dir, and builds what the
+    /// `snapshot` pools lack on each of their hosts once it is up (a host's stale snapshots are
+    /// swept by its watch, before it is up).
     pub async fn start(self: &Arc<Self>, pools: &[Arc<Pool>]) {
-        let mut wanted = Vec::new();
-        // A pool over hosts gets its snapshots on each host at its first VM there.
-        for pool in pools
-            .iter()
-            .filter(|p| p.cfg().snapshots() && p.cfg().hosts.is_empty())
-        {
-            match self.key(pool, None).await {
-                Ok(k) => wanted.push((pool.clone(), k)),
+        let old = self.ctx.state_dir.join("snapshots");
+        if old.exists() {
+            match tokio::fs::remove_dir_all(&old).await {
+                Ok(()) => {
+                    tracing::info!(path = %old.display(), "snapshots of an older miniond removed")
+                }
                 Err(e) => {
-                    tracing::warn!(pool = %pool.name, "no snapshot for the pool: {e}; its VMs boot")
+                    tracing::warn!(path = %old.display(), "removing an older miniond's snapshots: {e}")
                 }
             }
         }
-        let keep: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
-        let state_dir = self.ctx.state_dir.clone();
-        let swept = tokio::task::spawn_blocking(move || {
-            snapshot::sweep(&state_dir, &|k| keep.iter().any(|w| w == k))
-        })
-        .await;
-        match swept {
-            Ok(Ok(s)) => {
-                for p in &s.removed {
-                    tracing::info!(path = %p.display(), "stale or half-written snapshot removed");
-                }
+        for pool in pools.iter().filter(|p| p.cfg().snapshots()) {
+            for host in pool
+                .cfg()
+                .hosts
+                .iter()
+                .filter_map(|h| self.ctx.hosts.get(h))
+            {
+                let (me, pool) = (self.clone(), pool.clone());
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        _ = host.up() => {}
+                        _ = me.stop.cancelled() => return,
+                    }
+                    me.usable(&pool, &host).await;
+                });
             }
-            Ok(Err(e)) => tracing::warn!("sweeping snapshots: {e}"),
-            Err(e) => tracing::warn!("sweeping snapshots: {e}"),
-        }
-        for (pool, key) in wanted {
-            self.want(&pool, None, &key);
         }
     }
 
@@ -208,15 +205,12 @@ impl Snapshots {
         if !pool.cfg().snapshots() {
             return SnapshotStatus::Off;
         }
-        if pool.cfg().hosts.is_empty() {
-            return self.site_status(&site(&pool.name, None), true);
-        }
-        // Over hosts: ready where any host has one (its bytes summed), else the first state.
+        // Ready where any host has one (its bytes summed), else the first state.
         let all: Vec<SnapshotStatus> = pool
             .cfg()
             .hosts
             .iter()
-            .map(|h| self.site_status(&site(&pool.name, Some(h)), false))
+            .map(|h| self.site_status(&site(&pool.name, h)))
             .collect();
         let ready: u64 = all
             .iter()
@@ -239,7 +233,7 @@ impl Snapshots {
         SnapshotStatus::None
     }
 
-    fn site_status(&self, site: &str, local: bool) -> SnapshotStatus {
+    fn site_status(&self, site: &str) -> SnapshotStatus {
         // Every key a site has had went through `pool_wants` first (usable, want).
         let Some(key) = Self::lock(&self.pool_wants).get(site).cloned() else {
             return SnapshotStatus::None;
@@ -253,17 +247,9 @@ impl Snapshots {
             }
             None => {}
         }
-        if !local {
-            return match Self::lock(&self.host_bytes).get(&key) {
-                Some(b) => SnapshotStatus::Ready { disk_bytes: *b },
-                None => SnapshotStatus::None,
-            };
-        }
-        match SnapshotFiles::new(&self.ctx.state_dir, &key) {
-            Ok(f) if f.is_complete() => SnapshotStatus::Ready {
-                disk_bytes: f.disk_bytes(),
-            },
-            _ => SnapshotStatus::None,
+        match Self::lock(&self.host_bytes).get(&key) {
+            Some(b) => SnapshotStatus::Ready { disk_bytes: *b },
+            None => SnapshotStatus::None,
         }
     }
 
@@ -303,15 +289,24 @@ impl Snapshots {
                 progress(step);
             }
         };
-        // Over hosts the VM's host is chosen first: the snapshot is that host's.
-        let mut lease = if pool.cfg().hosts.is_empty() || !pool.cfg().snapshots() {
-            None
-        } else {
-            let image = guestvm::pool_image(&self.ctx, pool).await?;
-            guestvm::lease_on(&self.ctx, pool, &image, None, cancel).await?
-        };
-        let host = lease.as_ref().map(|l| l.host.clone());
-        if let Some(key) = self.usable(pool, host.as_ref()).await {
+        if !pool.cfg().snapshots() {
+            return guestvm::boot_to_ready(
+                &self.ctx,
+                pool,
+                vm_id,
+                keep_console,
+                &Start::Boot,
+                None,
+                cancel,
+                &mut once,
+            )
+            .await;
+        }
+        // The VM's host is chosen first: the snapshot is that host's.
+        let image = guestvm::pool_image(&self.ctx, pool).await?;
+        let mut lease = Some(guestvm::lease_on(&self.ctx, pool, &image, None, cancel).await?);
+        let host = lease.as_ref().map(|l| l.host.clone()).expect("just leased");
+        if let Some(key) = self.usable(pool, &host).await {
             let start = Start::Restore(key.clone());
             match guestvm::boot_to_ready(
                 &self.ctx,
@@ -331,15 +326,10 @@ impl Snapshots {
                     | BootError::Libvirt { .. }
                     | BootError::HostLost { .. }),
                 ) => return Err(e),
-                Err(e) if !pool.reachable().await => return Err(e),
+                Err(e) if host.lost() => return Err(e),
                 Err(e) => {
-                    self.broken(
-                        pool,
-                        host.as_ref(),
-                        &key,
-                        &format!("restoring it failed: {e}"),
-                    )
-                    .await
+                    self.broken(pool, &host, &key, &format!("restoring it failed: {e}"))
+                        .await
                 }
             }
         }
@@ -360,27 +350,22 @@ impl Snapshots {
     /// blocks too).
     async fn on_site<T: Send + 'static>(
         &self,
-        pool: &Arc<Pool>,
-        host: Option<&Arc<Host>>,
+        host: &Arc<Host>,
         f: impl FnOnce(&Hypervisor, &dyn VmBackend) -> Result<T, minion_provisioning::ProvisionError>
             + Send
             + 'static,
     ) -> Result<T, SnapshotError> {
-        let (ctx, pool, host) = (self.ctx.clone(), pool.clone(), host.cloned());
+        let host = host.clone();
         tokio::task::spawn_blocking(move || {
-            let (hv, backend) = guestvm::connection(&ctx, &pool, host.as_ref())?;
+            let (hv, backend) = guestvm::connection(&host)?;
             Ok(f(&hv, backend.as_ref())?)
         })
         .await?
     }
 
-    /// The key of the pool's whole snapshot (on `host`, for a pool over hosts), if it is a
-    /// `snapshot` pool and has one that is not broken; else `None`, and one is built if it can be.
-    async fn usable(
-        self: &Arc<Self>,
-        pool: &Arc<Pool>,
-        host: Option<&Arc<Host>>,
-    ) -> Option<String> {
+    /// The key of the pool's whole snapshot on `host`, if it is a `snapshot` pool and has one
+    /// that is not broken; else `None`, and one is built if it can be.
+    async fn usable(self: &Arc<Self>, pool: &Arc<Pool>, host: &Arc<Host>) -> Option<String> {
         if !pool.cfg().snapshots() {
             return None;
         }
@@ -392,24 +377,24 @@ impl Snapshots {
                 return None;
             }
         };
-        let site = site(&pool.name, host.map(|h| h.name.as_str()));
+        let site = site(&pool.name, &host.name);
         Self::lock(&self.pool_wants).insert(site.clone(), key.clone());
         if Self::lock(&self.keys).contains_key(&key) {
             return None;
         }
         let k = key.clone();
         let whole = self
-            .on_site(pool, host, move |hv, b| b.snapshot_complete(hv, &k))
+            .on_site(host, move |hv, b| b.snapshot_complete(hv, &k))
             .await;
         match whole {
             Ok(true) => {
                 // Found whole but not made by this daemon (it was running before): what it
                 // takes is asked once, for the pool's status.
                 let unknown = !Self::lock(&self.host_bytes).contains_key(&key);
-                if host.is_some() && unknown {
+                if unknown {
                     let k = key.clone();
                     match self
-                        .on_site(pool, host, move |hv, b| b.snapshot_bytes(hv, &k))
+                        .on_site(host, move |hv, b| b.snapshot_bytes(hv, &k))
                         .await
                     {
                         Ok(b) => {
@@ -432,38 +417,25 @@ impl Snapshots {
         }
     }
 
-    /// Starts building `key`'s snapshot for `pool` (on `host`) unless it is being built or is
+    /// Starts building `key`'s snapshot for `pool` on `host` unless it is being built or is
     /// broken.
-    fn want(self: &Arc<Self>, pool: &Arc<Pool>, host: Option<&Arc<Host>>, key: &str) {
-        Self::lock(&self.pool_wants).insert(
-            site(&pool.name, host.map(|h| h.name.as_str())),
-            key.to_string(),
-        );
+    fn want(self: &Arc<Self>, pool: &Arc<Pool>, host: &Arc<Host>, key: &str) {
+        Self::lock(&self.pool_wants).insert(site(&pool.name, &host.name), key.to_string());
         {
             let mut keys = Self::lock(&self.keys);
             if keys.contains_key(key) {
                 return;
             }
-            // Made before this daemon started (a host's are found by `usable`).
-            if host.is_none()
-                && SnapshotFiles::new(&self.ctx.state_dir, key).is_ok_and(|f| f.is_complete())
-            {
-                drop(keys);
-                let (me, pool, key) = (self.clone(), pool.clone(), key.to_string());
-                self.tasks
-                    .spawn(async move { me.replaces(&pool, None, &key).await });
-                return;
-            }
             keys.insert(key.to_string(), KeyState::Building);
         }
-        let (me, pool, host, key) = (self.clone(), pool.clone(), host.cloned(), key.to_string());
+        let (me, pool, host, key) = (self.clone(), pool.clone(), host.clone(), key.to_string());
         self.tasks
             .spawn(async move { me.build(pool, host, key).await });
     }
 
     /// A restore from snapshot `key` failed: the key is not used again, the snapshot goes, VMs
     /// boot.
-    async fn broken(&self, pool: &Arc<Pool>, host: Option<&Arc<Host>>, key: &str, why: &str) {
+    async fn broken(&self, pool: &Arc<Pool>, host: &Arc<Host>, key: &str, why: &str) {
         let first = !matches!(
             Self::lock(&self.keys).insert(key.to_string(), KeyState::Broken(why.to_string())),
             Some(KeyState::Broken(_))
@@ -474,20 +446,17 @@ impl Snapshots {
         Self::lock(&self.host_bytes).remove(key);
         let k = key.to_string();
         if let Err(e) = self
-            .on_site(pool, host, move |hv, b| b.remove_snapshot(hv, &k))
+            .on_site(host, move |hv, b| b.remove_snapshot(hv, &k))
             .await
         {
             tracing::warn!(key = %key, "removing a broken snapshot: {e}");
         }
     }
 
-    /// `key` is now the snapshot of `pool` (on `host`): the one it had before goes, unless
+    /// `key` is now the snapshot of `pool` on `host`: the one it had before goes, unless
     /// another site uses it.
-    async fn replaces(&self, pool: &Arc<Pool>, host: Option<&Arc<Host>>, key: &str) {
-        let old = Self::lock(&self.pool_keys).insert(
-            site(&pool.name, host.map(|h| h.name.as_str())),
-            key.to_string(),
-        );
+    async fn replaces(&self, pool: &Arc<Pool>, host: &Arc<Host>, key: &str) {
+        let old = Self::lock(&self.pool_keys).insert(site(&pool.name, &host.name), key.to_string());
         let Some(old) = old.filter(|o| o != key) else {
             return;
         };
@@ -497,7 +466,7 @@ impl Snapshots {
         Self::lock(&self.host_bytes).remove(&old);
         let o = old.clone();
         match self
-            .on_site(pool, host, move |hv, b| b.remove_snapshot(hv, &o))
+            .on_site(host, move |hv, b| b.remove_snapshot(hv, &o))
             .await
         {
             Ok(()) => tracing::info!(pool = %pool.name, key = %old, "replaced snapshot removed"),
@@ -505,7 +474,7 @@ impl Snapshots {
         }
     }
 
-    async fn build(self: Arc<Self>, pool: Arc<Pool>, host: Option<Arc<Host>>, key: String) {
+    async fn build(self: Arc<Self>, pool: Arc<Pool>, host: Arc<Host>, key: String) {
         // A template is a VM like any other: it waits for a slot of the pool.
         let permit = tokio::select! {
             p = pool.slots.clone().acquire_owned() => p,
@@ -519,29 +488,34 @@ impl Snapshots {
             return;
         };
         let t0 = Instant::now();
-        let made = self.make(&pool, host.as_ref(), &key).await;
+        let made = self.make(&pool, &host, &key).await;
         drop(permit);
         match made {
             Ok(bytes) => {
                 Self::lock(&self.keys).remove(&key);
-                if host.is_some() {
-                    Self::lock(&self.host_bytes).insert(key.clone(), bytes);
-                }
+                Self::lock(&self.host_bytes).insert(key.clone(), bytes);
                 tracing::info!(
                     pool = %pool.name,
-                    host = host.as_ref().map(|h| h.name.as_str()).unwrap_or(""),
+                    host = %host.name,
                     key = %key,
                     secs = format_args!("{:.2}", t0.elapsed().as_secs_f64()),
                     disk_mib = format_args!("{:.1}", bytes as f64 / 1048576.0),
                     "snapshot ready: the pool's VMs are restored from it"
                 );
-                self.replaces(&pool, host.as_ref(), &key).await;
+                self.replaces(&pool, &host, &key).await;
+                let k = key.clone();
+                if let Err(e) = self
+                    .on_site(&host, move |hv, b| b.stock_spares(hv, &k))
+                    .await
+                {
+                    tracing::warn!(key = %key, "copying the save image ahead: {e}");
+                }
             }
             Err(_) if self.stop.is_cancelled() => {
                 Self::lock(&self.keys).remove(&key);
             }
             // A host lost while its template ran: tried again once it is back.
-            Err(e) if host.as_ref().is_some_and(|h| !h.is_up() || h.lost()) => {
+            Err(e) if !host.is_up() || host.lost() => {
                 Self::lock(&self.keys).remove(&key);
                 tracing::warn!(pool = %pool.name, key = %key, "making a snapshot failed with its host: {e}");
             }
@@ -555,25 +529,21 @@ impl Snapshots {
         }
     }
 
-    /// Boots the template (on `host`, for a pool over hosts), quiesces it, saves and freezes it;
-    /// the template is gone on return. Returns the snapshot's bytes.
+    /// Boots the template on `host`, quiesces it, saves and freezes it; the template is gone on
+    /// return. Returns the snapshot's bytes.
     async fn make(
         &self,
         pool: &Arc<Pool>,
-        host: Option<&Arc<Host>>,
+        host: &Arc<Host>,
         key: &str,
     ) -> Result<u64, SnapshotError> {
         tokio::select! {
             v = self.validations.ensure(pool) => v.map_err(BootError::from)?,
             _ = self.stop.cancelled() => return Err(BootError::Cancelled { while_booting: false }.into()),
         }
-        let lease = match host {
-            None => None,
-            Some(h) => {
-                let image = guestvm::pool_image(&self.ctx, pool).await?;
-                guestvm::lease_on(&self.ctx, pool, &image, Some(&h.name), &self.stop).await?
-            }
-        };
+        let image = guestvm::pool_image(&self.ctx, pool).await?;
+        let lease =
+            Some(guestvm::lease_on(&self.ctx, pool, &image, Some(&host.name), &self.stop).await?);
         let id = template_id();
         let t0 = Instant::now();
         let vm = guestvm::boot_to_ready(
@@ -602,7 +572,8 @@ impl Snapshots {
                     "image": cfg.image,
                     "vcpus": cfg.vcpus,
                     "memory_mib": cfg.memory_mib,
-                    "libvirt_uri": host.map(|h| h.cfg.uri.clone()).unwrap_or(cfg.libvirt_uri.clone()),
+                    "host": host.name,
+                    "libvirt_uri": host.cfg.uri,
                     "agent_version": agent_version,
                     "minion_version": env!("CARGO_PKG_VERSION"),
                     "template_boot_ms": boot_ms,
@@ -624,20 +595,15 @@ impl Snapshots {
         frozen
     }
 
-    /// The snapshot key of `pool` (on `host`) now: everything a saved VM depends on.
-    async fn key(
-        &self,
-        pool: &Arc<Pool>,
-        host: Option<&Arc<Host>>,
-    ) -> Result<String, SnapshotError> {
+    /// The snapshot key of `pool` on `host` now: everything a saved VM depends on.
+    async fn key(&self, pool: &Arc<Pool>, host: &Arc<Host>) -> Result<String, SnapshotError> {
         let cfg = pool.cfg();
         let image = {
             let (dir, name) = (self.ctx.images_dir.clone(), cfg.image.clone());
             tokio::task::spawn_blocking(move || image::load(&dir, &name)).await??
         };
-        let versions = self.versions(pool, host).await?;
-        let uri = host.map_or(cfg.libvirt_uri.as_str(), |h| h.cfg.uri.as_str());
-        self.key_with(&cfg, &image, versions, uri)
+        let versions = self.versions(host).await?;
+        self.key_with(&cfg, &image, versions, &host.cfg.uri)
     }
 
     /// The key of a pool with `cfg` on `uri`, whose libvirt and qemu are `versions`.
@@ -727,18 +693,14 @@ impl Snapshots {
         Ok(digest)
     }
 
-    async fn versions(
-        &self,
-        pool: &Arc<Pool>,
-        host: Option<&Arc<Host>>,
-    ) -> Result<(u32, u32), SnapshotError> {
-        let uri = host.map_or(pool.cfg().libvirt_uri.clone(), |h| h.cfg.uri.clone());
+    async fn versions(&self, host: &Arc<Host>) -> Result<(u32, u32), SnapshotError> {
+        let uri = host.cfg.uri.clone();
         if let Some(v) = Self::lock(&self.versions).get(&uri) {
             return Ok(*v);
         }
-        let (ctx, pool, host, u) = (self.ctx.clone(), pool.clone(), host.cloned(), uri.clone());
+        let (host, u) = (host.clone(), uri.clone());
         let v = tokio::task::spawn_blocking(move || {
-            let (hv, _) = guestvm::connection(&ctx, &pool, host.as_ref())?;
+            let (hv, _) = guestvm::connection(&host)?;
             hv.versions()
                 .map_err(|source| SnapshotError::Libvirt { uri: u, source })
         })
@@ -748,12 +710,9 @@ impl Snapshots {
     }
 }
 
-/// The name of where a pool's snapshot is: the pool's own, or the pool's on one of its hosts.
-fn site(pool: &str, host: Option<&str>) -> String {
-    match host {
-        None => pool.to_string(),
-        Some(h) => format!("{pool}@{h}"),
-    }
+/// The name of where a pool's snapshot is: the pool's on one of its hosts.
+fn site(pool: &str, host: &str) -> String {
+    format!("{pool}@{host}")
 }
 
 /// A new template VM id, no longer than a job's (a UUID): the VM's socket path must fit wherever a

@@ -1,15 +1,12 @@
 //! Where a VM's disks live and how its guest channel and console are reached: the one seam
-//! between the daemon and a libvirt host.
+//! between the daemon and a libvirt host, this machine's included.
 //!
-//! - [`LocalFiles`]: libvirtd on the controller's own machine sharing its file system: overlay
-//!   and seed in the VM's directory, console written by virtlogd to `console.log`, channel on a
-//!   unix socket in that directory. Snapshots (save/restore files) need it.
-//! - [`StorageVolumes`]: any libvirt host, reached only through the connection: overlay and seed
-//!   are volumes of a storage pool on the host (the overlay backed by the image's volume), the
-//!   channel is opened with virDomainOpenChannel and the console with virDomainOpenConsole,
-//!   copied into `console.log` in the VM's directory on the controller.
+//! [`StorageVolumes`]: any libvirt host, reached only through the connection: overlay and seed
+//! are volumes of a storage pool on the host (the overlay backed by the image's volume), the
+//! channel is opened with virDomainOpenChannel and the console with virDomainOpenConsole,
+//! copied into `console.log` in the VM's directory on the controller.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,13 +16,13 @@ use crate::domain::{self, AGENT_CHANNEL};
 use crate::error::ProvisionError;
 use crate::hostimage::HostImage;
 use crate::hypervisor::Hypervisor;
+use crate::overlay;
 use crate::saveimage::SaveImage;
 use crate::seed::{self, SeedSpec};
-use crate::snapshot::{self, SnapshotFiles};
 use crate::streams::Progress;
 use crate::vm::{self, PrepareTimings, PreparedVm, ReconcileReport, VmRequest};
 use crate::vmfiles::VmFiles;
-use crate::volumes::{self, SnapshotPart};
+use crate::volumes::{self, SnapshotPart, VolumeFormat};
 
 /// A VM's plumbing on one kind of host. Every method blocks.
 pub trait VmBackend: Send + Sync + std::fmt::Debug {
@@ -90,6 +87,11 @@ pub trait VmBackend: Send + Sync + std::fmt::Debug {
     /// Deletes snapshot `key` (gone already is success).
     fn remove_snapshot(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError>;
 
+    /// Makes copies of snapshot `key`'s save image ahead, until [`SPARES`] wait for the next
+    /// restores (which then need not wait for one). Returns at once if another call is making
+    /// them; an error leaves the restores to copy it themselves.
+    fn stock_spares(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError>;
+
     /// Removes every half-made snapshot of this daemon, and each whole one `keep` refuses;
     /// returns what went. Only while no snapshot is being made.
     fn sweep_snapshots(
@@ -97,116 +99,6 @@ pub trait VmBackend: Send + Sync + std::fmt::Debug {
         hv: &Hypervisor,
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<String>, ProvisionError>;
-}
-
-/// libvirtd on this machine, sharing the controller's file system.
-#[derive(Debug)]
-pub struct LocalFiles {
-    pub state_dir: PathBuf,
-}
-
-/// How often a channel socket that is not there yet is tried again.
-const CONNECT_RETRY: Duration = Duration::from_millis(5);
-
-impl VmBackend for LocalFiles {
-    fn prepare(&self, _hv: &Hypervisor, req: &VmRequest) -> Result<PreparedVm, ProvisionError> {
-        vm::prepare(req)
-    }
-
-    fn start(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError> {
-        hv.create_transient(&vm.xml)?;
-        Ok(())
-    }
-
-    fn open_channel(
-        &self,
-        _hv: &Hypervisor,
-        vm: &PreparedVm,
-        timeout: Duration,
-    ) -> Result<UnixStream, ProvisionError> {
-        let path = &vm.files.channel_socket;
-        let deadline = Instant::now() + timeout;
-        loop {
-            match UnixStream::connect(path) {
-                Ok(s) => return Ok(s),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                    ) && Instant::now() + CONNECT_RETRY < deadline =>
-                {
-                    std::thread::sleep(CONNECT_RETRY)
-                }
-                Err(e) => return Err(ProvisionError::io("connect to", path)(e)),
-            }
-        }
-    }
-
-    fn teardown(
-        &self,
-        hv: &Hypervisor,
-        vm: &PreparedVm,
-        keep_console_as: Option<&Path>,
-    ) -> Result<(), ProvisionError> {
-        vm::teardown(hv, &vm.name, &vm.files, keep_console_as)
-    }
-
-    fn reap(&self, hv: &Hypervisor, is_live: &dyn Fn(&str) -> bool) -> ReconcileReport {
-        vm::destroy_marked(hv, &self.state_dir, is_live)
-    }
-
-    fn snapshot_complete(&self, _hv: &Hypervisor, key: &str) -> Result<bool, ProvisionError> {
-        Ok(SnapshotFiles::new(&self.state_dir, key)?.is_complete())
-    }
-
-    fn snapshot_bytes(&self, _hv: &Hypervisor, key: &str) -> Result<u64, ProvisionError> {
-        Ok(SnapshotFiles::new(&self.state_dir, key)?.disk_bytes())
-    }
-
-    fn freeze(
-        &self,
-        hv: &Hypervisor,
-        vm: &PreparedVm,
-        key: &str,
-        meta: &serde_json::Value,
-    ) -> Result<u64, ProvisionError> {
-        let files = SnapshotFiles::new(&self.state_dir, key)?;
-        snapshot::freeze(hv, &vm.name, &vm.files, &files, meta)?;
-        self.snapshot_bytes(hv, key)
-    }
-
-    fn prepare_restore(
-        &self,
-        _hv: &Hypervisor,
-        req: &VmRequest,
-        key: &str,
-    ) -> Result<PreparedVm, ProvisionError> {
-        vm::prepare_restore(req, &SnapshotFiles::new(&self.state_dir, key)?)
-    }
-
-    fn restore(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError> {
-        let saved = saved_state(vm)?;
-        let restored = hv.restore(saved, &vm.name, false);
-        // libvirt has read it: the VM's copy of the image only takes space now.
-        let _ = std::fs::remove_file(saved);
-        Ok(restored?)
-    }
-
-    fn remove_snapshot(&self, _hv: &Hypervisor, key: &str) -> Result<(), ProvisionError> {
-        SnapshotFiles::new(&self.state_dir, key)?.remove()
-    }
-
-    fn sweep_snapshots(
-        &self,
-        _hv: &Hypervisor,
-        keep: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<String>, ProvisionError> {
-        Ok(snapshot::sweep(&self.state_dir, keep)?
-            .removed
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect())
-    }
 }
 
 fn saved_state(vm: &PreparedVm) -> Result<&Path, ProvisionError> {
@@ -230,6 +122,40 @@ pub struct StorageVolumes {
     /// The start of each snapshot's save image (its domain XML), by key: read from the host
     /// once, rewritten into every VM's own copy.
     saved: Mutex<HashMap<String, std::sync::Arc<SaveImage>>>,
+    /// Spare copies of each snapshot's save image made ahead (volume name, host path), by key.
+    spares: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// Keys whose spares are being made now.
+    stocking: Mutex<HashSet<String>>,
+    /// A fresh overlay's bytes by backing file, its format and the capacity: made once with
+    /// qemu-img, uploaded for each VM (libvirt would run qemu-img on the host each time).
+    overlays: Mutex<HashMap<OverlayShape, std::sync::Arc<Vec<u8>>>>,
+}
+
+/// What a fresh overlay's bytes depend on: its backing file, that file's format, its capacity.
+type OverlayShape = (String, VolumeFormat, u64);
+
+/// Spare copies of a snapshot's save image kept made ahead on a host: one per VM restored at once
+/// (two, the default slots of a pool).
+pub const SPARES: usize = 2;
+
+/// The name of the volume at host path `path` (in a directory pool, its file name).
+fn volume_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A token no other volume name of this process has (the owner tag in the name sets daemons
+/// apart).
+fn uuid_token() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{started:x}-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 /// How long a teardown waits for the console copy to see the domain's end.
@@ -245,7 +171,54 @@ impl StorageVolumes {
             pool: pool.to_string(),
             consoles: Mutex::new(HashMap::new()),
             saved: Mutex::new(HashMap::new()),
+            overlays: Mutex::new(HashMap::new()),
+            spares: Mutex::new(HashMap::new()),
+            stocking: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn spares(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(String, String)>>> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deletes every spare copy of `key`'s save image there is on the host, known or not.
+    fn remove_spares(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError> {
+        self.spares().remove(key);
+        for name in hv.list_volumes(&self.pool, &volumes::spare_prefix(&self.owner(), key))? {
+            hv.delete_volume(&self.pool, &name)?;
+        }
+        Ok(())
+    }
+
+    /// Creates qcow2 volume `name` of `capacity` bytes on top of the host file `backing` (of
+    /// `format`); returns its host path.
+    fn create_overlay(
+        &self,
+        hv: &Hypervisor,
+        name: &str,
+        backing: &str,
+        format: VolumeFormat,
+        capacity: u64,
+    ) -> Result<String, ProvisionError> {
+        let k = (backing.to_string(), format, capacity);
+        let cached = self
+            .overlays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&k)
+            .cloned();
+        let header = match cached {
+            Some(h) => h,
+            None => {
+                let h = std::sync::Arc::new(overlay::header(backing, format.as_str(), capacity)?);
+                self.overlays
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(k, h.clone());
+                h
+            }
+        };
+        Ok(hv.create_volume_with(&self.pool, name, header.to_vec(), 0o600)?)
     }
 
     fn owner(&self) -> String {
@@ -295,13 +268,8 @@ impl StorageVolumes {
             ),
         };
         made.push(overlay_name.clone());
-        let overlay = hv.create_overlay_volume(
-            &self.pool,
-            &overlay_name,
-            &image.disk,
-            image.disk_format,
-            capacity,
-        )?;
+        let overlay =
+            self.create_overlay(hv, &overlay_name, &image.disk, image.disk_format, capacity)?;
         timings.overlay = t.elapsed();
 
         let t = Instant::now();
@@ -373,7 +341,7 @@ impl StorageVolumes {
         for part in SnapshotPart::ALL {
             hv.delete_volume(&self.pool, &volumes::snapshot_volume(&owner, key, part))?;
         }
-        Ok(())
+        self.remove_spares(hv, key)
     }
 
     fn saved_images(
@@ -518,6 +486,13 @@ impl VmBackend for StorageVolumes {
             tracing::warn!("teardown of {}: {e}", vm.name);
             first.get_or_insert(e);
         }
+        // A restored VM's save image (a spare taken, named as such) is gone unless the restore
+        // never ran.
+        if let Some(saved) = &vm.saved_state {
+            if let Err(e) = hv.delete_volume(&self.pool, &volume_name(saved)) {
+                first.get_or_insert(e.into());
+            }
+        }
         tracing::info!(
             vm = %vm.files.job_id,
             destroy_ms = destroyed.as_secs_f64() * 1e3,
@@ -645,29 +620,43 @@ impl VmBackend for StorageVolumes {
                     .unwrap_or(0);
                 let overlay_name = volumes::overlay_volume(&owner, &req.job_id);
                 made.push(overlay_name.clone());
-                let overlay = hv.create_overlay_volume(
-                    &self.pool,
-                    &overlay_name,
-                    &disk,
-                    volumes::VolumeFormat::Qcow2,
-                    capacity,
-                )?;
+                let overlay =
+                    self.create_overlay(hv, &overlay_name, &disk, VolumeFormat::Qcow2, capacity)?;
                 timings.overlay = t.elapsed();
 
                 let t = Instant::now();
                 let image = self.saved_image(hv, key)?;
-                let memory_name = volumes::memory_volume(&owner, &req.job_id);
-                made.push(memory_name.clone());
-                let memory =
-                    hv.clone_volume(&self.pool, &snap(SnapshotPart::Memory), &memory_name)?;
                 // The saved XML names the template's disk (the snapshot's): this VM writes to
                 // its own overlay on top of it. The seed stays the snapshot's, read-only.
-                let xml = snapshot::restore_xml(&image.xml, &req.job_id)?.replace(
+                let xml = crate::saveimage::restore_xml(&image.xml, &req.job_id)?.replace(
                     &format!("'{disk}'"),
                     &format!("'{}'", crate::templates::escape_xml(&overlay)),
                 );
-                let head = image.head_with_xml(&xml, Path::new(&memory_name))?;
-                hv.write_volume_at(&self.pool, &memory_name, 0, head)?;
+                let head = image.head_with_xml(&xml, Path::new(&req.job_id))?;
+                // A copy made ahead if there is one (it is gone if its snapshot was removed
+                // meanwhile), else one made now.
+                let spare = self.spares().get_mut(key).and_then(|s| s.pop());
+                let taken = spare.and_then(|(name, path)| {
+                    made.push(name.clone());
+                    match hv.write_volume_at(&self.pool, &name, 0, head.clone()) {
+                        Ok(()) => Some(path),
+                        Err(e) => {
+                            tracing::debug!("spare {name}: {e}");
+                            None
+                        }
+                    }
+                });
+                let memory = match taken {
+                    Some(path) => path,
+                    None => {
+                        let name = volumes::memory_volume(&owner, &req.job_id);
+                        made.push(name.clone());
+                        let path =
+                            hv.clone_volume(&self.pool, &snap(SnapshotPart::Memory), &name)?;
+                        hv.write_volume_at(&self.pool, &name, 0, head)?;
+                        path
+                    }
+                };
                 timings.saved_state = t.elapsed();
 
                 let spec = domain::DomainSpec {
@@ -707,8 +696,7 @@ impl VmBackend for StorageVolumes {
         // restore: a VM whose host loses this connection is stopped by its agent, which sees
         // its channel close when libvirtd drops the connection.
         let restored = hv.restore(saved, &vm.name, true);
-        let memory = volumes::memory_volume(&self.owner(), &vm.files.job_id);
-        if let Err(e) = hv.delete_volume(&self.pool, &memory) {
+        if let Err(e) = hv.delete_volume(&self.pool, &volume_name(saved)) {
             tracing::warn!(domain = %vm.name, "deleting the restored save image: {e}");
         }
         restored?;
@@ -717,6 +705,41 @@ impl VmBackend for StorageVolumes {
 
     fn remove_snapshot(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError> {
         self.remove_parts(hv, key)
+    }
+
+    fn stock_spares(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError> {
+        if !self
+            .stocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string())
+        {
+            return Ok(());
+        }
+        let owner = self.owner();
+        let made = (|| {
+            while self.spares().get(key).map_or(0, Vec::len) < SPARES {
+                let n = uuid_token();
+                let name = volumes::spare_volume(&owner, key, &n);
+                let from = volumes::snapshot_volume(&owner, key, SnapshotPart::Memory);
+                let path = hv.clone_volume(&self.pool, &from, &name)?;
+                // Removed meanwhile: the copy goes too.
+                if !self.snapshot_complete(hv, key)? {
+                    hv.delete_volume(&self.pool, &name)?;
+                    return Ok(());
+                }
+                self.spares()
+                    .entry(key.to_string())
+                    .or_default()
+                    .push((name, path));
+            }
+            Ok(())
+        })();
+        self.stocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        made
     }
 
     fn sweep_snapshots(
@@ -732,6 +755,10 @@ impl VmBackend for StorageVolumes {
             .collect();
         keys.dedup();
         let mut removed = Vec::new();
+        for key in &keys {
+            // Spares left by a daemon that stopped may be half-copied: made again on demand.
+            self.remove_spares(hv, key)?;
+        }
         for key in keys {
             if keep(key) && self.snapshot_complete(hv, key)? {
                 continue;

@@ -22,7 +22,6 @@ pub mod iso9660;
 pub mod overlay;
 pub mod saveimage;
 pub mod seed;
-pub mod snapshot;
 pub mod streams;
 mod templates;
 pub mod vm;

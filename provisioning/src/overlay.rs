@@ -66,6 +66,38 @@ pub fn create_with_format(
     Ok(())
 }
 
+/// The bytes of a fresh qcow2 overlay of `capacity` bytes on `backing` (a path on the VM's host,
+/// not opened here: `qemu-img create -u`), of format `backing_format`. The same arguments always
+/// give the same bytes, so a host's overlays are uploads of one cached header.
+pub fn header(
+    backing: &str,
+    backing_format: &str,
+    capacity: u64,
+) -> Result<Vec<u8>, ProvisionError> {
+    let dir = tempfile::tempdir().map_err(ProvisionError::io(
+        "make a directory in",
+        &std::env::temp_dir(),
+    ))?;
+    let file = dir.path().join("overlay.qcow2");
+    command::run(
+        "qemu-img",
+        [
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-u".as_ref(),
+            "-b".as_ref(),
+            backing.as_ref(),
+            "-F".as_ref(),
+            backing_format.as_ref(),
+            file.as_os_str(),
+            capacity.to_string().as_ref(),
+        ],
+    )?;
+    fs::read(&file).map_err(ProvisionError::io("read", &file))
+}
+
 /// Grows the qcow2 `overlay` to `bytes` (its backing file is untouched); refused when that is
 /// less than it is.
 pub fn grow(overlay: &Path, bytes: u64) -> Result<(), ProvisionError> {

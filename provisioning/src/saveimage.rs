@@ -166,6 +166,26 @@ impl SaveImage {
 }
 
 /// Where the content of the first `<tag>…</tag>` in `text` is.
+/// The template's saved domain XML as VM `job_id`'s: the template's id replaced by the job's
+/// (name, metadata, every path named after it) and a new UUID and generation id.
+pub fn restore_xml(template_xml: &str, job_id: &str) -> Result<String, ProvisionError> {
+    let name = element(template_xml, "name")
+        .ok_or_else(|| ProvisionError::invalid("save image", "its domain XML has no name"))?;
+    let template_id = name
+        .strip_prefix(crate::DOMAIN_PREFIX)
+        .filter(|id| id.len() >= 8)
+        .ok_or_else(|| {
+            ProvisionError::invalid("save image", format!("domain {name} is not Minion's"))
+        })?;
+    let mut xml = template_xml.replace(template_id, job_id);
+    for tag in ["uuid", "genid"] {
+        xml = replace_element(&xml, tag, &uuid::Uuid::new_v4().to_string()).ok_or_else(|| {
+            ProvisionError::invalid("save image", format!("its domain XML has no <{tag}>"))
+        })?;
+    }
+    Ok(xml)
+}
+
 fn element_range(text: &str, tag: &str) -> Option<std::ops::Range<usize>> {
     let open = format!("<{tag}>");
     let start = text.find(&open)? + open.len();
@@ -265,6 +285,21 @@ mod tests {
             .write_with_xml(&src, &"x".repeat(100), &tmp.path().join("big.save"))
             .expect_err("too big");
         assert!(err.to_string().contains("does not fit"), "{err}");
+    }
+
+    #[test]
+    fn a_restored_vm_gets_the_template_s_xml_under_its_own_id_and_uuid() {
+        let t =
+            "<domain><name>minion-snapshot-0123456789abcdef</name><uuid>u1</uuid><genid>g1</genid>\
+                 <disk file='/v/minion-abc-snapshot-0123456789abcdef.overlay.qcow2'/></domain>";
+        let x = restore_xml(t, "job-42").expect("restore xml");
+        assert!(x.contains("<name>minion-job-42</name>"), "{x}");
+        assert!(x.contains("minion-abc-job-42.overlay.qcow2"), "{x}");
+        assert!(
+            !x.contains("<uuid>u1</uuid>") && !x.contains("<genid>g1</genid>"),
+            "{x}"
+        );
+        assert!(restore_xml("<domain><name>other</name></domain>", "j").is_err());
     }
 
     #[test]

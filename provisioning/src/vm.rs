@@ -144,42 +144,6 @@ fn rendered(
     })
 }
 
-/// Like [`prepare`], for a VM restored from `snapshot` rather than booted: its own overlay on top
-/// of the snapshot's frozen one, the snapshot's seed linked in (read-only, what the template
-/// booted with), and its own copy of the save image whose XML is the template's under the VM's
-/// name, UUID and paths ([`crate::snapshot::write_restore_image`]). The job's identity reaches the
-/// guest in its Job frame, not on a seed.
-pub fn prepare_restore(
-    req: &VmRequest,
-    snapshot: &crate::snapshot::SnapshotFiles,
-) -> Result<PreparedVm, ProvisionError> {
-    in_new_dir(req, |files| {
-        let mut timings = PrepareTimings::default();
-        let t = Instant::now();
-        overlay::create_from_template(
-            &snapshot.overlay,
-            crate::image::DiskFormat::Qcow2,
-            &files.overlay,
-            &overlay::templates_dir(&req.state_dir),
-        )?;
-        timings.overlay = t.elapsed();
-        // The saved XML names the seed inside the VM's directory: the snapshot's, linked in.
-        let t = Instant::now();
-        std::fs::hard_link(&snapshot.seed, &files.seed).map_err(ProvisionError::io(
-            "link the snapshot's seed as",
-            &files.seed,
-        ))?;
-        timings.seed = t.elapsed();
-        let t = Instant::now();
-        crate::snapshot::write_restore_image(snapshot, &req.job_id, &files.saved_state)?;
-        timings.saved_state = t.elapsed();
-        // For the record: the domain itself is described by the XML in its restore image.
-        let mut vm = rendered(req, files, timings)?;
-        vm.saved_state = Some(files.saved_state.clone());
-        Ok(vm)
-    })
-}
-
 fn domain_spec(req: &VmRequest, files: &VmFiles) -> DomainSpec {
     DomainSpec {
         name: domain_name(&req.job_id),

@@ -98,6 +98,23 @@ pub fn snapshot_volume(owner: &str, key: &str, part: SnapshotPart) -> String {
     )
 }
 
+/// What the names of the spare copies of `owner`'s snapshot `key`'s save image start with.
+pub fn spare_prefix(owner: &str, key: &str) -> String {
+    format!(
+        "{SNAPSHOT_VOLUME_PREFIX}{}-{key}.{SPARE_PART}",
+        owner_tag(owner)
+    )
+}
+
+/// The name of spare copy `n` (a token) of `owner`'s snapshot `key`'s save image: made ahead of
+/// the restore that takes it.
+pub fn spare_volume(owner: &str, key: &str, n: &str) -> String {
+    format!("{}{n}", spare_prefix(owner, key))
+}
+
+/// What a spare copy's part name starts with.
+const SPARE_PART: &str = "spare-";
+
 /// The prefix of every snapshot volume of `owner`.
 pub fn snapshot_volume_prefix(owner: &str) -> String {
     format!("{SNAPSHOT_VOLUME_PREFIX}{}-", owner_tag(owner))
@@ -107,9 +124,7 @@ pub fn snapshot_volume_prefix(owner: &str) -> String {
 pub fn snapshot_of_volume<'a>(owner: &str, volume: &'a str) -> Option<&'a str> {
     let rest = volume.strip_prefix(snapshot_volume_prefix(owner).as_str())?;
     let (key, part) = rest.split_once('.')?;
-    SnapshotPart::ALL
-        .iter()
-        .any(|p| p.suffix() == part)
+    (SnapshotPart::ALL.iter().any(|p| p.suffix() == part) || part.starts_with(SPARE_PART))
         .then_some(key)
 }
 
@@ -148,15 +163,31 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     }
 }
 
+/// virStoragePoolDefineXML, which the `virt` crate does not wrap.
+fn define_storage_pool(
+    conn: &virt::connect::Connect,
+    xml: &str,
+) -> Result<StoragePool, virt::error::Error> {
+    let c_xml = std::ffi::CString::new(xml).map_err(|_| virt::error::Error::last_error())?;
+    // SAFETY: `conn` is a live connection and `c_xml` a NUL-terminated string that outlives the
+    // call; a non-null result is a new reference the returned StoragePool owns.
+    let ptr = unsafe { virt::sys::virStoragePoolDefineXML(conn.as_ptr(), c_xml.as_ptr(), 0) };
+    if ptr.is_null() {
+        return Err(virt::error::Error::last_error());
+    }
+    // SAFETY: non-null, and ours to free.
+    Ok(unsafe { StoragePool::from_ptr(ptr) })
+}
+
 /// A volume's format as its XML says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VolumeFormat {
     Raw,
     Qcow2,
 }
 
 impl VolumeFormat {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             VolumeFormat::Raw => "raw",
             VolumeFormat::Qcow2 => "qcow2",
@@ -232,29 +263,54 @@ impl Hypervisor {
         }
     }
 
-    /// Creates qcow2 volume `name` of `capacity` bytes on top of the host file `backing` (its
-    /// format `backing_format`); returns its host path. libvirt runs qemu-img on the host.
-    pub fn create_overlay_volume(
+    /// Creates volume `name` holding `bytes` (a qcow2 overlay's header, say: its format is the
+    /// bytes', whatever the volume's XML says); returns its host path. On any error the volume
+    /// is deleted again.
+    pub fn create_volume_with(
         &self,
         pool: &str,
         name: &str,
-        backing: &str,
-        backing_format: VolumeFormat,
-        capacity: u64,
+        bytes: Vec<u8>,
+        mode: u32,
     ) -> Result<String, HypervisorError> {
+        let len = bytes.len() as u64;
         let p = self.storage_pool(pool)?;
-        let xml = format!(
-            "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity>\
-             <target><format type='qcow2'/><permissions><mode>0600</mode></permissions></target>\
-             <backingStore><path>{}</path><format type='{}'/></backingStore></volume>",
-            escape_xml(name),
-            escape_xml(backing),
-            backing_format.as_str()
-        );
-        let v = StorageVol::create_xml(&p, &xml, 0)
-            .map_err(|e| self.call_error("virStorageVolCreateXML", name, &e))?;
+        let v = self.create_raw(&p, name, len, mode)?;
+        let sent = (|| {
+            let stream = Stream::new(&self.conn()?, crate::streams::NONBLOCK)
+                .map_err(|e| self.call_error("virStreamNew", name, &e))?;
+            v.upload(&stream, 0, len, 0)
+                .map_err(|e| self.call_error("virStorageVolUpload", name, &e))?;
+            crate::streams::upload_bytes(stream, bytes)
+                .map_err(|e| self.stream_error("virStorageVolUpload", name, e.to_string()))?
+                .wait(TRANSFER_STALL)
+                .map(|_| ())
+                .map_err(|e| self.stream_error("virStorageVolUpload", name, e))
+        })();
+        if let Err(e) = sent {
+            let _ = v.delete(0);
+            return Err(e);
+        }
         v.path()
             .map_err(|e| self.call_error("virStorageVolGetPath", name, &e))
+    }
+
+    /// A new empty raw volume `name` of `len` bytes (sparse) in `p`.
+    fn create_raw(
+        &self,
+        p: &StoragePool,
+        name: &str,
+        len: u64,
+        mode: u32,
+    ) -> Result<StorageVol, HypervisorError> {
+        let xml = format!(
+            "<volume><name>{}</name><capacity unit='bytes'>{len}</capacity>\
+             <allocation unit='bytes'>0</allocation>\
+             <target><format type='raw'/><permissions><mode>{mode:04o}</mode></permissions></target></volume>",
+            escape_xml(name)
+        );
+        StorageVol::create_xml(p, &xml, 0)
+            .map_err(|e| self.call_error("virStorageVolCreateXML", name, &e))
     }
 
     /// Creates volume `name` holding exactly the bytes of local file `src` (sent over the
@@ -276,14 +332,7 @@ impl Hypervisor {
         let f = std::fs::File::open(src).map_err(io_error)?;
         let len = f.metadata().map_err(io_error)?.len();
         let p = self.storage_pool(pool)?;
-        let xml = format!(
-            "<volume><name>{}</name><capacity unit='bytes'>{len}</capacity>\
-             <allocation unit='bytes'>0</allocation>\
-             <target><format type='raw'/><permissions><mode>{mode:04o}</mode></permissions></target></volume>",
-            escape_xml(name)
-        );
-        let v = StorageVol::create_xml(&p, &xml, 0)
-            .map_err(|e| self.call_error("virStorageVolCreateXML", name, &e))?;
+        let v = self.create_raw(&p, name, len, mode)?;
         let sent = (|| {
             let conn = self.conn()?;
             let stream = Stream::new(&conn, crate::streams::NONBLOCK)
@@ -350,6 +399,49 @@ impl Hypervisor {
         }
     }
 
+    /// Makes sure storage pool `pool` runs on the host: started if it is defined but stopped,
+    /// else defined as a `dir` pool on `dir` (made if missing), started and autostarted. Another
+    /// daemon defining it at the same moment is fine.
+    pub fn ensure_dir_pool(&self, pool: &str, dir: &Path) -> Result<(), HypervisorError> {
+        let found = self.retrying(|c| c.lookup_storage_pool_by_name(pool))?;
+        let p = match found {
+            Ok(p) => p,
+            Err(e) if is(&e, ErrorNumber::NoStoragePool) => {
+                let xml = format!(
+                    "<pool type='dir'><name>{}</name><target><path>{}</path>\
+                     <permissions><mode>0711</mode></permissions></target></pool>",
+                    escape_xml(pool),
+                    escape_xml(&dir.to_string_lossy())
+                );
+                let conn = self.conn()?;
+                match define_storage_pool(&conn, &xml) {
+                    Ok(p) => {
+                        p.build(0)
+                            .map_err(|e| self.call_error("virStoragePoolBuild", pool, &e))?;
+                        if let Err(e) = p.set_autostart(true) {
+                            tracing::warn!("storage pool {pool}: no autostart: {e}");
+                        }
+                        tracing::info!(pool, dir = %dir.display(), uri = %self.uri(), "storage pool defined");
+                        p
+                    }
+                    Err(_) => conn
+                        .lookup_storage_pool_by_name(pool)
+                        .map_err(|e| self.call_error("virStoragePoolDefineXML", pool, &e))?,
+                }
+            }
+            Err(e) => return Err(self.call_error("virStoragePoolLookupByName", pool, &e)),
+        };
+        if !p.is_active().unwrap_or(false) {
+            if let Err(e) = p.create(0) {
+                // Started meanwhile by someone else: that is what was wanted.
+                if !p.is_active().unwrap_or(false) {
+                    return Err(self.call_error("virStoragePoolCreate", pool, &e));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The directory on the host that holds the pool's volumes (its `<target><path>`): where a
     /// domain's save image is written so that it becomes one of the pool's volumes.
     pub fn storage_pool_dir(&self, pool: &str) -> Result<String, HypervisorError> {
@@ -373,22 +465,38 @@ impl Hypervisor {
             })
     }
 
-    /// Makes the pool see files written on the host by libvirt itself (a save image).
+    /// Makes the pool see files written on the host by libvirt itself (a save image). libvirt
+    /// refuses while a volume is being copied in the pool: tried again for a while.
     pub fn refresh_pool(&self, pool: &str) -> Result<(), HypervisorError> {
-        self.storage_pool(pool)?
-            .refresh(0)
-            .map_err(|e| self.call_error("virStoragePoolRefresh", pool, &e))
+        let p = self.storage_pool(pool)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match p.refresh(0) {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.message().contains("asynchronous jobs")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(self.call_error("virStoragePoolRefresh", pool, &e)),
+            }
+        }
     }
 
     /// Copies volume `from` into a new raw volume `to` on the host (libvirt copies the bytes
-    /// there; nothing passes through the connection); returns its host path.
+    /// there; nothing passes through the connection); returns its host path. On the teardown
+    /// connection: copies are made ahead, while the next VM is made on the main one.
     pub fn clone_volume(
         &self,
         pool: &str,
         from: &str,
         to: &str,
     ) -> Result<String, HypervisorError> {
-        let p = self.storage_pool(pool)?;
+        let p = self
+            .teardown_conn()?
+            .lookup_storage_pool_by_name(pool)
+            .map_err(|e| self.call_error("virStoragePoolLookupByName", pool, &e))?;
         let src = self.existing_volume(&p, pool, from)?;
         let xml = format!(
             "<volume><name>{}</name><capacity unit='bytes'>0</capacity>\

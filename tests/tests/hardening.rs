@@ -69,8 +69,8 @@ fn free_mib(path: &Path) -> u64 {
         .expect("df avail")
 }
 
-/// 200 MB into its artifacts: more than a 320 MiB state dir can hold beside the VM's overlay
-/// (where the guest writes it first) while keeping 64 MiB free.
+/// 200 MB into its artifacts: more than a 240 MiB state dir can hold while keeping 64 MiB free
+/// (the VM's overlay, where the guest writes it first, is a volume of the storage pool, not here).
 const FILLS_THE_DISK: &str = "name: fill\nnamespace: qa\ndesc: d\nmaintainer: m\ninput:\n  args: [koji_build]\n\
      actions:\n  - name: big\n    shell:\n      - head -c 200000000 /dev/zero > $artifactsdir/big.bin\n";
 
@@ -90,7 +90,7 @@ fn a_full_state_dir_fails_the_job_with_that_reason_and_the_daemon_goes_on() {
         return;
     }
     let mut d = Daemon::prepare(1, 0, "keep_free_mib = 64\n");
-    let mount = LoopMount::new(&d.state.path().join("state.ext4"), &d.state_dir(), 320);
+    let mount = LoopMount::new(&d.state.path().join("state.ext4"), &d.state_dir(), 240);
     d.spawn();
 
     let big = task_repo(FILLS_THE_DISK);
@@ -525,7 +525,13 @@ fn chaos_nothing_lost_doubled_or_leaked() {
     d.terminate();
     let leaked_domains = d.domains();
     let leaked_dirs = d.vm_ids();
-    let leaked_qemu = pids_with(&d.state_dir().to_string_lossy());
+    // A VM's qemu names its overlay, a volume named with the daemon's owner tag.
+    let tag = minion_provisioning::volumes::owner_tag(&d.state_dir().to_string_lossy());
+    let leaked_qemu = pids_with(&format!("minion-{tag}-"));
+    let leaked_volumes: Vec<PathBuf> = daemon_volumes(&d.state_dir())
+        .into_iter()
+        .filter(|v| !v.to_string_lossy().contains("minion-snap-"))
+        .collect();
     eprintln!(
         "chaos: {} jobs, {} faults ({} kill -9), lost {}, doubled {}, max VMs alive {max_alive}, \
          leaked domains {}, dirs {}, qemu {}; states {by_state:?}; {:.0} s",
@@ -551,6 +557,10 @@ fn chaos_nothing_lost_doubled_or_leaked() {
     );
     assert!(leaked_dirs.is_empty(), "VM dirs left: {leaked_dirs:?}");
     assert!(leaked_qemu.is_empty(), "qemu left: {leaked_qemu:?}");
+    assert!(
+        leaked_volumes.is_empty(),
+        "volumes left: {leaked_volumes:?}"
+    );
     assert!(
         by_state.get("FINISHED").copied().unwrap_or(0) >= jobs * 3 / 4,
         "most jobs should still finish: {by_state:?}"

@@ -162,15 +162,31 @@ fn sigterm_destroys_the_parked_vm_and_a_kill_9_restart_reconciles_it() {
     d.spawn();
     let second = d.wait_ready(1, Duration::from_secs(120));
     assert_ne!(second, first);
+    let parked = d.vm_ids();
     d.kill9();
-    // libvirt owns the domain: it outlives the daemon until the restart reconciles.
-    assert!(running_domains().contains(&second[0]));
+    // The parked VM dies with the daemon's libvirt connection (autodestroy).
+    until(
+        "the parked VM gone with the daemon",
+        Duration::from_secs(15),
+        || !running_domains().contains(&second[0]),
+    );
+    assert!(!parked.is_empty(), "the parked VM's directory");
     d.spawn();
-    // The start reconciles before it serves: the old parked VM is gone by the first answer.
+    // The start reconciles before it serves: the old parked VM's directory and volumes are gone
+    // by the first answer.
+    let left: Vec<String> = daemon_volumes(&d.state_dir())
+        .iter()
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| parked.iter().any(|id| v.contains(id.as_str())))
+        .collect();
     assert!(
-        !running_domains().contains(&second[0]),
-        "{} survived the restart\n{}",
-        second[0],
+        left.is_empty(),
+        "survived the restart: {left:?}\n{}",
+        d.log()
+    );
+    assert!(
+        d.vm_ids().iter().all(|id| !parked.contains(id)),
+        "{parked:?} survived the restart\n{}",
         d.log()
     );
     let third = d.wait_ready(1, Duration::from_secs(120));

@@ -33,29 +33,52 @@ actions:
       - echo "clock=$$(date +%s.%N)"
 "#;
 
-/// The directories under a daemon's `snapshots/` whose name ends in `.partial` (`partial`) or
-/// does not.
-fn snapshot_dirs(state: &Path, partial: bool) -> Vec<PathBuf> {
-    std::fs::read_dir(state.join("snapshots"))
+/// A daemon's snapshots on this machine, each as the common start of its volumes' paths
+/// (`<test volumes>/minion-snap-<tag>-<key>`), those with their marker (written last: `whole`)
+/// or those without.
+fn snapshot_dirs(state: &Path, whole: bool) -> Vec<PathBuf> {
+    let mut snaps: Vec<PathBuf> = daemon_volumes(state)
+        .into_iter()
+        .filter_map(|v| {
+            let name = v.file_name()?.to_string_lossy().into_owned();
+            let stem = name
+                .strip_prefix("minion-snap-")?
+                .split_once('.')?
+                .0
+                .to_string();
+            Some(v.with_file_name(format!("minion-snap-{stem}")))
+        })
+        .collect();
+    snaps.sort();
+    snaps.dedup();
+    snaps.retain(|s| part(s, "json").is_file() == whole);
+    snaps
+}
+
+/// One of a snapshot's volumes: `disk.qcow2`, `seed.iso`, `memory` (the save image), `json`.
+fn part(snap: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", snap.display()))
+}
+
+/// Whether any volume of the snapshot is there.
+fn exists(snap: &Path) -> bool {
+    let prefix = format!("{}.", snap.display());
+    std::fs::read_dir(TEST_VOLUMES)
         .map(|r| {
             r.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.to_string_lossy().ends_with(".partial") == partial)
-                .collect()
+                .any(|e| e.path().to_string_lossy().starts_with(&prefix))
         })
-        .unwrap_or_default()
+        .unwrap_or(false)
 }
 
-/// The whole snapshots of a daemon (renamed into place, with their metadata).
+/// The whole snapshots of a daemon.
 fn snapshots(state: &Path) -> Vec<PathBuf> {
-    snapshot_dirs(state, false)
-        .into_iter()
-        .filter(|p| p.join("snapshot.json").is_file())
-        .collect()
+    snapshot_dirs(state, true)
 }
 
+/// Its half-made ones (a template being booted or saved).
 fn partials(state: &Path) -> Vec<PathBuf> {
-    snapshot_dirs(state, true)
+    snapshot_dirs(state, false)
 }
 
 fn wait_snapshot(d: &Daemon) -> PathBuf {
@@ -112,16 +135,15 @@ fn restored_vms_run_jobs_and_each_is_unique() {
     let d = Daemon::start_with(1, 0, SNAPSHOT);
     let snap = wait_snapshot(&d);
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(snap.join("snapshot.json")).expect("meta"))
+        serde_json::from_str(&std::fs::read_to_string(part(&snap, "json")).expect("meta"))
             .expect("json");
     assert_eq!(meta["image"], "minimal", "{meta}");
-    // Frozen: nobody writes the template's disk again.
-    for f in ["disk.qcow2", "seed.iso", "memory.save"] {
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(snap.join(f)).expect("file").permissions(),
-        );
-        assert_eq!(mode & 0o222, 0, "{f} is writable: {mode:o}");
-    }
+    // Frozen: the restored VMs write their own overlays, never the snapshot's disk or seed.
+    let stamp = |f: &str| {
+        let m = std::fs::metadata(part(&snap, f)).expect("snapshot part");
+        (m.len(), m.modified().expect("mtime"))
+    };
+    let frozen: Vec<_> = ["disk.qcow2", "seed.iso", "memory"].map(stamp).to_vec();
 
     let mut seen: Vec<std::collections::BTreeMap<&str, String>> = Vec::new();
     for _ in 0..2 {
@@ -157,6 +179,11 @@ fn restored_vms_run_jobs_and_each_is_unique() {
         );
     }
     assert_eq!(seen[0]["machine_id"].len(), 32, "{seen:?}");
+    assert_eq!(
+        ["disk.qcow2", "seed.iso", "memory"].map(stamp).to_vec(),
+        frozen,
+        "a restored VM wrote its snapshot"
+    );
     assert!(seen[0]["hostname"].starts_with("minion-"), "{seen:?}");
     // Nothing of the template or the jobs' VMs is left running.
     until("no VM left", TEARDOWN_AFTER_END, || d.domains().is_empty());
@@ -215,12 +242,12 @@ fn a_snapshot_half_written_when_the_daemon_is_killed_is_never_used() {
     until(
         "the partial snapshot removed",
         Duration::from_secs(60),
-        || !half[0].exists(),
+        || !exists(&half[0]),
     );
     let (j, log) = run(&d, PASSING);
     assert_eq!(j["state"], "FINISHED", "{j:#}\n{log}\n{}", d.log());
     let snap = wait_snapshot(&d);
-    assert!(snap.join("memory.save").is_file());
+    assert!(part(&snap, "memory").is_file());
     let (j, _) = run(&d, PASSING);
     assert_eq!(j["state"], "FINISHED", "{j:#}");
     assert_eq!(booting_detail(&j), "restored from a snapshot", "{j:#}");
@@ -243,12 +270,15 @@ fn a_snapshot_that_no_longer_restores_is_dropped_once_and_vms_boot() {
             p["snapshot"] == "ready" && p["snapshot_bytes"].as_u64().unwrap_or(0) > 1 << 20
         },
     );
-    // Damage the saved state: libvirt refuses it, or the guest never comes back.
-    let state = snap.join("memory.save");
-    let mut perms = std::fs::metadata(&state).expect("state").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
-    std::fs::set_permissions(&state, perms).expect("chmod");
-    std::fs::write(&state, b"not a libvirt save image").expect("damage");
+    // Damage the saved state and its copies made ahead: libvirt refuses it, or the guest never
+    // comes back.
+    let prefix = format!("{}.", snap.display());
+    for v in daemon_volumes(&d.state_dir()) {
+        let name = v.to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && (name.ends_with(".memory") || name.contains(".spare-")) {
+            std::fs::write(&v, b"not a libvirt save image").expect("damage");
+        }
+    }
 
     for _ in 0..2 {
         let (j, log) = run(&d, PASSING);
@@ -272,7 +302,7 @@ fn a_snapshot_that_no_longer_restores_is_dropped_once_and_vms_boot() {
         "{}",
         output_text(&table)
     );
-    assert!(!snap.exists(), "the broken snapshot is still there");
+    assert!(!exists(&snap), "the broken snapshot is still there");
     until("no VM left", TEARDOWN_AFTER_END, || d.domains().is_empty());
 }
 
@@ -308,7 +338,7 @@ fn a_new_vm_shape_gets_a_new_snapshot_and_the_old_one_goes() {
         },
     );
     let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(snapshots(&d.state_dir())[0].join("snapshot.json")).expect("meta"),
+        &std::fs::read_to_string(part(&snapshots(&d.state_dir())[0], "json")).expect("meta"),
     )
     .expect("json");
     assert_eq!(meta["memory_mib"], 640, "{meta}");

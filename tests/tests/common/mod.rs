@@ -201,6 +201,29 @@ const TOP_LEVEL: &[&str] = &[
     "reap_interval_secs",
 ];
 
+/// The storage pool of this machine the test daemons keep their VMs' volumes, snapshots and
+/// images' copies in (apart from a real `minion` pool; the images are copied there once).
+pub const TEST_STORAGE_POOL: &str = "minion-test";
+pub const TEST_VOLUMES: &str = "/var/lib/minion/test-volumes";
+
+/// The volumes in [`TEST_VOLUMES`] of the daemon whose state dir is `state_dir`: its VMs'
+/// (`minion-<tag>-…`) and its snapshots' (`minion-snap-<tag>-…`).
+pub fn daemon_volumes(state_dir: &Path) -> Vec<PathBuf> {
+    let tag = minion_provisioning::volumes::owner_tag(&state_dir.to_string_lossy());
+    let (vm, snap) = (format!("minion-{tag}-"), format!("minion-snap-{tag}-"));
+    std::fs::read_dir(TEST_VOLUMES)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with(&vm) || n.starts_with(&snap)
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One miniond process with its own state dir, socket and config.
 pub struct Daemon {
     pub child: Option<Child>,
@@ -241,6 +264,7 @@ impl Daemon {
                 "state_dir = {state:?}\n{images}agent_binary = {agent:?}\n{top}\
                  listen = {socket:?}\nlog_format = \"json\"\nretry_budget = 1\n\n\
                  [submissions]\nlocal_repo_roots = [{tmp:?}, {workspace:?}]\n\n\
+                 [local]\nstorage_pool = {test_pool:?}\nstorage_dir = {test_volumes:?}\n\n\
                  [pools.minimal]\nimage = \"minimal\"\nlibvirt_uri = {uri:?}\nmax_vms = {max_vms}\n\
                  min_ready = {min_ready}\n\
                  vcpus = 1\nmemory_mib = 512\ndefault_timeout_seconds = 300\n{start}{extra}",
@@ -269,6 +293,8 @@ impl Daemon {
                     "start = \"boot\"\n"
                 },
                 agent = agent_binary(),
+                test_pool = TEST_STORAGE_POOL,
+                test_volumes = TEST_VOLUMES,
                 uri = libvirt_uri(),
                 // Tests submit task repos from temp dirs and the workspace's examples.
                 tmp = std::env::temp_dir(),
@@ -490,6 +516,16 @@ impl Drop for Daemon {
                     .args(["-c", &libvirt_uri(), "destroy", &name])
                     .output();
             }
+        }
+        // Its snapshots (kept across restarts) and anything else it left: its state dir goes.
+        let left = daemon_volumes(&self.state_dir());
+        if !left.is_empty() {
+            for v in &left {
+                let _ = std::fs::remove_file(v);
+            }
+            let _ = Command::new("virsh")
+                .args(["-c", &libvirt_uri(), "pool-refresh", TEST_STORAGE_POOL])
+                .output();
         }
     }
 }
