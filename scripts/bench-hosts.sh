@@ -14,7 +14,8 @@
 # single-host setup's numbers before and after.
 # Needs root, libvirtd, `make image`, scripts/build-agent.sh, iproute2, tini. Env: IMAGE
 # (minimal), N (10), M (20), A (3), OLD_BIN, MODES (a subset of the mode names below), KEEP=1
-# (keep the work dir with every daemon's log).
+# (keep the work dir with every daemon's log). MODES runs in its own order: a second run with the
+# order swapped (new before old) shows what the order does on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE="${IMAGE:-minimal}"
@@ -196,19 +197,21 @@ max_vms = 2'
 
 modes=()
 RUN=0
-want() { [[ -z "${MODES:-}" || " $MODES " == *" $1 "* ]]; }
-measure() {
-    if want "$1"; then
-        run_mode "$@"
-        modes+=("$1")
-    fi
-}
-if [[ -n "${OLD_BIN:-}" ]]; then measure old-local-snapshot "$OLD_BIN" "$LOCAL_SNAP"; fi
-measure local-snapshot "$NEW_BIN" "$LOCAL_SNAP"
-if [[ -n "${OLD_BIN:-}" ]]; then measure old-local-boot "$OLD_BIN" "$LOCAL_BOOT"; fi
-measure local-boot "$NEW_BIN" "$LOCAL_BOOT"
-measure remote-boot "$NEW_BIN" "$REMOTE"
-measure remote-snapshot "$NEW_BIN" "$REMOTE_SNAP"
+# The modes, in MODES's order when given (so a second run can swap old and new).
+ALL="local-snapshot local-boot remote-boot remote-snapshot"
+[[ -n "${OLD_BIN:-}" ]] && ALL="old-local-snapshot local-snapshot old-local-boot local-boot remote-boot remote-snapshot"
+for m in ${MODES:-$ALL}; do
+    case "$m" in
+        old-local-snapshot) run_mode "$m" "${OLD_BIN:?old-* modes need OLD_BIN}" "$LOCAL_SNAP" ;;
+        old-local-boot) run_mode "$m" "${OLD_BIN:?old-* modes need OLD_BIN}" "$LOCAL_BOOT" ;;
+        local-snapshot) run_mode "$m" "$NEW_BIN" "$LOCAL_SNAP" ;;
+        local-boot) run_mode "$m" "$NEW_BIN" "$LOCAL_BOOT" ;;
+        remote-boot) run_mode "$m" "$NEW_BIN" "$REMOTE" ;;
+        remote-snapshot) run_mode "$m" "$NEW_BIN" "$REMOTE_SNAP" ;;
+        *) echo "bench-hosts: no mode $m (modes: $ALL)" >&2; exit 2 ;;
+    esac
+    modes+=("$m")
+done
 
 python3 - "${modes[@]/#/$WORK/}" <<'PY'
 import json, sys

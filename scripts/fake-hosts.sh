@@ -4,7 +4,8 @@
 # namespace with its own /run, /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt and
 # /var/log/libvirt, running its own virtlogd and libvirtd (under tini), reachable only as
 # qemu+tcp://10.77.N.2/system (no TLS, no auth: the link exists only inside this machine), or,
-# made with `up-tls`, only as qemu+tls://10.77.N.2/system with client certificates.
+# made with `up-tls`, only as qemu+tls://10.77.N.2/system with client certificates, or, made with
+# `up-ssh`, only through ssh (its own sshd, keys only) as qemu+libssh://root@10.77.N.2/system.
 # Its storage (/var/lib/minion-host inside it, libvirt storage pool `minion`) is a directory the
 # controller's namespace never mounts there, so nothing may assume a shared filesystem.
 #
@@ -14,11 +15,14 @@
 #                                    client/{cacert,clientcert,clientkey}.pem for this script's own
 #                                    calls; a client's certificate must come from that CA with the
 #                                    DN CN=minion-controller (tls_allowed_dn_list)
+#   scripts/fake-hosts.sh up-ssh K KEYS  host K through ssh only: KEYS holds id_ed25519.pub (the
+#                                    only key its sshd lets in, as root); the host's own key is
+#                                    made here and written to KEYS/known_hosts
 #   scripts/fake-hosts.sh down       stops their daemons and VMs, removes namespaces and files
 #   scripts/fake-hosts.sh cut K      cuts host K's link (its libvirtd keeps running)
 #   scripts/fake-hosts.sh mend K     restores it
 #
-# Needs root, iproute2, util-linux (unshare), libvirtd, tini. Idempotent: `up` skips hosts that
+# Needs root, iproute2, util-linux (unshare), libvirtd, tini (up-ssh: sshd). Idempotent: `up` skips hosts that
 # answer, `down` removes whatever is left.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "fake-hosts: must run as root" >&2; exit 1; }
@@ -31,7 +35,7 @@ uri() {
 answers() { timeout 5 virsh -c "$(uri "$1")" version >/dev/null 2>&1; }
 
 up_one() {
-    local k="$1" pki="${2:-}" ns="mhost$1" dir="$BASE/mhost$1"
+    local k="$1" pki="${2:-}" keys="${3:-}" ns="mhost$1" dir="$BASE/mhost$1"
     if ip netns list | grep -qw "$ns" && answers "$k"; then
         say "$ns answers at $(uri "$k")"
         return
@@ -61,6 +65,27 @@ cert_file = "/etc/libvirt/pki/servercert.pem"
 key_file = "/etc/libvirt/pki/serverkey.pem"
 tls_allowed_dn_list = ["CN=minion-controller"]
 EOF
+    elif [ -n "$keys" ]; then
+        [ -f "$keys/id_ed25519.pub" ] || { say "up-ssh: $keys/id_ed25519.pub is missing"; exit 1; }
+        # Nothing listens but sshd: libvirt's remote command (virt-ssh-helper) reaches the
+        # host's own unix socket.
+        printf 'listen_tls = 0\nlisten_tcp = 0\n' > "$dir/etc/libvirtd.conf"
+        mkdir -p "$dir/ssh"
+        ssh-keygen -q -t ed25519 -N '' -C "mhost$k" -f "$dir/ssh/host_key"
+        cp "$keys/id_ed25519.pub" "$dir/ssh/authorized_keys"
+        cat > "$dir/ssh/sshd_config" <<EOF
+ListenAddress 10.77.$k.2
+HostKey $dir/ssh/host_key
+AuthorizedKeysFile $dir/ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile /run/sshd.pid
+EOF
+        echo "10.77.$k.2 $(cut -d' ' -f1,2 "$dir/ssh/host_key.pub")" > "$keys/known_hosts"
+        echo "qemu+libssh://root@10.77.$k.2/system?keyfile=$keys/id_ed25519&known_hosts=$keys/known_hosts&sshauth=privkey" > "$dir/uri"
     else
         cat > "$dir/etc/libvirtd.conf" <<EOF
 listen_tls = 0
@@ -94,6 +119,11 @@ EOF
         mount --bind '$dir/log' /var/log/libvirt
         mount --bind '$dir/storage' /var/lib/minion-host
         virtlogd -d
+        if [ -f '$dir/ssh/sshd_config' ]; then
+            mkdir -p /run/sshd
+            /usr/sbin/sshd -f '$dir/ssh/sshd_config' -E '$dir/ssh/sshd.log'
+            exec tini -s -- libvirtd -f /etc/libvirt/libvirtd.conf
+        fi
         exec tini -s -- libvirtd --listen -f /etc/libvirt/libvirtd.conf
     " </dev/null >"$dir/libvirtd.out" 2>&1 &
     local t=$SECONDS
@@ -133,8 +163,12 @@ case "${1:-}" in
         for k in $(seq "$n"); do up_one "$k"; done
         ;;
     up-tls)
-        [ $# -eq 3 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
+        [ $# -eq 3 ] || { sed -n '2,26p' "$0" >&2; exit 2; }
         up_one "$2" "$(realpath "$3")"
+        ;;
+    up-ssh)
+        [ $# -eq 3 ] || { sed -n '2,26p' "$0" >&2; exit 2; }
+        up_one "$2" "" "$(realpath "$3")"
         ;;
     down)
         for ns in $(ip netns list | awk '/^mhost[0-9]+/{print $1}'); do down_one "${ns#mhost}"; done
@@ -146,7 +180,7 @@ case "${1:-}" in
     cut) ip netns exec "mhost$2" ip link set "mh$2-in" down; say "mhost$2's link cut" ;;
     mend) ip netns exec "mhost$2" ip link set "mh$2-in" up; say "mhost$2's link restored" ;;
     *)
-        sed -n '2,22p' "$0" >&2
+        sed -n '2,26p' "$0" >&2
         exit 2
         ;;
 esac

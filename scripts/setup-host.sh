@@ -12,8 +12,9 @@ PACKAGES=(
     # libvirt + qemu (TCG here, KVM where /dev/kvm is real)
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
     qemu-block-extra
-    # libvirtd started by hand runs under tini as a child subreaper (scripts/libvirt-start.sh)
-    tini
+    # libvirtd started by hand runs under tini as a child subreaper (scripts/libvirt-start.sh);
+    # sshd in a fake host's namespaces for the qemu+libssh transport (scripts/fake-hosts.sh up-ssh)
+    tini openssh-server
     # building the Rust workspace
     build-essential pkg-config protobuf-compiler libssl-dev
     # images: debootstrap, mkfs.ext4 -d, seeds, the minimal kernel from Debian's source

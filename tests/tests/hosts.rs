@@ -786,6 +786,127 @@ fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
     assert!(vols.is_empty(), "volumes left: {vols:?}");
 }
 
+/// A new ed25519 key pair `dir/NAME` (no passphrase).
+fn ssh_key(dir: &Path, name: &str) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(dir.join(name))
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success(), "{}", output_text(&out));
+}
+
+#[test]
+fn a_host_over_ssh_runs_jobs_and_refuses_keys_it_does_not_know() {
+    let t = "a_host_over_ssh_runs_jobs_and_refuses_keys_it_does_not_know";
+    if !hosts_env(
+        t,
+        &[
+            minion_testenv::Need::Program("ssh-keygen"),
+            minion_testenv::Need::Program("sshd"),
+        ],
+    ) {
+        return;
+    }
+    const K: usize = 5;
+    let ip = format!("10.77.{K}.2");
+    let keys = tempfile::tempdir().expect("tmp");
+    ssh_key(keys.path(), "id_ed25519");
+    ssh_key(keys.path(), "stranger");
+    let _hosts = fake_hosts_up(&[
+        "up-ssh",
+        &K.to_string(),
+        keys.path().to_str().expect("utf8"),
+    ]);
+    let ssh_uri = |key: &str, known_hosts: &Path| {
+        format!(
+            "qemu+libssh://root@{ip}/system?keyfile={}&known_hosts={}&sshauth=privkey",
+            keys.path().join(key).display(),
+            known_hosts.display()
+        )
+    };
+    let known = keys.path().join("known_hosts");
+    let nobody_known = keys.path().join("empty_known_hosts");
+    std::fs::write(&nobody_known, "").expect("empty known_hosts");
+    let virsh_ssh = |args: &[&str]| {
+        virsh_at(&ssh_uri("id_ed25519", &known), args)
+            .unwrap_or_else(|e| panic!("virsh {args:?}: {e}"))
+    };
+    // ssh only: libvirtd listens on no TCP port.
+    let plain = virsh_at(&format!("qemu+tcp://{ip}/system"), &["version"]);
+    assert!(plain.is_err(), "plain tcp answered: {plain:?}");
+
+    let hosts = vec![
+        ("keyed".to_string(), ssh_uri("id_ed25519", &known)),
+        // A key the host's sshd does not let in.
+        ("stranger".to_string(), ssh_uri("stranger", &known)),
+        // The right key, but the host's own key is not the one known: refused before any login.
+        (
+            "unverified".to_string(),
+            ssh_uri("id_ed25519", &nobody_known),
+        ),
+    ];
+    let names = ["keyed", "stranger", "unverified"];
+    let mut d = Daemon::prepare(
+        1,
+        0,
+        &format!(
+            "{}{}",
+            pool_toml("tunneled", &names, "max_vms = 2\nstart = \"boot\""),
+            hosts_toml(&hosts, 2)
+        ),
+    );
+    d.spawn();
+    until("the keyed host up", Duration::from_secs(60), || {
+        d.json(&["host", "list"])
+            .as_array()
+            .is_some_and(|a| a.iter().any(|h| h["name"] == "keyed" && h["state"] == "up"))
+    });
+    let push = d.cli(&["image", "push", "minimal", "keyed"]);
+    assert!(
+        push.status.success(),
+        "push over ssh: {}",
+        output_text(&push)
+    );
+
+    let repo = task_repo(PASSING);
+    let ids: Vec<String> = (0..2)
+        .map(|_| d.submit(repo.path(), &["-p", "tunneled"]))
+        .collect();
+    all_finish(&d, &ids, Duration::from_secs(300));
+    let hosts = d.json(&["host", "list"]);
+    for (refused, why) in [
+        ("stranger", "Access denied for 'publickey'"),
+        ("unverified", "host key"),
+    ] {
+        let h = hosts
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == refused))
+            .cloned()
+            .unwrap_or_else(|| panic!("{refused} in {hosts:#}"));
+        assert_eq!(h["state"], "down", "{h:#}");
+        assert!(
+            h["last_error"].as_str().unwrap_or("").contains(why),
+            "{refused} is down for another reason than {why:?}: {h:#}"
+        );
+    }
+    d.terminate();
+    let left: Vec<String> = virsh_ssh(&["list", "--all", "--name"])
+        .lines()
+        .filter(|l| l.starts_with("minion-"))
+        .map(String::from)
+        .collect();
+    assert!(left.is_empty(), "domains left: {left:?}");
+    let _ = virsh_ssh(&["pool-refresh", "minion"]);
+    let vols: Vec<String> = virsh_ssh(&["vol-list", "minion"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("minion-") && !n.starts_with("minion-image-"))
+        .map(String::from)
+        .collect();
+    assert!(vols.is_empty(), "volumes left: {vols:?}");
+}
+
 const DOZING: &str = r#"---
 name: dozing
 namespace: scratch
