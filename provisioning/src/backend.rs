@@ -138,6 +138,18 @@ type OverlayShape = (String, VolumeFormat, u64);
 /// (two, the default slots of a pool).
 pub const SPARES: usize = 2;
 
+/// One line per started domain: how long libvirt took to create or restore it, to attach its
+/// console and to resume it.
+fn log_start(vm: &PreparedVm, created: Duration, console: Duration, resume: Duration) {
+    tracing::info!(
+        vm = %vm.files.job_id,
+        create_ms = created.as_secs_f64() * 1e3,
+        console_ms = console.as_secs_f64() * 1e3,
+        resume_ms = resume.as_secs_f64() * 1e3,
+        "domain running"
+    );
+}
+
 /// The name of the volume at host path `path` (in a directory pool, its file name).
 fn volume_name(path: &Path) -> String {
     path.file_name()
@@ -376,12 +388,8 @@ impl StorageVolumes {
         Ok(image)
     }
 
-    /// Attaches the paused domain's console (copied into `console.log`) and resumes it.
-    fn attach_console_and_resume(
-        &self,
-        hv: &Hypervisor,
-        vm: &PreparedVm,
-    ) -> Result<(), ProvisionError> {
+    /// Attaches the domain's console: copied into `console.log` until the domain ends.
+    fn attach_console(&self, hv: &Hypervisor, vm: &PreparedVm) {
         let name = &vm.name;
         let attached = hv.open_console(name).and_then(|stream| {
             crate::streams::stream_to_file(stream, &vm.files.console_log, CONSOLE_MAX_BYTES)
@@ -399,8 +407,6 @@ impl StorageVolumes {
             // A VM without its console still runs its job; the log says why it is empty.
             Err(e) => tracing::warn!(domain = %name, "console not attached: {e}"),
         }
-        hv.resume(name)?;
-        Ok(())
     }
 
     fn delete_volumes(&self, hv: &Hypervisor, vm_id: &str) -> Result<(), ProvisionError> {
@@ -441,8 +447,14 @@ impl VmBackend for StorageVolumes {
     fn start(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError> {
         // Paused until the console is attached, so the log holds the whole boot; and destroyed
         // by the host's libvirtd if this connection dies (a controller gone, a link cut).
+        let t0 = Instant::now();
         hv.create_paused(&vm.xml, true)?;
-        self.attach_console_and_resume(hv, vm)
+        let created = t0.elapsed();
+        self.attach_console(hv, vm);
+        let attached = t0.elapsed();
+        hv.resume(&vm.name)?;
+        log_start(vm, created, attached - created, t0.elapsed() - attached);
+        Ok(())
     }
 
     fn open_channel(
@@ -692,15 +704,22 @@ impl VmBackend for StorageVolumes {
 
     fn restore(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError> {
         let saved = saved_state(vm)?;
-        // Paused until the console is attached, as a booted VM. No autodestroy exists for a
-        // restore: a VM whose host loses this connection is stopped by its agent, which sees
-        // its channel close when libvirtd drops the connection.
-        let restored = hv.restore(saved, &vm.name, true);
+        // Running at once, its console attached right after: a restored guest writes next to
+        // nothing there (its boot was the template's), and pausing it for the console cost
+        // ~30 ms (the console's open and the resume wait on qemu's post-restore work). No
+        // autodestroy exists for a restore: a VM whose host loses this connection is stopped by
+        // its agent, which sees its channel close when libvirtd drops the connection.
+        let t0 = Instant::now();
+        let restored = hv.restore(saved, &vm.name);
+        let created = t0.elapsed();
         if let Err(e) = hv.delete_volume(&self.pool, &volume_name(saved)) {
             tracing::warn!(domain = %vm.name, "deleting the restored save image: {e}");
         }
         restored?;
-        self.attach_console_and_resume(hv, vm)
+        let t1 = Instant::now();
+        self.attach_console(hv, vm);
+        log_start(vm, created, t1.elapsed(), Duration::ZERO);
+        Ok(())
     }
 
     fn remove_snapshot(&self, hv: &Hypervisor, key: &str) -> Result<(), ProvisionError> {

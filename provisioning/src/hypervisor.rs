@@ -107,8 +107,6 @@ const CHANNEL_FORCE: u32 = 1;
 const CONSOLE_FORCE: u32 = 1;
 // VIR_DOMAIN_SAVE_RUNNING: a restored domain runs, whatever state it was saved in.
 const SAVE_RUNNING: u32 = 2;
-// VIR_DOMAIN_SAVE_PAUSED: restored paused, to be resumed once its console is attached.
-const SAVE_PAUSED: u32 = 4;
 
 pub(crate) fn code_of(e: &VirtError) -> i32 {
     match e.code() {
@@ -314,14 +312,9 @@ impl Hypervisor {
 
     /// Starts the domain saved at `path` (as described by the XML in it: libvirt refuses another
     /// UUID than the saved one, so a VM's own identity is written into its own copy of the image).
-    /// `name` is for errors and logs; `paused`: it stays paused until [`Hypervisor::resume`]. Like
-    /// [`Hypervisor::create_transient`], the domain is gone once it stops. `path` is on the host.
-    pub fn restore(
-        &self,
-        path: &std::path::Path,
-        name: &str,
-        paused: bool,
-    ) -> Result<(), HypervisorError> {
+    /// It runs at once. `name` is for errors and logs. Like [`Hypervisor::create_transient`], the
+    /// domain is gone once it stops. `path` is on the host.
+    pub fn restore(&self, path: &std::path::Path, name: &str) -> Result<(), HypervisorError> {
         let started = Instant::now();
         let name = name.to_string();
         let path_str = path.to_str().ok_or_else(|| HypervisorError::Create {
@@ -330,11 +323,7 @@ impl Hypervisor {
             message: format!("{} is not UTF-8", path.display()),
         })?;
         self.conn()?
-            .restore_domain_flags(
-                path_str,
-                None,
-                if paused { SAVE_PAUSED } else { SAVE_RUNNING },
-            )
+            .restore_domain_flags(path_str, None, SAVE_RUNNING)
             .map_err(|e| HypervisorError::Create {
                 name: name.clone(),
                 code: code_of(&e),

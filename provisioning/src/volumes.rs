@@ -274,43 +274,9 @@ impl Hypervisor {
         mode: u32,
     ) -> Result<String, HypervisorError> {
         let len = bytes.len() as u64;
-        let p = self.storage_pool(pool)?;
-        let v = self.create_raw(&p, name, len, mode)?;
-        let sent = (|| {
-            let stream = Stream::new(&self.conn()?, crate::streams::NONBLOCK)
-                .map_err(|e| self.call_error("virStreamNew", name, &e))?;
-            v.upload(&stream, 0, len, 0)
-                .map_err(|e| self.call_error("virStorageVolUpload", name, &e))?;
+        self.create_uploaded(pool, name, len, mode, |stream| {
             crate::streams::upload_bytes(stream, bytes)
-                .map_err(|e| self.stream_error("virStorageVolUpload", name, e.to_string()))?
-                .wait(TRANSFER_STALL)
-                .map(|_| ())
-                .map_err(|e| self.stream_error("virStorageVolUpload", name, e))
-        })();
-        if let Err(e) = sent {
-            let _ = v.delete(0);
-            return Err(e);
-        }
-        v.path()
-            .map_err(|e| self.call_error("virStorageVolGetPath", name, &e))
-    }
-
-    /// A new empty raw volume `name` of `len` bytes (sparse) in `p`.
-    fn create_raw(
-        &self,
-        p: &StoragePool,
-        name: &str,
-        len: u64,
-        mode: u32,
-    ) -> Result<StorageVol, HypervisorError> {
-        let xml = format!(
-            "<volume><name>{}</name><capacity unit='bytes'>{len}</capacity>\
-             <allocation unit='bytes'>0</allocation>\
-             <target><format type='raw'/><permissions><mode>{mode:04o}</mode></permissions></target></volume>",
-            escape_xml(name)
-        );
-        StorageVol::create_xml(p, &xml, 0)
-            .map_err(|e| self.call_error("virStorageVolCreateXML", name, &e))
+        })
     }
 
     /// Creates volume `name` holding exactly the bytes of local file `src` (sent over the
@@ -331,15 +297,36 @@ impl Hypervisor {
         };
         let f = std::fs::File::open(src).map_err(io_error)?;
         let len = f.metadata().map_err(io_error)?.len();
+        self.create_uploaded(pool, name, len, mode, |stream| {
+            crate::streams::upload(stream, f)
+        })
+    }
+
+    /// A new raw volume `name` of `len` bytes (sparse), filled with what `send` sends on its
+    /// upload stream; returns its host path. On any error the volume is deleted again.
+    fn create_uploaded(
+        &self,
+        pool: &str,
+        name: &str,
+        len: u64,
+        mode: u32,
+        send: impl FnOnce(Stream) -> std::io::Result<crate::streams::Progress>,
+    ) -> Result<String, HypervisorError> {
         let p = self.storage_pool(pool)?;
-        let v = self.create_raw(&p, name, len, mode)?;
+        let xml = format!(
+            "<volume><name>{}</name><capacity unit='bytes'>{len}</capacity>\
+             <allocation unit='bytes'>0</allocation>\
+             <target><format type='raw'/><permissions><mode>{mode:04o}</mode></permissions></target></volume>",
+            escape_xml(name)
+        );
+        let v = StorageVol::create_xml(&p, &xml, 0)
+            .map_err(|e| self.call_error("virStorageVolCreateXML", name, &e))?;
         let sent = (|| {
-            let conn = self.conn()?;
-            let stream = Stream::new(&conn, crate::streams::NONBLOCK)
+            let stream = Stream::new(&self.conn()?, crate::streams::NONBLOCK)
                 .map_err(|e| self.call_error("virStreamNew", name, &e))?;
             v.upload(&stream, 0, len, 0)
                 .map_err(|e| self.call_error("virStorageVolUpload", name, &e))?;
-            crate::streams::upload(stream, f)
+            send(stream)
                 .map_err(|e| self.stream_error("virStorageVolUpload", name, e.to_string()))?
                 .wait(TRANSFER_STALL)
                 .map(|_| ())

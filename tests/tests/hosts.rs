@@ -713,9 +713,6 @@ fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
             pki.path().join(sub).display()
         )
     };
-    let virsh_tls = |args: &[&str]| {
-        virsh_at(&tls_uri("client"), args).unwrap_or_else(|e| panic!("virsh {args:?}: {e}"))
-    };
     // TLS only: the plain TCP port is closed.
     let plain = virsh_at(&format!("qemu+tcp://{ip}/system"), &["version"]);
     assert!(plain.is_err(), "plain tcp answered: {plain:?}");
@@ -770,14 +767,21 @@ fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
         eprintln!("{refused}: {}", h["last_error"]);
     }
     d.terminate();
-    let left: Vec<String> = virsh_tls(&["list", "--all", "--name"])
+    assert_nothing_left_at(&tls_uri("client"));
+}
+
+/// No domain and no VM volume (images may stay) of any daemon on the libvirt at `uri`.
+fn assert_nothing_left_at(uri: &str) {
+    let virsh =
+        |args: &[&str]| virsh_at(uri, args).unwrap_or_else(|e| panic!("virsh {args:?}: {e}"));
+    let left: Vec<String> = virsh(&["list", "--all", "--name"])
         .lines()
         .filter(|l| l.starts_with("minion-"))
         .map(String::from)
         .collect();
     assert!(left.is_empty(), "domains left: {left:?}");
-    let _ = virsh_tls(&["pool-refresh", "minion"]);
-    let vols: Vec<String> = virsh_tls(&["vol-list", "minion"])
+    let _ = virsh(&["pool-refresh", "minion"]);
+    let vols: Vec<String> = virsh(&["vol-list", "minion"])
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|n| n.starts_with("minion-") && !n.starts_with("minion-image-"))
@@ -828,10 +832,6 @@ fn a_host_over_ssh_runs_jobs_and_refuses_keys_it_does_not_know() {
     let known = keys.path().join("known_hosts");
     let nobody_known = keys.path().join("empty_known_hosts");
     std::fs::write(&nobody_known, "").expect("empty known_hosts");
-    let virsh_ssh = |args: &[&str]| {
-        virsh_at(&ssh_uri("id_ed25519", &known), args)
-            .unwrap_or_else(|e| panic!("virsh {args:?}: {e}"))
-    };
     // ssh only: libvirtd listens on no TCP port.
     let plain = virsh_at(&format!("qemu+tcp://{ip}/system"), &["version"]);
     assert!(plain.is_err(), "plain tcp answered: {plain:?}");
@@ -891,20 +891,7 @@ fn a_host_over_ssh_runs_jobs_and_refuses_keys_it_does_not_know() {
         );
     }
     d.terminate();
-    let left: Vec<String> = virsh_ssh(&["list", "--all", "--name"])
-        .lines()
-        .filter(|l| l.starts_with("minion-"))
-        .map(String::from)
-        .collect();
-    assert!(left.is_empty(), "domains left: {left:?}");
-    let _ = virsh_ssh(&["pool-refresh", "minion"]);
-    let vols: Vec<String> = virsh_ssh(&["vol-list", "minion"])
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("minion-") && !n.starts_with("minion-image-"))
-        .map(String::from)
-        .collect();
-    assert!(vols.is_empty(), "volumes left: {vols:?}");
+    assert_nothing_left_at(&ssh_uri("id_ed25519", &known));
 }
 
 const DOZING: &str = r#"---
