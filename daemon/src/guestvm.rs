@@ -522,13 +522,31 @@ async fn provision(
     cancel: &CancellationToken,
 ) -> Result<(Placement, PreparedVm), BootError> {
     let image = pool_image(ctx, pool).await?;
-    let lease = match lease {
-        Some(l) => l,
-        None => lease_on(ctx, pool, &image, None, cancel).await?,
+    let mut given = lease;
+    // A host that cannot be reached is marked down and another lease is waited for: the job
+    // never started, so it neither fails nor spends a retry on it.
+    let (lease, hv, backend) = loop {
+        let lease = match given.take() {
+            Some(l) => l,
+            None => lease_on(ctx, pool, &image, None, cancel).await?,
+        };
+        let host = lease.host.clone();
+        let connected = tokio::task::spawn_blocking(move || connection(&host))
+            .await
+            .map_err(|source| BootError::Task {
+                what: "connection",
+                source,
+            })?;
+        match connected {
+            Ok((hv, backend)) => break (lease, hv, backend),
+            Err(e) => {
+                tracing::warn!(host = %lease.host.name, vm = %vm_id, "host unreachable, waiting for a host: {e}");
+                lease.host.mark_down(e.to_string());
+            }
+        }
     };
     let (ctx, pool, vm_id, start) = (ctx.clone(), pool.clone(), vm_id.to_string(), start.clone());
     tokio::task::spawn_blocking(move || {
-        let (hv, backend) = connection(&lease.host)?;
         let host_image = Some(lease.image.clone());
         let req = vm::VmRequest {
             state_dir: ctx.state_dir.clone(),
@@ -556,11 +574,15 @@ async fn provision(
             Start::Restore(key) => backend.prepare_restore(&hv, &req, key),
         }
         .map_err(|e| match e {
-            // A host that stopped answering mid-way is the host's fault, not the image's.
-            ProvisionError::Hypervisor(source) if lease.host.lost() => BootError::Libvirt {
-                uri: lease.host.cfg.uri.clone(),
-                source,
-            },
+            // A host that stopped answering mid-way is the host's fault, not the image's; the
+            // next VMs wait for it.
+            ProvisionError::Hypervisor(source) if lease.host.lost() => {
+                lease.host.mark_down(source.to_string());
+                BootError::Libvirt {
+                    uri: lease.host.cfg.uri.clone(),
+                    source,
+                }
+            }
             e => BootError::Provision(e),
         })?;
         Ok((Placement { hv, backend, lease }, prepared))

@@ -153,6 +153,14 @@ impl Host {
         self.changed.notify_waiters();
     }
 
+    /// A VM's provisioning could not reach the host: it is down from now on (its watch connects
+    /// again, with backoff), so that the next VMs wait for it or go elsewhere instead of each
+    /// failing on it in turn.
+    pub fn mark_down(&self, error: String) {
+        lock(&self.images).clear();
+        self.set_up(false, Some(error));
+    }
+
     /// Returns once the host is down (at once if it is).
     pub async fn down(&self) {
         self.until(|h| !h.is_up()).await
