@@ -729,28 +729,7 @@ fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
         ),
     );
     d.spawn();
-    until(
-        "the allowed client's host up",
-        Duration::from_secs(60),
-        || {
-            d.json(&["host", "list"]).as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|h| h["name"] == "client" && h["state"] == "up")
-            })
-        },
-    );
-    let push = d.cli(&["image", "push", "minimal", "client"]);
-    assert!(
-        push.status.success(),
-        "push over TLS: {}",
-        output_text(&push)
-    );
-
-    let repo = task_repo(PASSING);
-    let ids: Vec<String> = (0..2)
-        .map(|_| d.submit(repo.path(), &["-p", "secure"]))
-        .collect();
-    all_finish(&d, &ids, Duration::from_secs(300));
+    push_and_run_two(&d, "client", "secure");
     // The other two certificates never got a connection: down, saying why.
     let hosts = d.json(&["host", "list"]);
     for refused in ["intruder", "stranger"] {
@@ -768,6 +747,27 @@ fn a_host_over_tls_runs_jobs_and_refuses_certificates_it_does_not_allow() {
     }
     d.terminate();
     assert_nothing_left_at(&tls_uri("client"));
+}
+
+/// Once `host` is up: the image pushed there (through whatever transport its URI names) and two
+/// jobs of `pool` run to FINISHED.
+fn push_and_run_two(d: &Daemon, host: &str, pool: &str) {
+    until(&format!("host {host} up"), Duration::from_secs(60), || {
+        d.json(&["host", "list"])
+            .as_array()
+            .is_some_and(|a| a.iter().any(|h| h["name"] == host && h["state"] == "up"))
+    });
+    let push = d.cli(&["image", "push", "minimal", host]);
+    assert!(
+        push.status.success(),
+        "push to {host}: {}",
+        output_text(&push)
+    );
+    let repo = task_repo(PASSING);
+    let ids: Vec<String> = (0..2)
+        .map(|_| d.submit(repo.path(), &["-p", pool]))
+        .collect();
+    all_finish(d, &ids, Duration::from_secs(300));
 }
 
 /// No domain and no VM volume (images may stay) of any daemon on the libvirt at `uri`.
@@ -857,23 +857,7 @@ fn a_host_over_ssh_runs_jobs_and_refuses_keys_it_does_not_know() {
         ),
     );
     d.spawn();
-    until("the keyed host up", Duration::from_secs(60), || {
-        d.json(&["host", "list"])
-            .as_array()
-            .is_some_and(|a| a.iter().any(|h| h["name"] == "keyed" && h["state"] == "up"))
-    });
-    let push = d.cli(&["image", "push", "minimal", "keyed"]);
-    assert!(
-        push.status.success(),
-        "push over ssh: {}",
-        output_text(&push)
-    );
-
-    let repo = task_repo(PASSING);
-    let ids: Vec<String> = (0..2)
-        .map(|_| d.submit(repo.path(), &["-p", "tunneled"]))
-        .collect();
-    all_finish(&d, &ids, Duration::from_secs(300));
+    push_and_run_two(&d, "keyed", "tunneled");
     let hosts = d.json(&["host", "list"]);
     for (refused, why) in [
         ("stranger", "Access denied for 'publickey'"),
