@@ -135,6 +135,17 @@ impl Host {
         self.hv.get(&self.cfg.uri)
     }
 
+    /// The host's connection once it answers, with its storage pool running on `local` (made
+    /// there if it is missing). Blocks.
+    fn answering(&self) -> Result<Arc<Hypervisor>, HypervisorError> {
+        let hv = self.hypervisor()?;
+        hv.ping()?;
+        if let Some(dir) = &self.cfg.local {
+            hv.ensure_dir_pool(&self.cfg.storage_pool, dir)?;
+        }
+        Ok(hv)
+    }
+
     fn set_up(&self, up: bool, error: Option<String>) {
         let mut s = lock(&self.state);
         if s.up != up {
@@ -487,12 +498,7 @@ impl Hosts {
             let back = tokio::task::spawn_blocking(move || {
                 // A fresh connection: the old one died with the link.
                 h.hv.reset();
-                let hv = h.hypervisor().map_err(|e| e.to_string())?;
-                hv.ping().map_err(|e| e.to_string())?;
-                if let Some(dir) = &h.cfg.local {
-                    hv.ensure_dir_pool(&h.cfg.storage_pool, dir)
-                        .map_err(|e| e.to_string())?;
-                }
+                let hv = h.answering().map_err(|e| e.to_string())?;
                 // Before new work: what this daemon left there (domains, volumes) goes.
                 let report = h.backend.reap(&hv, &|id| l(id));
                 for d in &report.destroyed {
@@ -612,14 +618,7 @@ impl Hosts {
     /// snapshots are swept by the watch, when each host is first (or again) up.
     pub fn reap_all(&self, is_live: &dyn Fn(&str) -> bool) {
         for h in self.all() {
-            let connected = h.hypervisor().and_then(|hv| {
-                hv.ping()?;
-                if let Some(dir) = &h.cfg.local {
-                    hv.ensure_dir_pool(&h.cfg.storage_pool, dir)?;
-                }
-                Ok(hv)
-            });
-            match connected {
+            match h.answering() {
                 Ok(hv) => {
                     let report = h.backend.reap(&hv, is_live);
                     for d in report.destroyed {
@@ -643,7 +642,7 @@ impl Hosts {
 /// A libvirt connection opened on first use and then kept (a host's);
 /// [`Connection::reset`] drops it, so the next use opens a fresh one.
 #[derive(Debug, Default)]
-pub struct Connection(Mutex<Option<Arc<Hypervisor>>>);
+struct Connection(Mutex<Option<Arc<Hypervisor>>>);
 
 impl Connection {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Hypervisor>>> {

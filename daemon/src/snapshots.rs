@@ -304,8 +304,9 @@ impl Snapshots {
         }
         // The VM's host is chosen first: the snapshot is that host's.
         let image = guestvm::pool_image(&self.ctx, pool).await?;
-        let mut lease = Some(guestvm::lease_on(&self.ctx, pool, &image, None, cancel).await?);
-        let host = lease.as_ref().map(|l| l.host.clone()).expect("just leased");
+        let lease = guestvm::lease_on(&self.ctx, pool, &image, None, cancel).await?;
+        let host = lease.host.clone();
+        let mut lease = Some(lease);
         if let Some(key) = self.usable(pool, &host).await {
             let start = Start::Restore(key.clone());
             match guestvm::boot_to_ready(

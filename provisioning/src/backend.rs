@@ -159,7 +159,7 @@ fn volume_name(path: &Path) -> String {
 
 /// A token no other volume name of this process has (the owner tag in the name sets daemons
 /// apart).
-fn uuid_token() -> String {
+fn spare_token() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -409,14 +409,20 @@ impl StorageVolumes {
         }
     }
 
-    fn delete_volumes(&self, hv: &Hypervisor, vm_id: &str) -> Result<(), ProvisionError> {
+    /// Deletes the VM's overlay and seed, and a restored VM's save image (a spare taken, or a
+    /// copy named after the VM: gone already unless the restore never ran).
+    fn delete_volumes(&self, hv: &Hypervisor, vm: &PreparedVm) -> Result<(), ProvisionError> {
         let owner = self.owner();
+        let id = &vm.files.job_id;
+        let saved = vm.saved_state.as_deref().map(volume_name);
         let mut first = None;
         for name in [
-            volumes::overlay_volume(&owner, vm_id),
-            volumes::seed_volume(&owner, vm_id),
-            volumes::memory_volume(&owner, vm_id),
-        ] {
+            volumes::overlay_volume(&owner, id),
+            volumes::seed_volume(&owner, id),
+        ]
+        .into_iter()
+        .chain(saved)
+        {
             if let Err(e) = hv.delete_volume(&self.pool, &name) {
                 first.get_or_insert(e);
             }
@@ -494,16 +500,9 @@ impl VmBackend for StorageVolumes {
                 first.get_or_insert(e);
             }
         }
-        if let Err(e) = self.delete_volumes(hv, &vm.files.job_id) {
+        if let Err(e) = self.delete_volumes(hv, vm) {
             tracing::warn!("teardown of {}: {e}", vm.name);
             first.get_or_insert(e);
-        }
-        // A restored VM's save image (a spare taken, named as such) is gone unless the restore
-        // never ran.
-        if let Some(saved) = &vm.saved_state {
-            if let Err(e) = hv.delete_volume(&self.pool, &volume_name(saved)) {
-                first.get_or_insert(e.into());
-            }
         }
         tracing::info!(
             vm = %vm.files.job_id,
@@ -649,11 +648,14 @@ impl VmBackend for StorageVolumes {
                 // meanwhile), else one made now.
                 let spare = self.spares().get_mut(key).and_then(|s| s.pop());
                 let taken = spare.and_then(|(name, path)| {
-                    made.push(name.clone());
                     match hv.write_volume_at(&self.pool, &name, 0, head.clone()) {
-                        Ok(()) => Some(path),
+                        Ok(()) => {
+                            made.push(name);
+                            Some(path)
+                        }
                         Err(e) => {
                             tracing::debug!("spare {name}: {e}");
+                            let _ = hv.delete_volume(&self.pool, &name);
                             None
                         }
                     }
@@ -738,7 +740,7 @@ impl VmBackend for StorageVolumes {
         let owner = self.owner();
         let made = (|| {
             while self.spares().get(key).map_or(0, Vec::len) < SPARES {
-                let n = uuid_token();
+                let n = spare_token();
                 let name = volumes::spare_volume(&owner, key, &n);
                 let from = volumes::snapshot_volume(&owner, key, SnapshotPart::Memory);
                 let path = hv.clone_volume(&self.pool, &from, &name)?;
@@ -774,12 +776,11 @@ impl VmBackend for StorageVolumes {
             .collect();
         keys.dedup();
         let mut removed = Vec::new();
-        for key in &keys {
-            // Spares left by a daemon that stopped may be half-copied: made again on demand.
-            self.remove_spares(hv, key)?;
-        }
         for key in keys {
             if keep(key) && self.snapshot_complete(hv, key)? {
+                // Its spares, left by a daemon that stopped, may be half-copied: made again on
+                // demand (`remove_parts` takes them with the rest).
+                self.remove_spares(hv, key)?;
                 continue;
             }
             self.remove_parts(hv, key)?;

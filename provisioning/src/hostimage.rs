@@ -141,42 +141,53 @@ pub fn verify(
     pool: &str,
     files: &ImageFiles,
 ) -> Result<HostImage, HostImageError> {
-    host_image(files, |f| {
-        let volume = f.volume();
-        match hv.volume_sha256(pool, &volume)? {
-            None => Err(HostImageError::Missing {
-                image: files.image.manifest.name.clone(),
-                uri: hv.uri().to_string(),
-                pool: pool.to_string(),
-                volume,
-            }),
-            Some((found, found_len)) if found != f.sha256 || found_len != f.len => {
-                Err(HostImageError::Mismatch(Box::new(Mismatch {
-                    image: files.image.manifest.name.clone(),
-                    uri: hv.uri().to_string(),
-                    volume,
-                    found,
-                    found_len,
-                    want: f.sha256.clone(),
-                    want_len: f.len,
-                })))
-            }
-            Some(_) => Ok(hv.volume_path(pool, &volume)?.unwrap_or_default()),
-        }
-    })
+    host_image(files, |f| verified(hv, pool, files, f))
 }
 
-/// Uploads every file of `files` the host lacks or holds wrongly, then verifies the whole image.
-pub fn push(hv: &Hypervisor, pool: &str, files: &ImageFiles) -> Result<HostImage, HostImageError> {
-    for f in &files.files {
-        let volume = f.volume();
-        match hv.volume_sha256(pool, &volume)? {
-            Some((sha, len)) if sha == f.sha256 && len == f.len => continue,
-            Some(_) => hv.delete_volume(pool, &volume)?,
-            None => {}
+/// The host path of `f`'s volume, read back and found to hold its bytes.
+fn verified(
+    hv: &Hypervisor,
+    pool: &str,
+    files: &ImageFiles,
+    f: &ImageFile,
+) -> Result<String, HostImageError> {
+    let volume = f.volume();
+    match hv.volume_sha256(pool, &volume)? {
+        None => Err(HostImageError::Missing {
+            image: files.image.manifest.name.clone(),
+            uri: hv.uri().to_string(),
+            pool: pool.to_string(),
+            volume,
+        }),
+        Some((found, found_len)) if found != f.sha256 || found_len != f.len => {
+            Err(HostImageError::Mismatch(Box::new(Mismatch {
+                image: files.image.manifest.name.clone(),
+                uri: hv.uri().to_string(),
+                volume,
+                found,
+                found_len,
+                want: f.sha256.clone(),
+                want_len: f.len,
+            })))
         }
-        // Readable by qemu whatever user the host runs it as: an image is no secret.
-        hv.upload_volume(pool, &volume, &f.path, 0o644)?;
+        Some(_) => Ok(hv.volume_path(pool, &volume)?.unwrap_or_default()),
     }
-    verify(hv, pool, files)
+}
+
+/// Uploads every file of `files` the host lacks or holds wrongly, and checks what it uploaded;
+/// each volume is read back once when it was right already, twice when it was uploaded.
+pub fn push(hv: &Hypervisor, pool: &str, files: &ImageFiles) -> Result<HostImage, HostImageError> {
+    host_image(files, |f| match verified(hv, pool, files, f) {
+        Err(HostImageError::Missing { .. }) => {
+            // Readable by qemu whatever user the host runs it as: an image is no secret.
+            hv.upload_volume(pool, &f.volume(), &f.path, 0o644)?;
+            verified(hv, pool, files, f)
+        }
+        Err(HostImageError::Mismatch(_)) => {
+            hv.delete_volume(pool, &f.volume())?;
+            hv.upload_volume(pool, &f.volume(), &f.path, 0o644)?;
+            verified(hv, pool, files, f)
+        }
+        other => other,
+    })
 }
