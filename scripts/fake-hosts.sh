@@ -5,7 +5,7 @@
 # /var/log/libvirt, running its own virtlogd and libvirtd (under tini), reachable only as
 # qemu+tcp://10.77.N.2/system (no TLS, no auth: the link exists only inside this machine), or,
 # made with `up-tls`, only as qemu+tls://10.77.N.2/system with client certificates, or, made with
-# `up-ssh`, only through ssh (its own sshd, keys only) as qemu+libssh://root@10.77.N.2/system.
+# `up-ssh`, only through ssh (its own sshd, keys only) as qemu+ssh://root@10.77.N.2/system.
 # Its storage (/var/lib/minion-host inside it, libvirt storage pool `minion`) is a directory the
 # controller's namespace never mounts there, so nothing may assume a shared filesystem.
 #
@@ -17,7 +17,8 @@
 #                                    DN CN=minion-controller (tls_allowed_dn_list)
 #   scripts/fake-hosts.sh up-ssh K KEYS  host K through ssh only: KEYS holds id_ed25519.pub (the
 #                                    only key its sshd lets in, as root); the host's own key is
-#                                    made here and written to KEYS/known_hosts
+#                                    made here and written to KEYS/known_hosts, and KEYS/ssh is an
+#                                    ssh that trusts only that file (the URI's command=)
 #   scripts/fake-hosts.sh down       stops their daemons and VMs, removes namespaces and files
 #   scripts/fake-hosts.sh cut K      cuts host K's link (its libvirtd keeps running)
 #   scripts/fake-hosts.sh mend K     restores it
@@ -85,7 +86,14 @@ StrictModes no
 PidFile /run/sshd.pid
 EOF
         echo "10.77.$k.2 $(cut -d' ' -f1,2 "$dir/ssh/host_key.pub")" > "$keys/known_hosts"
-        echo "qemu+libssh://root@10.77.$k.2/system?keyfile=$keys/id_ed25519&known_hosts=$keys/known_hosts&sshauth=privkey" > "$dir/uri"
+        # libvirt runs `ssh` itself (qemu+ssh://): this one knows only that host key and
+        # offers only the key its URI names, whatever root's own ssh config holds.
+        cat > "$keys/ssh" <<EOF
+#!/bin/sh
+exec ssh -F /dev/null -o UserKnownHostsFile=$keys/known_hosts -o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "\$@"
+EOF
+        chmod 755 "$keys/ssh"
+        echo "qemu+ssh://root@10.77.$k.2/system?keyfile=$keys/id_ed25519&command=$keys/ssh&no_tty=1" > "$dir/uri"
     else
         cat > "$dir/etc/libvirtd.conf" <<EOF
 listen_tls = 0

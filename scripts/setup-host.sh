@@ -13,7 +13,7 @@ PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
     qemu-block-extra
     # libvirtd started by hand runs under tini as a child subreaper (scripts/libvirt-start.sh);
-    # sshd in a fake host's namespaces for the qemu+libssh transport (scripts/fake-hosts.sh up-ssh)
+    # sshd in a fake host's namespaces (and its ssh client) for qemu+ssh:// (scripts/fake-hosts.sh up-ssh)
     tini openssh-server
     # building the Rust workspace
     build-essential pkg-config protobuf-compiler libssl-dev

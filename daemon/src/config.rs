@@ -630,6 +630,9 @@ impl Config {
                     format!("`{}` is not a libvirt URI (qemu+tls://HOST/system)", h.uri),
                 ));
             }
+            if let Some(why) = minion_provisioning::hypervisor::refused_transport(&h.uri) {
+                return Err(invalid(&format!("hosts.{name}.uri"), why));
+            }
             if !minion_provisioning::domain::is_token(&h.storage_pool) {
                 return Err(invalid(
                     &format!("hosts.{name}.storage_pool"),
@@ -862,6 +865,15 @@ mod tests {
         assert_eq!(e.to_string(), "m.toml: hosts.h.max_vms: must be ≥ 1");
         let e = parse("[pools.p]\nimage = \"x\"\n[hosts.h]\nuri = \"h\"\n").expect_err("not a uri");
         assert!(e.to_string().starts_with("m.toml: hosts.h.uri:"), "{e}");
+        let e =
+            parse("[pools.p]\nimage = \"x\"\n[hosts.h]\nuri = \"qemu+libssh://root@h/system\"\n")
+                .expect_err("libssh");
+        assert!(
+            e.to_string().starts_with(
+                "m.toml: hosts.h.uri: the libssh transport crashes a multi-threaded libvirt client"
+            ),
+            "{e}"
+        );
         let e = parse("[pools.p]\nimage = \"x\"\n[hosts.h]\nuri = \"qemu+tls://h/system\"\nstorage_pool = \"a b\"\n")
             .expect_err("bad pool name");
         assert!(

@@ -540,6 +540,24 @@ pub fn is_remote(uri: &str) -> bool {
     }
 }
 
+/// Why `uri`'s transport is refused, if it is. libvirt's own ssh clients (`qemu+libssh://`,
+/// `qemu+libssh2://`) crash a client that calls from several threads while streams run: with
+/// libvirt 9.0, a minute of concurrent calls and volume uploads on one such connection ends in a
+/// segfault in the RPC client's event loop (a watch left on a finished call's stack; the libssh
+/// socket's buffered data makes every wait a zero-timeout one), and miniond is such a client.
+/// The same load over `qemu+ssh://` (the `ssh` program), TLS or TCP runs clean.
+pub fn refused_transport(uri: &str) -> Option<String> {
+    let scheme = uri.split_once("://")?.0;
+    let transport = scheme.split_once('+')?.1;
+    matches!(transport, "libssh" | "libssh2").then(|| {
+        format!(
+            "the {transport} transport crashes a multi-threaded libvirt client under streams; \
+             use qemu+ssh:// (the ssh program), e.g. {}",
+            uri.replacen(&format!("+{transport}://"), "+ssh://", 1)
+        )
+    })
+}
+
 /// libvirt's keepalive and non-blocking streams need an event loop in the client: one thread
 /// runs libvirt's default loop for the whole process, registered before the first connection.
 pub(crate) fn ensure_event_loop() {
@@ -565,6 +583,13 @@ pub(crate) fn ensure_event_loop() {
 
 /// Opens a connection; a remote one gets libvirt's keepalive.
 fn open(uri: &str) -> Result<Connect, HypervisorError> {
+    if let Some(why) = refused_transport(uri) {
+        return Err(HypervisorError::Connect {
+            uri: uri.to_string(),
+            code: 0,
+            message: why,
+        });
+    }
     let remote = is_remote(uri);
     // Before any connection opens: only then is its socket watched by the loop, which the
     // streams of module streams (and keepalive) need.
@@ -653,6 +678,27 @@ mod tests {
             assert!(is_remote(remote), "{remote}");
         }
         assert!(!is_remote("not a uri"));
+    }
+
+    #[test]
+    fn libvirt_s_own_ssh_clients_are_refused_and_the_ssh_program_is_named_instead() {
+        for ok in [
+            "qemu:///system",
+            "qemu+ssh://root@kvm1/system?keyfile=/k&no_tty=1",
+            "qemu+tls://kvm1/system",
+            "qemu+tcp://10.77.1.2/system",
+        ] {
+            assert_eq!(refused_transport(ok), None, "{ok}");
+        }
+        let why = refused_transport("qemu+libssh://root@kvm1/system?keyfile=/k").expect("refused");
+        assert!(why.contains("libssh transport crashes"), "{why}");
+        assert!(
+            why.contains("qemu+ssh://root@kvm1/system?keyfile=/k"),
+            "{why}"
+        );
+        assert!(refused_transport("qemu+libssh2://kvm1/system").is_some());
+        let err = Hypervisor::connect("qemu+libssh://root@kvm1/system").expect_err("refused");
+        assert!(err.message().contains("use qemu+ssh://"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -808,6 +809,7 @@ fn a_host_over_ssh_runs_jobs_and_refuses_keys_it_does_not_know() {
         &[
             minion_testenv::Need::Program("ssh-keygen"),
             minion_testenv::Need::Program("sshd"),
+            minion_testenv::Need::Program("ssh"),
         ],
     ) {
         return;
@@ -822,28 +824,43 @@ fn a_host_over_ssh_runs_jobs_and_refuses_keys_it_does_not_know() {
         &K.to_string(),
         keys.path().to_str().expect("utf8"),
     ]);
-    let ssh_uri = |key: &str, known_hosts: &Path| {
-        format!(
-            "qemu+libssh://root@{ip}/system?keyfile={}&known_hosts={}&sshauth=privkey",
-            keys.path().join(key).display(),
-            known_hosts.display()
-        )
-    };
-    let known = keys.path().join("known_hosts");
+    // libvirt runs the `ssh` program (qemu+ssh://); `up-ssh` wrote KEYS/ssh, one that trusts
+    // only the host's key in KEYS/known_hosts. One that knows no host key:
+    let trusting_nobody = keys.path().join("ssh-knowing-nobody");
     let nobody_known = keys.path().join("empty_known_hosts");
     std::fs::write(&nobody_known, "").expect("empty known_hosts");
+    std::fs::write(
+        &trusting_nobody,
+        std::fs::read_to_string(keys.path().join("ssh"))
+            .expect("KEYS/ssh")
+            .replace(
+                keys.path().join("known_hosts").to_str().expect("utf8"),
+                nobody_known.to_str().expect("utf8"),
+            ),
+    )
+    .expect("ssh wrapper");
+    std::fs::set_permissions(&trusting_nobody, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let ssh_uri = |key: &str, ssh: &Path| {
+        format!(
+            "qemu+ssh://root@{ip}/system?keyfile={}&command={}&no_tty=1",
+            keys.path().join(key).display(),
+            ssh.display()
+        )
+    };
+    let ssh = keys.path().join("ssh");
     // ssh only: libvirtd listens on no TCP port.
     let plain = virsh_at(&format!("qemu+tcp://{ip}/system"), &["version"]);
     assert!(plain.is_err(), "plain tcp answered: {plain:?}");
 
     let hosts = vec![
-        ("keyed".to_string(), ssh_uri("id_ed25519", &known)),
+        ("keyed".to_string(), ssh_uri("id_ed25519", &ssh)),
         // A key the host's sshd does not let in.
-        ("stranger".to_string(), ssh_uri("stranger", &known)),
+        ("stranger".to_string(), ssh_uri("stranger", &ssh)),
         // The right key, but the host's own key is not the one known: refused before any login.
         (
             "unverified".to_string(),
-            ssh_uri("id_ed25519", &nobody_known),
+            ssh_uri("id_ed25519", &trusting_nobody),
         ),
     ];
     let names = ["keyed", "stranger", "unverified"];
@@ -860,8 +877,8 @@ fn a_host_over_ssh_runs_jobs_and_refuses_keys_it_does_not_know() {
     push_and_run_two(&d, "keyed", "tunneled");
     let hosts = d.json(&["host", "list"]);
     for (refused, why) in [
-        ("stranger", "Access denied for 'publickey'"),
-        ("unverified", "host key"),
+        ("stranger", "Permission denied (publickey)"),
+        ("unverified", "Host key verification failed"),
     ] {
         let h = hosts
             .as_array()
@@ -875,7 +892,7 @@ fn a_host_over_ssh_runs_jobs_and_refuses_keys_it_does_not_know() {
         );
     }
     d.terminate();
-    assert_nothing_left_at(&ssh_uri("id_ed25519", &known));
+    assert_nothing_left_at(&ssh_uri("id_ed25519", &ssh));
 }
 
 const DOZING: &str = r#"---

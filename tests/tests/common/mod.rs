@@ -7,6 +7,7 @@
 // Each test file uses part of it.
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 pub use std::path::{Path, PathBuf};
 pub use std::process::{Child, Command, Output, Stdio};
 pub use std::sync::atomic::{AtomicBool, Ordering};
@@ -224,6 +225,31 @@ pub fn daemon_volumes(state_dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// The core file process `pid` left: `core`/`core.PID` in `cwd` for a relative core_pattern,
+/// or a file naming the pid in an absolute pattern's directory (a `|` pattern keeps none).
+fn core_of(cwd: &Path, pid: u32) -> Option<PathBuf> {
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").ok()?;
+    let pattern = pattern.trim();
+    if pattern.starts_with('|') {
+        return None;
+    }
+    let dir = match Path::new(pattern).parent() {
+        Some(d) if pattern.starts_with('/') => d.to_path_buf(),
+        _ => cwd.to_path_buf(),
+    };
+    let pid = pid.to_string();
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("core")
+                    && (n == "core" || n.split(|c: char| !c.is_ascii_digit()).any(|d| d == pid))
+            })
+        })
+}
+
 /// One miniond process with its own state dir, socket and config.
 pub struct Daemon {
     pub child: Option<Child>,
@@ -322,13 +348,25 @@ impl Daemon {
             .append(true)
             .open(self.state.path().join("miniond.log"))
             .expect("log file");
-        let child = Command::new(&self.miniond)
-            .arg("--config")
+        let mut cmd = Command::new(&self.miniond);
+        cmd.arg("--config")
             .arg(&self.config)
+            // A crash leaves its core here (with a relative core_pattern), for `death`.
+            .current_dir(self.state.path())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("miniond starts");
+            .stderr(log);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                let unlimited = libc::rlimit {
+                    rlim_cur: libc::RLIM_INFINITY,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &unlimited);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("miniond starts");
         self.child = Some(child);
         // Ready when the health of the API answers through the CLI.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -338,8 +376,9 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "miniond did not come up: {}",
-                self.log()
+                "miniond did not come up: {}{}",
+                self.log(),
+                self.death()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -369,6 +408,57 @@ impl Daemon {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// How miniond ended, when it did without being told to: its exit status or signal, and
+    /// the backtrace of every thread from its core when there is one and gdb is installed.
+    /// Empty while it runs. Does not reap it.
+    pub fn death(&self) -> String {
+        let Some(c) = self.child.as_ref() else {
+            return String::new();
+        };
+        let pid = c.id();
+        // SAFETY: a zeroed siginfo_t is valid; WNOWAIT leaves the child to be reaped later.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: waitid filled `info` for an exited child (si_pid 0 means still running).
+        let (exited, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        if rc != 0 || exited == 0 {
+            return String::new();
+        }
+        if code == libc::CLD_EXITED {
+            return format!("\nminiond (pid {pid}) exited with status {status}");
+        }
+        let mut report = format!("\nminiond (pid {pid}) was killed by signal {status}");
+        let Some(core) = core_of(self.state.path(), pid) else {
+            report.push_str(" (no core file found)");
+            return report;
+        };
+        report.push_str(&format!("; core {}", core.display()));
+        match Command::new("gdb")
+            .args([
+                "-batch",
+                "-nx",
+                "-ex",
+                "bt",
+                "-ex",
+                "thread apply all bt 12",
+            ])
+            .arg(&self.miniond)
+            .arg(&core)
+            .output()
+        {
+            Ok(out) => report.push_str(&format!("\n{}", String::from_utf8_lossy(&out.stdout))),
+            Err(e) => report.push_str(&format!(" (gdb: {e})")),
+        }
+        report
     }
 
     pub fn log(&self) -> String {
@@ -412,9 +502,10 @@ impl Daemon {
         let out = self.cli(&a);
         assert!(
             out.status.success(),
-            "minion {args:?}: {}\n{}",
+            "minion {args:?}: {}\n{}{}",
             String::from_utf8_lossy(&out.stderr),
-            self.log()
+            self.log(),
+            self.death()
         );
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
