@@ -37,6 +37,8 @@ PACKAGES=(
     # a real browser for the dashboard's end-to-end test (WebDriver through chromedriver);
     # systemd-analyze checks the units `make install` puts in place (no systemd needs to run)
     chromium chromium-driver systemd
+    # a test whose miniond crashed prints the backtrace of its core (tests/tests/common)
+    gdb
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
