@@ -62,6 +62,16 @@ actions:
       - head -c 209715200 /dev/urandom > ${artifactsdir}/big.bin
 YML
 
+# CPU seconds ×100 (clock ticks) spent so far, as "miniond libvirtd qemu virtlogd": miniond's and
+# this machine's libvirtd's and virtlogd's own, and the qemus' (orphaned to libvirtd's tini, a
+# subreaper, and counted there once reaped). A fake host's processes are not counted.
+cpu_ticks() {
+    local lv vl tini
+    lv=$(cat /run/libvirtd.pid); vl=$(cat /run/virtlogd.pid)
+    tini=$(awk '{print $4}' "/proc/$lv/stat")
+    echo "$(awk '{print $14+$15}' "/proc/$PID/stat") $(awk '{print $14+$15+$16+$17}' "/proc/$lv/stat") $(awk '{print $16+$17}' "/proc/$tini/stat") $(awk '{print $14+$15}' "/proc/$vl/stat")"
+}
+
 # run_mode NAME BIN POOL_TOML: one daemon; writes $WORK/NAME.json.
 run_mode() {
     # Short: the VMs' channel sockets live under it (107 bytes at most).
@@ -106,11 +116,15 @@ TOML
         "$bin/minion" job logs "$id" --follow > /dev/null 2>&1 || true
     done
     echo "== $name: $M jobs at once" >&2
-    local t0 t1 ids=()
+    local t0 t1 ids=() cpu0 cpu1
+    cpu0=$(cpu_ticks)
     t0=$(date +%s%N)
     for i in $(seq "$M"); do ids+=("$("$bin/minion" submit "$WORK/task" -i "burst-$i" -t koji_build)"); done
     for id in "${ids[@]}"; do "$bin/minion" job logs "$id" --follow > /dev/null 2>&1 || true; done
     t1=$(date +%s%N)
+    # The last VMs' teardown (and spares) finish after their jobs' end.
+    sleep 2
+    cpu1=$(cpu_ticks)
     : > "$dir/big-ids"
     if [[ "$name" != old-* ]]; then
         echo "== $name: $A jobs with a 200 MiB artifact" >&2
@@ -127,9 +141,11 @@ TOML
     done > "$dir/jobs.jsonl"
     local states; states=$("$bin/minion" job list --json | python3 -c "import json,sys; from collections import Counter; print(json.dumps(dict(Counter(j['state'] for j in json.load(sys.stdin)))))")
     kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
-    python3 - "$dir" "$name" "$M" "$(( t1 - t0 ))" "$states" > "$WORK/$name.json" <<'PY'
+    python3 - "$dir" "$name" "$M" "$(( t1 - t0 ))" "$states" "$cpu0" "$cpu1" > "$WORK/$name.json" <<'PY'
 import json, statistics, sys
-d, name, m, wall_ns, states = sys.argv[1:]
+d, name, m, wall_ns, states, cpu0, cpu1 = sys.argv[1:]
+cpu = {k: (b - a) * 10 / int(m) for k, a, b in zip(
+    ["miniond", "libvirtd", "qemu", "virtlogd"], map(int, cpu0.split()), map(int, cpu1.split()))}
 ids = [l.strip() for l in open(f"{d}/ids") if l.strip()]
 big = [l.strip() for l in open(f"{d}/big-ids") if l.strip()]
 first, submit = {}, {}
@@ -172,6 +188,7 @@ print(json.dumps({
     "final_after_action_ms": med(final_after),
     "jobs_per_min": int(m) * 60 / (int(wall_ns) / 1e9),
     "artifact_mib_s": med(transfer), "artifact_runs": len(transfer),
+    "cpu_ms_per_burst_job": cpu,
     "states": json.loads(states),
 }))
 PY
@@ -225,6 +242,10 @@ row("submit → first action, median (ms)", "submit_to_action_ms", "{:.1f}")
 row("  of which booting, median (ms)", "booting_ms", "{:.1f}")
 row("first action → final state, median (ms)", "final_after_action_ms", "{:.1f}")
 row("throughput, 2 VM slots (jobs/min)", "jobs_per_min", "{:.1f}")
+for k in ["miniond", "libvirtd", "qemu", "virtlogd"]:
+    for r in rows:
+        r[f"cpu_{k}"] = r["cpu_ms_per_burst_job"][k]
+    row(f"  CPU per burst job, {k} (ms)", f"cpu_{k}", "{:.0f}")
 row("200 MiB artifact (MiB/s, median)", "artifact_mib_s", "{:.1f}")
 print(f"{'states':40s}" + "".join(json.dumps(r["states"]).rjust(20) for r in rows))
 PY

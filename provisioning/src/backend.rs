@@ -470,9 +470,7 @@ impl VmBackend for StorageVolumes {
         _timeout: Duration,
     ) -> Result<UnixStream, ProvisionError> {
         // qemu binds the channel's socket before the domain starts: it is there or never.
-        let stream = hv.open_channel(&vm.name, AGENT_CHANNEL)?;
-        crate::streams::socket_for(stream, &vm.name)
-            .map_err(ProvisionError::io("pump the channel of", &vm.files.dir))
+        Ok(hv.channel_socket(&vm.name, AGENT_CHANNEL)?)
     }
 
     fn teardown(

@@ -4,7 +4,9 @@
 //! for capability probing, ≈8 s; `destroy` of a running domain ≈1.7 s). Async callers use
 //! `tokio::task::spawn_blocking`. A `Hypervisor` is `Send + Sync`: share one per URI behind an `Arc`.
 
-use std::sync::{Once, PoisonError, RwLock};
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, Once, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
@@ -85,6 +87,8 @@ pub struct Hypervisor {
     /// ~200 ms for qemu to die, libvirt's kill poll; a domain's creation as long as qemu's
     /// start), and a VM's teardown overlaps the next VM's provisioning and start.
     teardown: RwLock<Option<Connect>>,
+    /// The pump of each domain channel opened through this connection ("DOMAIN/CHANNEL").
+    channels: Mutex<HashMap<String, crate::streams::ChannelPump>>,
     uri: String,
 }
 
@@ -130,6 +134,7 @@ impl Hypervisor {
         Ok(Hypervisor {
             conn: RwLock::new(conn),
             teardown: RwLock::new(None),
+            channels: Mutex::new(HashMap::new()),
             uri: uri.to_string(),
         })
     }
@@ -249,15 +254,34 @@ impl Hypervisor {
             .map_err(|e| self.call_error("virDomainResume", name, &e))
     }
 
-    /// A non-blocking stream on running domain `name`'s virtio channel `channel` (virDomainOpenChannel: the
-    /// channel's socket is on the libvirt host, whichever host that is).
-    pub fn open_channel(&self, name: &str, channel: &str) -> Result<Stream, HypervisorError> {
+    /// A unix socket to running domain `name`'s virtio channel `channel`: a non-blocking stream
+    /// from virDomainOpenChannel (the channel's socket is on the libvirt host, whichever host that
+    /// is), pumped by the event loop. A pump of the same channel that still runs (an earlier
+    /// session's, its socket just closed) is ended first and its abort waited for: libvirtd 9.0
+    /// deadlocks when a channel is opened while that channel's previous stream is being closed
+    /// (its event loop, closing the old stream, waits for the chrdev table's lock; the worker
+    /// opening the new one holds that lock and waits for the old stream's). Seen here: a kept
+    /// job's VM adopted as an instance at once.
+    pub fn channel_socket(&self, name: &str, channel: &str) -> Result<UnixStream, HypervisorError> {
+        let key = format!("{name}/{channel}");
+        let pumps = || self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = {
+            let mut p = pumps();
+            p.retain(|_, pump| pump.running());
+            p.remove(&key)
+        };
+        if let Some(previous) = previous {
+            previous.end();
+        }
         let dom = self.existing(name, "virDomainOpenChannel")?;
         let stream = Stream::new(&self.conn()?, crate::streams::NONBLOCK)
             .map_err(|e| self.call_error("virStreamNew", name, &e))?;
         dom.open_channel(Some(channel), &stream, CHANNEL_FORCE)
             .map_err(|e| self.call_error("virDomainOpenChannel", name, &e))?;
-        Ok(stream)
+        let (sock, pump) = crate::streams::socket_for(stream, name)
+            .map_err(|e| self.stream_error("virDomainOpenChannel", name, e.to_string()))?;
+        pumps().insert(key, pump);
+        Ok(sock)
     }
 
     /// A non-blocking stream on domain `name`'s serial console (virDomainOpenConsole; a pty console).

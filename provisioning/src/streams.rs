@@ -249,10 +249,29 @@ fn last_error(what: &str) -> std::io::Error {
     std::io::Error::other(format!("{what}: {}", virt::error::Error::last_error()))
 }
 
+/// A running channel pump, to end from outside the event loop.
+#[derive(Clone)]
+pub struct ChannelPump(std::sync::Weak<Mutex<Channel>>);
+
+impl ChannelPump {
+    /// Whether the pump still runs.
+    pub fn running(&self) -> bool {
+        self.0.upgrade().is_some_and(|s| !lock(&s).done)
+    }
+
+    /// Ends the pump if it still runs, as if our side had hung up: its stream is aborted, and
+    /// libvirtd has closed its end when this returns (virStreamAbort waits for its reply).
+    pub fn end(&self) {
+        if let Some(s) = self.0.upgrade() {
+            lock(&s).end(End::SocketClosed);
+        }
+    }
+}
+
 /// A unix socket whose other end is `stream` (made with [`NONBLOCK`]): what is written to the
 /// returned socket is sent on the stream, what the stream receives can be read from it. `what`
-/// names it in logs.
-pub fn socket_for(stream: Stream, what: &str) -> std::io::Result<UnixStream> {
+/// names it in logs. The pump is returned too, to end it from outside.
+pub fn socket_for(stream: Stream, what: &str) -> std::io::Result<(UnixStream, ChannelPump)> {
     crate::hypervisor::ensure_event_loop();
     let (ours, theirs) = UnixStream::pair()?;
     theirs.set_nonblocking(true)?;
@@ -307,7 +326,7 @@ pub fn socket_for(stream: Stream, what: &str) -> std::io::Result<UnixStream> {
         return Err(last_error("virStreamEventAddCallback"));
     }
     drop(g);
-    Ok(ours)
+    Ok((ours, ChannelPump(Arc::downgrade(&shared))))
 }
 
 /// Appends what `stream` (made with [`NONBLOCK`]) receives to `path` until it ends, keeping

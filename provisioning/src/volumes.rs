@@ -215,7 +215,12 @@ impl Hypervisor {
         }
     }
 
-    fn stream_error(&self, op: &'static str, name: &str, message: String) -> HypervisorError {
+    pub(crate) fn stream_error(
+        &self,
+        op: &'static str,
+        name: &str,
+        message: String,
+    ) -> HypervisorError {
         HypervisorError::Call {
             op,
             target: name.to_string(),

@@ -601,3 +601,56 @@ fn real_libvirt_console_spam_is_bounded_by_rotation() {
     vm::teardown(&hv, &name, &p.files, None).expect("teardown");
     assert_nothing_left(&hv, &p);
 }
+
+/// A channel opened again the moment its previous socket closed (a kept job's VM adopted as an
+/// instance does this): libvirtd 9.0 deadlocks if the new open races the old stream's close, so
+/// `channel_socket` ends the previous pump first. Each open must return, and libvirtd must still
+/// answer at the end.
+#[test]
+fn real_libvirt_a_channel_reopened_as_its_socket_closes_leaves_libvirtd_answering() {
+    let _serial = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !ensure_libvirtd(
+        "real_libvirt_a_channel_reopened_as_its_socket_closes_leaves_libvirtd_answering",
+    ) {
+        return;
+    }
+    let scratch = scratch();
+    let p = prepare(&scratch, "minimal", false, &accel::detect());
+    let hv = std::sync::Arc::new(Hypervisor::connect(URI).expect("connect"));
+    let name = hv.create_transient(&p.xml).expect("domain starts");
+    let guard = VmGuard {
+        hv: &hv,
+        name: name.clone(),
+        files: p.files.clone(),
+    };
+    let mut previous: Option<std::os::unix::net::UnixStream> = None;
+    for round in 0..200 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (h, n) = (hv.clone(), name.clone());
+        // Our side of the previous channel hangs up just as the next open goes out: the event
+        // loop aborts that stream while libvirtd opens the channel again.
+        let closing = previous.take();
+        std::thread::spawn(move || {
+            let _ = tx.send(h.channel_socket(&n, minion_provisioning::domain::AGENT_CHANNEL));
+        });
+        std::thread::sleep(Duration::from_micros(round % 7 * 50));
+        drop(closing);
+        let sock = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!("round {round}: the channel's open hangs (libvirtd deadlocked?)")
+            })
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        previous = Some(sock);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = hv.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(h.versions());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("libvirtd answers after the reopens")
+        .expect("versions");
+    drop(guard);
+    assert_nothing_left(&hv, &p);
+}
