@@ -14,8 +14,8 @@
 # single-host setup's numbers before and after.
 # Needs root, libvirtd, `make image`, scripts/build-agent.sh, iproute2, tini. Env: IMAGE
 # (minimal), N (10), M (20), A (3), OLD_BIN, MODES (a subset of the mode names below), KEEP=1
-# (keep the work dir with every daemon's log). MODES runs in its own order: a second run with the
-# order swapped (new before old) shows what the order does on this machine.
+# (keep the work dir with every daemon's log), REPEAT (1: rounds, every other one in MODES's
+# reverse order; the report gives each number's mean and standard deviation over the rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE="${IMAGE:-minimal}"
@@ -217,35 +217,66 @@ RUN=0
 # The modes, in MODES's order when given (so a second run can swap old and new).
 ALL="local-snapshot local-boot remote-boot remote-snapshot"
 [[ -n "${OLD_BIN:-}" ]] && ALL="old-local-snapshot local-snapshot old-local-boot local-boot remote-boot remote-snapshot"
-for m in ${MODES:-$ALL}; do
-    case "$m" in
-        old-local-snapshot) run_mode "$m" "${OLD_BIN:?old-* modes need OLD_BIN}" "$LOCAL_SNAP" ;;
-        old-local-boot) run_mode "$m" "${OLD_BIN:?old-* modes need OLD_BIN}" "$LOCAL_BOOT" ;;
-        local-snapshot) run_mode "$m" "$NEW_BIN" "$LOCAL_SNAP" ;;
-        local-boot) run_mode "$m" "$NEW_BIN" "$LOCAL_BOOT" ;;
-        remote-boot) run_mode "$m" "$NEW_BIN" "$REMOTE" ;;
-        remote-snapshot) run_mode "$m" "$NEW_BIN" "$REMOTE_SNAP" ;;
-        *) echo "bench-hosts: no mode $m (modes: $ALL)" >&2; exit 2 ;;
-    esac
-    modes+=("$m")
+ORDER=(${MODES:-$ALL})
+# REPEAT rounds, every other one in the reverse order: on this machine whichever build runs
+# second tends to do better, and one run's difference is within its noise.
+for round in $(seq "${REPEAT:-1}"); do
+    this=("${ORDER[@]}")
+    if (( round % 2 == 0 )); then
+        this=(); for (( i=${#ORDER[@]}-1; i>=0; i-- )); do this+=("${ORDER[i]}"); done
+    fi
+    for m in "${this[@]}"; do
+        case "$m" in
+            old-local-snapshot) run_mode "$m" "${OLD_BIN:?old-* modes need OLD_BIN}" "$LOCAL_SNAP" ;;
+            old-local-boot) run_mode "$m" "${OLD_BIN:?old-* modes need OLD_BIN}" "$LOCAL_BOOT" ;;
+            local-snapshot) run_mode "$m" "$NEW_BIN" "$LOCAL_SNAP" ;;
+            local-boot) run_mode "$m" "$NEW_BIN" "$LOCAL_BOOT" ;;
+            remote-boot) run_mode "$m" "$NEW_BIN" "$REMOTE" ;;
+            remote-snapshot) run_mode "$m" "$NEW_BIN" "$REMOTE_SNAP" ;;
+            *) echo "bench-hosts: no mode $m (modes: $ALL)" >&2; exit 2 ;;
+        esac
+        mv "$WORK/$m.json" "$WORK/$m.$round.json"
+        modes+=("$m.$round")
+    done
 done
 
-python3 - "${modes[@]/#/$WORK/}" <<'PY'
-import json, sys
-rows = [json.load(open(p + ".json")) for p in sys.argv[1:]]
-print(f"\n== {max(r['n'] for r in rows)} sequential jobs, then a burst, then 200 MiB artifacts (image and VM shape alike)")
-cols = [r["name"] for r in rows]
-print(f"{'':40s}" + "".join(f"{c:>20s}" for c in cols))
+python3 - "${ORDER[@]}" -- "${modes[@]/#/$WORK/}" <<'PY'
+import json, statistics, sys
+args = sys.argv[1:]
+order, paths = args[:args.index("--")], args[args.index("--") + 1:]
+runs = [json.load(open(p + ".json")) for p in paths]
+for r in runs:
+    for k, v in r["cpu_ms_per_burst_job"].items():
+        r[f"cpu_{k}"] = v
+rounds = len(runs) // len(order)
+print(f"\n== {max(r['n'] for r in runs)} sequential jobs, then a burst, then 200 MiB artifacts "
+      f"(image and VM shape alike); {rounds} round(s), {'alternating order, ' if rounds > 1 else ''}"
+      "mean (± standard deviation) over the rounds")
+def agg(name, k):
+    v = [r[k] for r in runs if r["name"] == name and r.get(k) is not None]
+    if not v:
+        return None, None
+    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else None)
+print(f"{'':40s}" + "".join(f"{c:>22s}" for c in order))
 def row(label, k, fmt):
-    print(f"{label:40s}" + "".join((fmt.format(r[k]) if r.get(k) is not None else "-").rjust(20) for r in rows))
+    cells = []
+    for name in order:
+        m, sd = agg(name, k)
+        cell = "-" if m is None else fmt.format(m) + ("" if sd is None else " ±" + fmt.format(sd))
+        cells.append(cell.rjust(22))
+    print(f"{label:40s}" + "".join(cells))
 row("submit → first action, median (ms)", "submit_to_action_ms", "{:.1f}")
 row("  of which booting, median (ms)", "booting_ms", "{:.1f}")
 row("first action → final state, median (ms)", "final_after_action_ms", "{:.1f}")
 row("throughput, 2 VM slots (jobs/min)", "jobs_per_min", "{:.1f}")
 for k in ["miniond", "libvirtd", "qemu", "virtlogd"]:
-    for r in rows:
-        r[f"cpu_{k}"] = r["cpu_ms_per_burst_job"][k]
     row(f"  CPU per burst job, {k} (ms)", f"cpu_{k}", "{:.0f}")
 row("200 MiB artifact (MiB/s, median)", "artifact_mib_s", "{:.1f}")
-print(f"{'states':40s}" + "".join(json.dumps(r["states"]).rjust(20) for r in rows))
+if rounds > 1:
+    print("jobs/min per round: " + "; ".join(
+        f"{name} " + ", ".join(f"{r['jobs_per_min']:.1f}" for r in runs if r["name"] == name)
+        for name in order))
+bad = [f"{r['name']}: {r['states']}" for r in runs if set(r["states"]) != {"FINISHED"}]
+if bad:
+    print("jobs not FINISHED: " + "; ".join(bad))
 PY

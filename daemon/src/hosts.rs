@@ -268,7 +268,12 @@ impl Hosts {
                 let host = Host {
                     name: name.clone(),
                     cfg: c.clone(),
-                    backend: Arc::new(StorageVolumes::new(state_dir, &c.storage_pool)),
+                    backend: Arc::new(match &c.local {
+                        Some(dir) => {
+                            StorageVolumes::new(state_dir, &c.storage_pool).on_this_machine(dir)
+                        }
+                        None => StorageVolumes::new(state_dir, &c.storage_pool),
+                    }),
                     slots: Arc::new(Semaphore::new(c.max_vms as usize)),
                     hv: Connection::default(),
                     state: Mutex::new(HostState::default()),

@@ -145,6 +145,16 @@ pub fn image_volume(sha256: &str, role: &str) -> String {
     format!("{IMAGE_VOLUME_PREFIX}{sha256}.{role}")
 }
 
+/// A raw volume's XML: `len` bytes, none allocated (libvirt neither fills nor syncs it), `mode`.
+fn raw_volume_xml(name: &str, len: u64, mode: u32) -> String {
+    format!(
+        "<volume><name>{}</name><capacity unit='bytes'>{len}</capacity>\
+         <allocation unit='bytes'>0</allocation>\
+         <target><format type='raw'/><permissions><mode>{mode:04o}</mode></permissions></target></volume>",
+        escape_xml(name)
+    )
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -268,6 +278,22 @@ impl Hypervisor {
         }
     }
 
+    /// Creates volume `name`, `len` bytes of zeros (sparse), for the caller to fill through the
+    /// host's filesystem; returns its host path.
+    pub fn create_empty_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        len: u64,
+        mode: u32,
+    ) -> Result<String, HypervisorError> {
+        let p = self.storage_pool(pool)?;
+        let v = StorageVol::create_xml(&p, &raw_volume_xml(name, len, mode), 0)
+            .map_err(|e| self.call_error("virStorageVolCreateXML", name, &e))?;
+        v.path()
+            .map_err(|e| self.call_error("virStorageVolGetPath", name, &e))
+    }
+
     /// Creates volume `name` holding `bytes` (a qcow2 overlay's header, say: its format is the
     /// bytes', whatever the volume's XML says); returns its host path. On any error the volume
     /// is deleted again.
@@ -318,13 +344,7 @@ impl Hypervisor {
         send: impl FnOnce(Stream) -> std::io::Result<crate::streams::Progress>,
     ) -> Result<String, HypervisorError> {
         let p = self.storage_pool(pool)?;
-        let xml = format!(
-            "<volume><name>{}</name><capacity unit='bytes'>{len}</capacity>\
-             <allocation unit='bytes'>0</allocation>\
-             <target><format type='raw'/><permissions><mode>{mode:04o}</mode></permissions></target></volume>",
-            escape_xml(name)
-        );
-        let v = StorageVol::create_xml(&p, &xml, 0)
+        let v = StorageVol::create_xml(&p, &raw_volume_xml(name, len, mode), 0)
             .map_err(|e| self.call_error("virStorageVolCreateXML", name, &e))?;
         let sent = (|| {
             let stream = Stream::new(&self.conn()?, crate::streams::NONBLOCK)
