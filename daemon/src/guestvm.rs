@@ -172,7 +172,14 @@ pub enum TeardownError {
     Task(#[source] tokio::task::JoinError),
     #[error("the VM's host is down")]
     HostDown,
+    #[error("libvirt did not answer {0} within {1:?}")]
+    NoAnswer(&'static str, Duration),
 }
+
+/// How long a pause may take before the VM is torn down without it. libvirt 9.0's client has
+/// been seen to never return a call whose reply libvirtd had sent (a virDomainLookupByName for
+/// the pause, on a connection other threads kept using), and a job must not wait on it forever.
+const PAUSE_LIMIT: Duration = Duration::from_secs(20);
 
 /// How a VM comes to life.
 #[derive(Debug, Clone)]
@@ -331,7 +338,7 @@ impl VmGuard {
             self.vm.files.clone(),
             self.keep_console.clone(),
         );
-        tokio::task::spawn_blocking(move || {
+        let paused = tokio::task::spawn_blocking(move || {
             hv.pause(&name)
                 .map_err(|e| TeardownError::Provision(e.into()))?;
             if let Some(dest) = keep {
@@ -340,9 +347,11 @@ impl VmGuard {
                 }
             }
             Ok(())
-        })
-        .await
-        .map_err(TeardownError::Task)??;
+        });
+        tokio::time::timeout(PAUSE_LIMIT, paused)
+            .await
+            .map_err(|_| TeardownError::NoAnswer("a pause", PAUSE_LIMIT))?
+            .map_err(TeardownError::Task)??;
         // Copied: the teardown need not again (on an error it still does).
         self.keep_console = None;
         Ok(())
