@@ -103,8 +103,21 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// How long the runtime waits at exit for blocking calls still running (a libvirt call that
+/// never returns must not keep a stopped daemon alive).
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("the tokio runtime")?;
+    let result = rt.block_on(run());
+    rt.shutdown_timeout(EXIT_WAIT);
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = Config::load(&args.config)?;
     init_tracing(cfg.log_format);

@@ -359,9 +359,14 @@ impl Hypervisor {
 
     /// Pauses the domain: its vCPUs stop at once and it can do nothing more until destroyed.
     /// Gone already, or not running, is success (it cannot run either way).
+    /// Through the teardown connection, which carries no streams: on the connection that had
+    /// just carried the VM's channel, libvirt 9.0's client twice never returned this call's
+    /// lookup (libvirtd had answered; the job's end waited on it).
     pub fn pause(&self, name: &str) -> Result<(), HypervisorError> {
-        let Some(dom) = self.lookup(name)? else {
-            return Ok(());
+        let dom = match self.teardown_conn()?.lookup_domain_by_name(name) {
+            Ok(d) => d,
+            Err(e) if is(&e, ErrorNumber::NoDomain) => return Ok(()),
+            Err(e) => return Err(self.call_error("virDomainLookupByName", name, &e)),
         };
         match dom.suspend() {
             Ok(()) => Ok(()),
