@@ -150,6 +150,9 @@ pub enum BootError {
     Host(#[source] crate::hosts::LeaseError),
     #[error("guest handshake: {0}")]
     Handshake(#[source] ChannelError),
+    /// A libvirt call of the boot that never returned (see [`PAUSE_LIMIT`]).
+    #[error("libvirt did not answer {what} within {limit:?}")]
+    NoAnswer { what: &'static str, limit: Duration },
     /// `cancel` fired; `while_booting` once the domain had started.
     #[error("{}", if *while_booting { "cancelled while booting" } else { "cancelled" })]
     Cancelled { while_booting: bool },
@@ -175,6 +178,10 @@ pub enum TeardownError {
     #[error("libvirt did not answer {0} within {1:?}")]
     NoAnswer(&'static str, Duration),
 }
+
+/// How long the domain's creation or restore may take (qemu's start; the first call after
+/// libvirtd starts waits ~8 s for its capability probing) before the boot fails.
+const START_LIMIT: Duration = Duration::from_secs(120);
 
 /// How long a pause may take before the VM is torn down without it. libvirt 9.0's client has
 /// been seen to never return a call whose reply libvirtd had sent (a virDomainLookupByName for
@@ -651,16 +658,21 @@ pub async fn boot_to_ready(
         let t_start = Instant::now();
         let (hv_, backend_, vm, start) =
             (hv.clone(), backend.clone(), prepared.clone(), start.clone());
-        tokio::task::spawn_blocking(move || match &start {
+        let created = tokio::task::spawn_blocking(move || match &start {
             Start::Boot | Start::Template(_) => backend_.start(&hv_, &vm),
             Start::Restore(_) => backend_.restore(&hv_, &vm),
-        })
-        .await
-        .map_err(|source| BootError::Task {
-            what: "domain",
-            source,
-        })?
-        .map_err(BootError::Start)?;
+        });
+        tokio::time::timeout(START_LIMIT, created)
+            .await
+            .map_err(|_| BootError::NoAnswer {
+                what: "the domain's start",
+                limit: START_LIMIT,
+            })?
+            .map_err(|source| BootError::Task {
+                what: "domain",
+                source,
+            })?
+            .map_err(BootError::Start)?;
         progress(BootStep::DomainStarted);
         if cancel.is_cancelled() {
             return Err(BootError::Cancelled {
@@ -668,7 +680,13 @@ pub async fn boot_to_ready(
             });
         }
         let stream = tokio::select! {
-            s = open_channel(&hv, &backend, &prepared, CONNECT_TIMEOUT) => s?,
+            s = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                open_channel(&hv, &backend, &prepared, CONNECT_TIMEOUT),
+            ) => s.map_err(|_| BootError::NoAnswer {
+                what: "the guest channel's open",
+                limit: CONNECT_TIMEOUT,
+            })??,
             _ = cancel.cancelled() => return Err(BootError::Cancelled { while_booting: true }),
         };
         let session = match handshake(stream, &session_limits(), cancel.clone()).await {
